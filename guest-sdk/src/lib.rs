@@ -1,0 +1,123 @@
+//! Write Cascade edge filters in Rust.
+//!
+//! A filter is a type that implements [`Filter`], built for `wasm32-wasip2` and
+//! exported with [`export_filter!`]. The host makes a fresh instance for every
+//! request, so the filter value built by [`Filter::new`] lives for exactly one
+//! request: it sees [`Filter::on_request`] and then [`Filter::on_response`].
+//!
+//! ```
+//! use cascade_filter::{export_filter, Filter, Reply, Request, Verdict};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { header: String }
+//!
+//! struct RequireHeader(Config);
+//!
+//! impl Filter for RequireHeader {
+//!     type Config = Config;
+//!     fn new(config: Config) -> Result<Self, String> { Ok(Self(config)) }
+//!     fn on_request(&mut self, req: &Request) -> Verdict {
+//!         match req.header(&self.0.header) {
+//!             Some(_) => Verdict::Continue,
+//!             None => Verdict::Respond(Reply::new(400).body("missing header")),
+//!         }
+//!     }
+//! }
+//!
+//! export_filter!(RequireHeader);
+//! ```
+//!
+//! Off `wasm32`, [`Request`] and [`Response`] are backed by an in-memory mock
+//! host, so a filter's unit tests run under plain `cargo test`; see
+//! [`instantiate`] and the builder methods on [`Request`] and [`Response`].
+
+use serde::de::DeserializeOwned;
+
+mod verdict;
+pub use verdict::{EditError, Reply, Verdict};
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+#[cfg(target_arch = "wasm32")]
+pub use wasm::{Request, Response, log};
+
+#[cfg(not(target_arch = "wasm32"))]
+mod mock;
+#[cfg(not(target_arch = "wasm32"))]
+pub use mock::{Request, Response, log};
+
+/// A filter: per-route policy that runs on every request of its routes.
+///
+/// Every method but [`Filter::new`] has a default, so a filter overrides only
+/// the phases it cares about.
+pub trait Filter: Sized + 'static {
+    /// This filter's settings: the chain entry's `config` table in the route
+    /// file. Use `#[serde(default)]` for optional keys.
+    type Config: DeserializeOwned;
+
+    /// Build the filter from its config, once per request. Return an error
+    /// for a config that parses but makes no sense; the host reports it when
+    /// the route is loaded.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// Inspect or edit the request, then continue or answer it.
+    fn on_request(&mut self, _req: &Request) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Inspect or edit the response head on its way to the client.
+    fn on_response(&mut self, _resp: &Response) {}
+}
+
+/// Build a filter from config JSON exactly as the host does: parse into
+/// `F::Config`, then [`Filter::new`]. The error names the config problem.
+pub fn instantiate<F: Filter>(config_json: &str) -> Result<F, String> {
+    let config: F::Config =
+        serde_json::from_str(config_json).map_err(|e| format!("invalid config: {e}"))?;
+    F::new(config)
+}
+
+/// Export a [`Filter`] implementation as this component's filter.
+///
+/// Use it once per crate. Off `wasm32` it only checks that the type is a
+/// [`Filter`], so the crate still builds for native unit tests.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct CascadeFilterExport;
+            impl $crate::__private::Guest for CascadeFilterExport {
+                fn check_config() -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::check_config::<$filter>()
+                }
+                fn on_request(
+                    request: &$crate::__private::RequestHandle,
+                ) -> $crate::__private::VerdictRepr {
+                    $crate::__private::on_request::<$filter>(request)
+                }
+                fn on_response(response: &$crate::__private::ResponseHandle) {
+                    $crate::__private::on_response::<$filter>(response)
+                }
+            }
+            $crate::__private::export!(CascadeFilterExport with_types_in $crate::__private::bindings);
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() = || {
+            fn assert_filter<F: $crate::Filter>() {}
+            assert_filter::<$filter>();
+        };
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::wasm::bindings;
+    pub use crate::wasm::bindings::Guest;
+    pub use crate::wasm::bindings::cascade::filter::types::{
+        Request as RequestHandle, Response as ResponseHandle, Verdict as VerdictRepr,
+    };
+    pub use crate::wasm::bindings::export;
+    pub use crate::wasm::{check_config, on_request, on_response};
+}

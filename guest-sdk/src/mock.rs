@@ -1,0 +1,296 @@
+//! A native mock host, so that filters can be unit-tested with plain
+//! `cargo test`. It keeps the request and response in memory and applies the
+//! same edit rules as the real host.
+
+use std::cell::RefCell;
+
+use crate::EditError;
+
+#[derive(Debug, Clone, Default)]
+struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    fn get(&self, name: &str) -> Option<String> {
+        self.values(name).into_iter().next()
+    }
+    fn values(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (n, _) in &self.0 {
+            let n = n.to_ascii_lowercase();
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        names
+    }
+    fn set(&mut self, name: &str, value: &str) -> Result<(), EditError> {
+        check_header(name, value)?;
+        self.remove(name);
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+        Ok(())
+    }
+    fn add(&mut self, name: &str, value: &str) -> Result<(), EditError> {
+        check_header(name, value)?;
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+        Ok(())
+    }
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_header(name: &str, value: &str) -> Result<(), EditError> {
+    if !is_token(name) {
+        return Err(EditError::InvalidHeaderName(name.to_string()));
+    }
+    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(EditError::InvalidHeaderValue(name.to_string()));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+struct RequestState {
+    id: String,
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: Headers,
+    client_ip: String,
+    route_name: String,
+    upstream: String,
+    upstreams: Vec<String>,
+}
+
+/// A request held by the mock host. Build one with [`Request::new`] and the
+/// `with_*` methods, hand it to a filter, then assert on its fields.
+#[derive(Debug)]
+pub struct Request(RefCell<RequestState>);
+
+impl Request {
+    /// A request for `method` and `path_and_query` (for example `/a?b=1`), from
+    /// client `127.0.0.1`, on route `test`, going to upstream group `origin`.
+    pub fn new(method: &str, path_and_query: &str) -> Self {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path_and_query.to_string(), None),
+        };
+        Self(RefCell::new(RequestState {
+            id: "test-request".into(),
+            method: method.into(),
+            path,
+            query,
+            headers: Headers::default(),
+            client_ip: "127.0.0.1".into(),
+            route_name: "test".into(),
+            upstream: "origin".into(),
+            upstreams: vec!["origin".into()],
+        }))
+    }
+    /// Add a request header.
+    pub fn with_header(self, name: &str, value: &str) -> Self {
+        self.0
+            .borrow_mut()
+            .headers
+            .add(name, value)
+            .expect("valid header");
+        self
+    }
+    /// Set the client IP.
+    pub fn with_client_ip(self, ip: &str) -> Self {
+        self.0.borrow_mut().client_ip = ip.into();
+        self
+    }
+    /// Set the route name.
+    pub fn with_route_name(self, name: &str) -> Self {
+        self.0.borrow_mut().route_name = name.into();
+        self
+    }
+    /// Declare the upstream groups that exist; the first is the current one.
+    pub fn with_upstreams(self, groups: &[&str]) -> Self {
+        {
+            let mut state = self.0.borrow_mut();
+            state.upstreams = groups.iter().map(|g| g.to_string()).collect();
+            state.upstream = groups.first().map(|g| g.to_string()).unwrap_or_default();
+        }
+        self
+    }
+
+    /// The host-assigned request id.
+    pub fn id(&self) -> String {
+        self.0.borrow().id.clone()
+    }
+    /// The method, for example `GET`.
+    pub fn method(&self) -> String {
+        self.0.borrow().method.clone()
+    }
+    /// Replace the method.
+    pub fn set_method(&self, method: &str) -> Result<(), EditError> {
+        if !is_token(method) {
+            return Err(EditError::InvalidMethod(method.into()));
+        }
+        self.0.borrow_mut().method = method.into();
+        Ok(())
+    }
+    /// The path without the query.
+    pub fn path(&self) -> String {
+        self.0.borrow().path.clone()
+    }
+    /// Replace the path; it must start with `/`.
+    pub fn set_path(&self, path: &str) -> Result<(), EditError> {
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == b'?' || b == 0x7f) {
+            return Err(EditError::InvalidPath(path.into()));
+        }
+        self.0.borrow_mut().path = path.into();
+        Ok(())
+    }
+    /// The query string without `?`.
+    pub fn query(&self) -> Option<String> {
+        self.0.borrow().query.clone()
+    }
+    /// Replace or remove the query string.
+    pub fn set_query(&self, query: Option<&str>) -> Result<(), EditError> {
+        if let Some(q) = query
+            && q.bytes().any(|b| b <= b' ' || b == b'#' || b == 0x7f)
+        {
+            return Err(EditError::InvalidQuery(q.into()));
+        }
+        self.0.borrow_mut().query = query.map(str::to_string);
+        Ok(())
+    }
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.borrow().headers.get(name)
+    }
+    /// Every value of a header.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0.borrow().headers.values(name)
+    }
+    /// The names of all headers, lower-case.
+    pub fn header_names(&self) -> Vec<String> {
+        self.0.borrow().headers.names()
+    }
+    /// Set a header, replacing existing values.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.borrow_mut().headers.set(name, value)
+    }
+    /// Append a header value.
+    pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.borrow_mut().headers.add(name, value)
+    }
+    /// Remove every value of a header.
+    pub fn remove_header(&self, name: &str) {
+        self.0.borrow_mut().headers.remove(name)
+    }
+    /// The client's IP address.
+    pub fn client_ip(&self) -> String {
+        self.0.borrow().client_ip.clone()
+    }
+    /// The name of the matched route.
+    pub fn route_name(&self) -> String {
+        self.0.borrow().route_name.clone()
+    }
+    /// The upstream group the request will go to.
+    pub fn upstream(&self) -> String {
+        self.0.borrow().upstream.clone()
+    }
+    /// Send the request to another declared upstream group.
+    pub fn set_upstream(&self, group: &str) -> Result<(), EditError> {
+        let mut state = self.0.borrow_mut();
+        if !state.upstreams.iter().any(|g| g == group) {
+            return Err(EditError::UnknownUpstream(group.into()));
+        }
+        state.upstream = group.into();
+        Ok(())
+    }
+}
+
+/// A response head held by the mock host.
+#[derive(Debug)]
+pub struct Response(RefCell<(u16, Headers)>);
+
+impl Response {
+    /// A response with this status and no headers.
+    pub fn new(status: u16) -> Self {
+        Self(RefCell::new((status, Headers::default())))
+    }
+    /// Add a response header.
+    pub fn with_header(self, name: &str, value: &str) -> Self {
+        self.0
+            .borrow_mut()
+            .1
+            .add(name, value)
+            .expect("valid header");
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.0.borrow().0
+    }
+    /// Replace the status code.
+    pub fn set_status(&self, status: u16) -> Result<(), EditError> {
+        if !(100..=599).contains(&status) {
+            return Err(EditError::InvalidStatus(status));
+        }
+        self.0.borrow_mut().0 = status;
+        Ok(())
+    }
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.borrow().1.get(name)
+    }
+    /// Every value of a header.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0.borrow().1.values(name)
+    }
+    /// The names of all headers, lower-case.
+    pub fn header_names(&self) -> Vec<String> {
+        self.0.borrow().1.names()
+    }
+    /// Set a header, replacing existing values.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.borrow_mut().1.set(name, value)
+    }
+    /// Append a header value.
+    pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.borrow_mut().1.add(name, value)
+    }
+    /// Remove every value of a header.
+    pub fn remove_header(&self, name: &str) {
+        self.0.borrow_mut().1.remove(name)
+    }
+}
+
+/// The mock host's log: lines go to stderr, where `cargo test` captures them.
+pub mod log {
+    /// Log at debug level.
+    pub fn debug(message: &str) {
+        eprintln!("[debug] {message}")
+    }
+    /// Log at info level.
+    pub fn info(message: &str) {
+        eprintln!("[info] {message}")
+    }
+    /// Log at warn level.
+    pub fn warn(message: &str) {
+        eprintln!("[warn] {message}")
+    }
+    /// Log at error level.
+    pub fn error(message: &str) {
+        eprintln!("[error] {message}")
+    }
+}

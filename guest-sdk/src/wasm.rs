@@ -1,0 +1,209 @@
+//! The real host: thin wrappers over the `cascade:filter` imports, and the glue
+//! that the export macro calls.
+
+use std::any::Any;
+use std::cell::RefCell;
+
+use crate::{EditError, Filter, Reply, Verdict};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "filter",
+        pub_export_macro: true,
+        default_bindings_module: "cascade_filter::__private::bindings",
+    });
+}
+
+use bindings::cascade::filter::{config, log as host_log, types};
+
+/// The request being filtered. Every method is one host call.
+pub struct Request<'a>(&'a types::Request);
+
+/// The response head being filtered. Every method is one host call.
+pub struct Response<'a>(&'a types::Response);
+
+fn edit_error(e: types::EditError) -> EditError {
+    use types::EditError as E;
+    match e {
+        E::InvalidHeaderName(s) => EditError::InvalidHeaderName(s),
+        E::InvalidHeaderValue(s) => EditError::InvalidHeaderValue(s),
+        E::InvalidPath(s) => EditError::InvalidPath(s),
+        E::InvalidQuery(s) => EditError::InvalidQuery(s),
+        E::InvalidMethod(s) => EditError::InvalidMethod(s),
+        E::InvalidStatus(s) => EditError::InvalidStatus(s),
+        E::UnknownUpstream(s) => EditError::UnknownUpstream(s),
+        E::LimitExceeded(s) => EditError::LimitExceeded(s),
+    }
+}
+
+impl Request<'_> {
+    /// The host-assigned request id.
+    pub fn id(&self) -> String {
+        self.0.id()
+    }
+    /// The method, for example `GET`.
+    pub fn method(&self) -> String {
+        self.0.method()
+    }
+    /// Replace the method.
+    pub fn set_method(&self, method: &str) -> Result<(), EditError> {
+        self.0.set_method(method).map_err(edit_error)
+    }
+    /// The path without the query.
+    pub fn path(&self) -> String {
+        self.0.path()
+    }
+    /// Replace the path; it must start with `/`.
+    pub fn set_path(&self, path: &str) -> Result<(), EditError> {
+        self.0.set_path(path).map_err(edit_error)
+    }
+    /// The query string without `?`.
+    pub fn query(&self) -> Option<String> {
+        self.0.query()
+    }
+    /// Replace or remove the query string.
+    pub fn set_query(&self, query: Option<&str>) -> Result<(), EditError> {
+        self.0.set_query(query).map_err(edit_error)
+    }
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+    /// Every value of a header.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0.header_values(name)
+    }
+    /// The names of all headers, lower-case.
+    pub fn header_names(&self) -> Vec<String> {
+        self.0.header_names()
+    }
+    /// Set a header, replacing existing values.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.set_header(name, value).map_err(edit_error)
+    }
+    /// Append a header value.
+    pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.add_header(name, value).map_err(edit_error)
+    }
+    /// Remove every value of a header.
+    pub fn remove_header(&self, name: &str) {
+        self.0.remove_header(name)
+    }
+    /// The client's IP address.
+    pub fn client_ip(&self) -> String {
+        self.0.client_ip()
+    }
+    /// The name of the matched route.
+    pub fn route_name(&self) -> String {
+        self.0.route_name()
+    }
+    /// The upstream group the request will go to.
+    pub fn upstream(&self) -> String {
+        self.0.upstream()
+    }
+    /// Send the request to another configured upstream group.
+    pub fn set_upstream(&self, group: &str) -> Result<(), EditError> {
+        self.0.set_upstream(group).map_err(edit_error)
+    }
+}
+
+impl Response<'_> {
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.0.status()
+    }
+    /// Replace the status code.
+    pub fn set_status(&self, status: u16) -> Result<(), EditError> {
+        self.0.set_status(status).map_err(edit_error)
+    }
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.0.header(name)
+    }
+    /// Every value of a header.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0.header_values(name)
+    }
+    /// The names of all headers, lower-case.
+    pub fn header_names(&self) -> Vec<String> {
+        self.0.header_names()
+    }
+    /// Set a header, replacing existing values.
+    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.set_header(name, value).map_err(edit_error)
+    }
+    /// Append a header value.
+    pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.add_header(name, value).map_err(edit_error)
+    }
+    /// Remove every value of a header.
+    pub fn remove_header(&self, name: &str) {
+        self.0.remove_header(name)
+    }
+}
+
+/// Write to the host log, tagged with this module, route and request id.
+pub mod log {
+    use super::host_log::{Level, log};
+    /// Log at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    /// Log at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    /// Log at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    /// Log at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+thread_local! {
+    // The filter value for the request this instance serves. The host uses one
+    // instance per request, so this never outlives the request.
+    static CURRENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+fn build<F: Filter>() -> Result<F, String> {
+    crate::instantiate::<F>(&config::get())
+}
+
+pub fn check_config<F: Filter>() -> Result<(), String> {
+    build::<F>().map(drop)
+}
+
+pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {
+    // A config that fails here was accepted by check-config at load time, so
+    // this is a bug in the filter: trap and let the route's on_error decide.
+    let mut filter = build::<F>().unwrap_or_else(|e| panic!("{e}"));
+    let verdict = filter.on_request(&Request(request));
+    CURRENT.with(|current| *current.borrow_mut() = Some(Box::new(filter)));
+    match verdict {
+        Verdict::Continue => types::Verdict::Continue,
+        Verdict::Respond(Reply {
+            status,
+            headers,
+            body,
+        }) => types::Verdict::Respond(types::Reply {
+            status,
+            headers,
+            body,
+        }),
+    }
+}
+
+pub fn on_response<F: Filter>(response: &types::Response) {
+    let current = CURRENT.with(|current| current.borrow_mut().take());
+    let mut filter = match current.and_then(|f| f.downcast::<F>().ok()) {
+        Some(filter) => *filter,
+        None => build::<F>().unwrap_or_else(|e| panic!("{e}")),
+    };
+    filter.on_response(&Response(response));
+}

@@ -1,0 +1,461 @@
+//! Configuration: `cascade.toml` plus the route files it names.
+//!
+//! [`load`] reads the files (shapes in [`file`]), checks everything that can be
+//! checked without compiling modules, and returns the internal [`Config`] model.
+//! Every error names the file, the line and the key at fault.
+
+pub mod file;
+mod model;
+
+use std::fs;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use model::*;
+
+use crate::route::HostPattern;
+use file::{MainFile, RouteFile, UpstreamSection};
+use toml::Spanned;
+
+/// Where in which file a setting was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub key: String,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: key `{}`",
+            self.file.display(),
+            self.line,
+            self.key
+        )
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}{}", path.display(), key_hint(key))]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
+    #[error("{at}: {message}")]
+    Invalid { at: Location, message: String },
+}
+
+fn key_hint(key: &Option<String>) -> String {
+    key.as_ref()
+        .map(|k| format!(" (key `{k}`)"))
+        .unwrap_or_default()
+}
+
+/// A file's text, kept to turn byte spans into line numbers.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let (line, column) = self.line_column(offset);
+            let line_text = self.text.lines().nth(line - 1).unwrap_or("");
+            let key = line_text
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty() && !e.message().contains(&format!("`{k}`")));
+            ConfigError::Syntax {
+                path: self.path.clone(),
+                line,
+                column,
+                key,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+
+    fn line_column(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        (line, column)
+    }
+
+    fn at<T>(&self, spanned: &Spanned<T>, key: &str) -> Location {
+        Location {
+            file: self.path.clone(),
+            line: self.line_column(spanned.span().start).0,
+            key: key.to_string(),
+        }
+    }
+
+    fn invalid<T>(&self, spanned: &Spanned<T>, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            at: self.at(spanned, key),
+            message,
+        }
+    }
+}
+
+/// Read and check `path` and every route file it names.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let main = Source::read(path)?;
+    let file: MainFile = main.parse()?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+
+    let server = ServerConfig {
+        listen: socket_addr(&main, &file.server.listen, "server.listen")?,
+        threads: file.server.threads.max(1),
+        tls: match &file.server.tls {
+            None => None,
+            Some(tls) => Some(TlsConfig {
+                listen: socket_addr(&main, &tls.listen, "server.tls.listen")?,
+                cert: existing_file(&main, &base, &tls.cert, "server.tls.cert")?,
+                key: existing_file(&main, &base, &tls.key, "server.tls.key")?,
+            }),
+        },
+    };
+    let admin = AdminConfig {
+        listen: socket_addr(&main, &file.admin.listen, "admin.listen")?,
+        token_env: file.admin.token_env.clone(),
+        token_file: file.admin.token_file.as_ref().map(|f| base.join(f)),
+    };
+    let modules = ModulesConfig {
+        dir: base.join(file.modules.dir.get_ref()),
+        store: base.join(file.modules.store.as_deref().unwrap_or("../var/modules")),
+    };
+    let limits = Limits {
+        filter_timeout: Duration::from_millis(file.limits.filter_timeout_ms.max(1)),
+        filter_memory_bytes: file.limits.filter_memory_mb.max(1) << 20,
+        max_instances: file.limits.max_instances.max(1),
+    };
+    let mut upstreams = std::collections::BTreeMap::new();
+    for (name, section) in &file.upstreams {
+        upstreams.insert(name.clone(), upstream(&main, name, section)?);
+    }
+
+    let mut routes = Vec::new();
+    for pattern in &file.routes {
+        let paths = expand_pattern(&base, pattern.get_ref())
+            .map_err(|message| main.invalid(pattern, "routes", message))?;
+        for route_path in paths {
+            let source = Source::read(&route_path)?;
+            let route_file: RouteFile = source.parse()?;
+            for section in route_file.route {
+                routes.push(route(&source, section, &upstreams, &limits)?);
+            }
+        }
+    }
+
+    Ok(Config {
+        path: path.to_path_buf(),
+        server,
+        admin,
+        modules,
+        limits,
+        upstreams,
+        routes,
+    })
+}
+
+fn socket_addr(
+    src: &Source,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value.get_ref().parse().map_err(|_| {
+        src.invalid(
+            value,
+            key,
+            format!(
+                "{:?} is not an address like 127.0.0.1:8080",
+                value.get_ref()
+            ),
+        )
+    })
+}
+
+fn existing_file(
+    src: &Source,
+    base: &Path,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<PathBuf, ConfigError> {
+    let path = base.join(value.get_ref());
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(src.invalid(value, key, format!("no file at {}", path.display())))
+    }
+}
+
+fn upstream(
+    src: &Source,
+    name: &str,
+    section: &Spanned<UpstreamSection>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let key = format!("upstreams.{name}.servers");
+    if section.get_ref().servers.is_empty() {
+        return Err(src.invalid(
+            section,
+            &key,
+            "an upstream group needs at least one server".into(),
+        ));
+    }
+    let mut servers = Vec::new();
+    for server in &section.get_ref().servers {
+        let addr = server
+            .get_ref()
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                src.invalid(
+                    server,
+                    &key,
+                    format!("{:?} is not a resolvable host:port", server.get_ref()),
+                )
+            })?;
+        servers.push(addr);
+    }
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        servers,
+        connect_timeout: Duration::from_millis(section.get_ref().connect_timeout_ms),
+        read_timeout: Duration::from_millis(section.get_ref().read_timeout_ms),
+    })
+}
+
+fn route(
+    src: &Source,
+    section: file::RouteSection,
+    upstreams: &std::collections::BTreeMap<String, UpstreamConfig>,
+    limits: &Limits,
+) -> Result<RouteConfig, ConfigError> {
+    let name = section.name.get_ref().clone();
+    if name.is_empty() {
+        return Err(src.invalid(&section.name, "route.name", "a route needs a name".into()));
+    }
+    let host = HostPattern::parse(section.host.get_ref())
+        .map_err(|message| src.invalid(&section.host, "route.host", message))?;
+    let prefix = section.path_prefix.get_ref();
+    if !prefix.starts_with('/') {
+        return Err(src.invalid(
+            &section.path_prefix,
+            "route.path_prefix",
+            format!("{prefix:?} must start with '/'"),
+        ));
+    }
+    if !upstreams.contains_key(section.upstream.get_ref()) {
+        return Err(src.invalid(
+            &section.upstream,
+            "route.upstream",
+            format!(
+                "route {name:?} names upstream group {:?}, which is not defined in [upstreams]",
+                section.upstream.get_ref()
+            ),
+        ));
+    }
+    let mut filters = Vec::new();
+    for entry in section.filters {
+        let config_json = match &entry.config {
+            Some(table) => serde_json::to_string(table.get_ref()).map_err(|e| {
+                src.invalid(
+                    table,
+                    "route.filters.config",
+                    format!("cannot convert to JSON: {e}"),
+                )
+            })?,
+            None => "{}".to_string(),
+        };
+        filters.push(FilterEntry {
+            module: entry.module.get_ref().clone(),
+            on_error: match entry.on_error {
+                file::OnErrorSetting::FailClosed => OnError::FailClosed,
+                file::OnErrorSetting::FailOpen => OnError::FailOpen,
+            },
+            config_json: Arc::from(config_json),
+            limits: FilterLimits {
+                timeout: entry
+                    .timeout_ms
+                    .map(|ms| Duration::from_millis(ms.max(1)))
+                    .unwrap_or(limits.filter_timeout),
+                memory_bytes: entry
+                    .memory_mb
+                    .map(|mb| mb.max(1) << 20)
+                    .unwrap_or(limits.filter_memory_bytes),
+            },
+            at: src.at(&entry.module, "route.filters.module"),
+        });
+    }
+    Ok(RouteConfig {
+        at: src.at(&section.name, "route.name"),
+        name,
+        host,
+        path_prefix: prefix.clone(),
+        upstream: section.upstream.get_ref().clone(),
+        filters,
+    })
+}
+
+/// The files matching `pattern` (relative to `base`), sorted. `*` matches any
+/// run of characters within the file name; directories are taken literally.
+fn expand_pattern(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let full = base.join(pattern);
+    let name_pattern = full
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{pattern:?} does not name a file"))?
+        .to_string();
+    if !name_pattern.contains('*') {
+        return Ok(vec![full]);
+    }
+    let dir = full.parent().unwrap_or(base);
+    let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| wildcard_match(&name_pattern, n))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn wildcard_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .filter(|&i| rest.is_char_boundary(i))
+                .any(|i| wildcard_match(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    const MAIN: &str = r#"
+routes = ["routes/*.toml"]
+[modules]
+dir = "wasm"
+[upstreams.origin]
+servers = ["127.0.0.1:9000"]
+"#;
+
+    #[test]
+    fn wildcard() {
+        assert!(wildcard_match("*.toml", "a.toml"));
+        assert!(wildcard_match("a*b*c", "aXbYc"));
+        assert!(!wildcard_match("*.toml", "a.toml.bak"));
+    }
+
+    #[test]
+    fn loads_routes_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "cascade.toml", MAIN);
+        write(
+            dir.path(),
+            "routes/a.toml",
+            "[[route]]\nname = \"a\"\nupstream = \"origin\"\n[[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/api\" }\n",
+        );
+        let config = load(&main).unwrap();
+        assert_eq!(config.routes.len(), 1);
+        let route = &config.routes[0];
+        assert_eq!(
+            route.filters[0].config_json.as_ref(),
+            r#"{"strip_prefix":"/api"}"#
+        );
+        assert_eq!(route.filters[0].on_error, OnError::FailClosed);
+        assert_eq!(route.filters[0].at.line, 5);
+        assert_eq!(config.modules.dir, dir.path().join("wasm"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "cascade.toml", MAIN);
+        let routes = write(
+            dir.path(),
+            "routes/a.toml",
+            "[[route]]\nname = \"a\"\nupstream = \"origin\"\nhots = \"x\"\n",
+        );
+        let err = load(&main).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:4:", routes.display())),
+            "{err}"
+        );
+        assert!(err.contains("unknown field `hots`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "cascade.toml",
+            &format!("{MAIN}\n[limits]\nfilter_timeout_ms = \"fast\"\n"),
+        );
+        let err = load(&main).unwrap_err().to_string();
+        assert!(err.contains(":9:"), "{err}");
+        assert!(err.contains("filter_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn missing_upstream_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "cascade.toml", MAIN);
+        write(
+            dir.path(),
+            "routes/a.toml",
+            "[[route]]\nname = \"a\"\n\nupstream = \"nope\"\n",
+        );
+        let err = load(&main).unwrap_err().to_string();
+        assert!(err.contains("a.toml:4: key `route.upstream`"), "{err}");
+        assert!(err.contains("\"nope\""), "{err}");
+    }
+}

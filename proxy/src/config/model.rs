@@ -1,0 +1,112 @@
+//! The checked, internal configuration model. File shapes live in `file.rs`;
+//! everything else in the proxy reads only these types.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Location;
+use crate::route::HostPattern;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main file this was loaded from.
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub modules: ModulesConfig,
+    pub limits: Limits,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Worker threads for the proxy service.
+    pub threads: usize,
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS with HTTP/2 (ALPN `h2`, falling back to HTTP/1.1).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModulesConfig {
+    /// Every `*.wasm` here is loaded at start; the module name is the file stem.
+    pub dir: PathBuf,
+    /// Uploaded versions and the compiled-artifact cache.
+    pub store: PathBuf,
+}
+
+/// Sandbox limits for filter instances.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Default CPU deadline for one filter call.
+    pub filter_timeout: Duration,
+    /// Default linear-memory cap for one filter instance.
+    pub filter_memory_bytes: u64,
+    /// Filter instances alive at once, across all requests.
+    pub max_instances: u32,
+}
+
+/// A named group of servers, chosen round-robin.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: HostPattern,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub filters: Vec<FilterEntry>,
+    /// Where the route was declared, for error messages.
+    pub at: Location,
+}
+
+/// One link of a route's filter chain.
+#[derive(Debug, Clone)]
+pub struct FilterEntry {
+    pub module: String,
+    pub on_error: OnError,
+    /// The entry's `config` table as JSON, handed to the filter on request.
+    pub config_json: Arc<str>,
+    pub limits: FilterLimits,
+    /// Where the entry was declared, for error messages.
+    pub at: Location,
+}
+
+/// What a request gets when this filter fails (trap, deadline, memory cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Answer with a 5xx that carries the request id.
+    FailClosed,
+    /// Skip the filter and go on.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FilterLimits {
+    pub timeout: Duration,
+    pub memory_bytes: u64,
+}

@@ -1,0 +1,342 @@
+//! A route's filter chain, and one request's run through it.
+//!
+//! Each link gets a fresh pooled instance in its own `Store`, with its own
+//! deadline and memory cap, so a failing filter can only hurt its own request.
+//! When a link fails, its `on_error` decides: fail-closed ends the request
+//! with a 5xx; fail-open drops that instance and goes on without it.
+
+use std::sync::Arc;
+
+use pingora::http::ResponseHeader;
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+
+use super::bindings::Filter;
+use super::bindings::cascade::filter::types::{Reply, Verdict};
+use super::host::{FilterHost, InstanceTag, RequestHead};
+use super::module::{FilterModule, ModuleRegistry};
+use super::runtime::FilterRuntime;
+use crate::config::{FilterEntry, Location, OnError};
+
+/// One configured link: a module and its settings on this route.
+#[derive(Debug, Clone)]
+pub struct ChainLink {
+    pub module: Arc<FilterModule>,
+    pub entry: FilterEntry,
+    module_name: Arc<str>,
+}
+
+/// A route's filters, in order.
+#[derive(Debug, Clone, Default)]
+pub struct FilterChain {
+    pub links: Vec<ChainLink>,
+}
+
+/// Why a chain could not be built from config.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("{at}: module {module:?} is not loaded (loaded: {loaded})")]
+    MissingModule {
+        at: Location,
+        module: String,
+        loaded: String,
+    },
+    #[error("{at}: module {module:?} rejected its config: {message}")]
+    BadConfig {
+        at: Location,
+        module: String,
+        message: String,
+    },
+}
+
+/// How a filter failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No instance could be made (for example, the pool is exhausted).
+    Instantiate,
+    /// The call ran past its CPU deadline.
+    Timeout,
+    /// The instance tried to grow memory past its cap.
+    MemoryCap,
+    /// The guest trapped (a panic, an out-of-bounds access, ...).
+    Trap,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Instantiate => "instantiate",
+            Self::Timeout => "timeout",
+            Self::MemoryCap => "memory-cap",
+            Self::Trap => "trap",
+        }
+    }
+}
+
+/// A filter that failed, and how.
+#[derive(Debug, Clone)]
+pub struct FilterFailure {
+    pub module: Arc<str>,
+    pub phase: &'static str,
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+impl std::fmt::Display for FilterFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "filter {:?} failed in {} ({}): {}",
+            self.module,
+            self.phase,
+            self.kind.as_str(),
+            self.detail
+        )
+    }
+}
+
+/// What the request phase decided.
+pub enum RequestOutcome {
+    /// Forward the request upstream.
+    Continue,
+    /// A filter answered; send this reply (after the response phase).
+    Respond(Reply),
+    /// A fail-closed filter failed; answer with an error.
+    Failed(FilterFailure),
+}
+
+/// A live filter instance that saw this request.
+struct LiveInstance {
+    store: Store<FilterHost>,
+    filter: Filter,
+    link: usize,
+}
+
+/// The instances of one request, kept from the request phase to the response
+/// phase. Dropping it returns every slot to the pool.
+pub struct InFlightChain {
+    chain: FilterChain,
+    instances: Vec<LiveInstance>,
+    /// Fail-open failures, for logging and metrics.
+    pub skipped: Vec<FilterFailure>,
+}
+
+impl FilterChain {
+    /// Resolve `entries` against `modules`, and ask each filter to check its
+    /// config once, so a bad config is refused before it serves.
+    pub fn build(
+        runtime: &FilterRuntime,
+        modules: &ModuleRegistry,
+        route_name: &str,
+        entries: &[FilterEntry],
+    ) -> Result<Self, ChainError> {
+        let mut links = Vec::new();
+        for entry in entries {
+            let module = modules
+                .get(&entry.module)
+                .ok_or_else(|| ChainError::MissingModule {
+                    at: entry.at.clone(),
+                    module: entry.module.clone(),
+                    loaded: modules.names().collect::<Vec<_>>().join(", "),
+                })?;
+            let link = ChainLink {
+                module: module.clone(),
+                entry: entry.clone(),
+                module_name: Arc::from(entry.module.as_str()),
+            };
+            let bad_config = |message: String| ChainError::BadConfig {
+                at: entry.at.clone(),
+                module: entry.module.clone(),
+                message,
+            };
+            let tag = InstanceTag {
+                module: link.module_name.clone(),
+                route: Arc::from(route_name),
+                request_id: Arc::from("config-check"),
+            };
+            let (mut store, filter) = link
+                .instantiate(runtime, tag)
+                .map_err(|f| bad_config(f.to_string()))?;
+            arm_deadline(&mut store, &link);
+            match filter.call_check_config(&mut store) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(bad_config(message)),
+                Err(e) => {
+                    return Err(bad_config(
+                        classify(&link, "check-config", &store, e).to_string(),
+                    ));
+                }
+            }
+            links.push(link);
+        }
+        Ok(Self { links })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Run `on-request` on each link in order, stopping at the first reply or
+    /// fail-closed failure. The head is handed back, edited, in every case.
+    pub fn run_request(
+        &self,
+        runtime: &FilterRuntime,
+        mut head: RequestHead,
+        route_name: &Arc<str>,
+    ) -> (RequestHead, InFlightChain, RequestOutcome) {
+        let mut run = InFlightChain {
+            chain: self.clone(),
+            instances: Vec::with_capacity(self.links.len()),
+            skipped: Vec::new(),
+        };
+        for (index, link) in self.links.iter().enumerate() {
+            let tag = InstanceTag {
+                module: link.module_name.clone(),
+                route: route_name.clone(),
+                request_id: head.id.clone(),
+            };
+            let failure = match link.instantiate(runtime, tag) {
+                Err(failure) => failure,
+                Ok((mut store, filter)) => {
+                    arm_deadline(&mut store, link);
+                    store.data_mut().request = Some(head);
+                    let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0));
+                    // The host still holds the head after a trap, so it is never lost.
+                    head = store
+                        .data_mut()
+                        .request
+                        .take()
+                        .expect("request returned to host");
+                    match verdict {
+                        Ok(verdict) => {
+                            run.instances.push(LiveInstance {
+                                store,
+                                filter,
+                                link: index,
+                            });
+                            if let Verdict::Respond(reply) = verdict {
+                                return (head, run, RequestOutcome::Respond(reply));
+                            }
+                            continue;
+                        }
+                        Err(e) => classify(link, "on-request", &store, e),
+                    }
+                }
+            };
+            match link.entry.on_error {
+                OnError::FailOpen => {
+                    log::warn!("request {}: {failure}; fail-open, skipping it", head.id);
+                    run.skipped.push(failure);
+                }
+                OnError::FailClosed => return (head, run, RequestOutcome::Failed(failure)),
+            }
+        }
+        (head, run, RequestOutcome::Continue)
+    }
+}
+
+impl InFlightChain {
+    /// Run `on-response` on every instance that saw the request, in reverse
+    /// order. Returns the edited head, or the first fail-closed failure.
+    pub fn run_response(
+        &mut self,
+        mut response: ResponseHeader,
+        request_id: &str,
+    ) -> (ResponseHeader, Result<(), FilterFailure>) {
+        while let Some(mut instance) = self.instances.pop() {
+            let link = &self.chain.links[instance.link];
+            arm_deadline(&mut instance.store, link);
+            instance.store.data_mut().response = Some(response);
+            let result = instance
+                .filter
+                .call_on_response(&mut instance.store, Resource::new_borrow(0));
+            response = instance
+                .store
+                .data_mut()
+                .response
+                .take()
+                .expect("response returned to host");
+            if let Err(e) = result {
+                let failure = classify(link, "on-response", &instance.store, e);
+                match link.entry.on_error {
+                    OnError::FailOpen => {
+                        log::warn!("request {request_id}: {failure}; fail-open, skipping it");
+                        self.skipped.push(failure);
+                    }
+                    OnError::FailClosed => return (response, Err(failure)),
+                }
+            }
+        }
+        (response, Ok(()))
+    }
+
+    /// Instances still alive (each holds a pool slot).
+    pub fn live_instances(&self) -> usize {
+        self.instances.len()
+    }
+}
+
+impl ChainLink {
+    fn instantiate(
+        &self,
+        runtime: &FilterRuntime,
+        tag: InstanceTag,
+    ) -> Result<(Store<FilterHost>, Filter), FilterFailure> {
+        let memory = self
+            .entry
+            .limits
+            .memory_bytes
+            .min(runtime.max_memory_bytes());
+        let host = FilterHost::new(tag, self.entry.config_json.clone(), memory);
+        let mut store = Store::new(runtime.engine(), host);
+        store.limiter(|host| &mut host.limiter);
+        // Start functions run guest code too, so they get the same deadline.
+        arm_deadline(&mut store, self);
+        match self.module.pre.instantiate(&mut store) {
+            Ok(filter) => Ok((store, filter)),
+            Err(e) => {
+                let mut failure = classify(self, "instantiate", &store, e);
+                if failure.kind == FailureKind::Trap {
+                    failure.kind = FailureKind::Instantiate;
+                }
+                Err(failure)
+            }
+        }
+    }
+}
+
+fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink) {
+    store.set_epoch_deadline(FilterRuntime::deadline_ticks(link.entry.limits.timeout));
+    store.epoch_deadline_trap();
+}
+
+fn classify(
+    link: &ChainLink,
+    phase: &'static str,
+    store: &Store<FilterHost>,
+    error: wasmtime::Error,
+) -> FilterFailure {
+    let kind = if store.data().limiter.memory_cap_hit {
+        FailureKind::MemoryCap
+    } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        FailureKind::Timeout
+    } else {
+        FailureKind::Trap
+    };
+    let detail = match kind {
+        FailureKind::Timeout => {
+            format!("ran past its {:?} CPU deadline", link.entry.limits.timeout)
+        }
+        _ => format!("{error:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    FilterFailure {
+        module: link.module_name.clone(),
+        phase,
+        kind,
+        detail,
+    }
+}

@@ -1,0 +1,408 @@
+//! The host side of one filter instance: its `Store` data and the
+//! implementations of the `cascade:filter` imports.
+//!
+//! A store serves exactly one request. The request (or response) head is moved
+//! into the store for the duration of one call and moved back out after it, so
+//! the guest edits the real message and nothing is copied up front.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Result};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::cascade::filter::{config, log, types};
+use crate::upstream::Upstreams;
+
+use types::EditError;
+
+/// Host representation of the `request` resource. A store only ever holds one
+/// request, so the handle carries no data; it names [`FilterHost::request`].
+pub struct RequestHandle;
+
+/// Host representation of the `response` resource; see [`RequestHandle`].
+pub struct ResponseHandle;
+
+/// Everything the request resource reads and writes.
+pub struct RequestHead {
+    pub header: RequestHeader,
+    pub id: Arc<str>,
+    pub client_ip: Arc<str>,
+    pub route_name: Arc<str>,
+    /// The upstream group the request goes to; filters may change it.
+    pub upstream: String,
+    /// The groups a filter may choose from.
+    pub upstreams: Arc<Upstreams>,
+}
+
+/// Which module, route and request a log line or failure belongs to.
+#[derive(Debug, Clone)]
+pub struct InstanceTag {
+    pub module: Arc<str>,
+    pub route: Arc<str>,
+    pub request_id: Arc<str>,
+}
+
+/// Caps one instance's memory and table growth and its instance count.
+pub struct InstanceLimiter {
+    memory_bytes: usize,
+    /// Set when the memory cap refused a growth, so the failure can say so.
+    pub memory_cap_hit: bool,
+}
+
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+const MAX_CORE_INSTANCES: usize = 32;
+const MAX_TABLES: usize = 32;
+const MAX_MEMORIES: usize = 4;
+
+impl ResourceLimiter for InstanceLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_cap_hit = true;
+            // Trapping (rather than failing the grow) stops the filter at once,
+            // instead of letting its allocator abort with a less clear error.
+            return Err(wasmtime::Error::msg(format!(
+                "memory cap of {} bytes exceeded (wanted {desired})",
+                self.memory_bytes
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
+
+/// The data of one filter instance's `Store`.
+pub struct FilterHost {
+    pub tag: InstanceTag,
+    config_json: Arc<str>,
+    pub limiter: InstanceLimiter,
+    /// Present only during `on-request`.
+    pub request: Option<RequestHead>,
+    /// Present only during `on-response`.
+    pub response: Option<ResponseHeader>,
+    /// Built on first use: most filters never touch WASI, and then pay nothing.
+    wasi: Option<WasiCtx>,
+    table: ResourceTable,
+}
+
+impl FilterHost {
+    pub fn new(tag: InstanceTag, config_json: Arc<str>, memory_bytes: u64) -> Self {
+        Self {
+            tag,
+            config_json,
+            limiter: InstanceLimiter {
+                memory_bytes: memory_bytes as usize,
+                memory_cap_hit: false,
+            },
+            request: None,
+            response: None,
+            wasi: None,
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn request(&mut self) -> &mut RequestHead {
+        self.request
+            .as_mut()
+            .expect("the request resource is only lent during on-request")
+    }
+
+    fn response(&mut self) -> &mut ResponseHeader {
+        self.response
+            .as_mut()
+            .expect("the response resource is only lent during on-response")
+    }
+}
+
+impl WasiView for FilterHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            // The default context has no preopens, no network and no env; stdio
+            // goes nowhere.
+            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            table: &mut self.table,
+        }
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, EditError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| EditError::InvalidHeaderName(name.to_string()))
+}
+
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, EditError> {
+    HeaderValue::from_bytes(value.as_bytes())
+        .map_err(|_| EditError::InvalidHeaderValue(name.to_string()))
+}
+
+fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn all_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+fn names(headers: &http::HeaderMap) -> Vec<String> {
+    headers.keys().map(|k| k.as_str().to_string()).collect()
+}
+
+/// Replace the path and query of `header`, keeping whichever part is `None`.
+fn set_target(
+    header: &mut RequestHeader,
+    path: Option<&str>,
+    query: Option<Option<&str>>,
+) -> Result<(), EditError> {
+    let old_path = header.uri.path().to_string();
+    let old_query = header.uri.query().map(str::to_string);
+    let path = path.unwrap_or(&old_path);
+    let query = query.unwrap_or(old_query.as_deref());
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let uri: Uri = target.parse().map_err(|_| match query {
+        Some(q) if path == old_path => EditError::InvalidQuery(q.to_string()),
+        _ => EditError::InvalidPath(path.to_string()),
+    })?;
+    header.set_uri(uri);
+    Ok(())
+}
+
+impl types::Host for FilterHost {}
+
+impl types::HostRequest for FilterHost {
+    fn id(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().id.to_string()
+    }
+
+    fn method(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().header.method.as_str().to_string()
+    }
+
+    fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> Result<(), EditError> {
+        let parsed =
+            Method::from_bytes(method.as_bytes()).map_err(|_| EditError::InvalidMethod(method))?;
+        self.request().header.set_method(parsed);
+        Ok(())
+    }
+
+    fn path(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().header.uri.path().to_string()
+    }
+
+    fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), EditError> {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err(EditError::InvalidPath(path));
+        }
+        set_target(&mut self.request().header, Some(&path), None)
+    }
+
+    fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.request().header.uri.query().map(str::to_string)
+    }
+
+    fn set_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        query: Option<String>,
+    ) -> Result<(), EditError> {
+        if let Some(q) = &query
+            && q.contains('#')
+        {
+            return Err(EditError::InvalidQuery(q.clone()));
+        }
+        set_target(&mut self.request().header, None, Some(query.as_deref()))
+    }
+
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+        first_value(&self.request().header.headers, &name)
+    }
+
+    fn header_values(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<String> {
+        all_values(&self.request().header.headers, &name)
+    }
+
+    fn header_names(&mut self, _: Resource<RequestHandle>) -> Vec<String> {
+        names(&self.request().header.headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), EditError> {
+        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        self.request()
+            .header
+            .insert_header(n, v)
+            .map_err(|_| EditError::InvalidHeaderValue(name))
+    }
+
+    fn add_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), EditError> {
+        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        self.request()
+            .header
+            .append_header(n, v)
+            .map(drop)
+            .map_err(|_| EditError::InvalidHeaderValue(name))
+    }
+
+    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            self.request().header.remove_header(&n);
+        }
+    }
+
+    fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().client_ip.to_string()
+    }
+
+    fn route_name(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().route_name.to_string()
+    }
+
+    fn upstream(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request().upstream.clone()
+    }
+
+    fn set_upstream(&mut self, _: Resource<RequestHandle>, group: String) -> Result<(), EditError> {
+        let request = self.request();
+        if request.upstreams.get(&group).is_none() {
+            return Err(EditError::UnknownUpstream(group));
+        }
+        request.upstream = group;
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<RequestHandle>) -> Result<()> {
+        // Filters only ever borrow the request; there is nothing to free.
+        Ok(())
+    }
+}
+
+impl types::HostResponse for FilterHost {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> u16 {
+        self.response().status.as_u16()
+    }
+
+    fn set_status(&mut self, _: Resource<ResponseHandle>, status: u16) -> Result<(), EditError> {
+        let code = StatusCode::from_u16(status)
+            .ok()
+            .filter(|c| (100..=599).contains(&c.as_u16()))
+            .ok_or(EditError::InvalidStatus(status))?;
+        self.response()
+            .set_status(code)
+            .map_err(|_| EditError::InvalidStatus(status))
+    }
+
+    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<String> {
+        first_value(&self.response().headers, &name)
+    }
+
+    fn header_values(&mut self, _: Resource<ResponseHandle>, name: String) -> Vec<String> {
+        all_values(&self.response().headers, &name)
+    }
+
+    fn header_names(&mut self, _: Resource<ResponseHandle>) -> Vec<String> {
+        names(&self.response().headers)
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), EditError> {
+        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        self.response()
+            .insert_header(n, v)
+            .map_err(|_| EditError::InvalidHeaderValue(name))
+    }
+
+    fn add_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), EditError> {
+        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        self.response()
+            .append_header(n, v)
+            .map(drop)
+            .map_err(|_| EditError::InvalidHeaderValue(name))
+    }
+
+    fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            self.response().remove_header(&n);
+        }
+    }
+
+    fn drop(&mut self, _: Resource<ResponseHandle>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl log::Host for FilterHost {
+    fn log(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Trace => ::log::Level::Trace,
+            log::Level::Debug => ::log::Level::Debug,
+            log::Level::Info => ::log::Level::Info,
+            log::Level::Warn => ::log::Level::Warn,
+            log::Level::Error => ::log::Level::Error,
+        };
+        let InstanceTag {
+            module,
+            route,
+            request_id,
+        } = &self.tag;
+        ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {message}");
+    }
+}
+
+impl config::Host for FilterHost {
+    fn get(&mut self) -> String {
+        self.config_json.to_string()
+    }
+}

@@ -1,0 +1,40 @@
+//! The Wasm host: filter modules, their instances, and the chain that runs them.
+//!
+//! ```text
+//!  start-up / reload                        per request
+//!  ───────────────────                      ──────────────────────────────────────────
+//!  *.wasm ─► ModuleRegistry                 FilterChain::run_request
+//!            (validate, compile once,         for each link, in chain order:
+//!             InstancePre per module)           fresh Store + pooled instance
+//!                      │                        deadline ─► on-request ─► verdict
+//!                      ▼                    FilterChain::run_response (reverse order,
+//!            FilterChain per route            same instances) ─► instances dropped
+//! ```
+//!
+//! * [`runtime`] owns the single `Engine` (pooling allocator, copy-on-write
+//!   memory, epoch interruption) and the epoch ticker that enforces deadlines.
+//! * [`module`] validates and compiles components.
+//! * [`host`] implements the `cascade:filter` imports for one instance.
+//! * [`chain`] runs a route's chain and applies each link's failure policy.
+
+pub mod chain;
+pub mod host;
+pub mod module;
+pub mod runtime;
+
+/// Host bindings for the `filter` world in `wit/`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "filter",
+        with: {
+            "cascade:filter/types.request": super::host::RequestHandle,
+            "cascade:filter/types.response": super::host::ResponseHandle,
+        },
+    });
+}
+
+pub use chain::{ChainLink, FilterChain, FilterFailure, InFlightChain, RequestOutcome};
+pub use host::RequestHead;
+pub use module::{FilterModule, ModuleError, ModuleRegistry};
+pub use runtime::FilterRuntime;

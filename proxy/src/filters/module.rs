@@ -1,0 +1,221 @@
+//! Filter modules: validated, compiled once, and pre-linked for fast
+//! per-request instantiation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+
+use super::bindings::FilterPre;
+use super::host::FilterHost;
+use super::runtime::FilterRuntime;
+
+/// Import namespaces a filter may use. WASI is granted sandboxed (no files,
+/// no network, no environment); everything else is refused at load.
+const GRANTED_IMPORTS: &[&str] = &[
+    "cascade:filter/",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
+
+/// Why a module cannot be used. Every variant names the module.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module {name:?} ({}): cannot read: {source}", path.display())]
+    Read {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read module directory {}: {source}", path.display())]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("module {name:?}: not a WebAssembly binary (bad magic number)")]
+    NotWasm { name: String },
+    #[error(
+        "module {name:?}: is a core WebAssembly module, not a component; build it for \
+         wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule { name: String },
+    #[error("module {name:?}: does not compile: {reason}")]
+    Compile { name: String, reason: String },
+    #[error("module {name:?}: imports {import:?}, which the host does not grant")]
+    UngrantedImport { name: String, import: String },
+    #[error("module {name:?}: is not a cascade:filter component: {reason}")]
+    WrongWorld { name: String, reason: String },
+    #[error("module name {name:?} is not valid: use letters, digits, '-' and '_'")]
+    BadName { name: String },
+}
+
+/// A compiled, pre-linked filter component.
+pub struct FilterModule {
+    pub name: String,
+    pub pre: FilterPre<FilterHost>,
+    /// Size of the component binary in bytes.
+    pub size: usize,
+    pub compile_time: Duration,
+}
+
+impl std::fmt::Debug for FilterModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterModule")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `true` for names that are safe as file stems and URL segments.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl FilterModule {
+    /// Validate `bytes` as a filter component and compile it. Nothing is
+    /// compiled for binaries that are not components or import too much.
+    pub fn compile(runtime: &FilterRuntime, name: &str, bytes: &[u8]) -> Result<Self, ModuleError> {
+        let name_owned = || name.to_string();
+        if !valid_name(name) {
+            return Err(ModuleError::BadName { name: name_owned() });
+        }
+        match bytes.get(0..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(ModuleError::CoreModule { name: name_owned() });
+            }
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            _ => return Err(ModuleError::NotWasm { name: name_owned() }),
+        }
+        let started = Instant::now();
+        let component =
+            Component::new(runtime.engine(), bytes).map_err(|e| ModuleError::Compile {
+                name: name_owned(),
+                reason: format!("{e:#}"),
+            })?;
+        let compile_time = started.elapsed();
+
+        let ty = component.component_type();
+        for (import, item) in ty.imports(runtime.engine()) {
+            // Type imports (such as the world's `use` of `request`) grant nothing.
+            let is_capability = matches!(
+                item.ty,
+                ComponentItem::ComponentInstance(_)
+                    | ComponentItem::ComponentFunc(_)
+                    | ComponentItem::CoreFunc(_)
+                    | ComponentItem::Module(_)
+                    | ComponentItem::Component(_)
+            );
+            if is_capability
+                && !GRANTED_IMPORTS
+                    .iter()
+                    .any(|granted| import.starts_with(granted))
+            {
+                return Err(ModuleError::UngrantedImport {
+                    name: name_owned(),
+                    import: import.to_string(),
+                });
+            }
+        }
+        let wrong_world = |reason: String| ModuleError::WrongWorld {
+            name: name_owned(),
+            reason,
+        };
+        for export in ["on-request", "on-response", "check-config"] {
+            if !matches!(
+                ty.get_export(runtime.engine(), export).map(|e| e.ty),
+                Some(ComponentItem::ComponentFunc(_))
+            ) {
+                return Err(wrong_world(format!(
+                    "it does not export the function `{export}`"
+                )));
+            }
+        }
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| wrong_world(format!("{e:#}")))?;
+        let pre = FilterPre::new(instance_pre).map_err(|e| wrong_world(format!("{e:#}")))?;
+        Ok(Self {
+            name: name_owned(),
+            pre,
+            size: bytes.len(),
+            compile_time,
+        })
+    }
+}
+
+/// Every loaded module, by name.
+#[derive(Debug, Default, Clone)]
+pub struct ModuleRegistry {
+    modules: BTreeMap<String, Arc<FilterModule>>,
+}
+
+impl ModuleRegistry {
+    /// Load every `*.wasm` in `dir`; the module name is the file stem. Any
+    /// invalid file fails the whole load, naming the file.
+    pub fn load_dir(runtime: &FilterRuntime, dir: &Path) -> Result<Self, ModuleError> {
+        let read_dir_error = |source| ModuleError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_dir_error)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+            .collect();
+        paths.sort();
+        let mut registry = Self::default();
+        for path in paths {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let bytes = std::fs::read(&path).map_err(|source| ModuleError::Read {
+                name: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            let module = FilterModule::compile(runtime, &name, &bytes)?;
+            log::info!(
+                "loaded module {name:?} from {} ({} bytes, compiled in {:?})",
+                path.display(),
+                module.size,
+                module.compile_time
+            );
+            registry.insert(module);
+        }
+        Ok(registry)
+    }
+
+    pub fn insert(&mut self, module: FilterModule) {
+        self.modules.insert(module.name.clone(), Arc::new(module));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<FilterModule>> {
+        self.modules.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+}

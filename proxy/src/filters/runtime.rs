@@ -1,0 +1,104 @@
+//! The one `Engine` and `Linker` every filter shares, and the epoch ticker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings;
+use super::host::FilterHost;
+use crate::config::Limits;
+
+/// How often the epoch advances. A filter deadline is a whole number of ticks,
+/// so a call is stopped at most one tick after its deadline.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Largest linear memory any instance may have; per-entry caps sit below it.
+const MAX_MEMORY_BYTES: u64 = 256 << 20;
+
+/// The Wasm engine and the host functions linked into every filter.
+pub struct FilterRuntime {
+    engine: Engine,
+    linker: Linker<FilterHost>,
+    max_memory_bytes: u64,
+}
+
+impl FilterRuntime {
+    /// Build the engine for `limits` and start the epoch ticker.
+    pub fn new(limits: &Limits) -> wasmtime::Result<Arc<Self>> {
+        let max_memory_bytes = limits.filter_memory_bytes.clamp(1 << 20, MAX_MEMORY_BYTES);
+        let instances = limits.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            // A Rust component holds a few core instances (the guest and its
+            // shims) but only one or two memories and tables.
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(2))
+            .max_memory_size(max_memory_bytes as usize)
+            // Reusing a slot resets memory with memset below this size instead
+            // of madvise, which is cheaper for small filters.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .epoch_interruption(true)
+            // Reserve only the largest allowed memory per slot (plus a guard),
+            // so ten thousand slots fit comfortably in the address space.
+            .memory_reservation(max_memory_bytes)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        // Sandboxed WASI: no preopened directories, no network, no environment.
+        // It exists because language runtimes expect stdio, clocks and random.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Filter::add_to_linker::<FilterHost, wasmtime::component::HasSelf<FilterHost>>(
+            &mut linker,
+            |host| host,
+        )?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("cascade-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            max_memory_bytes,
+        }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn linker(&self) -> &Linker<FilterHost> {
+        &self.linker
+    }
+
+    /// The largest memory cap a chain entry can get.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
+    }
+
+    /// A deadline of `timeout`, in epoch ticks. One tick is added because the
+    /// next tick may land right after the deadline is set.
+    pub fn deadline_ticks(timeout: Duration) -> u64 {
+        (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+    }
+}

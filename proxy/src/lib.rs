@@ -1,0 +1,23 @@
+//! Cascade: a CDN edge proxy that runs a chain of WebAssembly component
+//! filters on every request, in front of upstream groups.
+//!
+//! ```text
+//! client ─► accept (Pingora) ─► route ─► filters: on-request, in order ─┐
+//!                                         │ a filter may answer early    │
+//!                                         ▼                              ▼
+//! client ◄─ log ◄─ filters: on-response, reverse order ◄─ upstream group
+//! ```
+//!
+//! Follow a request through the modules in this order: [`service`] (the only
+//! place the phases are wired), [`route`], [`filters`], [`upstream`]. Start-up
+//! is [`server`]; configuration is [`config`], and [`snapshot`] is the
+//! consistent version of both that each request pins.
+
+pub mod config;
+pub mod demo_origin;
+pub mod filters;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod upstream;

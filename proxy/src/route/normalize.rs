@@ -1,0 +1,151 @@
+//! Normalization of what routing reads, so that a path cannot be dressed up
+//! to reach one route's upstream while matching another route's filters.
+//!
+//! Path rules, applied in order (RFC 3986 §6.2.2):
+//! 1. Percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+//!    decoded; every other escape is kept, with upper-case hex. `%2F` therefore
+//!    stays `%2F` and never becomes a separator. A malformed escape is refused.
+//! 2. Runs of `/` collapse to one.
+//! 3. `.` segments are removed and `..` removes the segment before it (§5.2.4).
+//!    A `..` that would climb above the root is refused.
+//!
+//! The normalized path is also what the upstream receives, so the route
+//! decision and the upstream's view of the path agree.
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path must start with '/'")]
+    NotAbsolute,
+    #[error("malformed percent-escape in path")]
+    BadEscape,
+    #[error("path climbs above the root with '..'")]
+    AboveRoot,
+}
+
+/// The normalized form of `path` (without query).
+pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let needs_work =
+        raw.contains('%') || raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..");
+    if !needs_work {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let decoded = decode_unreserved(raw)?;
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = parts.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, segment) in parts.iter().enumerate() {
+        match *segment {
+            "" => trailing_slash = i == last,
+            "." => trailing_slash = i == last,
+            ".." => {
+                segments.pop().ok_or(PathError::AboveRoot)?;
+                trailing_slash = i == last;
+            }
+            s => {
+                segments.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+fn decode_unreserved(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            // Multi-byte UTF-8 is copied one char at a time.
+            let ch = raw[i..].chars().next().expect("in bounds");
+            out.push(ch);
+            i += ch.len_utf8();
+            continue;
+        }
+        let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+        let value = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or(PathError::BadEscape)?;
+        if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+            out.push(value as char);
+        } else {
+            out.push_str(&format!("%{value:02X}"));
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+/// The host name routing compares: lower-case, without port or trailing dot.
+pub fn host(raw: &str) -> Cow<'_, str> {
+    let without_port = match raw.rsplit_once(':') {
+        // An IPv6 literal keeps its colons inside brackets.
+        Some((h, port)) if !h.ends_with(']') || raw.starts_with('[') => {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        }
+        _ => raw,
+    };
+    let trimmed = without_port.trim_end_matches('.');
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("//a///b/", "/a/b/"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/a/../b", "/b"),
+            ("/%61pi/x", "/api/x"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a%2e%2e/b", "/a../b"),
+            ("/a/.", "/a/"),
+        ] {
+            assert_eq!(path(raw).unwrap(), want, "{raw}");
+        }
+        assert_eq!(path("/.."), Err(PathError::AboveRoot));
+        // Escaped dots are still dots once decoded.
+        assert_eq!(path("/%2E%2E/x"), Err(PathError::AboveRoot));
+        assert_eq!(path("/a/%zz"), Err(PathError::BadEscape));
+        assert_eq!(path("/a/%4"), Err(PathError::BadEscape));
+        assert_eq!(path("a"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host("Example.COM:8080"), "example.com");
+        assert_eq!(host("example.com."), "example.com");
+        assert_eq!(host("[::1]:80"), "[::1]");
+        assert_eq!(host("localhost"), "localhost");
+    }
+}

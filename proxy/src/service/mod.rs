@@ -1,0 +1,298 @@
+//! The Pingora `ProxyHttp` implementation: the only place where the phases of
+//! the request path are wired together. Each phase hands off to its module.
+//!
+//! ```text
+//! request_filter ─────────► route::normalize + RouteTable::find   (400 / 404)
+//!                 └───────► FilterChain::run_request              (reply / 5xx)
+//! upstream_peer ──────────► upstream::UpstreamGroup::peer
+//! upstream_request_filter ► request id, X-Forwarded-For
+//! response_filter ────────► InFlightChain::run_response (reverse order)
+//! logging ────────────────► access log
+//! ```
+
+mod reply;
+mod request_id;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+
+use crate::filters::{FilterFailure, FilterRuntime, InFlightChain, RequestHead, RequestOutcome};
+use crate::route::{Route, normalize};
+use crate::snapshot::Snapshot;
+use reply::ErrorReply;
+pub use request_id::RequestIds;
+
+/// The header carrying the request id, to the upstream and to the client.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The Cascade proxy service.
+pub struct CascadeProxy {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    runtime: Arc<FilterRuntime>,
+    ids: RequestIds,
+}
+
+impl CascadeProxy {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, runtime: Arc<FilterRuntime>) -> Self {
+        Self {
+            snapshot,
+            runtime,
+            ids: RequestIds::new(),
+        }
+    }
+}
+
+/// Per-request state, from the first phase to the log line.
+pub struct RequestCtx {
+    id: Arc<str>,
+    started: Instant,
+    /// The snapshot this request pinned at its start.
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<Arc<Route>>,
+    /// The upstream group, as the filters left it.
+    upstream: String,
+    /// Filter instances kept for the response phase.
+    chain: Option<Exclusive<InFlightChain>>,
+    /// A fail-closed failure, answered by `fail_to_proxy`.
+    failure: Option<FilterFailure>,
+}
+
+/// Makes a `Send` value `Sync` by giving out only `&mut` access: a shared
+/// reference to it is useless, so sharing one between threads is harmless.
+/// (Pingora requires `Sync` contexts; Wasmtime stores are only `Send`.)
+pub struct Exclusive<T>(T);
+
+// SAFETY: no `&self` method exposes the inner value.
+unsafe impl<T: Send> Sync for Exclusive<T> {}
+
+impl<T> Exclusive<T> {
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
+impl CascadeProxy {
+    /// Route the request and run its filter chain. `Ok(true)` means a reply
+    /// was already sent.
+    async fn route_and_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = self.snapshot.load_full();
+        ctx.snapshot = Some(snapshot.clone());
+
+        let header = session.req_header();
+        let normalized = match normalize::path(header.uri.path()) {
+            Ok(path) => path.into_owned(),
+            Err(e) => {
+                return reply::send_error(session, ctx, ErrorReply::new(400, e.to_string())).await;
+            }
+        };
+        if normalized != header.uri.path() {
+            let target = match header.uri.query() {
+                Some(q) => format!("{normalized}?{q}"),
+                None => normalized.clone(),
+            };
+            match target.parse() {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    return reply::send_error(
+                        session,
+                        ctx,
+                        ErrorReply::new(400, "invalid request target".into()),
+                    )
+                    .await;
+                }
+            }
+        }
+        let host = request_host(session);
+        let Some(route) = snapshot.routes.find(&host, &normalized).cloned() else {
+            let message = format!("no route for host {host:?} and path {normalized:?}");
+            return reply::send_error(session, ctx, ErrorReply::new(404, message)).await;
+        };
+        ctx.upstream = route.config.upstream.clone();
+        ctx.route = Some(route.clone());
+        if route.chain.is_empty() {
+            return Ok(false);
+        }
+
+        let client_ip: Arc<str> = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
+            .into();
+        let placeholder = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0))?;
+        let head = RequestHead {
+            header: std::mem::replace(session.req_header_mut(), placeholder),
+            id: ctx.id.clone(),
+            client_ip,
+            route_name: route.name.clone(),
+            upstream: ctx.upstream.clone(),
+            upstreams: snapshot.upstreams.clone(),
+        };
+        let (head, chain, outcome) = route.chain.run_request(&self.runtime, head, &route.name);
+        *session.req_header_mut() = head.header;
+        ctx.upstream = head.upstream;
+        let mut chain = Exclusive(chain);
+        match outcome {
+            RequestOutcome::Continue => {
+                ctx.chain = Some(chain);
+                Ok(false)
+            }
+            RequestOutcome::Respond(filter_reply) => {
+                reply::send_filter_reply(session, ctx, chain.get_mut(), filter_reply).await
+            }
+            RequestOutcome::Failed(failure) => {
+                drop(chain);
+                let error = ErrorReply::filter_failed(&failure);
+                ctx.failure = Some(failure);
+                reply::send_error(session, ctx, error).await
+            }
+        }
+    }
+}
+
+/// The request's host: the `Host` header, or the URI authority (HTTP/2).
+fn request_host(session: &Session) -> String {
+    let header = session.req_header();
+    header
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| header.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[async_trait]
+impl ProxyHttp for CascadeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            id: self.ids.next(),
+            started: Instant::now(),
+            snapshot: None,
+            route: None,
+            upstream: String::new(),
+            chain: None,
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.route_and_filter(session, ctx).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx
+            .snapshot
+            .as_ref()
+            .expect("request_filter pinned a snapshot");
+        match snapshot.upstreams.get(&ctx.upstream) {
+            Some(group) => Ok(group.peer()),
+            None => Error::e_explain(
+                ErrorType::InternalError,
+                format!("upstream group {:?} vanished", ctx.upstream),
+            ),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let forwarded = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(earlier) => format!("{earlier}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", forwarded)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(mut chain) = ctx.chain.take() {
+            let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
+            let response = std::mem::replace(upstream_response, placeholder);
+            let (response, result) = chain.get_mut().run_response(response, &ctx.id);
+            *upstream_response = response;
+            // Returning the instances to the pool now, not at the end of the body.
+            drop(chain);
+            if let Err(failure) = result {
+                let message = failure.to_string();
+                ctx.failure = Some(failure);
+                return Error::e_explain(ErrorType::HTTPStatus(500), message);
+            }
+        }
+        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        ctx.chain = None;
+        let error = match &ctx.failure {
+            Some(failure) => ErrorReply::filter_failed(failure),
+            None => ErrorReply::from_proxy_error(e),
+        };
+        let code = error.status;
+        if code > 0 {
+            let _ = reply::send_error(session, ctx, error).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.chain = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let header = session.req_header();
+        let line = serde_json::json!({
+            "request_id": ctx.id.as_ref(),
+            "method": header.method.as_str(),
+            "path": header.uri.path(),
+            "route": ctx.route.as_ref().map(|r| r.name.as_ref()),
+            "upstream": ctx.upstream,
+            "status": status,
+            "duration_us": ctx.started.elapsed().as_micros() as u64,
+            "filter_failure": ctx.failure.as_ref().map(|f| f.to_string()),
+            "error": e.map(|e| e.to_string()),
+        });
+        log::info!(target: "cascade::access", "{line}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Answers the proxy gives itself: filter replies and errors.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use super::{REQUEST_ID_HEADER, RequestCtx};
+use crate::filters::bindings::cascade::filter::types::Reply;
+use crate::filters::{FilterFailure, InFlightChain};
+
+/// An error answer: a status and a message, sent as JSON with the request id.
+pub struct ErrorReply {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(status: u16, message: String) -> Self {
+        Self { status, message }
+    }
+
+    /// A fail-closed filter failure.
+    pub fn filter_failed(failure: &FilterFailure) -> Self {
+        Self::new(500, failure.to_string())
+    }
+
+    /// An error from Pingora, with the status it maps to.
+    pub fn from_proxy_error(e: &Error) -> Self {
+        let status = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        let message = match status {
+            502 => format!("upstream unavailable: {}", e.etype().as_str()),
+            504 => "upstream timed out".to_string(),
+            _ => e.etype().as_str().to_string(),
+        };
+        Self::new(status, message)
+    }
+}
+
+/// Send an error reply. Always `Ok(true)`: the request is answered.
+pub async fn send_error(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    error: ErrorReply,
+) -> Result<bool> {
+    let body = serde_json::json!({
+        "error": error.message,
+        "status": error.status,
+        "request_id": ctx.id.as_ref(),
+    })
+    .to_string();
+    let mut header = ResponseHeader::build(error.status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    write(session, ctx, header, Bytes::from(body)).await
+}
+
+/// Send a filter's reply, after the response phase of the filters that saw
+/// the request. A reply header the host refuses is dropped with a warning.
+pub async fn send_filter_reply(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    chain: &mut InFlightChain,
+    reply: Reply,
+) -> Result<bool> {
+    let mut header = match ResponseHeader::build(reply.status, Some(reply.headers.len() + 2)) {
+        Ok(header) => header,
+        Err(_) => {
+            let message = format!("a filter replied with invalid status {}", reply.status);
+            return send_error(session, ctx, ErrorReply::new(500, message)).await;
+        }
+    };
+    for (name, value) in reply.headers {
+        let name_bytes = Bytes::from(name.to_ascii_lowercase());
+        let valid = http::HeaderName::from_bytes(&name_bytes).is_ok();
+        if !valid || header.append_header(name_bytes, value.as_str()).is_err() {
+            log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
+        }
+    }
+    let (header, result) = chain.run_response(header, &ctx.id);
+    if let Err(failure) = result {
+        let error = ErrorReply::filter_failed(&failure);
+        ctx.failure = Some(failure);
+        return send_error(session, ctx, error).await;
+    }
+    write(session, ctx, header, Bytes::from(reply.body)).await
+}
+
+async fn write(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    mut header: ResponseHeader,
+    body: Bytes,
+) -> Result<bool> {
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,64 @@
+//! One consistent version of everything a request reads: routes with their
+//! resolved filter chains, upstream groups and modules.
+//!
+//! The proxy keeps the current snapshot behind `arc-swap`. A request loads it
+//! once, at its start, and keeps that version through both phases, so a swap
+//! never mixes versions within one request.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, Config, ConfigError};
+use crate::filters::chain::ChainError;
+use crate::filters::{FilterChain, FilterRuntime, ModuleError, ModuleRegistry};
+use crate::route::{DuplicateRoute, Route, RouteTable};
+use crate::upstream::Upstreams;
+
+/// Why a configuration could not be made live.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Route(#[from] DuplicateRoute),
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub upstreams: Arc<Upstreams>,
+    pub modules: Arc<ModuleRegistry>,
+}
+
+impl Snapshot {
+    /// Load the config at `path` and the modules it points to, and check
+    /// every route's chain, including each filter's own config check.
+    pub fn load(path: &Path, runtime: &FilterRuntime) -> Result<Self, SnapshotError> {
+        let config = config::load(path)?;
+        let modules = ModuleRegistry::load_dir(runtime, &config.modules.dir)?;
+        Self::build(config, Arc::new(modules), runtime)
+    }
+
+    /// Assemble a snapshot from a loaded config and module set.
+    pub fn build(
+        config: Config,
+        modules: Arc<ModuleRegistry>,
+        runtime: &FilterRuntime,
+    ) -> Result<Self, SnapshotError> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let chain = FilterChain::build(runtime, &modules, &route.name, &route.filters)?;
+            routes.push(Route::new(route.clone(), chain));
+        }
+        Ok(Self {
+            routes: RouteTable::build(routes)?,
+            upstreams: Arc::new(Upstreams::new(&config.upstreams)),
+            modules,
+            config: Arc::new(config),
+        })
+    }
+}
