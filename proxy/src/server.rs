@@ -29,14 +29,23 @@ pub enum StartError {
 pub fn check(path: &Path) -> Result<Snapshot, StartError> {
     let config = config::load(path).map_err(SnapshotError::from)?;
     let runtime = FilterRuntime::new(&config.limits).map_err(StartError::Engine)?;
-    Ok(Snapshot::load(path, &runtime)?)
+    Ok(block_on(Snapshot::load(path, &runtime))?)
+}
+
+/// Run start-up work that calls into filters (their config checks) before
+/// Pingora's runtimes exist.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime needs no resources")
+        .block_on(future)
 }
 
 /// Serve the config at `path` until the process is stopped.
 pub fn serve(path: &Path) -> Result<(), StartError> {
     let config = config::load(path).map_err(SnapshotError::from)?;
     let runtime = FilterRuntime::new(&config.limits).map_err(StartError::Engine)?;
-    let snapshot = Snapshot::load(path, &runtime)?;
+    let snapshot = block_on(Snapshot::load(path, &runtime))?;
     let server_config = snapshot.config.server.clone();
     log::info!(
         "loaded {} routes and {} modules from {}",

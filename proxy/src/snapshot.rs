@@ -24,7 +24,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error(transparent)]
-    Route(#[from] DuplicateRoute),
+    Route(#[from] Box<DuplicateRoute>),
 }
 
 pub struct Snapshot {
@@ -37,21 +37,21 @@ pub struct Snapshot {
 impl Snapshot {
     /// Load the config at `path` and the modules it points to, and check
     /// every route's chain, including each filter's own config check.
-    pub fn load(path: &Path, runtime: &FilterRuntime) -> Result<Self, SnapshotError> {
+    pub async fn load(path: &Path, runtime: &FilterRuntime) -> Result<Self, SnapshotError> {
         let config = config::load(path)?;
         let modules = ModuleRegistry::load_dir(runtime, &config.modules.dir)?;
-        Self::build(config, Arc::new(modules), runtime)
+        Self::build(config, Arc::new(modules), runtime).await
     }
 
     /// Assemble a snapshot from a loaded config and module set.
-    pub fn build(
+    pub async fn build(
         config: Config,
         modules: Arc<ModuleRegistry>,
         runtime: &FilterRuntime,
     ) -> Result<Self, SnapshotError> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let chain = FilterChain::build(runtime, &modules, &route.name, &route.filters)?;
+            let chain = FilterChain::build(runtime, &modules, &route.name, &route.filters).await?;
             routes.push(Route::new(route.clone(), chain));
         }
         Ok(Self {

@@ -1,1 +1,5 @@
+//! Black-box tests: the real `cascade` binary, real compiled filters, a real
+//! origin on an ephemeral port and a real HTTP client.
 
+mod foundation;
+mod support;

@@ -124,7 +124,7 @@ pub struct InFlightChain {
 impl FilterChain {
     /// Resolve `entries` against `modules`, and ask each filter to check its
     /// config once, so a bad config is refused before it serves.
-    pub fn build(
+    pub async fn build(
         runtime: &FilterRuntime,
         modules: &ModuleRegistry,
         route_name: &str,
@@ -156,9 +156,10 @@ impl FilterChain {
             };
             let (mut store, filter) = link
                 .instantiate(runtime, tag)
+                .await
                 .map_err(|f| bad_config(f.to_string()))?;
             arm_deadline(&mut store, &link);
-            match filter.call_check_config(&mut store) {
+            match filter.call_check_config(&mut store).await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
                 Err(e) => {
@@ -178,7 +179,7 @@ impl FilterChain {
 
     /// Run `on-request` on each link in order, stopping at the first reply or
     /// fail-closed failure. The head is handed back, edited, in every case.
-    pub fn run_request(
+    pub async fn run_request(
         &self,
         runtime: &FilterRuntime,
         mut head: RequestHead,
@@ -195,12 +196,14 @@ impl FilterChain {
                 route: route_name.clone(),
                 request_id: head.id.clone(),
             };
-            let failure = match link.instantiate(runtime, tag) {
+            let failure = match link.instantiate(runtime, tag).await {
                 Err(failure) => failure,
                 Ok((mut store, filter)) => {
                     arm_deadline(&mut store, link);
                     store.data_mut().request = Some(head);
-                    let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0));
+                    let verdict = filter
+                        .call_on_request(&mut store, Resource::new_borrow(0))
+                        .await;
                     // The host still holds the head after a trap, so it is never lost.
                     head = store
                         .data_mut()
@@ -238,7 +241,7 @@ impl FilterChain {
 impl InFlightChain {
     /// Run `on-response` on every instance that saw the request, in reverse
     /// order. Returns the edited head, or the first fail-closed failure.
-    pub fn run_response(
+    pub async fn run_response(
         &mut self,
         mut response: ResponseHeader,
         request_id: &str,
@@ -249,7 +252,8 @@ impl InFlightChain {
             instance.store.data_mut().response = Some(response);
             let result = instance
                 .filter
-                .call_on_response(&mut instance.store, Resource::new_borrow(0));
+                .call_on_response(&mut instance.store, Resource::new_borrow(0))
+                .await;
             response = instance
                 .store
                 .data_mut()
@@ -277,7 +281,7 @@ impl InFlightChain {
 }
 
 impl ChainLink {
-    fn instantiate(
+    async fn instantiate(
         &self,
         runtime: &FilterRuntime,
         tag: InstanceTag,
@@ -292,7 +296,7 @@ impl ChainLink {
         store.limiter(|host| &mut host.limiter);
         // Start functions run guest code too, so they get the same deadline.
         arm_deadline(&mut store, self);
-        match self.module.pre.instantiate(&mut store) {
+        match self.module.pre.instantiate_async(&mut store).await {
             Ok(filter) => Ok((store, filter)),
             Err(e) => {
                 let mut failure = classify(self, "instantiate", &store, e);

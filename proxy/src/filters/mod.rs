@@ -27,6 +27,10 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "filter",
+        // Calls are async so that WASI's blocking stream operations (a guest
+        // printing a panic message, say) await instead of blocking a Pingora
+        // worker. Cascade's own imports stay synchronous and cheap.
+        exports: { default: async },
         with: {
             "cascade:filter/types.request": super::host::RequestHandle,
             "cascade:filter/types.response": super::host::ResponseHandle,

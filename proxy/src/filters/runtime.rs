@@ -40,7 +40,10 @@ impl FilterRuntime {
             // Reusing a slot resets memory with memset below this size instead
             // of madvise, which is cheaper for small filters.
             .linear_memory_keep_resident(64 << 10)
-            .table_keep_resident(16 << 10);
+            .table_keep_resident(16 << 10)
+            // A fiber stack is held only while a call runs, not between phases.
+            .total_stacks(instances.min(1_000))
+            .async_stack_keep_resident(16 << 10);
 
         let mut config = Config::new();
         config
@@ -52,13 +55,14 @@ impl FilterRuntime {
             .memory_reservation(max_memory_bytes)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
-            .max_wasm_stack(512 << 10);
+            .max_wasm_stack(512 << 10)
+            .async_stack_size(1 << 20);
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
         // Sandboxed WASI: no preopened directories, no network, no environment.
         // It exists because language runtimes expect stdio, clocks and random.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Filter::add_to_linker::<FilterHost, wasmtime::component::HasSelf<FilterHost>>(
             &mut linker,
             |host| host,

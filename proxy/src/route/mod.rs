@@ -128,18 +128,20 @@ pub struct DuplicateRoute {
 
 impl RouteTable {
     /// Index `routes`, refusing duplicate names and duplicate (host, prefix) pairs.
-    pub fn build(routes: Vec<Route>) -> Result<Self, DuplicateRoute> {
+    pub fn build(routes: Vec<Route>) -> Result<Self, Box<DuplicateRoute>> {
         let mut table = Self::default();
         let mut seen: HashMap<(HostPattern, String), String> = HashMap::new();
         let mut names: HashMap<String, String> = HashMap::new();
         for route in routes {
             let config = &route.config;
-            let duplicate = |other: String| DuplicateRoute {
-                at: config.at.clone(),
-                name: config.name.clone(),
-                other,
-                host: config.host.clone(),
-                prefix: config.path_prefix.clone(),
+            let duplicate = |other: String| {
+                Box::new(DuplicateRoute {
+                    at: config.at.clone(),
+                    name: config.name.clone(),
+                    other,
+                    host: config.host.clone(),
+                    prefix: config.path_prefix.clone(),
+                })
             };
             if let Some(other) = names.insert(config.name.clone(), config.name.clone()) {
                 return Err(duplicate(other));

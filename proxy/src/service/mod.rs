@@ -134,7 +134,10 @@ impl CascadeProxy {
             upstream: ctx.upstream.clone(),
             upstreams: snapshot.upstreams.clone(),
         };
-        let (head, chain, outcome) = route.chain.run_request(&self.runtime, head, &route.name);
+        let (head, chain, outcome) = route
+            .chain
+            .run_request(&self.runtime, head, &route.name)
+            .await;
         *session.req_header_mut() = head.header;
         ctx.upstream = head.upstream;
         let mut chain = Exclusive(chain);
@@ -240,7 +243,7 @@ impl ProxyHttp for CascadeProxy {
         if let Some(mut chain) = ctx.chain.take() {
             let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
             let response = std::mem::replace(upstream_response, placeholder);
-            let (response, result) = chain.get_mut().run_response(response, &ctx.id);
+            let (response, result) = chain.get_mut().run_response(response, &ctx.id).await;
             *upstream_response = response;
             // Returning the instances to the pool now, not at the end of the body.
             drop(chain);

@@ -85,7 +85,7 @@ pub async fn send_filter_reply(
             log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
         }
     }
-    let (header, result) = chain.run_response(header, &ctx.id);
+    let (header, result) = chain.run_response(header, &ctx.id).await;
     if let Err(failure) = result {
         let error = ErrorReply::filter_failed(&failure);
         ctx.failure = Some(failure);

@@ -1,0 +1,331 @@
+//! The foundation, end to end: routing, the rewrite filter, failure policy,
+//! upstream errors, TLS with HTTP/2, and start-up validation.
+
+use crate::support::*;
+
+const REWRITE_ROUTE: &str = r#"
+[[route]]
+name = "api"
+path_prefix = "/api"
+upstream = "origin"
+
+[[route.filters]]
+module = "rewrite"
+config = { strip_prefix = "/api", add_prefix = "/v2", request_headers = { set = { "x-edge" = "cascade" }, add = { "x-tag" = "edge" }, remove = ["x-debug"] }, response_headers = { set = { "x-served-by" = "cascade" }, remove = ["x-origin"] } }
+"#;
+
+#[test]
+fn origin_sees_rewritten_request_and_client_sees_rewritten_response() {
+    let proxy = Proxy::start(&ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]));
+    let reply = proxy.get(
+        "/api/users?page=2",
+        &[("x-debug", "1"), ("x-tag", "client")],
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let echoed = reply.json();
+    assert_eq!(echoed["path"], "/v2/users");
+    assert_eq!(echoed["query"], "page=2");
+    assert_eq!(echoed["headers"]["x-edge"], "cascade");
+    assert_eq!(echoed["headers"]["x-tag"], "client, edge");
+    assert!(
+        echoed["headers"].get("x-debug").is_none(),
+        "x-debug reached the origin"
+    );
+    assert_eq!(reply.header("x-served-by"), Some("cascade"));
+    assert_eq!(
+        reply.header("x-origin"),
+        None,
+        "response header was not removed"
+    );
+    // The same request id reaches the origin and the client.
+    let id = reply
+        .header("x-request-id")
+        .expect("request id on response");
+    assert_eq!(echoed["headers"]["x-request-id"], id);
+}
+
+#[test]
+fn unknown_route_gets_404_with_request_id() {
+    let proxy = Proxy::start(&ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]));
+    let reply = proxy.get("/elsewhere", &[]);
+    assert_eq!(reply.status, 404);
+    let body = reply.json();
+    assert!(
+        body["error"].as_str().unwrap().contains("/elsewhere"),
+        "{body}"
+    );
+    assert_eq!(body["request_id"], reply.header("x-request-id").unwrap());
+}
+
+#[test]
+fn unreachable_origin_gets_502() {
+    let config = ProxyConfig {
+        main_extra: format!(
+            "[upstreams.origin]\nservers = [\"127.0.0.1:{}\"]\nconnect_timeout_ms = 500\n",
+            free_port()
+        ),
+        routes: "[[route]]\nname = \"dead\"\nupstream = \"origin\"\n".into(),
+        modules: vec![],
+    };
+    let proxy = Proxy::start(&config);
+    let reply = proxy.get("/", &[]);
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert!(reply.header("x-request-id").is_some());
+    // The proxy keeps serving after the failure.
+    assert_eq!(proxy.get("/again", &[]).status, 502);
+}
+
+fn misbehave_route(name: &str, prefix: &str, on_error: &str, config: &str) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"origin\"\n\n\
+         [[route.filters]]\nmodule = \"misbehave\"\non_error = \"{on_error}\"\nconfig = {config}\n"
+    )
+}
+
+#[test]
+fn trap_fails_closed_for_that_request_only() {
+    let routes = misbehave_route(
+        "trap",
+        "/",
+        "fail-closed",
+        r#"{ on_request = "panic", only_when_triggered = true }"#,
+    );
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let failed = proxy.get("/x", &[("x-misbehave-trigger", "1")]);
+    assert_eq!(failed.status, 500, "{failed:?}");
+    let body = failed.json();
+    let id = failed.header("x-request-id").unwrap();
+    assert_eq!(body["request_id"], id);
+    assert!(
+        body["error"].as_str().unwrap().contains("misbehave"),
+        "{body}"
+    );
+    // The very next request gets a fresh instance and succeeds.
+    let next = proxy.get("/x", &[]);
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.json()["path"], "/x");
+}
+
+#[test]
+fn trap_fails_open_and_the_request_goes_through() {
+    let routes = misbehave_route("open", "/", "fail-open", r#"{ on_request = "panic" }"#);
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let reply = proxy.get("/through", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["path"], "/through");
+    // The failed instance was skipped: it does not see the response either.
+    assert_eq!(reply.header("x-misbehave"), None);
+}
+
+#[test]
+fn endless_loop_is_stopped_by_the_deadline() {
+    let mut routes = misbehave_route("loop", "/loop", "fail-closed", r#"{ on_request = "loop" }"#);
+    routes.push_str("timeout_ms = 20\n");
+    routes.push_str("[[route]]\nname = \"plain\"\npath_prefix = \"/\"\nupstream = \"origin\"\n");
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let reply = proxy.get("/loop", &[]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.json()["error"].as_str().unwrap().contains("timeout"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(proxy.get("/plain", &[]).status, 200);
+}
+
+#[test]
+fn unbounded_allocation_is_stopped_by_the_memory_cap() {
+    let mut routes = misbehave_route("alloc", "/", "fail-closed", r#"{ on_request = "alloc" }"#);
+    routes.push_str("memory_mb = 8\n");
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let reply = proxy.get("/", &[]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("memory-cap"),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn response_phase_trap_fails_closed() {
+    let routes = misbehave_route("resp", "/", "fail-closed", r#"{ on_response = "panic" }"#);
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let reply = proxy.get("/", &[]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("on-response"),
+        "{}",
+        reply.body
+    );
+}
+
+#[test]
+fn filter_reply_skips_the_upstream_and_passes_earlier_response_filters() {
+    let routes = format!(
+        "{REWRITE_ROUTE}\n[[route.filters]]\nmodule = \"misbehave\"\nconfig = {{ on_request = \"respond\" }}\n"
+    );
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["rewrite", "misbehave"]));
+    let reply = proxy.get("/api/teapot", &[]);
+    assert_eq!(reply.status, 418);
+    assert_eq!(reply.body, "short and stout");
+    assert_eq!(reply.header("x-misbehave"), Some("responded"));
+    // rewrite ran before the replying filter, so it sees the reply too.
+    assert_eq!(reply.header("x-served-by"), Some("cascade"));
+}
+
+#[test]
+fn routing_uses_the_normalized_path() {
+    let routes = format!(
+        "{REWRITE_ROUTE}\n[[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n"
+    );
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["rewrite"]));
+    // Dot segments and escaped letters cannot dodge the /api route's filters.
+    // Raw requests, because HTTP clients normalize such paths themselves.
+    let raw = |path: &str| {
+        send_raw(
+            proxy.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for path in [
+        "/static/../api/users",
+        "/%61pi/users",
+        "//api//users",
+        "/api/./users",
+    ] {
+        let (status, body) = raw(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echoed["path"], "/v2/users", "{path}");
+    }
+    let (status, body) = raw("/../etc/passwd");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("above the root"), "{body}");
+}
+
+#[test]
+fn http2_over_tls() {
+    let fixtures = root().join("tests/fixtures/tls");
+    let tls_port = free_port();
+    let config = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).with_main(&format!(
+        "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        fixtures.join("cert.pem").display(),
+        fixtures.join("key.pem").display()
+    ));
+    let _proxy = Proxy::start(&config);
+    let url = format!("https://localhost:{tls_port}/api/h2");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "--retry",
+            "5",
+            "--retry-connrefused",
+            "-w",
+            "\n%{http_version}",
+            &url,
+        ])
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    assert_eq!(version, "2", "{text}");
+    let echoed: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echoed["path"], "/v2/h2");
+}
+
+#[test]
+fn check_names_file_and_line_of_a_bad_config() {
+    let config = ProxyConfig::new(
+        "[[route]]\nname = \"a\"\nupstream = \"origin\"\npath_prefx = \"/typo\"\n",
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = config.write(dir.path(), free_port());
+    let out = run_cascade(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("routes/test.toml:4:"), "{stderr}");
+    assert!(stderr.contains("unknown field `path_prefx`"), "{stderr}");
+}
+
+#[test]
+fn check_accepts_the_shipped_config() {
+    let conf = root().join("conf/cascade.toml");
+    let out = run_cascade(&["check", "--config", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_refuses_a_filter_config_the_filter_rejects() {
+    let routes = "[[route]]\nname = \"a\"\nupstream = \"origin\"\n\n[[route.filters]]\nmodule = \"rewrite\"\nconfig = { add_prefix = \"no-slash\" }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = ProxyConfig::new(routes, &["rewrite"]).write(dir.path(), free_port());
+    let out = run_cascade(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("routes/test.toml:6:"), "{stderr}");
+    assert!(stderr.contains("must start with '/'"), "{stderr}");
+}
+
+#[test]
+fn missing_module_is_refused_at_start() {
+    let routes = "[[route]]\nname = \"a\"\nupstream = \"origin\"\n\n[[route.filters]]\nmodule = \"nosuch\"\n";
+    let failure = Proxy::try_start(&ProxyConfig::new(routes, &["rewrite"]))
+        .err()
+        .expect("must not start");
+    assert!(!failure.status.success());
+    assert!(
+        failure.stderr.contains("module \"nosuch\" is not loaded"),
+        "{}",
+        failure.stderr
+    );
+    assert!(
+        failure.stderr.contains("routes/test.toml:6:"),
+        "{}",
+        failure.stderr
+    );
+}
+
+#[test]
+fn non_filter_wasm_is_refused_at_start_naming_it() {
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "core",
+            core_module,
+            "is a core WebAssembly module, not a component",
+        ),
+        (
+            "garbage",
+            b"hello world".to_vec(),
+            "not a WebAssembly binary",
+        ),
+        (
+            "other_world",
+            empty_component,
+            "is not a cascade:filter component",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let config = ProxyConfig::new("", &[]).with_module(name, bytes);
+        let failure = Proxy::try_start(&config).err().expect("must not start");
+        assert!(!failure.status.success());
+        assert!(
+            failure.stderr.contains(&format!("module {name:?}")),
+            "{}",
+            failure.stderr
+        );
+        assert!(failure.stderr.contains(expected), "{}", failure.stderr);
+    }
+}

@@ -1,0 +1,287 @@
+//! Real parts for black-box tests: the `cascade` binary started from a config
+//! written to a temp dir, the echo origin on an ephemeral port, real filter
+//! components compiled from `filters/`, and a real HTTP client.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use cascade::demo_origin::EchoOrigin;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A filter component built from this workspace, for example `rewrite`.
+pub fn wasm(name: &str) -> PathBuf {
+    let path = root()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the filters first with scripts/build-filters.sh",
+        path.display()
+    );
+    path
+}
+
+pub fn cascade_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cascade")
+}
+
+/// One echo origin shared by the whole test binary.
+pub fn origin() -> SocketAddr {
+    static ORIGIN: OnceLock<EchoOrigin> = OnceLock::new();
+    ORIGIN
+        .get_or_init(|| EchoOrigin::start().expect("start echo origin"))
+        .addr()
+}
+
+/// A loopback port that nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A config for one proxy under test, written out by [`Proxy::start`].
+pub struct ProxyConfig {
+    /// Extra text appended to `cascade.toml` (upstreams, limits, TLS...).
+    pub main_extra: String,
+    /// The route file's text.
+    pub routes: String,
+    /// Modules to put in the modules dir: (name, component bytes).
+    pub modules: Vec<(String, Vec<u8>)>,
+}
+
+impl ProxyConfig {
+    /// Routes over the shared echo origin as upstream group `origin`, with
+    /// these filter modules available.
+    pub fn new(routes: &str, modules: &[&str]) -> Self {
+        Self {
+            main_extra: format!("[upstreams.origin]\nservers = [\"{}\"]\n", origin()),
+            routes: routes.to_string(),
+            modules: modules
+                .iter()
+                .map(|m| (m.to_string(), std::fs::read(wasm(m)).unwrap()))
+                .collect(),
+        }
+    }
+
+    pub fn with_main(mut self, extra: &str) -> Self {
+        self.main_extra.push_str(extra);
+        self
+    }
+
+    pub fn with_module(mut self, name: &str, bytes: Vec<u8>) -> Self {
+        self.modules.push((name.to_string(), bytes));
+        self
+    }
+
+    /// Write the files into `dir`; returns the main config path.
+    pub fn write(&self, dir: &Path, port: u16) -> PathBuf {
+        let modules = dir.join("modules");
+        std::fs::create_dir_all(dir.join("routes")).unwrap();
+        std::fs::create_dir_all(&modules).unwrap();
+        for (name, bytes) in &self.modules {
+            std::fs::write(modules.join(format!("{name}.wasm")), bytes).unwrap();
+        }
+        let main = format!(
+            "routes = [\"routes/*.toml\"]\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n\n\
+             [modules]\ndir = \"modules\"\nstore = \"store\"\n\n{}",
+            self.main_extra
+        );
+        std::fs::write(dir.join("cascade.toml"), main).unwrap();
+        std::fs::write(dir.join("routes/test.toml"), &self.routes).unwrap();
+        dir.join("cascade.toml")
+    }
+}
+
+/// A running `cascade serve`, killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// The proxy exited instead of serving.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+}
+
+impl Proxy {
+    /// Start a proxy and wait until it accepts connections.
+    pub fn start(config: &ProxyConfig) -> Self {
+        Self::try_start(config).unwrap_or_else(|f| panic!("proxy failed to start: {f:?}"))
+    }
+
+    /// Start a proxy; `Err` if it exits before it accepts connections.
+    pub fn try_start(config: &ProxyConfig) -> Result<Self, StartFailure> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let path = config.write(dir.path(), port);
+        let mut child = Command::new(cascade_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cascade");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                return Err(StartFailure { status, stderr });
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Drain stderr in the background so the proxy never blocks on it.
+                let mut stderr = child.stderr.take().unwrap();
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                return Ok(Self { child, port, dir });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start listening in 60s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET `path` with these headers.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        send("GET", &self.url(path), headers)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, whatever its status.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as JSON (the echo origin's answer, or an error reply).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build()
+    })
+}
+
+/// Send a request with a real HTTP/1.1 client and return the response.
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = agent().request(method, url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .flat_map(|name| {
+            response
+                .all(&name)
+                .into_iter()
+                .map(|v| (name.clone(), v.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let body = response.into_string().unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Send raw bytes (for requests a well-behaved client would never send) and
+/// return the status and body of the response. The request should carry
+/// `Connection: close`.
+pub fn send_raw(port: u16, request: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Run `cascade` with these arguments to completion.
+pub fn run_cascade(args: &[&str]) -> Output {
+    Command::new(cascade_bin())
+        .args(args)
+        .output()
+        .expect("run cascade")
+}
