@@ -33,18 +33,21 @@
 
 use serde::de::DeserializeOwned;
 
+mod capabilities;
+pub mod path;
 mod verdict;
+pub use capabilities::{CheckError, Decision, VerifyError};
 pub use verdict::{EditError, Reply, Verdict};
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 #[cfg(target_arch = "wasm32")]
-pub use wasm::{Request, Response, log};
+pub use wasm::{Request, Response, jwt, log, rate_limit, regex};
 
 #[cfg(not(target_arch = "wasm32"))]
-mod mock;
+pub mod mock;
 #[cfg(not(target_arch = "wasm32"))]
-pub use mock::{Request, Response, log};
+pub use mock::{Request, Response, jwt, log, rate_limit, regex};
 
 /// A filter: per-route policy that runs on every request of its routes.
 ///

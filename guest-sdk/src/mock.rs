@@ -294,3 +294,111 @@ pub mod log {
         eprintln!("[error] {message}")
     }
 }
+
+/// The mock host's rate limiter: buckets that never refill, so tests are
+/// deterministic. Declare policies with [`rate_limit::set_policy`].
+pub mod rate_limit {
+    use crate::{CheckError, Decision};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    thread_local! {
+        static POLICIES: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+        static TAKEN: RefCell<HashMap<(String, String), u32>> = RefCell::new(HashMap::new());
+    }
+
+    /// Declare `policy` with this burst, and empty its buckets.
+    pub fn set_policy(policy: &str, burst: u32) {
+        POLICIES.with(|p| p.borrow_mut().insert(policy.to_string(), burst));
+        TAKEN.with(|t| t.borrow_mut().retain(|(p, _), _| p != policy));
+    }
+
+    /// Take `cost` from the bucket of `key` under `policy`.
+    pub fn check(policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
+        let burst = POLICIES
+            .with(|p| p.borrow().get(policy).copied())
+            .ok_or_else(|| CheckError::UnknownPolicy(policy.to_string()))?;
+        if cost == 0 || cost > burst {
+            return Err(CheckError::InvalidCost(cost));
+        }
+        TAKEN.with(|t| {
+            let mut taken = t.borrow_mut();
+            let used = taken
+                .entry((policy.to_string(), key.to_string()))
+                .or_insert(0);
+            let allowed = *used + cost <= burst;
+            if allowed {
+                *used += cost;
+            }
+            Ok(Decision {
+                allowed,
+                limit: burst,
+                remaining: burst - *used,
+                reset_after: Duration::from_secs(u64::from(*used)),
+                retry_after: if allowed {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(1)
+                },
+                window: Duration::from_secs(u64::from(burst)),
+            })
+        })
+    }
+}
+
+/// The mock host's JWT verifier: answers what the test told it to. Tokens it
+/// was not told about fail with `BadSignature`.
+pub mod jwt {
+    use crate::VerifyError;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    thread_local! {
+        static TOKENS: RefCell<HashMap<(String, String), Result<String, VerifyError>>> = RefCell::new(HashMap::new());
+    }
+
+    /// Make `verify(token, keyset)` return `outcome`.
+    pub fn set_token(keyset: &str, token: &str, outcome: Result<&str, VerifyError>) {
+        TOKENS.with(|t| {
+            t.borrow_mut().insert(
+                (keyset.to_string(), token.to_string()),
+                outcome.map(str::to_string),
+            )
+        });
+    }
+
+    /// Verify `token` with `keyset`; on success, its claims as JSON text.
+    pub fn verify(token: &str, keyset: &str) -> Result<String, VerifyError> {
+        TOKENS.with(|t| {
+            t.borrow()
+                .get(&(keyset.to_string(), token.to_string()))
+                .cloned()
+                .unwrap_or(Err(VerifyError::BadSignature))
+        })
+    }
+}
+
+/// Real regular expressions, with the host's semantics.
+pub mod regex {
+    /// Whether `pattern` matches anywhere in `text`.
+    pub fn is_match(pattern: &str, text: &str) -> Result<bool, String> {
+        let re = ::regex::Regex::new(pattern)
+            .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+        Ok(re.is_match(text))
+    }
+
+    /// Replace the first match, expanding `$1` and `${name}`.
+    pub fn replace(pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
+        let re = ::regex::Regex::new(pattern)
+            .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+        Ok(re.captures(text).map(|caps| {
+            let whole = caps.get(0).expect("group 0 always matches");
+            let mut out = String::new();
+            out.push_str(&text[..whole.start()]);
+            caps.expand(replacement, &mut out);
+            out.push_str(&text[whole.end()..]);
+            out
+        }))
+    }
+}

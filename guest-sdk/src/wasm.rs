@@ -16,7 +16,10 @@ pub mod bindings {
     });
 }
 
-use bindings::cascade::filter::{config, log as host_log, types};
+use bindings::cascade::filter::{
+    config, jwt as host_jwt, log as host_log, rate_limit as host_rate_limit, regex as host_regex,
+    types,
+};
 
 /// The request being filtered. Every method is one host call.
 pub struct Request<'a>(&'a types::Request);
@@ -162,6 +165,66 @@ pub mod log {
     /// Log at error level.
     pub fn error(message: &str) {
         log(Level::Error, message)
+    }
+}
+
+/// Keyed rate limits with state shared across all requests.
+pub mod rate_limit {
+    use super::host_rate_limit as host;
+    use crate::{CheckError, Decision};
+    use std::time::Duration;
+
+    /// Take `cost` from the bucket of `key` under the configured `policy`.
+    pub fn check(policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
+        match host::check(policy, key, cost) {
+            Ok(d) => Ok(Decision {
+                allowed: d.allowed,
+                limit: d.limit,
+                remaining: d.remaining,
+                reset_after: Duration::from_millis(d.reset_after_ms),
+                retry_after: Duration::from_millis(d.retry_after_ms),
+                window: Duration::from_millis(d.window_ms),
+            }),
+            Err(host::CheckError::UnknownPolicy(p)) => Err(CheckError::UnknownPolicy(p)),
+            Err(host::CheckError::InvalidCost(c)) => Err(CheckError::InvalidCost(c)),
+        }
+    }
+}
+
+/// JWT verification against keysets configured in the host.
+pub mod jwt {
+    use super::host_jwt as host;
+    use crate::VerifyError;
+
+    /// Verify `token` with `keyset`; on success, its claims as JSON text.
+    pub fn verify(token: &str, keyset: &str) -> Result<String, VerifyError> {
+        host::verify(token, keyset).map_err(|e| match e {
+            host::VerifyError::UnknownKeyset(k) => VerifyError::UnknownKeyset(k),
+            host::VerifyError::Malformed(m) => VerifyError::Malformed(m),
+            host::VerifyError::AlgorithmNotAllowed(a) => VerifyError::AlgorithmNotAllowed(a),
+            host::VerifyError::UnknownKey => VerifyError::UnknownKey,
+            host::VerifyError::BadSignature => VerifyError::BadSignature,
+            host::VerifyError::Expired => VerifyError::Expired,
+            host::VerifyError::NotYetValid => VerifyError::NotYetValid,
+            host::VerifyError::WrongIssuer => VerifyError::WrongIssuer,
+            host::VerifyError::WrongAudience => VerifyError::WrongAudience,
+        })
+    }
+}
+
+/// Regular expressions compiled and cached by the host.
+pub mod regex {
+    use super::host_regex as host;
+
+    /// Whether `pattern` matches anywhere in `text`.
+    pub fn is_match(pattern: &str, text: &str) -> Result<bool, String> {
+        host::is_match(pattern, text)
+    }
+
+    /// Replace the first match, expanding `$1` and `${name}`; `None` when
+    /// nothing matches.
+    pub fn replace(pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
+        host::replace(pattern, text, replacement)
     }
 }
 

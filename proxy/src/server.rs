@@ -56,6 +56,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
 
     let conf = ServerConf {
         threads: server_config.threads,
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

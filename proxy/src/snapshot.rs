@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{self, Config, ConfigError};
+use crate::filters::Capabilities;
+use crate::filters::capabilities::CapabilityError;
 use crate::filters::chain::ChainError;
 use crate::filters::{FilterChain, FilterRuntime, ModuleError, ModuleRegistry};
 use crate::route::{DuplicateRoute, Route, RouteTable};
@@ -25,6 +27,8 @@ pub enum SnapshotError {
     Chain(#[from] ChainError),
     #[error(transparent)]
     Route(#[from] Box<DuplicateRoute>),
+    #[error(transparent)]
+    Capability(#[from] Box<CapabilityError>),
 }
 
 pub struct Snapshot {
@@ -32,6 +36,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Arc<Upstreams>,
     pub modules: Arc<ModuleRegistry>,
+    pub caps: Arc<Capabilities>,
 }
 
 impl Snapshot {
@@ -49,15 +54,18 @@ impl Snapshot {
         modules: Arc<ModuleRegistry>,
         runtime: &FilterRuntime,
     ) -> Result<Self, SnapshotError> {
+        let caps = Arc::new(Capabilities::build(&config)?);
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let chain = FilterChain::build(runtime, &modules, &route.name, &route.filters).await?;
+            let chain =
+                FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters).await?;
             routes.push(Route::new(route.clone(), chain));
         }
         Ok(Self {
             routes: RouteTable::build(routes)?,
             upstreams: Arc::new(Upstreams::new(&config.upstreams)),
             modules,
+            caps,
             config: Arc::new(config),
         })
     }

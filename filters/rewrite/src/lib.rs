@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
+use cascade_filter::path::strip_segment_prefix;
+use cascade_filter::{EditError, Filter, Reply, Request, Response, Verdict, export_filter, regex};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -15,10 +16,46 @@ pub struct Config {
     /// Put this prefix in front of the path (after stripping, if configured).
     #[serde(default)]
     add_prefix: Option<String>,
+    /// Regex rewrites of the path, applied in order after the prefix rules.
+    #[serde(default)]
+    path_rewrites: Vec<PathRewrite>,
+    /// Redirects, checked first; the first matching one answers.
+    #[serde(default)]
+    redirects: Vec<Redirect>,
     #[serde(default)]
     request_headers: HeaderRules,
     #[serde(default)]
     response_headers: HeaderRules,
+}
+
+/// Replace the first match of `pattern` in the path with `replacement`
+/// (`$1`, `${name}` expand captures).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathRewrite {
+    pattern: String,
+    replacement: String,
+}
+
+/// Answer with a redirect when `pattern` matches the path. `to` may use
+/// captures; the query string is kept unless `keep_query` is false.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Redirect {
+    pattern: String,
+    to: String,
+    #[serde(default = "default_redirect_status")]
+    status: u16,
+    #[serde(default = "keep_query_default")]
+    keep_query: bool,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+fn keep_query_default() -> bool {
+    true
 }
 
 /// Header edits, applied in the order remove, set, add.
@@ -47,40 +84,85 @@ impl Filter for Rewrite {
                 return Err(format!("path prefix {prefix:?} must start with '/'"));
             }
         }
+        for redirect in &config.redirects {
+            if ![301, 302, 307, 308].contains(&redirect.status) {
+                return Err(format!(
+                    "redirect status {} is not 301, 302, 307 or 308",
+                    redirect.status
+                ));
+            }
+        }
+        // The host compiles (and caches) each pattern here, so a bad one is
+        // reported when the route is loaded.
+        let redirects = config.redirects.iter().map(|r| &r.pattern);
+        for pattern in redirects.chain(config.path_rewrites.iter().map(|r| &r.pattern)) {
+            regex::is_match(pattern, "")?;
+        }
         Ok(Self(config))
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
-        if let Some(path) = rewrite_path(&req.path(), &self.0) {
+        let original = req.path();
+        for redirect in &self.0.redirects {
+            // Match the whole path so that the location is `to` alone, with
+            // the captures expanded.
+            let whole = format!("^(?s:.*?)(?:{})(?s:.*)$", redirect.pattern);
+            if let Some(mut location) =
+                regex::replace(&whole, &original, &redirect.to).expect("checked at load")
+            {
+                if let (true, Some(query)) = (redirect.keep_query, req.query()) {
+                    location.push(if location.contains('?') { '&' } else { '?' });
+                    location.push_str(&query);
+                }
+                return Verdict::Respond(Reply::new(redirect.status).header("location", location));
+            }
+        }
+        let mut path = rewrite_path(&original, &self.0).unwrap_or_else(|| original.clone());
+        for rule in &self.0.path_rewrites {
+            if let Some(rewritten) =
+                regex::replace(&rule.pattern, &path, &rule.replacement).expect("checked at load")
+            {
+                path = rewritten;
+            }
+        }
+        if path != original {
+            // A rewrite that yields an invalid path is a config bug: trap, and
+            // let the route's on_error decide.
             req.set_path(&path)
-                .expect("a rewritten absolute path is valid");
+                .unwrap_or_else(|e| panic!("rewrite produced {e}"));
         }
-        let rules = &self.0.request_headers;
-        rules.remove.iter().for_each(|name| req.remove_header(name));
-        for (name, value) in &rules.set {
-            req.set_header(name, value)
-                .expect("header names are checked by the host");
-        }
-        for (name, value) in &rules.add {
-            req.add_header(name, value)
-                .expect("header names are checked by the host");
-        }
+        self.0.request_headers.apply(
+            |name| req.remove_header(name),
+            |name, value| req.set_header(name, value),
+            |name, value| req.add_header(name, value),
+        );
         Verdict::Continue
     }
 
     fn on_response(&mut self, resp: &Response) {
-        let rules = &self.0.response_headers;
-        rules
-            .remove
-            .iter()
-            .for_each(|name| resp.remove_header(name));
-        for (name, value) in &rules.set {
-            resp.set_header(name, value)
-                .expect("header names are checked by the host");
+        self.0.response_headers.apply(
+            |name| resp.remove_header(name),
+            |name, value| resp.set_header(name, value),
+            |name, value| resp.add_header(name, value),
+        );
+    }
+}
+
+impl HeaderRules {
+    /// Apply the rules in the order remove, set, add. The host refuses an
+    /// invalid name or value; that is a config bug, so it traps.
+    fn apply(
+        &self,
+        remove: impl Fn(&str),
+        set: impl Fn(&str, &str) -> Result<(), EditError>,
+        add: impl Fn(&str, &str) -> Result<(), EditError>,
+    ) {
+        self.remove.iter().for_each(|name| remove(name));
+        for (name, value) in &self.set {
+            set(name, value).unwrap_or_else(|e| panic!("{e}"));
         }
-        for (name, value) in &rules.add {
-            resp.add_header(name, value)
-                .expect("header names are checked by the host");
+        for (name, value) in &self.add {
+            add(name, value).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 }
@@ -88,6 +170,9 @@ impl Filter for Rewrite {
 /// The new path, or `None` to leave it alone. With both prefixes set this is
 /// a replacement: a path without `strip_prefix` is not touched.
 fn rewrite_path(path: &str, config: &Config) -> Option<String> {
+    if config.strip_prefix.is_none() && config.add_prefix.is_none() {
+        return None;
+    }
     let rest = match &config.strip_prefix {
         Some(prefix) => strip_segment_prefix(path, prefix)?,
         None => path,
@@ -101,14 +186,6 @@ fn rewrite_path(path: &str, config: &Config) -> Option<String> {
     } else {
         joined
     })
-}
-
-/// `path` without `prefix`, if `prefix` ends on a segment boundary of `path`:
-/// `/api` strips `/api` and `/api/x` but not `/apix`.
-fn strip_segment_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
-    let prefix = prefix.trim_end_matches('/');
-    let rest = path.strip_prefix(prefix)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 export_filter!(Rewrite);
@@ -185,7 +262,42 @@ mod tests {
     }
 
     #[test]
+    fn regex_rewrites_with_captures() {
+        let config = r#"{"path_rewrites": [{"pattern": "^/users/(\\d+)/profile$", "replacement": "/profiles/$1"}]}"#;
+        let mut f = rewrite(config);
+        let req = Request::new("GET", "/users/42/profile");
+        f.on_request(&req);
+        assert_eq!(req.path(), "/profiles/42");
+        let other = Request::new("GET", "/users/x/profile");
+        f.on_request(&other);
+        assert_eq!(other.path(), "/users/x/profile");
+    }
+
+    #[test]
+    fn redirects_with_captures_and_query() {
+        let mut f = rewrite(
+            r#"{"redirects": [{"pattern": "^/old/(.*)$", "to": "/new/$1", "status": 301}]}"#,
+        );
+        let Verdict::Respond(reply) = f.on_request(&Request::new("GET", "/old/a/b?x=1")) else {
+            panic!("expected a redirect");
+        };
+        assert_eq!(reply.status, 301);
+        assert_eq!(reply.header_value("location"), Some("/new/a/b?x=1"));
+        assert_eq!(
+            f.on_request(&Request::new("GET", "/elsewhere")),
+            Verdict::Continue
+        );
+    }
+
+    #[test]
     fn rejects_bad_config() {
+        let status = instantiate::<Rewrite>(
+            r#"{"redirects": [{"pattern": "^/a", "to": "/b", "status": 200}]}"#,
+        );
+        assert!(status.err().unwrap().contains("redirect status 200"));
+        let pattern =
+            instantiate::<Rewrite>(r#"{"path_rewrites": [{"pattern": "(", "replacement": ""}]}"#);
+        assert!(pattern.err().unwrap().contains("invalid pattern"));
         let unknown = instantiate::<Rewrite>(r#"{"strip": "/api"}"#)
             .err()
             .unwrap();

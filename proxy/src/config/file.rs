@@ -23,6 +23,74 @@ pub struct MainFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, Spanned<RateLimitSection>>,
+    #[serde(default)]
+    pub jwt: JwtSection,
+}
+
+/// `[rate_limits.<name>]`: a GCRA policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Sustained requests per `per`.
+    pub rate: u32,
+    #[serde(default)]
+    pub per: RatePeriod,
+    /// Bucket size: requests allowed at once. Defaults to `rate`.
+    pub burst: Option<u32>,
+    /// Keys tracked at once before new keys share an overflow bucket.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RatePeriod {
+    #[default]
+    Second,
+    Minute,
+    Hour,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    #[serde(default)]
+    pub keysets: BTreeMap<String, Spanned<KeysetSection>>,
+}
+
+/// `[jwt.keysets.<name>]`: keys and rules for verifying tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysetSection {
+    /// Allowed `alg` values, for example `["RS256"]`.
+    pub algorithms: Vec<String>,
+    /// Environment variable holding an HMAC secret.
+    pub secret_env: Option<String>,
+    /// File holding an HMAC secret (trailing newline ignored).
+    pub secret_file: Option<String>,
+    /// PEM public keys (RSA or EC).
+    #[serde(default)]
+    pub public_key_files: Vec<String>,
+    /// A JWKS document.
+    pub jwks_file: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; the token must name one.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
 }
 
 #[derive(Debug, Deserialize)]

@@ -162,6 +162,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         upstreams.insert(name.clone(), upstream(&main, name, section)?);
     }
 
+    let mut rate_limits = std::collections::BTreeMap::new();
+    for (name, section) in &file.rate_limits {
+        rate_limits.insert(name.clone(), rate_limit(&main, name, section)?);
+    }
+    let mut jwt_keysets = std::collections::BTreeMap::new();
+    for (name, section) in &file.jwt.keysets {
+        jwt_keysets.insert(name.clone(), keyset(&main, &base, name, section));
+    }
+
     let mut routes = Vec::new();
     for pattern in &file.routes {
         let paths = expand_pattern(&base, pattern.get_ref())
@@ -183,7 +192,58 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         limits,
         upstreams,
         routes,
+        rate_limits,
+        jwt_keysets,
     })
+}
+
+fn rate_limit(
+    src: &Source,
+    name: &str,
+    section: &Spanned<file::RateLimitSection>,
+) -> Result<RateLimitPolicyConfig, ConfigError> {
+    let s = section.get_ref();
+    let burst = s.burst.unwrap_or(s.rate);
+    if s.rate == 0 || burst == 0 {
+        let key = format!("rate_limits.{name}");
+        return Err(src.invalid(section, &key, "rate and burst must be at least 1".into()));
+    }
+    let period = match s.per {
+        file::RatePeriod::Second => Duration::from_secs(1),
+        file::RatePeriod::Minute => Duration::from_secs(60),
+        file::RatePeriod::Hour => Duration::from_secs(3600),
+    };
+    Ok(RateLimitPolicyConfig {
+        name: name.to_string(),
+        burst,
+        interval: period / s.rate,
+        max_keys: s.max_keys.max(1),
+    })
+}
+
+fn keyset(
+    src: &Source,
+    base: &Path,
+    name: &str,
+    section: &Spanned<file::KeysetSection>,
+) -> KeysetConfig {
+    let s = section.get_ref();
+    let secret = match (&s.secret_env, &s.secret_file) {
+        (Some(var), _) => Some(SecretSource::Env(var.clone())),
+        (None, Some(file)) => Some(SecretSource::File(base.join(file))),
+        (None, None) => None,
+    };
+    KeysetConfig {
+        name: name.to_string(),
+        algorithms: s.algorithms.clone(),
+        secret,
+        public_key_files: s.public_key_files.iter().map(|f| base.join(f)).collect(),
+        jwks_file: s.jwks_file.as_ref().map(|f| base.join(f)),
+        issuer: s.issuer.clone(),
+        audience: s.audience.clone(),
+        leeway: Duration::from_secs(s.leeway_secs),
+        at: src.at(section, &format!("jwt.keysets.{name}")),
+    }
 }
 
 fn socket_addr(

@@ -20,6 +20,39 @@ pub struct Config {
     pub limits: Limits,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub rate_limits: BTreeMap<String, RateLimitPolicyConfig>,
+    pub jwt_keysets: BTreeMap<String, KeysetConfig>,
+}
+
+/// A rate-limit policy: a bucket of `burst` refilled by one request every
+/// `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicyConfig {
+    pub name: String,
+    pub burst: u32,
+    pub interval: Duration,
+    pub max_keys: usize,
+}
+
+/// Where a keyset's HMAC secret comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// A JWT keyset, with file paths resolved; keys are read when it is built.
+#[derive(Debug, Clone)]
+pub struct KeysetConfig {
+    pub name: String,
+    pub algorithms: Vec<String>,
+    pub secret: Option<SecretSource>,
+    pub public_key_files: Vec<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+    pub at: Location,
 }
 
 #[derive(Debug, Clone)]

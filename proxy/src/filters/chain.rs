@@ -13,6 +13,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::Filter;
 use super::bindings::cascade::filter::types::{Reply, Verdict};
+use super::capabilities::Capabilities;
 use super::host::{FilterHost, InstanceTag, RequestHead};
 use super::module::{FilterModule, ModuleRegistry};
 use super::runtime::FilterRuntime;
@@ -30,6 +31,8 @@ pub struct ChainLink {
 #[derive(Debug, Clone, Default)]
 pub struct FilterChain {
     pub links: Vec<ChainLink>,
+    /// The host capabilities of the config version this chain belongs to.
+    caps: Arc<Capabilities>,
 }
 
 /// Why a chain could not be built from config.
@@ -127,6 +130,7 @@ impl FilterChain {
     pub async fn build(
         runtime: &FilterRuntime,
         modules: &ModuleRegistry,
+        caps: &Arc<Capabilities>,
         route_name: &str,
         entries: &[FilterEntry],
     ) -> Result<Self, ChainError> {
@@ -155,7 +159,7 @@ impl FilterChain {
                 request_id: Arc::from("config-check"),
             };
             let (mut store, filter) = link
-                .instantiate(runtime, tag)
+                .instantiate(runtime, caps, tag)
                 .await
                 .map_err(|f| bad_config(f.to_string()))?;
             arm_deadline(&mut store, &link);
@@ -170,7 +174,10 @@ impl FilterChain {
             }
             links.push(link);
         }
-        Ok(Self { links })
+        Ok(Self {
+            links,
+            caps: caps.clone(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,7 +203,7 @@ impl FilterChain {
                 route: route_name.clone(),
                 request_id: head.id.clone(),
             };
-            let failure = match link.instantiate(runtime, tag).await {
+            let failure = match link.instantiate(runtime, &self.caps, tag).await {
                 Err(failure) => failure,
                 Ok((mut store, filter)) => {
                     arm_deadline(&mut store, link);
@@ -284,6 +291,7 @@ impl ChainLink {
     async fn instantiate(
         &self,
         runtime: &FilterRuntime,
+        caps: &Arc<Capabilities>,
         tag: InstanceTag,
     ) -> Result<(Store<FilterHost>, Filter), FilterFailure> {
         let memory = self
@@ -291,7 +299,7 @@ impl ChainLink {
             .limits
             .memory_bytes
             .min(runtime.max_memory_bytes());
-        let host = FilterHost::new(tag, self.entry.config_json.clone(), memory);
+        let host = FilterHost::new(tag, self.entry.config_json.clone(), caps.clone(), memory);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
         // Start functions run guest code too, so they get the same deadline.

@@ -13,7 +13,10 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::cascade::filter::{config, log, types};
+use super::bindings::cascade::filter::{config, jwt, log, rate_limit, regex, types};
+use super::capabilities::Capabilities;
+use super::capabilities::jwt::VerifyError;
+use super::capabilities::rate_limit::CheckError;
 use crate::upstream::Upstreams;
 
 use types::EditError;
@@ -102,6 +105,7 @@ impl ResourceLimiter for InstanceLimiter {
 pub struct FilterHost {
     pub tag: InstanceTag,
     config_json: Arc<str>,
+    caps: Arc<Capabilities>,
     pub limiter: InstanceLimiter,
     /// Present only during `on-request`.
     pub request: Option<RequestHead>,
@@ -113,10 +117,16 @@ pub struct FilterHost {
 }
 
 impl FilterHost {
-    pub fn new(tag: InstanceTag, config_json: Arc<str>, memory_bytes: u64) -> Self {
+    pub fn new(
+        tag: InstanceTag,
+        config_json: Arc<str>,
+        caps: Arc<Capabilities>,
+        memory_bytes: u64,
+    ) -> Self {
         Self {
             tag,
             config_json,
+            caps,
             limiter: InstanceLimiter {
                 memory_bytes: memory_bytes as usize,
                 memory_cap_hit: false,
@@ -404,5 +414,62 @@ impl log::Host for FilterHost {
 impl config::Host for FilterHost {
     fn get(&mut self) -> String {
         self.config_json.to_string()
+    }
+}
+
+impl rate_limit::Host for FilterHost {
+    fn check(
+        &mut self,
+        policy: String,
+        key: String,
+        cost: u32,
+    ) -> Result<rate_limit::Decision, rate_limit::CheckError> {
+        match self.caps.rate_limits.check(&policy, &key, cost) {
+            Ok(d) => Ok(rate_limit::Decision {
+                allowed: d.allowed,
+                limit: d.limit,
+                remaining: d.remaining,
+                reset_after_ms: d.reset_after.as_millis() as u64,
+                retry_after_ms: d.retry_after.as_millis() as u64,
+                window_ms: d.window.as_millis() as u64,
+            }),
+            Err(CheckError::UnknownPolicy(p)) => Err(rate_limit::CheckError::UnknownPolicy(p)),
+            Err(CheckError::InvalidCost(c)) => Err(rate_limit::CheckError::InvalidCost(c)),
+        }
+    }
+}
+
+impl jwt::Host for FilterHost {
+    fn verify(&mut self, token: String, keyset: String) -> Result<String, jwt::VerifyError> {
+        use jwt::VerifyError as W;
+        let Some(set) = self.caps.keysets.get(&keyset) else {
+            return Err(W::UnknownKeyset(keyset));
+        };
+        set.verify(&token).map_err(|e| match e {
+            VerifyError::UnknownKeyset(k) => W::UnknownKeyset(k),
+            VerifyError::Malformed(m) => W::Malformed(m),
+            VerifyError::AlgorithmNotAllowed(a) => W::AlgorithmNotAllowed(a),
+            VerifyError::UnknownKey => W::UnknownKey,
+            VerifyError::BadSignature => W::BadSignature,
+            VerifyError::Expired => W::Expired,
+            VerifyError::NotYetValid => W::NotYetValid,
+            VerifyError::WrongIssuer => W::WrongIssuer,
+            VerifyError::WrongAudience => W::WrongAudience,
+        })
+    }
+}
+
+impl regex::Host for FilterHost {
+    fn is_match(&mut self, pattern: String, text: String) -> Result<bool, String> {
+        self.caps.patterns.is_match(&pattern, &text)
+    }
+
+    fn replace(
+        &mut self,
+        pattern: String,
+        text: String,
+        replacement: String,
+    ) -> Result<Option<String>, String> {
+        self.caps.patterns.replace(&pattern, &text, &replacement)
     }
 }

@@ -17,6 +17,7 @@
 //! * [`host`] implements the `cascade:filter` imports for one instance.
 //! * [`chain`] runs a route's chain and applies each link's failure policy.
 
+pub mod capabilities;
 pub mod chain;
 pub mod host;
 pub mod module;
@@ -38,6 +39,7 @@ pub mod bindings {
     });
 }
 
+pub use capabilities::Capabilities;
 pub use chain::{ChainLink, FilterChain, FilterFailure, InFlightChain, RequestOutcome};
 pub use host::RequestHead;
 pub use module::{FilterModule, ModuleError, ModuleRegistry};

@@ -280,6 +280,9 @@ impl ProxyHttp for CascadeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.chain = None;
+        if !log::log_enabled!(target: "cascade::access", log::Level::Info) {
+            return;
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -27,6 +27,8 @@ pub struct Config {
     on_response: Behaviour,
     /// Only misbehave when the request carries `x-misbehave-trigger`.
     only_when_triggered: bool,
+    /// Read the `host` header this many times (to measure one host call).
+    header_reads: u32,
 }
 
 pub struct Misbehave {
@@ -68,6 +70,9 @@ impl Filter for Misbehave {
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
+        for _ in 0..self.config.header_reads {
+            std::hint::black_box(req.header("host"));
+        }
         self.triggered =
             !self.config.only_when_triggered || req.header("x-misbehave-trigger").is_some();
         if !self.triggered {

@@ -1,0 +1,294 @@
+//! Bearer-token authentication: verify a JWT with a host keyset, enforce
+//! issuer, audience and scopes, and forward chosen claims to the origin.
+//! The config is documented in this crate's README.
+
+use std::collections::BTreeMap;
+
+use cascade_filter::path::has_segment_prefix;
+use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter, jwt};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The host keyset (`[jwt.keysets.<name>]`) that verifies tokens.
+    keyset: String,
+    /// Also accept the token from this cookie.
+    #[serde(default)]
+    cookie: Option<String>,
+    /// Paths under these prefixes need no token.
+    #[serde(default)]
+    public_prefixes: Vec<String>,
+    /// Required `iss`, on top of the keyset's own check.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// Required `aud` value, on top of the keyset's own check.
+    #[serde(default)]
+    audience: Option<String>,
+    /// Scopes the token must carry (`scope` string or `scp` list).
+    #[serde(default)]
+    required_scopes: Vec<String>,
+    /// Claim name -> request header to forward it in.
+    #[serde(default)]
+    forward_claims: BTreeMap<String, String>,
+    /// Remove `Authorization` before the request goes upstream.
+    #[serde(default = "yes")]
+    strip_authorization: bool,
+    #[serde(default = "default_realm")]
+    realm: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_realm() -> String {
+    "cascade".into()
+}
+
+pub struct Auth(Config);
+
+impl Filter for Auth {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.keyset.is_empty() {
+            return Err("`keyset` must name a [jwt.keysets] entry".into());
+        }
+        Ok(Self(config))
+    }
+
+    fn on_request(&mut self, req: &Request) -> Verdict {
+        let config = &self.0;
+        // Identity headers come from us only: never trust a client's copy.
+        for header in config.forward_claims.values() {
+            req.remove_header(header);
+        }
+        let path = req.path();
+        if config
+            .public_prefixes
+            .iter()
+            .any(|p| has_segment_prefix(&path, p))
+        {
+            return Verdict::Continue;
+        }
+        let Some(token) =
+            bearer_token(req).or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c)))
+        else {
+            return self.challenge(401, None);
+        };
+        let claims: Value = match jwt::verify(&token, &config.keyset) {
+            Ok(json) => serde_json::from_str(&json).unwrap_or(Value::Null),
+            Err(VerifyError::UnknownKeyset(k)) => {
+                panic!("auth: keyset {k:?} is not configured in the host")
+            }
+            Err(e) => return self.challenge(401, Some(("invalid_token", e.to_string()))),
+        };
+        if let Some(iss) = &config.issuer
+            && claims["iss"].as_str() != Some(iss)
+        {
+            return self.challenge(401, Some(("invalid_token", "wrong issuer".into())));
+        }
+        if let Some(aud) = &config.audience
+            && !audiences(&claims).any(|a| a == aud)
+        {
+            return self.challenge(401, Some(("invalid_token", "wrong audience".into())));
+        }
+        let granted = scopes(&claims);
+        if config.required_scopes.iter().any(|s| !granted.contains(s)) {
+            return self.challenge(
+                403,
+                Some(("insufficient_scope", "missing a required scope".into())),
+            );
+        }
+        for (claim, header) in &config.forward_claims {
+            if let Some(value) = claim_text(&claims[claim.as_str()]) {
+                req.set_header(header, &value)
+                    .unwrap_or_else(|e| panic!("auth: {e}"));
+            }
+        }
+        if config.strip_authorization {
+            req.remove_header("authorization");
+        }
+        Verdict::Continue
+    }
+}
+
+impl Auth {
+    /// A 401 or 403 with an RFC 6750 `WWW-Authenticate` challenge.
+    fn challenge(&self, status: u16, error: Option<(&str, String)>) -> Verdict {
+        let mut value = format!("Bearer realm=\"{}\"", self.0.realm);
+        if let Some((code, description)) = &error {
+            let description = description.replace(['"', '\\'], "'");
+            value.push_str(&format!(
+                ", error=\"{code}\", error_description=\"{description}\""
+            ));
+            if *code == "insufficient_scope" {
+                value.push_str(&format!(", scope=\"{}\"", self.0.required_scopes.join(" ")));
+            }
+        }
+        let body = match &error {
+            Some((code, description)) => {
+                format!("{{\"error\":\"{code}\",\"error_description\":{description:?}}}")
+            }
+            None => "{\"error\":\"missing_token\"}".to_string(),
+        };
+        Verdict::Respond(
+            Reply::new(status)
+                .header("www-authenticate", value)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    }
+}
+
+fn bearer_token(req: &Request) -> Option<String> {
+    let value = req.header("authorization")?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| token.trim().to_string())
+}
+
+fn cookie(req: &Request, name: &str) -> Option<String> {
+    req.header_values("cookie").iter().find_map(|header| {
+        header.split(';').find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n == name && !v.is_empty()).then(|| v.to_string())
+        })
+    })
+}
+
+fn audiences(claims: &Value) -> impl Iterator<Item = &str> {
+    let list: Vec<&str> = match &claims["aud"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    list.into_iter()
+}
+
+/// Scopes from `scope` (space-separated) or `scp` (a list or a string).
+fn scopes(claims: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for claim in ["scope", "scp"] {
+        match &claims[claim] {
+            Value::String(s) => out.extend(s.split_whitespace().map(str::to_string)),
+            Value::Array(items) => {
+                out.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A claim as header text: strings as they are, lists joined by spaces.
+fn claim_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(claim_text)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        other => Some(other.to_string()),
+    }
+}
+
+export_filter!(Auth);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_filter::instantiate;
+    use cascade_filter::mock::jwt::set_token;
+
+    const CONFIG: &str = r#"{"keyset": "demo", "public_prefixes": ["/health"], "cookie": "session",
+        "required_scopes": ["read"], "forward_claims": {"sub": "x-user-id", "plan": "x-user-plan"}}"#;
+
+    fn auth() -> Auth {
+        instantiate::<Auth>(CONFIG).unwrap()
+    }
+
+    fn reply(verdict: Verdict) -> Reply {
+        match verdict {
+            Verdict::Respond(reply) => reply,
+            Verdict::Continue => panic!("expected a reply"),
+        }
+    }
+
+    #[test]
+    fn missing_token_gets_a_bare_challenge() {
+        let r = reply(auth().on_request(&Request::new("GET", "/api")));
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header_value("www-authenticate"),
+            Some("Bearer realm=\"cascade\"")
+        );
+    }
+
+    #[test]
+    fn valid_token_forwards_claims_and_strips_authorization() {
+        set_token(
+            "demo",
+            "good",
+            Ok(r#"{"sub": "alice", "plan": "gold", "scope": "read write"}"#),
+        );
+        let req = Request::new("GET", "/api")
+            .with_header("authorization", "Bearer good")
+            .with_header("x-user-id", "mallory");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        assert_eq!(req.header("x-user-id").as_deref(), Some("alice"));
+        assert_eq!(req.header("x-user-plan").as_deref(), Some("gold"));
+        assert_eq!(req.header("authorization"), None);
+    }
+
+    #[test]
+    fn token_from_cookie() {
+        set_token(
+            "demo",
+            "cookie-token",
+            Ok(r#"{"sub": "bob", "scp": ["read"]}"#),
+        );
+        let req = Request::new("GET", "/api").with_header("cookie", "a=1; session=cookie-token");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        assert_eq!(req.header("x-user-id").as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn invalid_token_and_missing_scope() {
+        set_token("demo", "old", Err(VerifyError::Expired));
+        let r = reply(
+            auth().on_request(&Request::new("GET", "/").with_header("authorization", "Bearer old")),
+        );
+        assert_eq!(r.status, 401);
+        assert!(
+            r.header_value("www-authenticate")
+                .unwrap()
+                .contains("error=\"invalid_token\"")
+        );
+
+        set_token("demo", "weak", Ok(r#"{"sub": "eve", "scope": "write"}"#));
+        let r = reply(
+            auth()
+                .on_request(&Request::new("GET", "/").with_header("authorization", "Bearer weak")),
+        );
+        assert_eq!(r.status, 403);
+        let challenge = r.header_value("www-authenticate").unwrap();
+        assert!(
+            challenge.contains("error=\"insufficient_scope\"")
+                && challenge.contains("scope=\"read\"")
+        );
+    }
+
+    #[test]
+    fn public_prefix_needs_no_token_but_spoofed_identity_is_removed() {
+        let req = Request::new("GET", "/health/live").with_header("x-user-id", "mallory");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        assert_eq!(req.header("x-user-id"), None);
+    }
+}

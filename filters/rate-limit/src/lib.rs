@@ -1,0 +1,189 @@
+//! Rate limiting by client IP, a header, or a claim that `auth` forwarded as
+//! a header (so `auth` must come first in the chain for that). The buckets
+//! live in the host and are shared by every request. The config is
+//! documented in this crate's README.
+
+use std::collections::BTreeMap;
+
+use cascade_filter::{
+    Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The host policy (`[rate_limits.<name>]`) to use by default.
+    policy: String,
+    /// What identifies a client: `"ip"` or `"header:<name>"`. A missing
+    /// header falls back to the client IP.
+    #[serde(default = "ip")]
+    key: String,
+    /// Quota tiers: the value of `header` picks the policy.
+    #[serde(default)]
+    tiers: Option<Tiers>,
+    /// Units one request takes.
+    #[serde(default = "one")]
+    cost: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tiers {
+    header: String,
+    policies: BTreeMap<String, String>,
+}
+
+fn ip() -> String {
+    "ip".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+pub struct RateLimit {
+    config: Config,
+    /// The policy and decision for this request, for the response headers.
+    outcome: Option<(String, Decision)>,
+}
+
+impl Filter for RateLimit {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.key != "ip" && !config.key.starts_with("header:") {
+            return Err(format!(
+                "key {:?} must be \"ip\" or \"header:<name>\"",
+                config.key
+            ));
+        }
+        Ok(Self {
+            config,
+            outcome: None,
+        })
+    }
+
+    fn on_request(&mut self, req: &Request) -> Verdict {
+        let key = match self.config.key.strip_prefix("header:") {
+            Some(header) => req.header(header).unwrap_or_else(|| req.client_ip()),
+            None => req.client_ip(),
+        };
+        let policy = self
+            .config
+            .tiers
+            .as_ref()
+            .and_then(|t| {
+                req.header(&t.header)
+                    .and_then(|v| t.policies.get(&v).cloned())
+            })
+            .unwrap_or_else(|| self.config.policy.clone());
+        // A policy the host does not know is a config bug: trap, and let the
+        // route's on_error decide.
+        let decision = rate_limit::check(&policy, &key, self.config.cost)
+            .unwrap_or_else(|e| panic!("rate-limit: {e}"));
+        self.outcome = Some((policy, decision));
+        if decision.allowed {
+            return Verdict::Continue;
+        }
+        let retry_after = decision.retry_after.as_millis().div_ceil(1000).max(1);
+        Verdict::Respond(
+            Reply::new(429)
+                .header("retry-after", retry_after.to_string())
+                .header("content-type", "application/json")
+                .body(format!(
+                    "{{\"error\":\"rate limited\",\"retry_after_secs\":{retry_after}}}"
+                )),
+        )
+    }
+
+    fn on_response(&mut self, resp: &Response) {
+        let Some((policy, d)) = &self.outcome else {
+            return;
+        };
+        // draft-ietf-httpapi-ratelimit-headers: q is the quota, w the window
+        // in which it refills, r what is left, t seconds until it is full.
+        let window = d.window.as_millis().div_ceil(1000).max(1);
+        let policy_header = format!("\"{policy}\";q={};w={window}", d.limit);
+        let reset = d.reset_after.as_millis().div_ceil(1000);
+        let state_header = format!("\"{policy}\";r={};t={reset}", d.remaining);
+        resp.set_header("ratelimit-policy", &policy_header)
+            .expect("valid header");
+        resp.set_header("ratelimit", &state_header)
+            .expect("valid header");
+    }
+}
+
+export_filter!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_filter::instantiate;
+    use cascade_filter::mock::rate_limit::set_policy;
+
+    fn filter(config: &str) -> RateLimit {
+        instantiate::<RateLimit>(config).unwrap()
+    }
+
+    #[test]
+    fn refuses_past_the_burst_with_retry_after_and_headers() {
+        set_policy("std", 2);
+        for _ in 0..2 {
+            let mut f = filter(r#"{"policy": "std"}"#);
+            assert_eq!(f.on_request(&Request::new("GET", "/")), Verdict::Continue);
+            let resp = Response::new(200);
+            f.on_response(&resp);
+            assert!(
+                resp.header("ratelimit-policy")
+                    .unwrap()
+                    .starts_with("\"std\";q=2;")
+            );
+            assert!(resp.header("ratelimit").unwrap().starts_with("\"std\";r="));
+        }
+        let mut f = filter(r#"{"policy": "std"}"#);
+        let Verdict::Respond(reply) = f.on_request(&Request::new("GET", "/")) else {
+            panic!("third request should be refused");
+        };
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.header_value("retry-after"), Some("1"));
+        // Another client has its own bucket.
+        let other = Request::new("GET", "/").with_client_ip("10.0.0.9");
+        assert_eq!(
+            filter(r#"{"policy": "std"}"#).on_request(&other),
+            Verdict::Continue
+        );
+    }
+
+    #[test]
+    fn keys_by_header_and_tiers_by_header() {
+        set_policy("free", 1);
+        set_policy("gold", 3);
+        let config = r#"{"policy": "free", "key": "header:x-user-id",
+            "tiers": {"header": "x-user-plan", "policies": {"gold": "gold"}}}"#;
+        let gold = || {
+            Request::new("GET", "/")
+                .with_header("x-user-id", "alice")
+                .with_header("x-user-plan", "gold")
+        };
+        for _ in 0..3 {
+            assert_eq!(filter(config).on_request(&gold()), Verdict::Continue);
+        }
+        assert!(matches!(
+            filter(config).on_request(&gold()),
+            Verdict::Respond(_)
+        ));
+        let free = Request::new("GET", "/").with_header("x-user-id", "bob");
+        assert_eq!(filter(config).on_request(&free), Verdict::Continue);
+        let free = Request::new("GET", "/").with_header("x-user-id", "bob");
+        assert!(matches!(
+            filter(config).on_request(&free),
+            Verdict::Respond(_)
+        ));
+    }
+
+    #[test]
+    fn bad_key_is_refused() {
+        assert!(instantiate::<RateLimit>(r#"{"policy": "p", "key": "cookie:x"}"#).is_err());
+    }
+}

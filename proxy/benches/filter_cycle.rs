@@ -1,0 +1,160 @@
+//! The per-request cost of the Wasm host: one full cycle is instantiate,
+//! `on-request`, `on-response`, drop, exactly as the proxy runs it.
+//!
+//! Run with `cargo bench -p cascade --bench filter_cycle` after
+//! `scripts/build-filters.sh`; `scripts/bench.sh` runs it as part of the
+//! whole harness.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use cascade::config::{FilterEntry, FilterLimits, Limits, Location, OnError, UpstreamConfig};
+use cascade::filters::{FilterChain, FilterRuntime, ModuleRegistry, RequestHead};
+use cascade::upstream::Upstreams;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Drive a future that (almost) never waits: filter calls run to completion
+/// on their fiber unless a guest blocks on WASI I/O.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::yield_now();
+    }
+}
+
+struct Bench {
+    runtime: Arc<FilterRuntime>,
+    modules: ModuleRegistry,
+    upstreams: Arc<Upstreams>,
+    route: Arc<str>,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let limits = Limits {
+            filter_timeout: Duration::from_millis(50),
+            filter_memory_bytes: 16 << 20,
+            max_instances: 1_000,
+        };
+        let runtime = FilterRuntime::new(&limits).expect("engine");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
+        let modules = ModuleRegistry::load_dir(&runtime, &dir).unwrap_or_else(|e| {
+            panic!("{e}; build the filters first with scripts/build-filters.sh")
+        });
+        let mut groups = std::collections::BTreeMap::new();
+        groups.insert(
+            "origin".to_string(),
+            UpstreamConfig {
+                name: "origin".into(),
+                servers: vec!["127.0.0.1:9000".parse().unwrap()],
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+            },
+        );
+        Self {
+            runtime,
+            modules,
+            upstreams: Arc::new(Upstreams::new(&groups)),
+            route: Arc::from("bench"),
+        }
+    }
+
+    fn chain(&self, links: &[(&str, &str)]) -> FilterChain {
+        let entries: Vec<FilterEntry> = links
+            .iter()
+            .map(|(module, config)| FilterEntry {
+                module: module.to_string(),
+                on_error: OnError::FailClosed,
+                config_json: Arc::from(*config),
+                limits: FilterLimits {
+                    timeout: Duration::from_millis(50),
+                    memory_bytes: 16 << 20,
+                },
+                at: Location {
+                    file: "bench".into(),
+                    line: 1,
+                    key: "route.filters.module".into(),
+                },
+            })
+            .collect();
+        block_on(FilterChain::build(
+            &self.runtime,
+            &self.modules,
+            "bench",
+            &entries,
+        ))
+        .expect("chain")
+    }
+
+    fn head(&self) -> RequestHead {
+        let mut header = RequestHeader::build("GET", b"/api/users?page=2", None).unwrap();
+        header.insert_header("host", "example.com").unwrap();
+        header.insert_header("user-agent", "bench").unwrap();
+        header.insert_header("x-debug", "1").unwrap();
+        RequestHead {
+            header,
+            id: Arc::from("0000000000000000"),
+            client_ip: Arc::from("127.0.0.1"),
+            route_name: self.route.clone(),
+            upstream: "origin".into(),
+            upstreams: self.upstreams.clone(),
+        }
+    }
+
+    /// One request through `chain`: both phases, then every instance dropped.
+    fn cycle(&self, chain: &FilterChain) {
+        let (_head, mut run, _outcome) =
+            block_on(chain.run_request(&self.runtime, self.head(), &self.route));
+        let response = ResponseHeader::build(200, Some(4)).unwrap();
+        let (_response, result) = block_on(run.run_response(response, "0000000000000000"));
+        result.expect("filters succeed");
+    }
+}
+
+const REWRITE: &str = r#"{"strip_prefix":"/api","add_prefix":"/v2","request_headers":{"set":{"x-edge":"cascade"},"remove":["x-debug"]},"response_headers":{"set":{"x-served-by":"cascade"}}}"#;
+
+fn filter_cycle(c: &mut Criterion) {
+    let bench = Bench::new();
+    let mut group = c.benchmark_group("cycle");
+    group.measurement_time(Duration::from_secs(5));
+
+    // The host's fixed cost with no filter at all: building the request head.
+    group.bench_function("no-filter", |b| {
+        b.iter(|| bench.cycle(&FilterChain::default()))
+    });
+
+    let noop = bench.chain(&[("noop", "{}")]);
+    group.bench_function("noop", |b| b.iter(|| bench.cycle(&noop)));
+
+    let rewrite = bench.chain(&[("rewrite", REWRITE)]);
+    group.bench_function("rewrite", |b| b.iter(|| bench.cycle(&rewrite)));
+
+    let four = bench.chain(&[
+        ("noop", "{}"),
+        ("misbehave", "{}"),
+        ("rewrite", REWRITE),
+        ("noop", "{}"),
+    ]);
+    group.bench_function("chain-of-four", |b| b.iter(|| bench.cycle(&four)));
+    group.finish();
+
+    // One guest-to-host call: a filter reading a header 1000 times, minus
+    // nothing; criterion reports the time per read through the throughput.
+    let mut group = c.benchmark_group("host-call");
+    let reads = bench.chain(&[("misbehave", r#"{"header_reads":1000}"#)]);
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("header-x1000", |b| b.iter(|| bench.cycle(&reads)));
+    group.finish();
+}
+
+criterion_group!(benches, filter_cycle);
+criterion_main!(benches);

@@ -1,0 +1,88 @@
+//! Regular expressions for filters, compiled once per pattern and shared.
+//! Compiling a pattern costs far more than a filter's whole request, and a
+//! fresh instance per request could never keep one itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use regex::{Regex, RegexBuilder};
+
+/// Patterns kept at once; past this the cache starts over.
+const MAX_PATTERNS: usize = 4096;
+/// Compiled size allowed for one pattern, so a hostile pattern cannot
+/// exhaust memory or time.
+const MAX_COMPILED_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+pub struct PatternCache {
+    compiled: RwLock<HashMap<String, Arc<Regex>>>,
+}
+
+impl PatternCache {
+    /// The compiled `pattern`, or why it does not compile.
+    pub fn get(&self, pattern: &str) -> Result<Arc<Regex>, String> {
+        if let Some(regex) = self
+            .compiled
+            .read()
+            .expect("pattern cache lock")
+            .get(pattern)
+        {
+            return Ok(regex.clone());
+        }
+        let regex = RegexBuilder::new(pattern)
+            .size_limit(MAX_COMPILED_BYTES)
+            .build()
+            .map(Arc::new)
+            .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+        let mut compiled = self.compiled.write().expect("pattern cache lock");
+        if compiled.len() >= MAX_PATTERNS {
+            compiled.clear();
+        }
+        compiled.insert(pattern.to_string(), regex.clone());
+        Ok(regex)
+    }
+
+    pub fn is_match(&self, pattern: &str, text: &str) -> Result<bool, String> {
+        Ok(self.get(pattern)?.is_match(text))
+    }
+
+    /// Replace the first match, expanding `$1` and `${name}`; `None` when
+    /// nothing matches.
+    pub fn replace(
+        &self,
+        pattern: &str,
+        text: &str,
+        replacement: &str,
+    ) -> Result<Option<String>, String> {
+        let regex = self.get(pattern)?;
+        Ok(regex.captures(text).map(|caps| {
+            let whole = caps.get(0).expect("group 0 always matches");
+            let mut out = String::with_capacity(text.len() + replacement.len());
+            out.push_str(&text[..whole.start()]);
+            caps.expand(replacement, &mut out);
+            out.push_str(&text[whole.end()..]);
+            out
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_with_captures() {
+        let cache = PatternCache::default();
+        let out = cache
+            .replace(r"^/old/(?P<rest>.*)$", "/old/a/b", "/new/${rest}")
+            .unwrap();
+        assert_eq!(out.as_deref(), Some("/new/a/b"));
+        assert_eq!(cache.replace("^/x", "/y", "/z").unwrap(), None);
+        assert!(
+            cache
+                .is_match("(", "x")
+                .unwrap_err()
+                .contains("invalid pattern")
+        );
+    }
+}

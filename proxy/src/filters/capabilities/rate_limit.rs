@@ -1,0 +1,230 @@
+//! Keyed rate limiting: one governor GCRA limiter per policy, keyed by
+//! whatever string the filter picks (client IP, user id, ...).
+//!
+//! Memory stays bounded. Keys whose bucket has refilled completely carry no
+//! information and are evicted (at most once per second, when the table is
+//! full, and every ten seconds otherwise). If the table is still full after
+//! that, checks go to one shared overflow bucket until room frees up: a flood
+//! of new keys is still limited, and memory never passes `max_keys`.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::config::RateLimitPolicyConfig;
+
+type KeyedLimiter =
+    RateLimiter<String, DashMapStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// The key every check uses while the key table is full.
+const OVERFLOW_KEY: &str = "\u{0}cascade-overflow";
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
+const FULL_TABLE_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// The outcome of one check, as the WIT `decision` record describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_after: Duration,
+    pub retry_after: Duration,
+    /// Time an empty bucket takes to refill.
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("no rate-limit policy named {0:?}")]
+    UnknownPolicy(String),
+    #[error("cost {0} is zero or larger than the policy's burst")]
+    InvalidCost(u32),
+}
+
+/// One policy's limiter and its housekeeping state.
+pub struct Policy {
+    config: RateLimitPolicyConfig,
+    limiter: KeyedLimiter,
+    created: Instant,
+    /// Nanoseconds since `created`, of the last eviction.
+    last_housekeeping: AtomicU64,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    pub fn new(config: RateLimitPolicyConfig) -> Self {
+        let burst = NonZeroU32::new(config.burst).expect("config checks burst >= 1");
+        let quota = Quota::with_period(config.interval)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
+        Self {
+            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            config,
+            created: Instant::now(),
+            last_housekeeping: AtomicU64::new(0),
+        }
+    }
+
+    /// Take `cost` from `key`'s bucket.
+    pub fn check(&self, key: &str, cost: u32) -> Result<Decision, CheckError> {
+        let n = NonZeroU32::new(cost)
+            .filter(|n| n.get() <= self.config.burst)
+            .ok_or(CheckError::InvalidCost(cost))?;
+        let key = if self.has_room() { key } else { OVERFLOW_KEY };
+        let burst = self.config.burst;
+        let interval = self.config.interval;
+        let outcome = self
+            .limiter
+            .check_key_n(&key.to_string(), n)
+            .map_err(|_| CheckError::InvalidCost(cost))?;
+        Ok(match outcome {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Decision {
+                    allowed: true,
+                    limit: burst,
+                    remaining,
+                    reset_after: interval * (burst - remaining.min(burst)),
+                    retry_after: Duration::ZERO,
+                    window: interval * burst,
+                }
+            }
+            Err(not_until) => {
+                let retry_after = not_until.wait_time_from(self.limiter.clock().now());
+                Decision {
+                    allowed: false,
+                    limit: burst,
+                    remaining: 0,
+                    reset_after: retry_after + interval * (burst - cost),
+                    retry_after,
+                    window: interval * burst,
+                }
+            }
+        })
+    }
+
+    /// Whether a new key may get its own bucket, evicting idle keys when due.
+    fn has_room(&self) -> bool {
+        let full = self.limiter.len() >= self.config.max_keys;
+        let now = self.created.elapsed().as_nanos() as u64;
+        let every = if full {
+            FULL_TABLE_HOUSEKEEPING_EVERY
+        } else {
+            HOUSEKEEPING_EVERY
+        };
+        let last = self.last_housekeeping.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= every.as_nanos() as u64
+            && self
+                .last_housekeeping
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            return self.limiter.len() < self.config.max_keys;
+        }
+        !full
+    }
+
+    /// Keys currently tracked.
+    pub fn tracked_keys(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// Every configured policy, by name.
+#[derive(Debug, Default)]
+pub struct RateLimiters {
+    policies: HashMap<String, Policy>,
+}
+
+impl RateLimiters {
+    pub fn new<'a>(configs: impl Iterator<Item = &'a RateLimitPolicyConfig>) -> Self {
+        Self {
+            policies: configs
+                .map(|c| (c.name.clone(), Policy::new(c.clone())))
+                .collect(),
+        }
+    }
+
+    pub fn check(&self, policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
+        self.policies
+            .get(policy)
+            .ok_or_else(|| CheckError::UnknownPolicy(policy.to_string()))?
+            .check(key, cost)
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(burst: u32, interval: Duration, max_keys: usize) -> Policy {
+        Policy::new(RateLimitPolicyConfig {
+            name: "p".into(),
+            burst,
+            interval,
+            max_keys,
+        })
+    }
+
+    #[test]
+    fn burst_then_refuse_with_retry_after() {
+        let p = policy(3, Duration::from_secs(60), 100);
+        for expected_remaining in [2, 1, 0] {
+            let d = p.check("a", 1).unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.remaining, expected_remaining);
+            assert_eq!(d.limit, 3);
+        }
+        let refused = p.check("a", 1).unwrap();
+        assert!(!refused.allowed);
+        assert!(refused.retry_after > Duration::from_secs(50), "{refused:?}");
+        // Keys are independent.
+        assert!(p.check("b", 1).unwrap().allowed);
+    }
+
+    #[test]
+    fn cost_is_validated() {
+        let p = policy(3, Duration::from_secs(1), 100);
+        assert_eq!(p.check("a", 0), Err(CheckError::InvalidCost(0)));
+        assert_eq!(p.check("a", 4), Err(CheckError::InvalidCost(4)));
+        assert!(p.check("a", 3).unwrap().allowed);
+    }
+
+    #[test]
+    fn key_table_is_bounded() {
+        let p = policy(1, Duration::from_secs(3600), 10);
+        for i in 0..1000 {
+            let _ = p.check(&format!("key-{i}"), 1);
+        }
+        // At most max_keys own buckets, plus the shared overflow bucket.
+        assert!(p.tracked_keys() <= 11, "{} keys tracked", p.tracked_keys());
+    }
+
+    #[test]
+    fn unknown_policy() {
+        let limiters = RateLimiters::default();
+        assert_eq!(
+            limiters.check("nope", "k", 1),
+            Err(CheckError::UnknownPolicy("nope".into()))
+        );
+    }
+}

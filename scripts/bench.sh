@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# The benchmark harness: one command, one machine, one run.
+#
+#   scripts/bench.sh            # everything: load, memory, micro
+#   DURATION=20 CONNECTIONS=64 scripts/bench.sh load
+#
+# load:   wrk drives HTTP/1.1 keep-alive load, with fixed connections and a
+#         fixed duration, at (a) nginx as a reverse proxy, and Cascade with
+#         (b) no filters, (c) one no-op filter and (d) the demo chain. All of
+#         them sit in front of the same nginx origin serving a small static
+#         body, and proxy and nginx get the same number of workers. The proxy's
+#         CPU time comes from /proc, so the load generator on the same cores
+#         does not skew it.
+# memory: Cascade's resident memory with 1, 10 and 100 distinct modules.
+# micro:  criterion: one full filter cycle (instantiate, on-request,
+#         on-response, drop) per filter and for a chain of four, and one host
+#         call. Medians come from criterion's estimates.
+#
+# Reports go to stdout and target/bench/*.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+WORKERS=${WORKERS:-1}
+WARMUP=${WARMUP:-2}
+parts=("${@:-load memory micro}")
+parts=(${parts[*]})
+
+scripts/setup.sh
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "bench: installing ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+scripts/build-filters.sh
+cargo build --release -p cascade
+CASCADE=$root/target/release/cascade
+
+out=$root/target/bench
+mkdir -p "$out"
+work=$(mktemp -d)
+# nginx workers run as an unprivileged user when started by root.
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "bench: nothing listens on port $1" >&2
+    return 1
+}
+# utime + stime of a process and its children threads, in clock ticks.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+machine() {
+    echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(nproc) cores)"
+    echo "- Memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
+    echo "- $($NGINX -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(rustc --version)"
+}
+
+nginx_conf() { # $1 dir, $2 body of http{}
+    mkdir -p "$1/logs"
+    cat >"$1/nginx.conf" <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $1; proxy_temp_path $1; fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;
+$2
+}
+EOF
+}
+
+run_load() {
+    local origin_port nginx_port cascade_port
+    origin_port=$(free_port)
+    nginx_port=$(free_port)
+    cascade_port=$(free_port)
+
+    # The origin: nginx serving a small static body.
+    mkdir -p "$work/origin/www"
+    printf 'hello from the origin\n' >"$work/origin/www/index.html"
+    nginx_conf "$work/origin" "    server { listen 127.0.0.1:$origin_port; root $work/origin/www; location / { try_files /index.html =404; } }"
+    "$NGINX" -p "$work/origin" -c "$work/origin/nginx.conf" &
+    pids+=($!)
+
+    # (a) nginx as a reverse proxy with keepalive to the origin.
+    nginx_conf "$work/proxy" "    upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
+    server { listen 127.0.0.1:$nginx_port;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    "$NGINX" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
+    local nginx_master=$!
+    pids+=($nginx_master)
+
+    # (b), (c), (d): one Cascade process, one route per row.
+    mkdir -p "$work/cascade/routes"
+    cat >"$work/cascade/cascade.toml" <<EOF
+routes = ["routes/*.toml"]
+[server]
+listen = "127.0.0.1:$cascade_port"
+threads = $WORKERS
+[modules]
+dir = "$root/target/wasm32-wasip2/release"
+[upstreams.origin]
+servers = ["127.0.0.1:$origin_port"]
+EOF
+    # The demo chain is the chain of conf/routes/demo.toml's first route.
+    python3 - "$root/conf/routes/demo.toml" >"$work/cascade/routes/bench.toml" <<'PY'
+import sys, tomllib
+demo = tomllib.load(open(sys.argv[1], "rb"))["route"][0]
+def toml_value(v):
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace('\\', '\\\\').replace('"', '\\"') + '"'
+    return str(v)
+print('[[route]]\nname = "none"\npath_prefix = "/none"\nupstream = "origin"\n')
+print('[[route]]\nname = "noop"\npath_prefix = "/noop"\nupstream = "origin"\n[[route.filters]]\nmodule = "noop"\n')
+print('[[route]]\nname = "chain"\npath_prefix = "/chain"\nupstream = "origin"')
+for f in demo.get("filters", []):
+    print("[[route.filters]]")
+    for k, v in f.items():
+        print(f"{k} = {toml_value(v)}")
+PY
+    RUST_LOG=warn "$CASCADE" serve --config "$work/cascade/cascade.toml" >"$work/cascade/log" 2>&1 &
+    local cascade_pid=$!
+    pids+=($cascade_pid)
+
+    wait_port "$origin_port"
+    wait_port "$nginx_port"
+    wait_port "$cascade_port"
+    local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    local tick
+    tick=$(getconf CLK_TCK)
+
+    declare -A rps p50 p99 cpu
+    rows=(nginx none noop chain)
+    for row in "${rows[@]}"; do
+        local url pidset
+        if [ "$row" = nginx ]; then
+            url="http://127.0.0.1:$nginx_port/"
+            pidset=("${nginx_pids[@]}")
+        else
+            url="http://127.0.0.1:$cascade_port/$row"
+            pidset=("$cascade_pid")
+        fi
+        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+        local before after report requests
+        before=$(cpu_ticks "${pidset[@]}")
+        report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+        after=$(cpu_ticks "${pidset[@]}")
+        if grep -q "Non-2xx" <<<"$report"; then
+            echo "bench: $row answered errors:" >&2
+            echo "$report" >&2
+            exit 1
+        fi
+        requests=$(awk '/requests in/ {print $1}' <<<"$report")
+        rps[$row]=$(awk '/Requests\/sec/ {print $2}' <<<"$report")
+        p50[$row]=$(awk '$1 == "50%" {print $2}' <<<"$report")
+        p99[$row]=$(awk '$1 == "99%" {print $2}' <<<"$report")
+        cpu[$row]=$(python3 -c "print(f'{($after - $before) * 1e6 / $tick / $requests:.1f}')")
+    done
+
+    {
+        echo "### Load: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each"
+        echo
+        machine
+        echo
+        echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req |"
+        echo "|---|---:|---:|---:|---:|---:|---:|"
+        local -A names=([nginx]="(a) nginx proxy_pass" [none]="(b) Cascade, no filters" [noop]="(c) Cascade, one no-op filter" [chain]="(d) Cascade, demo chain")
+        for row in "${rows[@]}"; do
+            python3 -c "
+a, b, r = ${rps[nginx]}, ${rps[none]}, ${rps[$row]}
+print(f'| ${names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} |')"
+        done
+        local delta
+        delta=$(python3 -c "print(f'{${cpu[chain]} - ${cpu[none]}:.1f}')")
+        echo
+        echo "The demo chain adds $delta µs of proxy CPU per request over no filters."
+    } | tee "$out/load.md"
+    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
+run_memory() {
+    local noop="$root/target/wasm32-wasip2/release/noop.wasm"
+    {
+        echo "### Memory: resident set after start-up, by number of distinct modules"
+        echo
+        echo "| modules | RSS (MiB) |"
+        echo "|---:|---:|"
+    } >"$out/memory.md"
+    declare -A rss
+    for n in 1 10 100; do
+        local dir="$work/mem$n" port
+        port=$(free_port)
+        mkdir -p "$dir/modules" "$dir/routes"
+        # Distinct modules: the same filter with a different custom section,
+        # so each is compiled and kept separately.
+        python3 - "$noop" "$dir/modules" "$n" <<'PY'
+import sys
+src, dest, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base = open(src, "rb").read()
+def leb(x):
+    out = bytearray()
+    while True:
+        b = x & 0x7F; x >>= 7
+        out.append(b | (0x80 if x else 0))
+        if not x: return bytes(out)
+for i in range(n):
+    name = b"cascade-bench"; payload = str(i).encode()
+    body = leb(len(name)) + name + payload
+    open(f"{dest}/noop{i}.wasm", "wb").write(base + b"\x00" + leb(len(body)) + body)
+PY
+        printf 'routes = []\n[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n[modules]\ndir = "modules"\n' "$port" "$WORKERS" >"$dir/cascade.toml"
+        RUST_LOG=warn "$CASCADE" serve --config "$dir/cascade.toml" >"$dir/log" 2>&1 &
+        local pid=$!
+        wait_port "$port"
+        sleep 1
+        rss[$n]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+        kill -INT "$pid"  # SIGINT: fast shutdown (SIGTERM waits for a grace period)
+        wait "$pid" 2>/dev/null || true
+        python3 -c "print(f'| $n | {${rss[$n]} / 1024:.1f} |')" >>"$out/memory.md"
+    done
+    python3 -c "print(f'\nEach additional module costs about {(${rss[100]} - ${rss[1]}) / 99 / 1024:.2f} MiB resident.')" >>"$out/memory.md"
+    cat "$out/memory.md"
+}
+
+run_micro() {
+    cargo bench -p cascade --bench filter_cycle -- --noplot >"$out/criterion.log" 2>&1 || {
+        cat "$out/criterion.log"
+        exit 1
+    }
+    {
+        echo "### Micro: one full filter cycle (instantiate, on-request, on-response, drop)"
+        echo
+        echo "| benchmark | median | 95% CI of the mean |"
+        echo "|---|---:|---:|"
+        python3 - "$root/target/criterion" <<'PY'
+import json, os, sys
+base = sys.argv[1]
+def fmt(ns):
+    return f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
+for group in ["cycle", "host-call"]:
+    gdir = os.path.join(base, group)
+    if not os.path.isdir(gdir):
+        continue
+    for bench in sorted(os.listdir(gdir)):
+        path = os.path.join(gdir, bench, "new", "estimates.json")
+        if not os.path.exists(path):
+            continue
+        est = json.load(open(path))
+        med = est["median"]["point_estimate"]
+        lo, hi = est["mean"]["confidence_interval"]["lower_bound"], est["mean"]["confidence_interval"]["upper_bound"]
+        note = ""
+        if bench == "header-x1000":
+            note = f" (one call: {fmt(med / 1000)})"
+        print(f"| {group}/{bench} | {fmt(med)}{note} | {fmt(lo)} – {fmt(hi)} |")
+PY
+    } | tee "$out/micro.md"
+}
+
+for part in "${parts[@]}"; do
+    case $part in
+    load) run_load ;;
+    memory) run_memory ;;
+    micro) run_micro ;;
+    *) echo "bench: unknown part $part (load, memory, micro)" >&2; exit 2 ;;
+    esac
+done
