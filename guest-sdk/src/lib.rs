@@ -75,8 +75,7 @@ pub trait Filter: Sized + 'static {
 /// Build a filter from config JSON exactly as the host does: parse into
 /// `F::Config`, then [`Filter::new`]. The error names the config problem.
 pub fn instantiate<F: Filter>(config_json: &str) -> Result<F, String> {
-    let config: F::Config =
-        serde_json::from_str(config_json).map_err(|e| format!("invalid config: {e}"))?;
+    let config: F::Config = serde_json::from_str(config_json).map_err(|e| format!("invalid config: {e}"))?;
     F::new(config)
 }
 
@@ -94,16 +93,14 @@ macro_rules! export_filter {
                 fn check_config() -> ::core::result::Result<(), ::std::string::String> {
                     $crate::__private::check_config::<$filter>()
                 }
-                fn on_request(
-                    request: &$crate::__private::RequestHandle,
-                ) -> $crate::__private::VerdictRepr {
+                fn on_request(request: &$crate::__private::RequestHandle) -> $crate::__private::VerdictRepr {
                     $crate::__private::on_request::<$filter>(request)
                 }
                 fn on_response(response: &$crate::__private::ResponseHandle) {
                     $crate::__private::on_response::<$filter>(response)
                 }
             }
-            $crate::__private::export!(CascadeFilterExport with_types_in $crate::__private::bindings);
+    $crate::__private::export!(CascadeFilterExport with_types_in $crate::__private::bindings);
         };
         #[cfg(not(target_arch = "wasm32"))]
         const _: fn() = || {

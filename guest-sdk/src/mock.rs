@@ -14,11 +14,7 @@ impl Headers {
         self.values(name).into_iter().next()
     }
     fn values(&self, name: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.0.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
     }
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
@@ -47,9 +43,7 @@ impl Headers {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn check_header(name: &str, value: &str) -> Result<(), EditError> {
@@ -102,11 +96,7 @@ impl Request {
     }
     /// Add a request header.
     pub fn with_header(self, name: &str, value: &str) -> Self {
-        self.0
-            .borrow_mut()
-            .headers
-            .add(name, value)
-            .expect("valid header");
+        self.0.borrow_mut().headers.add(name, value).expect("valid header");
         self
     }
     /// Set the client IP.
@@ -229,11 +219,7 @@ impl Response {
     }
     /// Add a response header.
     pub fn with_header(self, name: &str, value: &str) -> Self {
-        self.0
-            .borrow_mut()
-            .1
-            .add(name, value)
-            .expect("valid header");
+        self.0.borrow_mut().1.add(name, value).expect("valid header");
         self
     }
 
@@ -324,9 +310,7 @@ pub mod rate_limit {
         }
         TAKEN.with(|t| {
             let mut taken = t.borrow_mut();
-            let used = taken
-                .entry((policy.to_string(), key.to_string()))
-                .or_insert(0);
+            let used = taken.entry((policy.to_string(), key.to_string())).or_insert(0);
             let allowed = *used + cost <= burst;
             if allowed {
                 *used += cost;
@@ -336,11 +320,7 @@ pub mod rate_limit {
                 limit: burst,
                 remaining: burst - *used,
                 reset_after: Duration::from_secs(u64::from(*used)),
-                retry_after: if allowed {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(1)
-                },
+                retry_after: if allowed { Duration::ZERO } else { Duration::from_secs(1) },
                 window: Duration::from_secs(u64::from(burst)),
             })
         })
@@ -360,21 +340,13 @@ pub mod jwt {
 
     /// Make `verify(token, keyset)` return `outcome`.
     pub fn set_token(keyset: &str, token: &str, outcome: Result<&str, VerifyError>) {
-        TOKENS.with(|t| {
-            t.borrow_mut().insert(
-                (keyset.to_string(), token.to_string()),
-                outcome.map(str::to_string),
-            )
-        });
+        TOKENS.with(|t| t.borrow_mut().insert((keyset.to_string(), token.to_string()), outcome.map(str::to_string)));
     }
 
     /// Verify `token` with `keyset`; on success, its claims as JSON text.
     pub fn verify(token: &str, keyset: &str) -> Result<String, VerifyError> {
         TOKENS.with(|t| {
-            t.borrow()
-                .get(&(keyset.to_string(), token.to_string()))
-                .cloned()
-                .unwrap_or(Err(VerifyError::BadSignature))
+            t.borrow().get(&(keyset.to_string(), token.to_string())).cloned().unwrap_or(Err(VerifyError::BadSignature))
         })
     }
 }
@@ -383,15 +355,13 @@ pub mod jwt {
 pub mod regex {
     /// Whether `pattern` matches anywhere in `text`.
     pub fn is_match(pattern: &str, text: &str) -> Result<bool, String> {
-        let re = ::regex::Regex::new(pattern)
-            .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+        let re = ::regex::Regex::new(pattern).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
         Ok(re.is_match(text))
     }
 
     /// Replace the first match, expanding `$1` and `${name}`.
     pub fn replace(pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
-        let re = ::regex::Regex::new(pattern)
-            .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+        let re = ::regex::Regex::new(pattern).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
         Ok(re.captures(text).map(|caps| {
             let whole = caps.get(0).expect("group 0 always matches");
             let mut out = String::new();

@@ -25,11 +25,7 @@ pub struct Reply {
 impl Reply {
     /// A reply with this status, no headers and an empty body.
     pub fn new(status: u16) -> Self {
-        Self {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Self { status, headers: Vec::new(), body: Vec::new() }
     }
 
     /// Add a header.
@@ -46,10 +42,7 @@ impl Reply {
 
     /// The first value of a header in this reply, compared case-insensitively.
     pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 

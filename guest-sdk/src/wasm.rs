@@ -17,8 +17,7 @@ pub mod bindings {
 }
 
 use bindings::cascade::filter::{
-    config, jwt as host_jwt, log as host_log, rate_limit as host_rate_limit, regex as host_regex,
-    types,
+    config, jwt as host_jwt, log as host_log, rate_limit as host_rate_limit, regex as host_regex, types,
 };
 
 /// The request being filtered. Every method is one host call.
@@ -250,15 +249,9 @@ pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {
     CURRENT.with(|current| *current.borrow_mut() = Some(Box::new(filter)));
     match verdict {
         Verdict::Continue => types::Verdict::Continue,
-        Verdict::Respond(Reply {
-            status,
-            headers,
-            body,
-        }) => types::Verdict::Respond(types::Reply {
-            status,
-            headers,
-            body,
-        }),
+        Verdict::Respond(Reply { status, headers, body }) => {
+            types::Verdict::Respond(types::Reply { status, headers, body })
+        }
     }
 }
 

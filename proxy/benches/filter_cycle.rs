@@ -12,8 +12,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use cascade::config::{FilterEntry, FilterLimits, Limits, Location, OnError, UpstreamConfig};
-use cascade::filters::{FilterChain, FilterRuntime, ModuleRegistry, RequestHead};
+use cascade::config::{
+    FilterEntry, FilterLimits, KeysetConfig, Limits, Location, OnError, RateLimitPolicyConfig, SecretSource,
+    UpstreamConfig,
+};
+use cascade::filters::capabilities::jwt::{Keyset, sign_with_secret};
+use cascade::filters::capabilities::rate_limit::RateLimiters;
+use cascade::filters::{Capabilities, FilterChain, FilterRuntime, ModuleRegistry, RequestHead};
 use cascade::upstream::Upstreams;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -35,21 +40,20 @@ struct Bench {
     runtime: Arc<FilterRuntime>,
     modules: ModuleRegistry,
     upstreams: Arc<Upstreams>,
+    caps: Arc<Capabilities>,
     route: Arc<str>,
+    /// A valid token for the demo keyset, so auth takes its full path.
+    token: String,
 }
 
 impl Bench {
     fn new() -> Self {
-        let limits = Limits {
-            filter_timeout: Duration::from_millis(50),
-            filter_memory_bytes: 16 << 20,
-            max_instances: 1_000,
-        };
+        let limits =
+            Limits { filter_timeout: Duration::from_millis(50), filter_memory_bytes: 16 << 20, max_instances: 1_000 };
         let runtime = FilterRuntime::new(&limits).expect("engine");
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
-        let modules = ModuleRegistry::load_dir(&runtime, &dir).unwrap_or_else(|e| {
-            panic!("{e}; build the filters first with scripts/build-filters.sh")
-        });
+        let modules = ModuleRegistry::load_dir(&runtime, &dir)
+            .unwrap_or_else(|e| panic!("{e}; build the filters first with scripts/build-filters.sh"));
         let mut groups = std::collections::BTreeMap::new();
         groups.insert(
             "origin".to_string(),
@@ -60,11 +64,40 @@ impl Bench {
                 read_timeout: Duration::from_secs(1),
             },
         );
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let keyset = KeysetConfig {
+            name: "demo".into(),
+            algorithms: vec!["HS256".into()],
+            secret: Some(SecretSource::File(root.join("conf/demo-jwt-secret"))),
+            public_key_files: vec![],
+            jwks_file: None,
+            issuer: Some("cascade-demo".into()),
+            audience: vec!["demo-api".into()],
+            leeway: Duration::from_secs(30),
+            at: location(),
+        };
+        let far_future = 4_000_000_000u64;
+        let claims = serde_json::json!({"sub": "alice", "scope": "read", "exp": far_future});
+        let token = sign_with_secret(&keyset, claims).expect("sign the bench token");
+        // A policy that never refuses, so every cycle does the same work.
+        let policy = RateLimitPolicyConfig {
+            name: "demo".into(),
+            burst: u32::MAX,
+            interval: Duration::from_nanos(1),
+            max_keys: 100_000,
+        };
+        let caps = Capabilities {
+            rate_limits: RateLimiters::new([policy].iter()),
+            keysets: [("demo".to_string(), Keyset::build(&keyset).expect("keyset"))].into(),
+            patterns: Default::default(),
+        };
         Self {
             runtime,
             modules,
             upstreams: Arc::new(Upstreams::new(&groups)),
+            caps: Arc::new(caps),
             route: Arc::from("bench"),
+            token,
         }
     }
 
@@ -75,24 +108,11 @@ impl Bench {
                 module: module.to_string(),
                 on_error: OnError::FailClosed,
                 config_json: Arc::from(*config),
-                limits: FilterLimits {
-                    timeout: Duration::from_millis(50),
-                    memory_bytes: 16 << 20,
-                },
-                at: Location {
-                    file: "bench".into(),
-                    line: 1,
-                    key: "route.filters.module".into(),
-                },
+                limits: FilterLimits { timeout: Duration::from_millis(50), memory_bytes: 16 << 20 },
+                at: location(),
             })
             .collect();
-        block_on(FilterChain::build(
-            &self.runtime,
-            &self.modules,
-            "bench",
-            &entries,
-        ))
-        .expect("chain")
+        block_on(FilterChain::build(&self.runtime, &self.modules, &self.caps, "bench", &entries)).expect("chain")
     }
 
     fn head(&self) -> RequestHead {
@@ -100,6 +120,7 @@ impl Bench {
         header.insert_header("host", "example.com").unwrap();
         header.insert_header("user-agent", "bench").unwrap();
         header.insert_header("x-debug", "1").unwrap();
+        header.insert_header("authorization", format!("Bearer {}", self.token)).unwrap();
         RequestHead {
             header,
             id: Arc::from("0000000000000000"),
@@ -112,13 +133,20 @@ impl Bench {
 
     /// One request through `chain`: both phases, then every instance dropped.
     fn cycle(&self, chain: &FilterChain) {
-        let (_head, mut run, _outcome) =
-            block_on(chain.run_request(&self.runtime, self.head(), &self.route));
+        let (_head, mut run, _outcome) = block_on(chain.run_request(&self.runtime, self.head(), &self.route));
         let response = ResponseHeader::build(200, Some(4)).unwrap();
         let (_response, result) = block_on(run.run_response(response, "0000000000000000"));
         result.expect("filters succeed");
     }
 }
+
+fn location() -> Location {
+    Location { file: "bench".into(), line: 1, key: "route.filters.module".into() }
+}
+
+const AUTH: &str = r#"{"keyset":"demo","required_scopes":["read"],"forward_claims":{"sub":"x-user-id"}}"#;
+const RATE_LIMIT: &str = r#"{"policy":"demo","key":"header:x-user-id"}"#;
+const AB_TEST: &str = r#"{"experiment":"checkout","key":"header:x-user-id","variants":[{"name":"control","weight":50},{"name":"new","weight":50}]}"#;
 
 const REWRITE: &str = r#"{"strip_prefix":"/api","add_prefix":"/v2","request_headers":{"set":{"x-edge":"cascade"},"remove":["x-debug"]},"response_headers":{"set":{"x-served-by":"cascade"}}}"#;
 
@@ -128,9 +156,7 @@ fn filter_cycle(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
 
     // The host's fixed cost with no filter at all: building the request head.
-    group.bench_function("no-filter", |b| {
-        b.iter(|| bench.cycle(&FilterChain::default()))
-    });
+    group.bench_function("no-filter", |b| b.iter(|| bench.cycle(&FilterChain::default())));
 
     let noop = bench.chain(&[("noop", "{}")]);
     group.bench_function("noop", |b| b.iter(|| bench.cycle(&noop)));
@@ -138,12 +164,14 @@ fn filter_cycle(c: &mut Criterion) {
     let rewrite = bench.chain(&[("rewrite", REWRITE)]);
     group.bench_function("rewrite", |b| b.iter(|| bench.cycle(&rewrite)));
 
-    let four = bench.chain(&[
-        ("noop", "{}"),
-        ("misbehave", "{}"),
-        ("rewrite", REWRITE),
-        ("noop", "{}"),
-    ]);
+    for (name, config) in [("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST)] {
+        // auth forwards x-user-id for the others; alone, they key on the IP.
+        let chain = bench.chain(&[(name, config)]);
+        group.bench_function(name, |b| b.iter(|| bench.cycle(&chain)));
+    }
+
+    // The demo chain: auth -> rate_limit -> ab_test -> rewrite.
+    let four = bench.chain(&[("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST), ("rewrite", REWRITE)]);
     group.bench_function("chain-of-four", |b| b.iter(|| bench.cycle(&four)));
     group.finish();
 

@@ -1,7 +1,8 @@
 //! A small origin that echoes each request back as JSON: the demo's origin,
 //! and the origin of the end-to-end tests.
 //!
-//! The response body is `{"method", "path", "query", "headers"}` as received.
+//! The response body is `{"method", "path", "query", "headers"}` as received,
+//! and the `x-origin-addr` response header names the origin that answered.
 //! Two request headers steer it, for tests of error handling:
 //! `x-echo-status: 503` sets the status, and `x-echo-header: name: value`
 //! adds a response header.
@@ -19,15 +20,13 @@ impl EchoOrigin {
     /// Serve on `listener` from background threads, one per connection.
     pub fn spawn(listener: TcpListener) -> io::Result<Self> {
         let addr = listener.local_addr()?;
-        thread::Builder::new()
-            .name("echo-origin".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let _ = thread::Builder::new().spawn(move || {
-                        let _ = serve_connection(stream);
-                    });
-                }
-            })?;
+        thread::Builder::new().name("echo-origin".into()).spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = thread::Builder::new().spawn(move || {
+                    let _ = serve_connection(stream, addr);
+                });
+            }
+        })?;
         Ok(Self { addr })
     }
 
@@ -48,18 +47,15 @@ struct Request {
     body_len: usize,
 }
 
-fn serve_connection(stream: TcpStream) -> io::Result<()> {
+fn serve_connection(stream: TcpStream, addr: SocketAddr) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
         let Some(request) = read_request(&mut reader)? else {
             return Ok(());
         };
-        let close = request
-            .headers
-            .iter()
-            .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
-        writer.write_all(&respond(&request))?;
+        let close = request.headers.iter().any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
+        writer.write_all(&respond(&request, addr))?;
         if close {
             return Ok(());
         }
@@ -89,27 +85,14 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let body_len = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let body_len = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         read_chunked(reader)?
     } else {
-        let len = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0usize);
+        let len = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0usize);
         io::copy(&mut reader.take(len as u64), &mut io::sink())? as usize
     };
-    Ok(Some(Request {
-        method,
-        target,
-        headers,
-        body_len,
-    }))
+    Ok(Some(Request { method, target, headers, body_len }))
 }
 
 fn read_chunked(reader: &mut impl BufRead) -> io::Result<usize> {
@@ -135,16 +118,14 @@ fn read_chunked(reader: &mut impl BufRead) -> io::Result<usize> {
     }
 }
 
-fn respond(request: &Request) -> Vec<u8> {
+fn respond(request: &Request, addr: SocketAddr) -> Vec<u8> {
     let (path, query) = match request.target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (request.target.as_str(), None),
     };
     let mut headers = serde_json::Map::new();
     for (name, value) in &request.headers {
-        let entry = headers
-            .entry(name.clone())
-            .or_insert_with(|| serde_json::Value::String(String::new()));
+        let entry = headers.entry(name.clone()).or_insert_with(|| serde_json::Value::String(String::new()));
         if let serde_json::Value::String(existing) = entry {
             if !existing.is_empty() {
                 existing.push_str(", ");
@@ -152,16 +133,8 @@ fn respond(request: &Request) -> Vec<u8> {
             existing.push_str(value);
         }
     }
-    let find = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let status: u16 = find("x-echo-status")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let find = |name: &str| request.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let status: u16 = find("x-echo-status").and_then(|s| s.parse().ok()).unwrap_or(200);
     let body = serde_json::json!({
         "method": request.method,
         "path": path,
@@ -170,16 +143,13 @@ fn respond(request: &Request) -> Vec<u8> {
         "body_bytes": request.body_len,
     })
     .to_string();
-    let mut out =
-        format!("HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\nx-origin: echo\r\n");
+    let mut out = format!(
+        "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\nx-origin: echo\r\nx-origin-addr: {addr}\r\n"
+    );
     if let Some((name, value)) = find("x-echo-header").and_then(|h| h.split_once(':')) {
         out.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
     }
-    let body = if request.method == "HEAD" {
-        ""
-    } else {
-        body.as_str()
-    };
+    let body = if request.method == "HEAD" { "" } else { body.as_str() };
     out.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     out.into_bytes()
 }

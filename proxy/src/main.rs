@@ -11,11 +11,7 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "cascade",
-    version,
-    about = "A CDN edge proxy with WebAssembly filters"
-)]
+#[command(name = "cascade", version, about = "A CDN edge proxy with WebAssembly filters")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,17 +70,10 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(|e| e.to_string()),
-        Command::Token {
-            config,
-            keyset,
-            sub,
-            scope,
-            ttl,
-            claims,
-        } => token(&config, &keyset, &sub, &scope, ttl, claims),
-        Command::DemoOrigin { listen } => {
-            demo_origin(&listen).map_err(|e| format!("demo origin on {listen}: {e}"))
+        Command::Token { config, keyset, sub, scope, ttl, claims } => {
+            token(&config, &keyset, &sub, &scope, ttl, claims)
         }
+        Command::DemoOrigin { listen } => demo_origin(&listen).map_err(|e| format!("demo origin on {listen}: {e}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,16 +99,10 @@ fn token(
     extra: Vec<(String, String)>,
 ) -> Result<(), String> {
     let config = cascade::config::load(config).map_err(|e| e.to_string())?;
-    let keyset_config = config
-        .jwt_keysets
-        .get(keyset)
-        .ok_or_else(|| format!("no keyset {keyset:?} in [jwt.keysets]"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_secs();
-    let mut claims =
-        serde_json::json!({ "sub": sub, "scope": scope, "iat": now, "exp": now + ttl });
+    let keyset_config =
+        config.jwt_keysets.get(keyset).ok_or_else(|| format!("no keyset {keyset:?} in [jwt.keysets]"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+    let mut claims = serde_json::json!({ "sub": sub, "scope": scope, "iat": now, "exp": now + ttl });
     for (name, value) in extra {
         claims[name] = value.into();
     }

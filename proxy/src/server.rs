@@ -54,11 +54,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         path.display()
     );
 
-    let conf = ServerConf {
-        threads: server_config.threads,
-        work_stealing: false,
-        ..ServerConf::default()
-    };
+    let conf = ServerConf { threads: server_config.threads, work_stealing: false, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -71,26 +67,13 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     proxy.add_tcp(&server_config.listen.to_string());
     println!("cascade: serving http://{}", server_config.listen);
     if let Some(tls) = &server_config.tls {
-        let tls_error = |reason: String| StartError::Tls {
-            path: tls.cert.display().to_string(),
-            reason,
-        };
-        let cert = tls
-            .cert
-            .to_str()
-            .ok_or_else(|| tls_error("path is not UTF-8".into()))?;
-        let key = tls
-            .key
-            .to_str()
-            .ok_or_else(|| tls_error("path is not UTF-8".into()))?;
-        let mut settings =
-            TlsSettings::intermediate(cert, key).map_err(|e| tls_error(e.to_string()))?;
+        let tls_error = |reason: String| StartError::Tls { path: tls.cert.display().to_string(), reason };
+        let cert = tls.cert.to_str().ok_or_else(|| tls_error("path is not UTF-8".into()))?;
+        let key = tls.key.to_str().ok_or_else(|| tls_error("path is not UTF-8".into()))?;
+        let mut settings = TlsSettings::intermediate(cert, key).map_err(|e| tls_error(e.to_string()))?;
         settings.enable_h2();
         proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
-        println!(
-            "cascade: serving https://{} (HTTP/2 and HTTP/1.1)",
-            tls.listen
-        );
+        println!("cascade: serving https://{} (HTTP/2 and HTTP/1.1)", tls.listen);
     }
     server.add_service(proxy);
     server.run_forever()

@@ -57,8 +57,7 @@ impl Snapshot {
         let caps = Arc::new(Capabilities::build(&config)?);
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let chain =
-                FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters).await?;
+            let chain = FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters).await?;
             routes.push(Route::new(route.clone(), chain));
         }
         Ok(Self {

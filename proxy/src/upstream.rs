@@ -21,10 +21,7 @@ pub struct UpstreamGroup {
 
 impl UpstreamGroup {
     pub fn new(config: UpstreamConfig) -> Self {
-        Self {
-            config,
-            next: AtomicUsize::new(0),
-        }
+        Self { config, next: AtomicUsize::new(0) }
     }
 
     /// The next server, round-robin.
@@ -49,12 +46,7 @@ pub struct Upstreams(BTreeMap<String, UpstreamGroup>);
 
 impl Upstreams {
     pub fn new(configs: &BTreeMap<String, UpstreamConfig>) -> Self {
-        Self(
-            configs
-                .iter()
-                .map(|(name, config)| (name.clone(), UpstreamGroup::new(config.clone())))
-                .collect(),
-        )
+        Self(configs.iter().map(|(name, config)| (name.clone(), UpstreamGroup::new(config.clone()))).collect())
     }
 
     pub fn get(&self, name: &str) -> Option<&UpstreamGroup> {
@@ -69,10 +61,7 @@ mod tests {
 
     #[test]
     fn round_robin() {
-        let servers: Vec<SocketAddr> = vec![
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1:2".parse().unwrap(),
-        ];
+        let servers: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
         let group = UpstreamGroup::new(UpstreamConfig {
             name: "g".into(),
             servers: servers.clone(),

@@ -17,30 +17,18 @@ config = { strip_prefix = "/api", add_prefix = "/v2", request_headers = { set = 
 #[test]
 fn origin_sees_rewritten_request_and_client_sees_rewritten_response() {
     let proxy = Proxy::start(&ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]));
-    let reply = proxy.get(
-        "/api/users?page=2",
-        &[("x-debug", "1"), ("x-tag", "client")],
-    );
+    let reply = proxy.get("/api/users?page=2", &[("x-debug", "1"), ("x-tag", "client")]);
     assert_eq!(reply.status, 200, "{reply:?}");
     let echoed = reply.json();
     assert_eq!(echoed["path"], "/v2/users");
     assert_eq!(echoed["query"], "page=2");
     assert_eq!(echoed["headers"]["x-edge"], "cascade");
     assert_eq!(echoed["headers"]["x-tag"], "client, edge");
-    assert!(
-        echoed["headers"].get("x-debug").is_none(),
-        "x-debug reached the origin"
-    );
+    assert!(echoed["headers"].get("x-debug").is_none(), "x-debug reached the origin");
     assert_eq!(reply.header("x-served-by"), Some("cascade"));
-    assert_eq!(
-        reply.header("x-origin"),
-        None,
-        "response header was not removed"
-    );
+    assert_eq!(reply.header("x-origin"), None, "response header was not removed");
     // The same request id reaches the origin and the client.
-    let id = reply
-        .header("x-request-id")
-        .expect("request id on response");
+    let id = reply.header("x-request-id").expect("request id on response");
     assert_eq!(echoed["headers"]["x-request-id"], id);
 }
 
@@ -50,10 +38,7 @@ fn unknown_route_gets_404_with_request_id() {
     let reply = proxy.get("/elsewhere", &[]);
     assert_eq!(reply.status, 404);
     let body = reply.json();
-    assert!(
-        body["error"].as_str().unwrap().contains("/elsewhere"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("/elsewhere"), "{body}");
     assert_eq!(body["request_id"], reply.header("x-request-id").unwrap());
 }
 
@@ -84,22 +69,14 @@ fn misbehave_route(name: &str, prefix: &str, on_error: &str, config: &str) -> St
 
 #[test]
 fn trap_fails_closed_for_that_request_only() {
-    let routes = misbehave_route(
-        "trap",
-        "/",
-        "fail-closed",
-        r#"{ on_request = "panic", only_when_triggered = true }"#,
-    );
+    let routes = misbehave_route("trap", "/", "fail-closed", r#"{ on_request = "panic", only_when_triggered = true }"#);
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let failed = proxy.get("/x", &[("x-misbehave-trigger", "1")]);
     assert_eq!(failed.status, 500, "{failed:?}");
     let body = failed.json();
     let id = failed.header("x-request-id").unwrap();
     assert_eq!(body["request_id"], id);
-    assert!(
-        body["error"].as_str().unwrap().contains("misbehave"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("misbehave"), "{body}");
     // The very next request gets a fresh instance and succeeds.
     let next = proxy.get("/x", &[]);
     assert_eq!(next.status, 200, "{next:?}");
@@ -125,11 +102,7 @@ fn endless_loop_is_stopped_by_the_deadline() {
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let reply = proxy.get("/loop", &[]);
     assert_eq!(reply.status, 500, "{reply:?}");
-    assert!(
-        reply.json()["error"].as_str().unwrap().contains("timeout"),
-        "{}",
-        reply.body
-    );
+    assert!(reply.json()["error"].as_str().unwrap().contains("timeout"), "{}", reply.body);
     assert_eq!(proxy.get("/plain", &[]).status, 200);
 }
 
@@ -140,14 +113,7 @@ fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let reply = proxy.get("/", &[]);
     assert_eq!(reply.status, 500, "{reply:?}");
-    assert!(
-        reply.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("memory-cap"),
-        "{}",
-        reply.body
-    );
+    assert!(reply.json()["error"].as_str().unwrap().contains("memory-cap"), "{}", reply.body);
 }
 
 #[test]
@@ -156,14 +122,7 @@ fn response_phase_trap_fails_closed() {
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let reply = proxy.get("/", &[]);
     assert_eq!(reply.status, 500, "{reply:?}");
-    assert!(
-        reply.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("on-response"),
-        "{}",
-        reply.body
-    );
+    assert!(reply.json()["error"].as_str().unwrap().contains("on-response"), "{}", reply.body);
 }
 
 #[test]
@@ -182,24 +141,13 @@ fn filter_reply_skips_the_upstream_and_passes_earlier_response_filters() {
 
 #[test]
 fn routing_uses_the_normalized_path() {
-    let routes = format!(
-        "{REWRITE_ROUTE}\n[[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n"
-    );
+    let routes = format!("{REWRITE_ROUTE}\n[[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n");
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["rewrite"]));
     // Dot segments and escaped letters cannot dodge the /api route's filters.
     // Raw requests, because HTTP clients normalize such paths themselves.
-    let raw = |path: &str| {
-        send_raw(
-            proxy.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
-        )
-    };
-    for path in [
-        "/static/../api/users",
-        "/%61pi/users",
-        "//api//users",
-        "/api/./users",
-    ] {
+    let raw =
+        |path: &str| send_raw(proxy.port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    for path in ["/static/../api/users", "/%61pi/users", "//api//users", "/api/./users"] {
         let (status, body) = raw(path);
         assert_eq!(status, 200, "{path}: {body}");
         let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -222,16 +170,7 @@ fn http2_over_tls() {
     let _proxy = Proxy::start(&config);
     let url = format!("https://localhost:{tls_port}/api/h2");
     let out = std::process::Command::new("curl")
-        .args([
-            "-sk",
-            "--http2",
-            "--retry",
-            "5",
-            "--retry-connrefused",
-            "-w",
-            "\n%{http_version}",
-            &url,
-        ])
+        .args(["-sk", "--http2", "--retry", "5", "--retry-connrefused", "-w", "\n%{http_version}", &url])
         .output()
         .expect("curl is installed");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -243,10 +182,7 @@ fn http2_over_tls() {
 
 #[test]
 fn check_names_file_and_line_of_a_bad_config() {
-    let config = ProxyConfig::new(
-        "[[route]]\nname = \"a\"\nupstream = \"origin\"\npath_prefx = \"/typo\"\n",
-        &[],
-    );
+    let config = ProxyConfig::new("[[route]]\nname = \"a\"\nupstream = \"origin\"\npath_prefx = \"/typo\"\n", &[]);
     let dir = tempfile::tempdir().unwrap();
     let path = config.write(dir.path(), free_port());
     let out = run_cascade(&["check", "--config", path.to_str().unwrap()]);
@@ -280,20 +216,10 @@ fn check_refuses_a_filter_config_the_filter_rejects() {
 #[test]
 fn missing_module_is_refused_at_start() {
     let routes = "[[route]]\nname = \"a\"\nupstream = \"origin\"\n\n[[route.filters]]\nmodule = \"nosuch\"\n";
-    let failure = Proxy::try_start(&ProxyConfig::new(routes, &["rewrite"]))
-        .err()
-        .expect("must not start");
+    let failure = Proxy::try_start(&ProxyConfig::new(routes, &["rewrite"])).err().expect("must not start");
     assert!(!failure.status.success());
-    assert!(
-        failure.stderr.contains("module \"nosuch\" is not loaded"),
-        "{}",
-        failure.stderr
-    );
-    assert!(
-        failure.stderr.contains("routes/test.toml:6:"),
-        "{}",
-        failure.stderr
-    );
+    assert!(failure.stderr.contains("module \"nosuch\" is not loaded"), "{}", failure.stderr);
+    assert!(failure.stderr.contains("routes/test.toml:6:"), "{}", failure.stderr);
 }
 
 #[test]
@@ -301,31 +227,15 @@ fn non_filter_wasm_is_refused_at_start_naming_it() {
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
     let cases: [(&str, Vec<u8>, &str); 3] = [
-        (
-            "core",
-            core_module,
-            "is a core WebAssembly module, not a component",
-        ),
-        (
-            "garbage",
-            b"hello world".to_vec(),
-            "not a WebAssembly binary",
-        ),
-        (
-            "other_world",
-            empty_component,
-            "is not a cascade:filter component",
-        ),
+        ("core", core_module, "is a core WebAssembly module, not a component"),
+        ("garbage", b"hello world".to_vec(), "not a WebAssembly binary"),
+        ("other_world", empty_component, "is not a cascade:filter component"),
     ];
     for (name, bytes, expected) in cases {
         let config = ProxyConfig::new("", &[]).with_module(name, bytes);
         let failure = Proxy::try_start(&config).err().expect("must not start");
         assert!(!failure.status.success());
-        assert!(
-            failure.stderr.contains(&format!("module {name:?}")),
-            "{}",
-            failure.stderr
-        );
+        assert!(failure.stderr.contains(&format!("module {name:?}")), "{}", failure.stderr);
         assert!(failure.stderr.contains(expected), "{}", failure.stderr);
     }
 }

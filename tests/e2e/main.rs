@@ -1,5 +1,6 @@
 //! Black-box tests: the real `cascade` binary, real compiled filters, a real
 //! origin on an ephemeral port and a real HTTP client.
 
+mod edge_filters;
 mod foundation;
 mod support;

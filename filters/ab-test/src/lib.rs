@@ -76,12 +76,7 @@ pub fn bucket_hash(experiment: &str, key: &str) -> u64 {
 impl AbTest {
     /// The variant for `key`, by weight.
     fn assign(&self, key: &str) -> usize {
-        let total: u64 = self
-            .config
-            .variants
-            .iter()
-            .map(|v| u64::from(v.weight))
-            .sum();
+        let total: u64 = self.config.variants.iter().map(|v| u64::from(v.weight)).sum();
         let mut point = bucket_hash(&self.config.experiment, key) % total;
         for (i, v) in self.config.variants.iter().enumerate() {
             if point < u64::from(v.weight) {
@@ -92,7 +87,7 @@ impl AbTest {
         unreachable!("point < total weight")
     }
 
-    fn from_cookie(&self, req: &Request) -> Option<usize> {
+    fn variant_in_cookie(&self, req: &Request) -> Option<usize> {
         req.header_values("cookie").iter().find_map(|header| {
             header.split(';').find_map(|pair| {
                 let (name, value) = pair.trim().split_once('=')?;
@@ -113,43 +108,22 @@ impl Filter for AbTest {
             return Err("at least one variant needs a weight above 0".into());
         }
         for v in &config.variants {
-            if v.name.is_empty()
-                || !v
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(format!(
-                    "variant name {:?} must be letters, digits, '-' or '_'",
-                    v.name
-                ));
+            if v.name.is_empty() || !v.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(format!("variant name {:?} must be letters, digits, '-' or '_'", v.name));
             }
             if v.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                return Err(format!(
-                    "variant {:?}: path_prefix must start with '/'",
-                    v.name
-                ));
+                return Err(format!("variant {:?}: path_prefix must start with '/'", v.name));
             }
         }
         if config.key != "ip" && !config.key.starts_with("header:") {
-            return Err(format!(
-                "key {:?} must be \"ip\" or \"header:<name>\"",
-                config.key
-            ));
+            return Err(format!("key {:?} must be \"ip\" or \"header:<name>\"", config.key));
         }
-        let cookie = config
-            .cookie
-            .clone()
-            .unwrap_or_else(|| format!("ab-{}", config.experiment));
-        Ok(Self {
-            config,
-            cookie,
-            newly_assigned: None,
-        })
+        let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
+        Ok(Self { config, cookie, newly_assigned: None })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
-        let index = match self.from_cookie(req) {
+        let index = match self.variant_in_cookie(req) {
             Some(index) => index,
             None => {
                 let key = match self.config.key.strip_prefix("header:") {
@@ -162,17 +136,14 @@ impl Filter for AbTest {
             }
         };
         let variant = &self.config.variants[index];
-        req.set_header(&self.config.header, &variant.name)
-            .unwrap_or_else(|e| panic!("ab-test: {e}"));
+        req.set_header(&self.config.header, &variant.name).unwrap_or_else(|e| panic!("ab-test: {e}"));
         if let Some(upstream) = &variant.upstream {
             // An unknown group is a config bug: trap, and let on_error decide.
-            req.set_upstream(upstream)
-                .unwrap_or_else(|e| panic!("ab-test: {e}"));
+            req.set_upstream(upstream).unwrap_or_else(|e| panic!("ab-test: {e}"));
         }
         if let Some(prefix) = &variant.path_prefix {
             let path = format!("{}{}", prefix.trim_end_matches('/'), req.path());
-            req.set_path(&path)
-                .unwrap_or_else(|e| panic!("ab-test: {e}"));
+            req.set_path(&path).unwrap_or_else(|e| panic!("ab-test: {e}"));
         }
         Verdict::Continue
     }
@@ -183,8 +154,7 @@ impl Filter for AbTest {
                 "{}={}; Path=/; Max-Age={}; SameSite=Lax; HttpOnly",
                 self.cookie, self.config.variants[index].name, self.config.cookie_max_age_secs
             );
-            resp.add_header("set-cookie", &cookie)
-                .expect("valid header");
+            resp.add_header("set-cookie", &cookie).expect("valid header");
         }
     }
 }
@@ -201,9 +171,7 @@ mod tests {
         {"name": "new", "weight": 30, "upstream": "canary", "path_prefix": "/b"}]}"#;
 
     fn request(user: &str) -> Request {
-        Request::new("GET", "/cart")
-            .with_header("x-user-id", user)
-            .with_upstreams(&["origin", "canary"])
+        Request::new("GET", "/cart").with_header("x-user-id", user).with_upstreams(&["origin", "canary"])
     }
 
     /// 10,000 keys, weights 70/30. The count of `new` is binomial with
@@ -213,13 +181,8 @@ mod tests {
     #[test]
     fn split_matches_weights_over_ten_thousand_keys() {
         let f = instantiate::<AbTest>(CONFIG).unwrap();
-        let new = (0..10_000)
-            .filter(|i| f.assign(&format!("user-{i}")) == 1)
-            .count() as i64;
-        assert!(
-            (new - 3_000).abs() <= 183,
-            "{new} of 10000 assigned to `new`"
-        );
+        let new = (0..10_000).filter(|i| f.assign(&format!("user-{i}")) == 1).count() as i64;
+        assert!((new - 3_000).abs() <= 183, "{new} of 10000 assigned to `new`");
     }
 
     #[test]
@@ -233,10 +196,7 @@ mod tests {
             let resp = Response::new(200);
             first.on_response(&resp);
             let set_cookie = resp.header("set-cookie").unwrap();
-            assert!(
-                set_cookie.starts_with(&format!("ab-checkout={variant};")),
-                "{set_cookie}"
-            );
+            assert!(set_cookie.starts_with(&format!("ab-checkout={variant};")), "{set_cookie}");
 
             // Same key again: same variant.
             let again = request(&user);
@@ -245,8 +205,7 @@ mod tests {
 
             // With the cookie, the key no longer matters and no cookie is set.
             let mut with_cookie = instantiate::<AbTest>(CONFIG).unwrap();
-            let req =
-                request("someone-else").with_header("cookie", &format!("ab-checkout={variant}"));
+            let req = request("someone-else").with_header("cookie", &format!("ab-checkout={variant}"));
             with_cookie.on_request(&req);
             assert_eq!(req.header("x-ab-variant").unwrap(), variant);
             let resp = Response::new(200);

@@ -66,16 +66,10 @@ impl Filter for Auth {
             req.remove_header(header);
         }
         let path = req.path();
-        if config
-            .public_prefixes
-            .iter()
-            .any(|p| has_segment_prefix(&path, p))
-        {
+        if config.public_prefixes.iter().any(|p| has_segment_prefix(&path, p)) {
             return Verdict::Continue;
         }
-        let Some(token) =
-            bearer_token(req).or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c)))
-        else {
+        let Some(token) = bearer_token(req).or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c))) else {
             return self.challenge(401, None);
         };
         let claims: Value = match jwt::verify(&token, &config.keyset) {
@@ -97,15 +91,11 @@ impl Filter for Auth {
         }
         let granted = scopes(&claims);
         if config.required_scopes.iter().any(|s| !granted.contains(s)) {
-            return self.challenge(
-                403,
-                Some(("insufficient_scope", "missing a required scope".into())),
-            );
+            return self.challenge(403, Some(("insufficient_scope", "missing a required scope".into())));
         }
         for (claim, header) in &config.forward_claims {
             if let Some(value) = claim_text(&claims[claim.as_str()]) {
-                req.set_header(header, &value)
-                    .unwrap_or_else(|e| panic!("auth: {e}"));
+                req.set_header(header, &value).unwrap_or_else(|e| panic!("auth: {e}"));
             }
         }
         if config.strip_authorization {
@@ -121,9 +111,7 @@ impl Auth {
         let mut value = format!("Bearer realm=\"{}\"", self.0.realm);
         if let Some((code, description)) = &error {
             let description = description.replace(['"', '\\'], "'");
-            value.push_str(&format!(
-                ", error=\"{code}\", error_description=\"{description}\""
-            ));
+            value.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
             if *code == "insufficient_scope" {
                 value.push_str(&format!(", scope=\"{}\"", self.0.required_scopes.join(" ")));
             }
@@ -135,10 +123,7 @@ impl Auth {
             None => "{\"error\":\"missing_token\"}".to_string(),
         };
         Verdict::Respond(
-            Reply::new(status)
-                .header("www-authenticate", value)
-                .header("content-type", "application/json")
-                .body(body),
+            Reply::new(status).header("www-authenticate", value).header("content-type", "application/json").body(body),
         )
     }
 }
@@ -146,8 +131,7 @@ impl Auth {
 fn bearer_token(req: &Request) -> Option<String> {
     let value = req.header("authorization")?;
     let (scheme, token) = value.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-        .then(|| token.trim().to_string())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim().to_string())
 }
 
 fn cookie(req: &Request, name: &str) -> Option<String> {
@@ -174,9 +158,7 @@ fn scopes(claims: &Value) -> Vec<String> {
     for claim in ["scope", "scp"] {
         match &claims[claim] {
             Value::String(s) => out.extend(s.split_whitespace().map(str::to_string)),
-            Value::Array(items) => {
-                out.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
-            }
+            Value::Array(items) => out.extend(items.iter().filter_map(Value::as_str).map(str::to_string)),
             _ => {}
         }
     }
@@ -188,13 +170,7 @@ fn claim_text(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
-        Value::Array(items) => Some(
-            items
-                .iter()
-                .filter_map(claim_text)
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
+        Value::Array(items) => Some(items.iter().filter_map(claim_text).collect::<Vec<_>>().join(" ")),
         other => Some(other.to_string()),
     }
 }
@@ -225,22 +201,14 @@ mod tests {
     fn missing_token_gets_a_bare_challenge() {
         let r = reply(auth().on_request(&Request::new("GET", "/api")));
         assert_eq!(r.status, 401);
-        assert_eq!(
-            r.header_value("www-authenticate"),
-            Some("Bearer realm=\"cascade\"")
-        );
+        assert_eq!(r.header_value("www-authenticate"), Some("Bearer realm=\"cascade\""));
     }
 
     #[test]
     fn valid_token_forwards_claims_and_strips_authorization() {
-        set_token(
-            "demo",
-            "good",
-            Ok(r#"{"sub": "alice", "plan": "gold", "scope": "read write"}"#),
-        );
-        let req = Request::new("GET", "/api")
-            .with_header("authorization", "Bearer good")
-            .with_header("x-user-id", "mallory");
+        set_token("demo", "good", Ok(r#"{"sub": "alice", "plan": "gold", "scope": "read write"}"#));
+        let req =
+            Request::new("GET", "/api").with_header("authorization", "Bearer good").with_header("x-user-id", "mallory");
         assert_eq!(auth().on_request(&req), Verdict::Continue);
         assert_eq!(req.header("x-user-id").as_deref(), Some("alice"));
         assert_eq!(req.header("x-user-plan").as_deref(), Some("gold"));
@@ -249,11 +217,7 @@ mod tests {
 
     #[test]
     fn token_from_cookie() {
-        set_token(
-            "demo",
-            "cookie-token",
-            Ok(r#"{"sub": "bob", "scp": ["read"]}"#),
-        );
+        set_token("demo", "cookie-token", Ok(r#"{"sub": "bob", "scp": ["read"]}"#));
         let req = Request::new("GET", "/api").with_header("cookie", "a=1; session=cookie-token");
         assert_eq!(auth().on_request(&req), Verdict::Continue);
         assert_eq!(req.header("x-user-id").as_deref(), Some("bob"));
@@ -262,27 +226,15 @@ mod tests {
     #[test]
     fn invalid_token_and_missing_scope() {
         set_token("demo", "old", Err(VerifyError::Expired));
-        let r = reply(
-            auth().on_request(&Request::new("GET", "/").with_header("authorization", "Bearer old")),
-        );
+        let r = reply(auth().on_request(&Request::new("GET", "/").with_header("authorization", "Bearer old")));
         assert_eq!(r.status, 401);
-        assert!(
-            r.header_value("www-authenticate")
-                .unwrap()
-                .contains("error=\"invalid_token\"")
-        );
+        assert!(r.header_value("www-authenticate").unwrap().contains("error=\"invalid_token\""));
 
         set_token("demo", "weak", Ok(r#"{"sub": "eve", "scope": "write"}"#));
-        let r = reply(
-            auth()
-                .on_request(&Request::new("GET", "/").with_header("authorization", "Bearer weak")),
-        );
+        let r = reply(auth().on_request(&Request::new("GET", "/").with_header("authorization", "Bearer weak")));
         assert_eq!(r.status, 403);
         let challenge = r.header_value("www-authenticate").unwrap();
-        assert!(
-            challenge.contains("error=\"insufficient_scope\"")
-                && challenge.contains("scope=\"read\"")
-        );
+        assert!(challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"read\""));
     }
 
     #[test]

@@ -5,9 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use cascade_filter::{
-    Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit,
-};
+use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -53,15 +51,9 @@ impl Filter for RateLimit {
 
     fn new(config: Config) -> Result<Self, String> {
         if config.key != "ip" && !config.key.starts_with("header:") {
-            return Err(format!(
-                "key {:?} must be \"ip\" or \"header:<name>\"",
-                config.key
-            ));
+            return Err(format!("key {:?} must be \"ip\" or \"header:<name>\"", config.key));
         }
-        Ok(Self {
-            config,
-            outcome: None,
-        })
+        Ok(Self { config, outcome: None })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
@@ -73,15 +65,11 @@ impl Filter for RateLimit {
             .config
             .tiers
             .as_ref()
-            .and_then(|t| {
-                req.header(&t.header)
-                    .and_then(|v| t.policies.get(&v).cloned())
-            })
+            .and_then(|t| req.header(&t.header).and_then(|v| t.policies.get(&v).cloned()))
             .unwrap_or_else(|| self.config.policy.clone());
         // A policy the host does not know is a config bug: trap, and let the
         // route's on_error decide.
-        let decision = rate_limit::check(&policy, &key, self.config.cost)
-            .unwrap_or_else(|e| panic!("rate-limit: {e}"));
+        let decision = rate_limit::check(&policy, &key, self.config.cost).unwrap_or_else(|e| panic!("rate-limit: {e}"));
         self.outcome = Some((policy, decision));
         if decision.allowed {
             return Verdict::Continue;
@@ -91,9 +79,7 @@ impl Filter for RateLimit {
             Reply::new(429)
                 .header("retry-after", retry_after.to_string())
                 .header("content-type", "application/json")
-                .body(format!(
-                    "{{\"error\":\"rate limited\",\"retry_after_secs\":{retry_after}}}"
-                )),
+                .body(format!("{{\"error\":\"rate limited\",\"retry_after_secs\":{retry_after}}}")),
         )
     }
 
@@ -107,10 +93,8 @@ impl Filter for RateLimit {
         let policy_header = format!("\"{policy}\";q={};w={window}", d.limit);
         let reset = d.reset_after.as_millis().div_ceil(1000);
         let state_header = format!("\"{policy}\";r={};t={reset}", d.remaining);
-        resp.set_header("ratelimit-policy", &policy_header)
-            .expect("valid header");
-        resp.set_header("ratelimit", &state_header)
-            .expect("valid header");
+        resp.set_header("ratelimit-policy", &policy_header).expect("valid header");
+        resp.set_header("ratelimit", &state_header).expect("valid header");
     }
 }
 
@@ -134,11 +118,7 @@ mod tests {
             assert_eq!(f.on_request(&Request::new("GET", "/")), Verdict::Continue);
             let resp = Response::new(200);
             f.on_response(&resp);
-            assert!(
-                resp.header("ratelimit-policy")
-                    .unwrap()
-                    .starts_with("\"std\";q=2;")
-            );
+            assert!(resp.header("ratelimit-policy").unwrap().starts_with("\"std\";q=2;"));
             assert!(resp.header("ratelimit").unwrap().starts_with("\"std\";r="));
         }
         let mut f = filter(r#"{"policy": "std"}"#);
@@ -149,10 +129,7 @@ mod tests {
         assert_eq!(reply.header_value("retry-after"), Some("1"));
         // Another client has its own bucket.
         let other = Request::new("GET", "/").with_client_ip("10.0.0.9");
-        assert_eq!(
-            filter(r#"{"policy": "std"}"#).on_request(&other),
-            Verdict::Continue
-        );
+        assert_eq!(filter(r#"{"policy": "std"}"#).on_request(&other), Verdict::Continue);
     }
 
     #[test]
@@ -161,25 +138,15 @@ mod tests {
         set_policy("gold", 3);
         let config = r#"{"policy": "free", "key": "header:x-user-id",
             "tiers": {"header": "x-user-plan", "policies": {"gold": "gold"}}}"#;
-        let gold = || {
-            Request::new("GET", "/")
-                .with_header("x-user-id", "alice")
-                .with_header("x-user-plan", "gold")
-        };
+        let gold = || Request::new("GET", "/").with_header("x-user-id", "alice").with_header("x-user-plan", "gold");
         for _ in 0..3 {
             assert_eq!(filter(config).on_request(&gold()), Verdict::Continue);
         }
-        assert!(matches!(
-            filter(config).on_request(&gold()),
-            Verdict::Respond(_)
-        ));
+        assert!(matches!(filter(config).on_request(&gold()), Verdict::Respond(_)));
         let free = Request::new("GET", "/").with_header("x-user-id", "bob");
         assert_eq!(filter(config).on_request(&free), Verdict::Continue);
         let free = Request::new("GET", "/").with_header("x-user-id", "bob");
-        assert!(matches!(
-            filter(config).on_request(&free),
-            Verdict::Respond(_)
-        ));
+        assert!(matches!(filter(config).on_request(&free), Verdict::Respond(_)));
     }
 
     #[test]

@@ -76,20 +76,14 @@ impl Filter for Rewrite {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        for prefix in [&config.strip_prefix, &config.add_prefix]
-            .into_iter()
-            .flatten()
-        {
+        for prefix in [&config.strip_prefix, &config.add_prefix].into_iter().flatten() {
             if !prefix.starts_with('/') {
                 return Err(format!("path prefix {prefix:?} must start with '/'"));
             }
         }
         for redirect in &config.redirects {
             if ![301, 302, 307, 308].contains(&redirect.status) {
-                return Err(format!(
-                    "redirect status {} is not 301, 302, 307 or 308",
-                    redirect.status
-                ));
+                return Err(format!("redirect status {} is not 301, 302, 307 or 308", redirect.status));
             }
         }
         // The host compiles (and caches) each pattern here, so a bad one is
@@ -107,9 +101,7 @@ impl Filter for Rewrite {
             // Match the whole path so that the location is `to` alone, with
             // the captures expanded.
             let whole = format!("^(?s:.*?)(?:{})(?s:.*)$", redirect.pattern);
-            if let Some(mut location) =
-                regex::replace(&whole, &original, &redirect.to).expect("checked at load")
-            {
+            if let Some(mut location) = regex::replace(&whole, &original, &redirect.to).expect("checked at load") {
                 if let (true, Some(query)) = (redirect.keep_query, req.query()) {
                     location.push(if location.contains('?') { '&' } else { '?' });
                     location.push_str(&query);
@@ -119,17 +111,24 @@ impl Filter for Rewrite {
         }
         let mut path = rewrite_path(&original, &self.0).unwrap_or_else(|| original.clone());
         for rule in &self.0.path_rewrites {
-            if let Some(rewritten) =
-                regex::replace(&rule.pattern, &path, &rule.replacement).expect("checked at load")
-            {
+            if let Some(rewritten) = regex::replace(&rule.pattern, &path, &rule.replacement).expect("checked at load") {
                 path = rewritten;
             }
         }
         if path != original {
+            // A replacement may carry new query arguments; as in nginx, the
+            // request's own arguments follow them.
+            if let Some((new_path, new_query)) = path.split_once('?') {
+                let query = match req.query() {
+                    Some(old) if !old.is_empty() => format!("{new_query}&{old}"),
+                    _ => new_query.to_string(),
+                };
+                req.set_query(Some(&query)).unwrap_or_else(|e| panic!("rewrite produced {e}"));
+                path = new_path.to_string();
+            }
             // A rewrite that yields an invalid path is a config bug: trap, and
             // let the route's on_error decide.
-            req.set_path(&path)
-                .unwrap_or_else(|e| panic!("rewrite produced {e}"));
+            req.set_path(&path).unwrap_or_else(|e| panic!("rewrite produced {e}"));
         }
         self.0.request_headers.apply(
             |name| req.remove_header(name),
@@ -181,11 +180,7 @@ fn rewrite_path(path: &str, config: &Config) -> Option<String> {
         Some(prefix) => format!("{}{}", prefix.trim_end_matches('/'), rest),
         None => rest.to_string(),
     };
-    Some(if joined.is_empty() {
-        "/".into()
-    } else {
-        joined
-    })
+    Some(if joined.is_empty() { "/".into() } else { joined })
 }
 
 export_filter!(Rewrite);
@@ -202,12 +197,7 @@ mod tests {
     #[test]
     fn strips_prefix_on_segment_boundary() {
         let mut f = rewrite(r#"{"strip_prefix": "/api"}"#);
-        for (from, to) in [
-            ("/api/users", "/users"),
-            ("/api", "/"),
-            ("/apix", "/apix"),
-            ("/other", "/other"),
-        ] {
+        for (from, to) in [("/api/users", "/users"), ("/api", "/"), ("/apix", "/apix"), ("/other", "/other")] {
             let req = Request::new("GET", from);
             assert_eq!(f.on_request(&req), Verdict::Continue);
             assert_eq!(req.path(), to, "from {from}");
@@ -239,10 +229,8 @@ mod tests {
         let mut f = rewrite(
             r#"{"request_headers": {"set": {"x-edge": "cascade"}, "add": {"x-tag": "b"}, "remove": ["x-debug"]}}"#,
         );
-        let req = Request::new("GET", "/")
-            .with_header("x-edge", "old")
-            .with_header("x-debug", "1")
-            .with_header("x-tag", "a");
+        let req =
+            Request::new("GET", "/").with_header("x-edge", "old").with_header("x-debug", "1").with_header("x-tag", "a");
         f.on_request(&req);
         assert_eq!(req.header_values("x-edge"), ["cascade"]);
         assert_eq!(req.header("x-debug"), None);
@@ -251,9 +239,7 @@ mod tests {
 
     #[test]
     fn edits_response_headers() {
-        let mut f = rewrite(
-            r#"{"response_headers": {"set": {"x-served-by": "cascade"}, "remove": ["server"]}}"#,
-        );
+        let mut f = rewrite(r#"{"response_headers": {"set": {"x-served-by": "cascade"}, "remove": ["server"]}}"#);
         f.on_request(&Request::new("GET", "/"));
         let resp = Response::new(200).with_header("server", "origin");
         f.on_response(&resp);
@@ -268,6 +254,12 @@ mod tests {
         let req = Request::new("GET", "/users/42/profile");
         f.on_request(&req);
         assert_eq!(req.path(), "/profiles/42");
+        let mut with_query =
+            rewrite(r#"{"path_rewrites": [{"pattern": "^/p/(\\d+)$", "replacement": "/item?id=$1"}]}"#);
+        let req = Request::new("GET", "/p/7?ref=home");
+        with_query.on_request(&req);
+        assert_eq!(req.path(), "/item");
+        assert_eq!(req.query().as_deref(), Some("id=7&ref=home"));
         let other = Request::new("GET", "/users/x/profile");
         f.on_request(&other);
         assert_eq!(other.path(), "/users/x/profile");
@@ -275,36 +267,24 @@ mod tests {
 
     #[test]
     fn redirects_with_captures_and_query() {
-        let mut f = rewrite(
-            r#"{"redirects": [{"pattern": "^/old/(.*)$", "to": "/new/$1", "status": 301}]}"#,
-        );
+        let mut f = rewrite(r#"{"redirects": [{"pattern": "^/old/(.*)$", "to": "/new/$1", "status": 301}]}"#);
         let Verdict::Respond(reply) = f.on_request(&Request::new("GET", "/old/a/b?x=1")) else {
             panic!("expected a redirect");
         };
         assert_eq!(reply.status, 301);
         assert_eq!(reply.header_value("location"), Some("/new/a/b?x=1"));
-        assert_eq!(
-            f.on_request(&Request::new("GET", "/elsewhere")),
-            Verdict::Continue
-        );
+        assert_eq!(f.on_request(&Request::new("GET", "/elsewhere")), Verdict::Continue);
     }
 
     #[test]
     fn rejects_bad_config() {
-        let status = instantiate::<Rewrite>(
-            r#"{"redirects": [{"pattern": "^/a", "to": "/b", "status": 200}]}"#,
-        );
+        let status = instantiate::<Rewrite>(r#"{"redirects": [{"pattern": "^/a", "to": "/b", "status": 200}]}"#);
         assert!(status.err().unwrap().contains("redirect status 200"));
-        let pattern =
-            instantiate::<Rewrite>(r#"{"path_rewrites": [{"pattern": "(", "replacement": ""}]}"#);
+        let pattern = instantiate::<Rewrite>(r#"{"path_rewrites": [{"pattern": "(", "replacement": ""}]}"#);
         assert!(pattern.err().unwrap().contains("invalid pattern"));
-        let unknown = instantiate::<Rewrite>(r#"{"strip": "/api"}"#)
-            .err()
-            .unwrap();
+        let unknown = instantiate::<Rewrite>(r#"{"strip": "/api"}"#).err().unwrap();
         assert!(unknown.contains("unknown field `strip`"), "{unknown}");
-        let relative = instantiate::<Rewrite>(r#"{"add_prefix": "v2"}"#)
-            .err()
-            .unwrap();
+        let relative = instantiate::<Rewrite>(r#"{"add_prefix": "v2"}"#).err().unwrap();
         assert!(relative.contains("must start with '/'"), "{relative}");
     }
 }

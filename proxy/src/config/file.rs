@@ -103,11 +103,7 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self {
-            listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
-            threads: 2,
-            tls: None,
-        }
+        Self { listen: Spanned::new(0..0, "0.0.0.0:8080".into()), threads: 2, tls: None }
     }
 }
 
@@ -129,11 +125,7 @@ pub struct AdminSection {
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self {
-            listen: Spanned::new(0..0, "127.0.0.1:9901".into()),
-            token_env: None,
-            token_file: None,
-        }
+        Self { listen: Spanned::new(0..0, "127.0.0.1:9901".into()), token_env: None, token_file: None }
     }
 }
 
@@ -154,11 +146,7 @@ pub struct LimitsSection {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self {
-            filter_timeout_ms: 50,
-            filter_memory_mb: 16,
-            max_instances: 10_000,
-        }
+        Self { filter_timeout_ms: 50, filter_memory_mb: 16, max_instances: 10_000 }
     }
 }
 

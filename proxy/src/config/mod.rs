@@ -29,13 +29,7 @@ pub struct Location {
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}: key `{}`",
-            self.file.display(),
-            self.line,
-            self.key
-        )
+        write!(f, "{}:{}: key `{}`", self.file.display(), self.line, self.key)
     }
 }
 
@@ -43,26 +37,15 @@ impl std::fmt::Display for Location {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}:{line}:{column}: {message}{}", path.display(), key_hint(key))]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: Option<String>,
-        message: String,
-    },
+    Syntax { path: PathBuf, line: usize, column: usize, key: Option<String>, message: String },
     #[error("{at}: {message}")]
     Invalid { at: Location, message: String },
 }
 
 fn key_hint(key: &Option<String>) -> String {
-    key.as_ref()
-        .map(|k| format!(" (key `{k}`)"))
-        .unwrap_or_default()
+    key.as_ref().map(|k| format!(" (key `{k}`)")).unwrap_or_default()
 }
 
 /// A file's text, kept to turn byte spans into line numbers.
@@ -73,14 +56,8 @@ struct Source {
 
 impl Source {
     fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            text,
-        })
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Ok(Self { path: path.to_path_buf(), text })
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
@@ -92,13 +69,7 @@ impl Source {
                 .split_once('=')
                 .map(|(k, _)| k.trim().trim_matches('"').to_string())
                 .filter(|k| !k.is_empty() && !e.message().contains(&format!("`{k}`")));
-            ConfigError::Syntax {
-                path: self.path.clone(),
-                line,
-                column,
-                key,
-                message: e.message().trim().to_string(),
-            }
+            ConfigError::Syntax { path: self.path.clone(), line, column, key, message: e.message().trim().to_string() }
         })
     }
 
@@ -110,18 +81,11 @@ impl Source {
     }
 
     fn at<T>(&self, spanned: &Spanned<T>, key: &str) -> Location {
-        Location {
-            file: self.path.clone(),
-            line: self.line_column(spanned.span().start).0,
-            key: key.to_string(),
-        }
+        Location { file: self.path.clone(), line: self.line_column(spanned.span().start).0, key: key.to_string() }
     }
 
     fn invalid<T>(&self, spanned: &Spanned<T>, key: &str, message: String) -> ConfigError {
-        ConfigError::Invalid {
-            at: self.at(spanned, key),
-            message,
-        }
+        ConfigError::Invalid { at: self.at(spanned, key), message }
     }
 }
 
@@ -173,8 +137,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
     let mut routes = Vec::new();
     for pattern in &file.routes {
-        let paths = expand_pattern(&base, pattern.get_ref())
-            .map_err(|message| main.invalid(pattern, "routes", message))?;
+        let paths =
+            expand_pattern(&base, pattern.get_ref()).map_err(|message| main.invalid(pattern, "routes", message))?;
         for route_path in paths {
             let source = Source::read(&route_path)?;
             let route_file: RouteFile = source.parse()?;
@@ -184,17 +148,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     }
 
-    Ok(Config {
-        path: path.to_path_buf(),
-        server,
-        admin,
-        modules,
-        limits,
-        upstreams,
-        routes,
-        rate_limits,
-        jwt_keysets,
-    })
+    Ok(Config { path: path.to_path_buf(), server, admin, modules, limits, upstreams, routes, rate_limits, jwt_keysets })
 }
 
 fn rate_limit(
@@ -213,20 +167,10 @@ fn rate_limit(
         file::RatePeriod::Minute => Duration::from_secs(60),
         file::RatePeriod::Hour => Duration::from_secs(3600),
     };
-    Ok(RateLimitPolicyConfig {
-        name: name.to_string(),
-        burst,
-        interval: period / s.rate,
-        max_keys: s.max_keys.max(1),
-    })
+    Ok(RateLimitPolicyConfig { name: name.to_string(), burst, interval: period / s.rate, max_keys: s.max_keys.max(1) })
 }
 
-fn keyset(
-    src: &Source,
-    base: &Path,
-    name: &str,
-    section: &Spanned<file::KeysetSection>,
-) -> KeysetConfig {
+fn keyset(src: &Source, base: &Path, name: &str, section: &Spanned<file::KeysetSection>) -> KeysetConfig {
     let s = section.get_ref();
     let secret = match (&s.secret_env, &s.secret_file) {
         (Some(var), _) => Some(SecretSource::Env(var.clone())),
@@ -246,64 +190,28 @@ fn keyset(
     }
 }
 
-fn socket_addr(
-    src: &Source,
-    value: &Spanned<String>,
-    key: &str,
-) -> Result<SocketAddr, ConfigError> {
-    value.get_ref().parse().map_err(|_| {
-        src.invalid(
-            value,
-            key,
-            format!(
-                "{:?} is not an address like 127.0.0.1:8080",
-                value.get_ref()
-            ),
-        )
-    })
+fn socket_addr(src: &Source, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .get_ref()
+        .parse()
+        .map_err(|_| src.invalid(value, key, format!("{:?} is not an address like 127.0.0.1:8080", value.get_ref())))
 }
 
-fn existing_file(
-    src: &Source,
-    base: &Path,
-    value: &Spanned<String>,
-    key: &str,
-) -> Result<PathBuf, ConfigError> {
+fn existing_file(src: &Source, base: &Path, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
     let path = base.join(value.get_ref());
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(src.invalid(value, key, format!("no file at {}", path.display())))
-    }
+    if path.is_file() { Ok(path) } else { Err(src.invalid(value, key, format!("no file at {}", path.display()))) }
 }
 
-fn upstream(
-    src: &Source,
-    name: &str,
-    section: &Spanned<UpstreamSection>,
-) -> Result<UpstreamConfig, ConfigError> {
+fn upstream(src: &Source, name: &str, section: &Spanned<UpstreamSection>) -> Result<UpstreamConfig, ConfigError> {
     let key = format!("upstreams.{name}.servers");
     if section.get_ref().servers.is_empty() {
-        return Err(src.invalid(
-            section,
-            &key,
-            "an upstream group needs at least one server".into(),
-        ));
+        return Err(src.invalid(section, &key, "an upstream group needs at least one server".into()));
     }
     let mut servers = Vec::new();
     for server in &section.get_ref().servers {
-        let addr = server
-            .get_ref()
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                src.invalid(
-                    server,
-                    &key,
-                    format!("{:?} is not a resolvable host:port", server.get_ref()),
-                )
-            })?;
+        let addr = server.get_ref().to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(|| {
+            src.invalid(server, &key, format!("{:?} is not a resolvable host:port", server.get_ref()))
+        })?;
         servers.push(addr);
     }
     Ok(UpstreamConfig {
@@ -328,11 +236,7 @@ fn route(
         .map_err(|message| src.invalid(&section.host, "route.host", message))?;
     let prefix = section.path_prefix.get_ref();
     if !prefix.starts_with('/') {
-        return Err(src.invalid(
-            &section.path_prefix,
-            "route.path_prefix",
-            format!("{prefix:?} must start with '/'"),
-        ));
+        return Err(src.invalid(&section.path_prefix, "route.path_prefix", format!("{prefix:?} must start with '/'")));
     }
     if !upstreams.contains_key(section.upstream.get_ref()) {
         return Err(src.invalid(
@@ -347,13 +251,8 @@ fn route(
     let mut filters = Vec::new();
     for entry in section.filters {
         let config_json = match &entry.config {
-            Some(table) => serde_json::to_string(table.get_ref()).map_err(|e| {
-                src.invalid(
-                    table,
-                    "route.filters.config",
-                    format!("cannot convert to JSON: {e}"),
-                )
-            })?,
+            Some(table) => serde_json::to_string(table.get_ref())
+                .map_err(|e| src.invalid(table, "route.filters.config", format!("cannot convert to JSON: {e}")))?,
             None => "{}".to_string(),
         };
         filters.push(FilterEntry {
@@ -364,14 +263,8 @@ fn route(
             },
             config_json: Arc::from(config_json),
             limits: FilterLimits {
-                timeout: entry
-                    .timeout_ms
-                    .map(|ms| Duration::from_millis(ms.max(1)))
-                    .unwrap_or(limits.filter_timeout),
-                memory_bytes: entry
-                    .memory_mb
-                    .map(|mb| mb.max(1) << 20)
-                    .unwrap_or(limits.filter_memory_bytes),
+                timeout: entry.timeout_ms.map(|ms| Duration::from_millis(ms.max(1))).unwrap_or(limits.filter_timeout),
+                memory_bytes: entry.memory_mb.map(|mb| mb.max(1) << 20).unwrap_or(limits.filter_memory_bytes),
             },
             at: src.at(&entry.module, "route.filters.module"),
         });
@@ -404,10 +297,7 @@ fn expand_pattern(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| wildcard_match(&name_pattern, n))
+            p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| wildcard_match(&name_pattern, n))
         })
         .collect();
     paths.sort();
@@ -421,9 +311,7 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
             let Some(rest) = name.strip_prefix(head) else {
                 return false;
             };
-            (0..=rest.len())
-                .filter(|&i| rest.is_char_boundary(i))
-                .any(|i| wildcard_match(tail, &rest[i..]))
+            (0..=rest.len()).filter(|&i| rest.is_char_boundary(i)).any(|i| wildcard_match(tail, &rest[i..]))
         }
     }
 }
@@ -466,10 +354,7 @@ servers = ["127.0.0.1:9000"]
         let config = load(&main).unwrap();
         assert_eq!(config.routes.len(), 1);
         let route = &config.routes[0];
-        assert_eq!(
-            route.filters[0].config_json.as_ref(),
-            r#"{"strip_prefix":"/api"}"#
-        );
+        assert_eq!(route.filters[0].config_json.as_ref(), r#"{"strip_prefix":"/api"}"#);
         assert_eq!(route.filters[0].on_error, OnError::FailClosed);
         assert_eq!(route.filters[0].at.line, 5);
         assert_eq!(config.modules.dir, dir.path().join("wasm"));
@@ -479,27 +364,17 @@ servers = ["127.0.0.1:9000"]
     fn unknown_key_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let main = write(dir.path(), "cascade.toml", MAIN);
-        let routes = write(
-            dir.path(),
-            "routes/a.toml",
-            "[[route]]\nname = \"a\"\nupstream = \"origin\"\nhots = \"x\"\n",
-        );
+        let routes =
+            write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"origin\"\nhots = \"x\"\n");
         let err = load(&main).unwrap_err().to_string();
-        assert!(
-            err.starts_with(&format!("{}:4:", routes.display())),
-            "{err}"
-        );
+        assert!(err.starts_with(&format!("{}:4:", routes.display())), "{err}");
         assert!(err.contains("unknown field `hots`"), "{err}");
     }
 
     #[test]
     fn wrong_type_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(
-            dir.path(),
-            "cascade.toml",
-            &format!("{MAIN}\n[limits]\nfilter_timeout_ms = \"fast\"\n"),
-        );
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}\n[limits]\nfilter_timeout_ms = \"fast\"\n"));
         let err = load(&main).unwrap_err().to_string();
         assert!(err.contains(":9:"), "{err}");
         assert!(err.contains("filter_timeout_ms"), "{err}");
@@ -509,11 +384,7 @@ servers = ["127.0.0.1:9000"]
     fn missing_upstream_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let main = write(dir.path(), "cascade.toml", MAIN);
-        write(
-            dir.path(),
-            "routes/a.toml",
-            "[[route]]\nname = \"a\"\n\nupstream = \"nope\"\n",
-        );
+        write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\n\nupstream = \"nope\"\n");
         let err = load(&main).unwrap_err().to_string();
         assert!(err.contains("a.toml:4: key `route.upstream`"), "{err}");
         assert!(err.contains("\"nope\""), "{err}");

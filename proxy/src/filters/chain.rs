@@ -39,17 +39,9 @@ pub struct FilterChain {
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     #[error("{at}: module {module:?} is not loaded (loaded: {loaded})")]
-    MissingModule {
-        at: Location,
-        module: String,
-        loaded: String,
-    },
+    MissingModule { at: Location, module: String, loaded: String },
     #[error("{at}: module {module:?} rejected its config: {message}")]
-    BadConfig {
-        at: Location,
-        module: String,
-        message: String,
-    },
+    BadConfig { at: Location, module: String, message: String },
 }
 
 /// How a filter failed.
@@ -87,14 +79,7 @@ pub struct FilterFailure {
 
 impl std::fmt::Display for FilterFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "filter {:?} failed in {} ({}): {}",
-            self.module,
-            self.phase,
-            self.kind.as_str(),
-            self.detail
-        )
+        write!(f, "filter {:?} failed in {} ({}): {}", self.module, self.phase, self.kind.as_str(), self.detail)
     }
 }
 
@@ -136,48 +121,36 @@ impl FilterChain {
     ) -> Result<Self, ChainError> {
         let mut links = Vec::new();
         for entry in entries {
-            let module = modules
-                .get(&entry.module)
-                .ok_or_else(|| ChainError::MissingModule {
-                    at: entry.at.clone(),
-                    module: entry.module.clone(),
-                    loaded: modules.names().collect::<Vec<_>>().join(", "),
-                })?;
+            let module = modules.get(&entry.module).ok_or_else(|| ChainError::MissingModule {
+                at: entry.at.clone(),
+                module: entry.module.clone(),
+                loaded: modules.names().collect::<Vec<_>>().join(", "),
+            })?;
             let link = ChainLink {
                 module: module.clone(),
                 entry: entry.clone(),
                 module_name: Arc::from(entry.module.as_str()),
             };
-            let bad_config = |message: String| ChainError::BadConfig {
-                at: entry.at.clone(),
-                module: entry.module.clone(),
-                message,
-            };
+            let bad_config =
+                |message: String| ChainError::BadConfig { at: entry.at.clone(), module: entry.module.clone(), message };
             let tag = InstanceTag {
                 module: link.module_name.clone(),
                 route: Arc::from(route_name),
                 request_id: Arc::from("config-check"),
             };
-            let (mut store, filter) = link
-                .instantiate(runtime, caps, tag)
-                .await
-                .map_err(|f| bad_config(f.to_string()))?;
+            let (mut store, filter) =
+                link.instantiate(runtime, caps, tag).await.map_err(|f| bad_config(f.to_string()))?;
             arm_deadline(&mut store, &link);
             match filter.call_check_config(&mut store).await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
                 Err(e) => {
-                    return Err(bad_config(
-                        classify(&link, "check-config", &store, e).to_string(),
-                    ));
+                    return Err(bad_config(classify(&link, "check-config", &store, e).to_string()));
                 }
             }
             links.push(link);
         }
-        Ok(Self {
-            links,
-            caps: caps.clone(),
-        })
+        Ok(Self { links, caps: caps.clone() })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,11 +165,8 @@ impl FilterChain {
         mut head: RequestHead,
         route_name: &Arc<str>,
     ) -> (RequestHead, InFlightChain, RequestOutcome) {
-        let mut run = InFlightChain {
-            chain: self.clone(),
-            instances: Vec::with_capacity(self.links.len()),
-            skipped: Vec::new(),
-        };
+        let mut run =
+            InFlightChain { chain: self.clone(), instances: Vec::with_capacity(self.links.len()), skipped: Vec::new() };
         for (index, link) in self.links.iter().enumerate() {
             let tag = InstanceTag {
                 module: link.module_name.clone(),
@@ -208,22 +178,12 @@ impl FilterChain {
                 Ok((mut store, filter)) => {
                     arm_deadline(&mut store, link);
                     store.data_mut().request = Some(head);
-                    let verdict = filter
-                        .call_on_request(&mut store, Resource::new_borrow(0))
-                        .await;
+                    let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
                     // The host still holds the head after a trap, so it is never lost.
-                    head = store
-                        .data_mut()
-                        .request
-                        .take()
-                        .expect("request returned to host");
+                    head = store.data_mut().request.take().expect("request returned to host");
                     match verdict {
                         Ok(verdict) => {
-                            run.instances.push(LiveInstance {
-                                store,
-                                filter,
-                                link: index,
-                            });
+                            run.instances.push(LiveInstance { store, filter, link: index });
                             if let Verdict::Respond(reply) = verdict {
                                 return (head, run, RequestOutcome::Respond(reply));
                             }
@@ -257,16 +217,8 @@ impl InFlightChain {
             let link = &self.chain.links[instance.link];
             arm_deadline(&mut instance.store, link);
             instance.store.data_mut().response = Some(response);
-            let result = instance
-                .filter
-                .call_on_response(&mut instance.store, Resource::new_borrow(0))
-                .await;
-            response = instance
-                .store
-                .data_mut()
-                .response
-                .take()
-                .expect("response returned to host");
+            let result = instance.filter.call_on_response(&mut instance.store, Resource::new_borrow(0)).await;
+            response = instance.store.data_mut().response.take().expect("response returned to host");
             if let Err(e) = result {
                 let failure = classify(link, "on-response", &instance.store, e);
                 match link.entry.on_error {
@@ -294,11 +246,7 @@ impl ChainLink {
         caps: &Arc<Capabilities>,
         tag: InstanceTag,
     ) -> Result<(Store<FilterHost>, Filter), FilterFailure> {
-        let memory = self
-            .entry
-            .limits
-            .memory_bytes
-            .min(runtime.max_memory_bytes());
+        let memory = self.entry.limits.memory_bytes.min(runtime.max_memory_bytes());
         let host = FilterHost::new(tag, self.entry.config_json.clone(), caps.clone(), memory);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
@@ -322,12 +270,7 @@ fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink) {
     store.epoch_deadline_trap();
 }
 
-fn classify(
-    link: &ChainLink,
-    phase: &'static str,
-    store: &Store<FilterHost>,
-    error: wasmtime::Error,
-) -> FilterFailure {
+fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, error: wasmtime::Error) -> FilterFailure {
     let kind = if store.data().limiter.memory_cap_hit {
         FailureKind::MemoryCap
     } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
@@ -339,16 +282,7 @@ fn classify(
         FailureKind::Timeout => {
             format!("ran past its {:?} CPU deadline", link.entry.limits.timeout)
         }
-        _ => format!("{error:#}")
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+        _ => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
     };
-    FilterFailure {
-        module: link.module_name.clone(),
-        phase,
-        kind,
-        detail,
-    }
+    FilterFailure { module: link.module_name.clone(), phase, kind, detail }
 }

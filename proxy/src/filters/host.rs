@@ -61,12 +61,7 @@ const MAX_TABLES: usize = 32;
 const MAX_MEMORIES: usize = 4;
 
 impl ResourceLimiter for InstanceLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         if desired > self.memory_bytes {
             self.memory_cap_hit = true;
             // Trapping (rather than failing the grow) stops the filter at once,
@@ -79,12 +74,7 @@ impl ResourceLimiter for InstanceLimiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
@@ -117,20 +107,12 @@ pub struct FilterHost {
 }
 
 impl FilterHost {
-    pub fn new(
-        tag: InstanceTag,
-        config_json: Arc<str>,
-        caps: Arc<Capabilities>,
-        memory_bytes: u64,
-    ) -> Self {
+    pub fn new(tag: InstanceTag, config_json: Arc<str>, caps: Arc<Capabilities>, memory_bytes: u64) -> Self {
         Self {
             tag,
             config_json,
             caps,
-            limiter: InstanceLimiter {
-                memory_bytes: memory_bytes as usize,
-                memory_cap_hit: false,
-            },
+            limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false },
             request: None,
             response: None,
             wasi: None,
@@ -139,15 +121,11 @@ impl FilterHost {
     }
 
     fn request(&mut self) -> &mut RequestHead {
-        self.request
-            .as_mut()
-            .expect("the request resource is only lent during on-request")
+        self.request.as_mut().expect("the request resource is only lent during on-request")
     }
 
     fn response(&mut self) -> &mut ResponseHeader {
-        self.response
-            .as_mut()
-            .expect("the response resource is only lent during on-response")
+        self.response.as_mut().expect("the response resource is only lent during on-response")
     }
 }
 
@@ -163,27 +141,19 @@ impl WasiView for FilterHost {
 }
 
 fn header_name(name: &str) -> Result<HeaderName, EditError> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| EditError::InvalidHeaderName(name.to_string()))
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name.to_string()))
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, EditError> {
-    HeaderValue::from_bytes(value.as_bytes())
-        .map_err(|_| EditError::InvalidHeaderValue(name.to_string()))
+    HeaderValue::from_bytes(value.as_bytes()).map_err(|_| EditError::InvalidHeaderValue(name.to_string()))
 }
 
 fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 fn all_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect()
+    headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
 }
 
 fn names(headers: &http::HeaderMap) -> Vec<String> {
@@ -191,11 +161,7 @@ fn names(headers: &http::HeaderMap) -> Vec<String> {
 }
 
 /// Replace the path and query of `header`, keeping whichever part is `None`.
-fn set_target(
-    header: &mut RequestHeader,
-    path: Option<&str>,
-    query: Option<Option<&str>>,
-) -> Result<(), EditError> {
+fn set_target(header: &mut RequestHeader, path: Option<&str>, query: Option<Option<&str>>) -> Result<(), EditError> {
     let old_path = header.uri.path().to_string();
     let old_query = header.uri.query().map(str::to_string);
     let path = path.unwrap_or(&old_path);
@@ -224,8 +190,7 @@ impl types::HostRequest for FilterHost {
     }
 
     fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> Result<(), EditError> {
-        let parsed =
-            Method::from_bytes(method.as_bytes()).map_err(|_| EditError::InvalidMethod(method))?;
+        let parsed = Method::from_bytes(method.as_bytes()).map_err(|_| EditError::InvalidMethod(method))?;
         self.request().header.set_method(parsed);
         Ok(())
     }
@@ -245,11 +210,7 @@ impl types::HostRequest for FilterHost {
         self.request().header.uri.query().map(str::to_string)
     }
 
-    fn set_query(
-        &mut self,
-        _: Resource<RequestHandle>,
-        query: Option<String>,
-    ) -> Result<(), EditError> {
+    fn set_query(&mut self, _: Resource<RequestHandle>, query: Option<String>) -> Result<(), EditError> {
         if let Some(q) = &query
             && q.contains('#')
         {
@@ -270,31 +231,14 @@ impl types::HostRequest for FilterHost {
         names(&self.request().header.headers)
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<RequestHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), EditError> {
+    fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        self.request()
-            .header
-            .insert_header(n, v)
-            .map_err(|_| EditError::InvalidHeaderValue(name))
+        self.request().header.insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
-    fn add_header(
-        &mut self,
-        _: Resource<RequestHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), EditError> {
+    fn add_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        self.request()
-            .header
-            .append_header(n, v)
-            .map(drop)
-            .map_err(|_| EditError::InvalidHeaderValue(name))
+        self.request().header.append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
@@ -340,9 +284,7 @@ impl types::HostResponse for FilterHost {
             .ok()
             .filter(|c| (100..=599).contains(&c.as_u16()))
             .ok_or(EditError::InvalidStatus(status))?;
-        self.response()
-            .set_status(code)
-            .map_err(|_| EditError::InvalidStatus(status))
+        self.response().set_status(code).map_err(|_| EditError::InvalidStatus(status))
     }
 
     fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<String> {
@@ -357,29 +299,14 @@ impl types::HostResponse for FilterHost {
         names(&self.response().headers)
     }
 
-    fn set_header(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), EditError> {
+    fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        self.response()
-            .insert_header(n, v)
-            .map_err(|_| EditError::InvalidHeaderValue(name))
+        self.response().insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
-    fn add_header(
-        &mut self,
-        _: Resource<ResponseHandle>,
-        name: String,
-        value: String,
-    ) -> Result<(), EditError> {
+    fn add_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        self.response()
-            .append_header(n, v)
-            .map(drop)
-            .map_err(|_| EditError::InvalidHeaderValue(name))
+        self.response().append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
@@ -402,11 +329,7 @@ impl log::Host for FilterHost {
             log::Level::Warn => ::log::Level::Warn,
             log::Level::Error => ::log::Level::Error,
         };
-        let InstanceTag {
-            module,
-            route,
-            request_id,
-        } = &self.tag;
+        let InstanceTag { module, route, request_id } = &self.tag;
         ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {message}");
     }
 }
@@ -464,12 +387,7 @@ impl regex::Host for FilterHost {
         self.caps.patterns.is_match(&pattern, &text)
     }
 
-    fn replace(
-        &mut self,
-        pattern: String,
-        text: String,
-        replacement: String,
-    ) -> Result<Option<String>, String> {
+    fn replace(&mut self, pattern: String, text: String, replacement: String) -> Result<Option<String>, String> {
         self.caps.patterns.replace(&pattern, &text, &replacement)
     }
 }

@@ -15,29 +15,16 @@ use super::runtime::FilterRuntime;
 
 /// Import namespaces a filter may use. WASI is granted sandboxed (no files,
 /// no network, no environment); everything else is refused at load.
-const GRANTED_IMPORTS: &[&str] = &[
-    "cascade:filter/",
-    "wasi:cli/",
-    "wasi:io/",
-    "wasi:clocks/",
-    "wasi:random/",
-    "wasi:filesystem/",
-];
+const GRANTED_IMPORTS: &[&str] =
+    &["cascade:filter/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
 
 /// Why a module cannot be used. Every variant names the module.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("module {name:?} ({}): cannot read: {source}", path.display())]
-    Read {
-        name: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { name: String, path: PathBuf, source: std::io::Error },
     #[error("cannot read module directory {}: {source}", path.display())]
-    ReadDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadDir { path: PathBuf, source: std::io::Error },
     #[error("module {name:?}: not a WebAssembly binary (bad magic number)")]
     NotWasm { name: String },
     #[error(
@@ -66,20 +53,13 @@ pub struct FilterModule {
 
 impl std::fmt::Debug for FilterModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterModule")
-            .field("name", &self.name)
-            .field("size", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("FilterModule").field("name", &self.name).field("size", &self.size).finish_non_exhaustive()
     }
 }
 
 /// `true` for names that are safe as file stems and URL segments.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl FilterModule {
@@ -98,11 +78,8 @@ impl FilterModule {
             _ => return Err(ModuleError::NotWasm { name: name_owned() }),
         }
         let started = Instant::now();
-        let component =
-            Component::new(runtime.engine(), bytes).map_err(|e| ModuleError::Compile {
-                name: name_owned(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::new(runtime.engine(), bytes)
+            .map_err(|e| ModuleError::Compile { name: name_owned(), reason: format!("{e:#}") })?;
         let compile_time = started.elapsed();
 
         let ty = component.component_type();
@@ -116,42 +93,19 @@ impl FilterModule {
                     | ComponentItem::Module(_)
                     | ComponentItem::Component(_)
             );
-            if is_capability
-                && !GRANTED_IMPORTS
-                    .iter()
-                    .any(|granted| import.starts_with(granted))
-            {
-                return Err(ModuleError::UngrantedImport {
-                    name: name_owned(),
-                    import: import.to_string(),
-                });
+            if is_capability && !GRANTED_IMPORTS.iter().any(|granted| import.starts_with(granted)) {
+                return Err(ModuleError::UngrantedImport { name: name_owned(), import: import.to_string() });
             }
         }
-        let wrong_world = |reason: String| ModuleError::WrongWorld {
-            name: name_owned(),
-            reason,
-        };
+        let wrong_world = |reason: String| ModuleError::WrongWorld { name: name_owned(), reason };
         for export in ["on-request", "on-response", "check-config"] {
-            if !matches!(
-                ty.get_export(runtime.engine(), export).map(|e| e.ty),
-                Some(ComponentItem::ComponentFunc(_))
-            ) {
-                return Err(wrong_world(format!(
-                    "it does not export the function `{export}`"
-                )));
+            if !matches!(ty.get_export(runtime.engine(), export).map(|e| e.ty), Some(ComponentItem::ComponentFunc(_))) {
+                return Err(wrong_world(format!("it does not export the function `{export}`")));
             }
         }
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| wrong_world(format!("{e:#}")))?;
+        let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| wrong_world(format!("{e:#}")))?;
         let pre = FilterPre::new(instance_pre).map_err(|e| wrong_world(format!("{e:#}")))?;
-        Ok(Self {
-            name: name_owned(),
-            pre,
-            size: bytes.len(),
-            compile_time,
-        })
+        Ok(Self { name: name_owned(), pre, size: bytes.len(), compile_time })
     }
 }
 
@@ -165,10 +119,7 @@ impl ModuleRegistry {
     /// Load every `*.wasm` in `dir`; the module name is the file stem. Any
     /// invalid file fails the whole load, naming the file.
     pub fn load_dir(runtime: &FilterRuntime, dir: &Path) -> Result<Self, ModuleError> {
-        let read_dir_error = |source| ModuleError::ReadDir {
-            path: dir.to_path_buf(),
-            source,
-        };
+        let read_dir_error = |source| ModuleError::ReadDir { path: dir.to_path_buf(), source };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read_dir_error)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -177,11 +128,7 @@ impl ModuleRegistry {
         paths.sort();
         let mut registry = Self::default();
         for path in paths {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
             let bytes = std::fs::read(&path).map_err(|source| ModuleError::Read {
                 name: name.clone(),
                 path: path.clone(),

@@ -67,10 +67,9 @@ impl FilterRuntime {
         // Sandboxed WASI: no preopened directories, no network, no environment.
         // It exists because language runtimes expect stdio, clocks and random.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Filter::add_to_linker::<FilterHost, wasmtime::component::HasSelf<FilterHost>>(
-            &mut linker,
-            |host| host,
-        )?;
+        bindings::Filter::add_to_linker::<FilterHost, wasmtime::component::HasSelf<FilterHost>>(&mut linker, |host| {
+            host
+        })?;
 
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -84,11 +83,7 @@ impl FilterRuntime {
             })
             .map_err(wasmtime::Error::from)?;
 
-        Ok(Arc::new(Self {
-            engine,
-            linker,
-            max_memory_bytes,
-        }))
+        Ok(Arc::new(Self { engine, linker, max_memory_bytes }))
     }
 
     pub fn engine(&self) -> &Engine {

@@ -31,12 +31,8 @@ impl HostPattern {
         let text = text.trim().to_ascii_lowercase();
         let valid_name = |s: &str| {
             !s.is_empty()
-                && s.split('.').all(|label| {
-                    !label.is_empty()
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                })
+                && s.split('.')
+                    .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         };
         if text == "*" {
             Ok(Self::Any)
@@ -49,9 +45,7 @@ impl HostPattern {
         } else if valid_name(&text) {
             Ok(Self::Exact(text))
         } else {
-            Err(format!(
-                "{text:?} is not a host name, \"*.suffix\" or \"*\""
-            ))
+            Err(format!("{text:?} is not a host name, \"*.suffix\" or \"*\""))
         }
     }
 }
@@ -77,11 +71,7 @@ pub struct Route {
 
 impl Route {
     pub fn new(config: RouteConfig, chain: FilterChain) -> Self {
-        Self {
-            name: Arc::from(config.name.as_str()),
-            config,
-            chain,
-        }
+        Self { name: Arc::from(config.name.as_str()), config, chain }
     }
 }
 
@@ -91,9 +81,7 @@ struct PrefixTable(Vec<Arc<Route>>);
 
 impl PrefixTable {
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.0
-            .iter()
-            .find(|r| prefix_matches(&r.config.path_prefix, path))
+        self.0.iter().find(|r| prefix_matches(&r.config.path_prefix, path))
     }
 }
 
@@ -146,10 +134,7 @@ impl RouteTable {
             if let Some(other) = names.insert(config.name.clone(), config.name.clone()) {
                 return Err(duplicate(other));
             }
-            if let Some(other) = seen.insert(
-                (config.host.clone(), config.path_prefix.clone()),
-                config.name.clone(),
-            ) {
+            if let Some(other) = seen.insert((config.host.clone(), config.path_prefix.clone()), config.name.clone()) {
                 return Err(duplicate(other));
             }
             let route = Arc::new(route);
@@ -167,18 +152,11 @@ impl RouteTable {
             };
             bucket.0.push(route);
         }
-        let by_prefix_len = |t: &mut PrefixTable| {
-            t.0.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()))
-        };
+        let by_prefix_len = |t: &mut PrefixTable| t.0.sort_by_key(|r| std::cmp::Reverse(r.config.path_prefix.len()));
         table.exact.values_mut().for_each(by_prefix_len);
-        table
-            .suffixes
-            .iter_mut()
-            .for_each(|(_, t)| by_prefix_len(t));
+        table.suffixes.iter_mut().for_each(|(_, t)| by_prefix_len(t));
         by_prefix_len(&mut table.any);
-        table
-            .suffixes
-            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         Ok(table)
     }
 
@@ -188,12 +166,7 @@ impl RouteTable {
         let bucket = self
             .exact
             .get(host.as_ref())
-            .or_else(|| {
-                self.suffixes
-                    .iter()
-                    .find(|(suffix, _)| host.ends_with(suffix.as_str()))
-                    .map(|(_, t)| t)
-            })
+            .or_else(|| self.suffixes.iter().find(|(suffix, _)| host.ends_with(suffix.as_str())).map(|(_, t)| t))
             .unwrap_or(&self.any);
         bucket.find(path)
     }
@@ -217,11 +190,7 @@ mod tests {
                 path_prefix: prefix.into(),
                 upstream: "origin".into(),
                 filters: vec![],
-                at: Location {
-                    file: "routes.toml".into(),
-                    line: 1,
-                    key: "route.name".into(),
-                },
+                at: Location { file: "routes.toml".into(), line: 1, key: "route.name".into() },
             },
             FilterChain::default(),
         )
@@ -237,11 +206,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_on_segment_boundary() {
-        let t = table([
-            route("root", "*", "/"),
-            route("api", "*", "/api"),
-            route("v2", "*", "/api/v2/"),
-        ]);
+        let t = table([route("root", "*", "/"), route("api", "*", "/api"), route("v2", "*", "/api/v2/")]);
         assert_eq!(name(&t, "x", "/"), Some("root"));
         assert_eq!(name(&t, "x", "/api"), Some("api"));
         assert_eq!(name(&t, "x", "/api/users"), Some("api"));
@@ -275,24 +240,15 @@ mod tests {
 
     #[test]
     fn duplicates_are_refused() {
-        let err =
-            RouteTable::build(vec![route("a", "*", "/x"), route("b", "*", "/x")]).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("route \"b\" duplicates route \"a\""),
-            "{err}"
-        );
-        let err =
-            RouteTable::build(vec![route("a", "*", "/x"), route("a", "*", "/y")]).unwrap_err();
+        let err = RouteTable::build(vec![route("a", "*", "/x"), route("b", "*", "/x")]).unwrap_err();
+        assert!(err.to_string().contains("route \"b\" duplicates route \"a\""), "{err}");
+        let err = RouteTable::build(vec![route("a", "*", "/x"), route("a", "*", "/y")]).unwrap_err();
         assert!(err.to_string().contains("duplicates route \"a\""), "{err}");
     }
 
     #[test]
     fn host_patterns() {
-        assert_eq!(
-            HostPattern::parse("*.Example.com").unwrap(),
-            HostPattern::Suffix(".example.com".into())
-        );
+        assert_eq!(HostPattern::parse("*.Example.com").unwrap(), HostPattern::Suffix(".example.com".into()));
         assert!(HostPattern::parse("a b").is_err());
         assert!(HostPattern::parse("*.").is_err());
         assert!(HostPattern::parse("foo.*").is_err());

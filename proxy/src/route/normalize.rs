@@ -30,8 +30,7 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    let needs_work =
-        raw.contains('%') || raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..");
+    let needs_work = raw.contains('%') || raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..");
     if !needs_work {
         return Ok(Cow::Borrowed(raw));
     }
@@ -78,10 +77,8 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
             continue;
         }
         let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
-        let value = std::str::from_utf8(hex)
-            .ok()
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or(PathError::BadEscape)?;
+        let value =
+            std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(PathError::BadEscape)?;
         if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
             out.push(value as char);
         } else {
@@ -94,17 +91,14 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
 
 /// The host name routing compares: lower-case, without port or trailing dot.
 pub fn host(raw: &str) -> Cow<'_, str> {
-    let without_port = match raw.rsplit_once(':') {
-        // An IPv6 literal keeps its colons inside brackets.
-        Some((h, port)) if !h.ends_with(']') || raw.starts_with('[') => {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                raw
+    let without_port =
+        match raw.rsplit_once(':') {
+            // An IPv6 literal keeps its colons inside brackets.
+            Some((h, port)) if !h.ends_with(']') || raw.starts_with('[') => {
+                if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw }
             }
-        }
-        _ => raw,
-    };
+            _ => raw,
+        };
     let trimmed = without_port.trim_end_matches('.');
     if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(trimmed.to_ascii_lowercase())

@@ -40,11 +40,7 @@ pub struct CascadeProxy {
 
 impl CascadeProxy {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, runtime: Arc<FilterRuntime>) -> Self {
-        Self {
-            snapshot,
-            runtime,
-            ids: RequestIds::new(),
-        }
+        Self { snapshot, runtime, ids: RequestIds::new() }
     }
 }
 
@@ -99,12 +95,8 @@ impl CascadeProxy {
             match target.parse() {
                 Ok(uri) => session.req_header_mut().set_uri(uri),
                 Err(_) => {
-                    return reply::send_error(
-                        session,
-                        ctx,
-                        ErrorReply::new(400, "invalid request target".into()),
-                    )
-                    .await;
+                    return reply::send_error(session, ctx, ErrorReply::new(400, "invalid request target".into()))
+                        .await;
                 }
             }
         }
@@ -119,12 +111,8 @@ impl CascadeProxy {
             return Ok(false);
         }
 
-        let client_ip: Arc<str> = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default()
-            .into();
+        let client_ip: Arc<str> =
+            session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default().into();
         let placeholder = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0))?;
         let head = RequestHead {
             header: std::mem::replace(session.req_header_mut(), placeholder),
@@ -134,10 +122,7 @@ impl CascadeProxy {
             upstream: ctx.upstream.clone(),
             upstreams: snapshot.upstreams.clone(),
         };
-        let (head, chain, outcome) = route
-            .chain
-            .run_request(&self.runtime, head, &route.name)
-            .await;
+        let (head, chain, outcome) = route.chain.run_request(&self.runtime, head, &route.name).await;
         *session.req_header_mut() = head.header;
         ctx.upstream = head.upstream;
         let mut chain = Exclusive(chain);
@@ -191,21 +176,11 @@ impl ProxyHttp for CascadeProxy {
         self.route_and_filter(session, ctx).await
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        let snapshot = ctx
-            .snapshot
-            .as_ref()
-            .expect("request_filter pinned a snapshot");
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx.snapshot.as_ref().expect("request_filter pinned a snapshot");
         match snapshot.upstreams.get(&ctx.upstream) {
             Some(group) => Ok(group.peer()),
-            None => Error::e_explain(
-                ErrorType::InternalError,
-                format!("upstream group {:?} vanished", ctx.upstream),
-            ),
+            None => Error::e_explain(ErrorType::InternalError, format!("upstream group {:?} vanished", ctx.upstream)),
         }
     }
 
@@ -216,16 +191,8 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let forwarded = match upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(earlier) => format!("{earlier}, {ip}"),
                 None => ip.to_string(),
             };
@@ -257,12 +224,7 @@ impl ProxyHttp for CascadeProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         ctx.chain = None;
         let error = match &ctx.failure {
             Some(failure) => ErrorReply::filter_failed(failure),
@@ -272,10 +234,7 @@ impl ProxyHttp for CascadeProxy {
         if code > 0 {
             let _ = reply::send_error(session, ctx, error).await;
         }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -283,10 +242,7 @@ impl ProxyHttp for CascadeProxy {
         if !log::log_enabled!(target: "cascade::access", log::Level::Info) {
             return;
         }
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let header = session.req_header();
         let line = serde_json::json!({
             "request_id": ctx.id.as_ref(),

@@ -47,11 +47,7 @@ impl ErrorReply {
 }
 
 /// Send an error reply. Always `Ok(true)`: the request is answered.
-pub async fn send_error(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    error: ErrorReply,
-) -> Result<bool> {
+pub async fn send_error(session: &mut Session, ctx: &RequestCtx, error: ErrorReply) -> Result<bool> {
     let body = serde_json::json!({
         "error": error.message,
         "status": error.status,
@@ -94,18 +90,11 @@ pub async fn send_filter_reply(
     write(session, ctx, header, Bytes::from(reply.body)).await
 }
 
-async fn write(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    mut header: ResponseHeader,
-    body: Bytes,
-) -> Result<bool> {
+async fn write(session: &mut Session, ctx: &RequestCtx, mut header: ResponseHeader, body: Bytes) -> Result<bool> {
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
     let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(header), head_only)
-        .await?;
+    session.write_response_header(Box::new(header), head_only).await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }

@@ -19,14 +19,9 @@ impl Default for RequestIds {
 
 impl RequestIds {
     pub fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
-            .unwrap_or(0);
-        Self {
-            prefix: nanos ^ std::process::id().rotate_left(16),
-            counter: AtomicU64::new(0),
-        }
+        let nanos =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos() ^ d.as_secs() as u32).unwrap_or(0);
+        Self { prefix: nanos ^ std::process::id().rotate_left(16), counter: AtomicU64::new(0) }
     }
 
     pub fn next(&self) -> Arc<str> {

@@ -15,22 +15,13 @@ pub use cascade::demo_origin::EchoOrigin;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A filter component built from this workspace, for example `rewrite`.
 pub fn wasm(name: &str) -> PathBuf {
-    let path = root()
-        .join("target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the filters first with scripts/build-filters.sh",
-        path.display()
-    );
+    let path = root().join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: build the filters first with scripts/build-filters.sh", path.display());
     path
 }
 
@@ -41,18 +32,12 @@ pub fn cascade_bin() -> &'static str {
 /// One echo origin shared by the whole test binary.
 pub fn origin() -> SocketAddr {
     static ORIGIN: OnceLock<EchoOrigin> = OnceLock::new();
-    ORIGIN
-        .get_or_init(|| EchoOrigin::start().expect("start echo origin"))
-        .addr()
+    ORIGIN.get_or_init(|| EchoOrigin::start().expect("start echo origin")).addr()
 }
 
 /// A loopback port that nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A config for one proxy under test, written out by [`Proxy::start`].
@@ -72,10 +57,7 @@ impl ProxyConfig {
         Self {
             main_extra: format!("[upstreams.origin]\nservers = [\"{}\"]\n", origin()),
             routes: routes.to_string(),
-            modules: modules
-                .iter()
-                .map(|m| (m.to_string(), std::fs::read(wasm(m)).unwrap()))
-                .collect(),
+            modules: modules.iter().map(|m| (m.to_string(), std::fs::read(wasm(m)).unwrap())).collect(),
         }
     }
 
@@ -145,12 +127,7 @@ impl Proxy {
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 let mut stderr = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
+                child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
                 return Err(StartFailure { status, stderr });
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -159,10 +136,7 @@ impl Proxy {
                 std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
                 return Ok(Self { child, port, dir });
             }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start listening in 60s"
-            );
+            assert!(Instant::now() < deadline, "proxy did not start listening in 60s");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -194,18 +168,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     /// The body as JSON (the echo origin's answer, or an error reply).
@@ -216,11 +183,7 @@ impl Reply {
 
 fn agent() -> &'static ureq::Agent {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
-            .build()
-    })
+    AGENT.get_or_init(|| ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build())
 }
 
 /// Send a request with a real HTTP/1.1 client and return the response.
@@ -238,20 +201,10 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
     let headers = response
         .headers_names()
         .into_iter()
-        .flat_map(|name| {
-            response
-                .all(&name)
-                .into_iter()
-                .map(|v| (name.clone(), v.to_string()))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|name| response.all(&name).into_iter().map(|v| (name.clone(), v.to_string())).collect::<Vec<_>>())
         .collect();
     let body = response.into_string().unwrap_or_default();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply { status, headers, body }
 }
 
 /// Send raw bytes (for requests a well-behaved client would never send) and
@@ -260,9 +213,7 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
 pub fn send_raw(port: u16, request: &str) -> (u16, String) {
     use std::io::Write;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
@@ -271,17 +222,11 @@ pub fn send_raw(port: u16, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
 /// Run `cascade` with these arguments to completion.
 pub fn run_cascade(args: &[&str]) -> Output {
-    Command::new(cascade_bin())
-        .args(args)
-        .output()
-        .expect("run cascade")
+    Command::new(cascade_bin()).args(args).output().expect("run cascade")
 }

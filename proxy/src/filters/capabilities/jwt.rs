@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 
 use crate::config::{KeysetConfig, SecretSource};
 
@@ -86,9 +84,9 @@ impl std::fmt::Debug for Keyset {
 /// Read an HMAC secret from its source.
 pub fn read_secret(source: &SecretSource) -> Result<Vec<u8>, String> {
     match source {
-        SecretSource::Env(var) => std::env::var(var)
-            .map(String::into_bytes)
-            .map_err(|_| format!("environment variable {var} is not set")),
+        SecretSource::Env(var) => {
+            std::env::var(var).map(String::into_bytes).map_err(|_| format!("environment variable {var} is not set"))
+        }
         SecretSource::File(path) => std::fs::read(path)
             .map(|mut bytes| {
                 while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
@@ -105,9 +103,8 @@ impl Keyset {
     pub fn build(config: &KeysetConfig) -> Result<Self, String> {
         let mut algorithms = Vec::new();
         for name in &config.algorithms {
-            let alg: Algorithm = name
-                .parse()
-                .map_err(|_| format!("unknown algorithm {name:?} (HS256, RS256, ES256, ...)"))?;
+            let alg: Algorithm =
+                name.parse().map_err(|_| format!("unknown algorithm {name:?} (HS256, RS256, ES256, ...)"))?;
             algorithms.push(alg);
         }
         if algorithms.is_empty() {
@@ -119,15 +116,10 @@ impl Keyset {
             if secret.len() < 32 {
                 return Err("an HMAC secret must be at least 32 bytes".into());
             }
-            keys.push(Key {
-                kid: None,
-                kind: KeyKind::Hmac,
-                key: DecodingKey::from_secret(&secret),
-            });
+            keys.push(Key { kid: None, kind: KeyKind::Hmac, key: DecodingKey::from_secret(&secret) });
         }
         for path in &config.public_key_files {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let (kind, key) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (KeyKind::Rsa, key)
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
@@ -135,22 +127,14 @@ impl Keyset {
             } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
                 (KeyKind::Ed, key)
             } else {
-                return Err(format!(
-                    "{} is not an RSA, EC or Ed25519 public key in PEM",
-                    path.display()
-                ));
+                return Err(format!("{} is not an RSA, EC or Ed25519 public key in PEM", path.display()));
             };
-            keys.push(Key {
-                kid: None,
-                kind,
-                key,
-            });
+            keys.push(Key { kid: None, kind, key });
         }
         if let Some(path) = &config.jwks_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let set: JwkSet = serde_json::from_str(&text)
-                .map_err(|e| format!("{} is not a JWKS document: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let set: JwkSet =
+                serde_json::from_str(&text).map_err(|e| format!("{} is not a JWKS document: {e}", path.display()))?;
             for jwk in &set.keys {
                 let kind = match jwk.algorithm {
                     AlgorithmParameters::RSA(_) => KeyKind::Rsa,
@@ -158,13 +142,8 @@ impl Keyset {
                     AlgorithmParameters::OctetKeyPair(_) => KeyKind::Ed,
                     AlgorithmParameters::OctetKey(_) => KeyKind::Hmac,
                 };
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| format!("{}: bad key: {e}", path.display()))?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    kind,
-                    key,
-                });
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: bad key: {e}", path.display()))?;
+                keys.push(Key { kid: jwk.common.key_id.clone(), kind, key });
             }
         }
         if keys.is_empty() {
@@ -172,9 +151,7 @@ impl Keyset {
         }
         for alg in &algorithms {
             if !keys.iter().any(|k| k.kind == kind_of(*alg)) {
-                return Err(format!(
-                    "algorithm {alg:?} is allowed but the keyset has no key for it"
-                ));
+                return Err(format!("algorithm {alg:?} is allowed but the keyset has no key for it"));
             }
         }
         Ok(Self {
@@ -189,18 +166,15 @@ impl Keyset {
 
     /// Verify `token`; on success, its claims as JSON text.
     pub fn verify(&self, token: &str) -> Result<String, VerifyError> {
-        let header =
-            decode_header(token).map_err(|e| VerifyError::Malformed(describe(e.kind())))?;
+        let header = decode_header(token).map_err(|e| VerifyError::Malformed(describe(e.kind())))?;
         if !self.algorithms.contains(&header.alg) {
-            return Err(VerifyError::AlgorithmNotAllowed(format!(
-                "{:?}",
-                header.alg
-            )));
+            return Err(VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }
         let kind = kind_of(header.alg);
-        let candidates = self.keys.iter().filter(|k| {
-            k.kind == kind && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
-        });
+        let candidates = self
+            .keys
+            .iter()
+            .filter(|k| k.kind == kind && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid));
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.leeway = self.leeway.as_secs();
@@ -224,25 +198,16 @@ impl Keyset {
                 Err(e) => return Err(map_error(e.kind())),
             }
         }
-        Err(if tried {
-            VerifyError::BadSignature
-        } else {
-            VerifyError::UnknownKey
-        })
+        Err(if tried { VerifyError::BadSignature } else { VerifyError::UnknownKey })
     }
 }
 
 /// Sign `claims` with the keyset's HMAC secret (for `cascade token`, which
 /// mints demo and test tokens). The keyset's issuer and first audience are
 /// added when the claims do not set them.
-pub fn sign_with_secret(
-    config: &KeysetConfig,
-    mut claims: serde_json::Value,
-) -> Result<String, String> {
-    let source = config
-        .secret
-        .as_ref()
-        .ok_or_else(|| format!("keyset {:?} has no HMAC secret to sign with", config.name))?;
+pub fn sign_with_secret(config: &KeysetConfig, mut claims: serde_json::Value) -> Result<String, String> {
+    let source =
+        config.secret.as_ref().ok_or_else(|| format!("keyset {:?} has no HMAC secret to sign with", config.name))?;
     let alg = config
         .algorithms
         .iter()
@@ -258,12 +223,7 @@ pub fn sign_with_secret(
         }
     }
     let secret = read_secret(source)?;
-    encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(&secret),
-    )
-    .map_err(|e| e.to_string())
+    encode(&Header::new(alg), &claims, &EncodingKey::from_secret(&secret)).map_err(|e| e.to_string())
 }
 
 fn map_error(kind: &ErrorKind) -> VerifyError {

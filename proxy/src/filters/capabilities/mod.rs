@@ -33,12 +33,8 @@ impl Capabilities {
     pub fn build(config: &Config) -> Result<Self, Box<CapabilityError>> {
         let mut keysets = BTreeMap::new();
         for (name, keyset) in &config.jwt_keysets {
-            let built = jwt::Keyset::build(keyset).map_err(|message| {
-                Box::new(CapabilityError {
-                    at: keyset.at.clone(),
-                    message,
-                })
-            })?;
+            let built = jwt::Keyset::build(keyset)
+                .map_err(|message| Box::new(CapabilityError { at: keyset.at.clone(), message }))?;
             keysets.insert(name.clone(), built);
         }
         Ok(Self {

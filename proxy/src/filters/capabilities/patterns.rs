@@ -21,12 +21,7 @@ pub struct PatternCache {
 impl PatternCache {
     /// The compiled `pattern`, or why it does not compile.
     pub fn get(&self, pattern: &str) -> Result<Arc<Regex>, String> {
-        if let Some(regex) = self
-            .compiled
-            .read()
-            .expect("pattern cache lock")
-            .get(pattern)
-        {
+        if let Some(regex) = self.compiled.read().expect("pattern cache lock").get(pattern) {
             return Ok(regex.clone());
         }
         let regex = RegexBuilder::new(pattern)
@@ -48,12 +43,7 @@ impl PatternCache {
 
     /// Replace the first match, expanding `$1` and `${name}`; `None` when
     /// nothing matches.
-    pub fn replace(
-        &self,
-        pattern: &str,
-        text: &str,
-        replacement: &str,
-    ) -> Result<Option<String>, String> {
+    pub fn replace(&self, pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
         let regex = self.get(pattern)?;
         Ok(regex.captures(text).map(|caps| {
             let whole = caps.get(0).expect("group 0 always matches");
@@ -73,16 +63,9 @@ mod tests {
     #[test]
     fn replaces_with_captures() {
         let cache = PatternCache::default();
-        let out = cache
-            .replace(r"^/old/(?P<rest>.*)$", "/old/a/b", "/new/${rest}")
-            .unwrap();
+        let out = cache.replace(r"^/old/(?P<rest>.*)$", "/old/a/b", "/new/${rest}").unwrap();
         assert_eq!(out.as_deref(), Some("/new/a/b"));
         assert_eq!(cache.replace("^/x", "/y", "/z").unwrap(), None);
-        assert!(
-            cache
-                .is_match("(", "x")
-                .unwrap_err()
-                .contains("invalid pattern")
-        );
+        assert!(cache.is_match("(", "x").unwrap_err().contains("invalid pattern"));
     }
 }

@@ -19,8 +19,7 @@ use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitPolicyConfig;
 
-type KeyedLimiter =
-    RateLimiter<String, DashMapStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter = RateLimiter<String, DashMapStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// The key every check uses while the key table is full.
 const OVERFLOW_KEY: &str = "\u{0}cascade-overflow";
@@ -58,9 +57,7 @@ pub struct Policy {
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Policy").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -80,16 +77,11 @@ impl Policy {
 
     /// Take `cost` from `key`'s bucket.
     pub fn check(&self, key: &str, cost: u32) -> Result<Decision, CheckError> {
-        let n = NonZeroU32::new(cost)
-            .filter(|n| n.get() <= self.config.burst)
-            .ok_or(CheckError::InvalidCost(cost))?;
+        let n = NonZeroU32::new(cost).filter(|n| n.get() <= self.config.burst).ok_or(CheckError::InvalidCost(cost))?;
         let key = if self.has_room() { key } else { OVERFLOW_KEY };
         let burst = self.config.burst;
         let interval = self.config.interval;
-        let outcome = self
-            .limiter
-            .check_key_n(&key.to_string(), n)
-            .map_err(|_| CheckError::InvalidCost(cost))?;
+        let outcome = self.limiter.check_key_n(&key.to_string(), n).map_err(|_| CheckError::InvalidCost(cost))?;
         Ok(match outcome {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -120,17 +112,10 @@ impl Policy {
     fn has_room(&self) -> bool {
         let full = self.limiter.len() >= self.config.max_keys;
         let now = self.created.elapsed().as_nanos() as u64;
-        let every = if full {
-            FULL_TABLE_HOUSEKEEPING_EVERY
-        } else {
-            HOUSEKEEPING_EVERY
-        };
+        let every = if full { FULL_TABLE_HOUSEKEEPING_EVERY } else { HOUSEKEEPING_EVERY };
         let last = self.last_housekeeping.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= every.as_nanos() as u64
-            && self
-                .last_housekeeping
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.last_housekeeping.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
@@ -153,18 +138,11 @@ pub struct RateLimiters {
 
 impl RateLimiters {
     pub fn new<'a>(configs: impl Iterator<Item = &'a RateLimitPolicyConfig>) -> Self {
-        Self {
-            policies: configs
-                .map(|c| (c.name.clone(), Policy::new(c.clone())))
-                .collect(),
-        }
+        Self { policies: configs.map(|c| (c.name.clone(), Policy::new(c.clone()))).collect() }
     }
 
     pub fn check(&self, policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
-        self.policies
-            .get(policy)
-            .ok_or_else(|| CheckError::UnknownPolicy(policy.to_string()))?
-            .check(key, cost)
+        self.policies.get(policy).ok_or_else(|| CheckError::UnknownPolicy(policy.to_string()))?.check(key, cost)
     }
 
     pub fn policy(&self, name: &str) -> Option<&Policy> {
@@ -177,12 +155,7 @@ mod tests {
     use super::*;
 
     fn policy(burst: u32, interval: Duration, max_keys: usize) -> Policy {
-        Policy::new(RateLimitPolicyConfig {
-            name: "p".into(),
-            burst,
-            interval,
-            max_keys,
-        })
+        Policy::new(RateLimitPolicyConfig { name: "p".into(), burst, interval, max_keys })
     }
 
     #[test]
@@ -222,9 +195,6 @@ mod tests {
     #[test]
     fn unknown_policy() {
         let limiters = RateLimiters::default();
-        assert_eq!(
-            limiters.check("nope", "k", 1),
-            Err(CheckError::UnknownPolicy("nope".into()))
-        );
+        assert_eq!(limiters.check("nope", "k", 1), Err(CheckError::UnknownPolicy("nope".into())));
     }
 }

@@ -63,39 +63,29 @@ impl Filter for Misbehave {
         if config.on_response == Behaviour::Respond {
             return Err("on_response cannot be \"respond\"".into());
         }
-        Ok(Self {
-            config,
-            triggered: true,
-        })
+        Ok(Self { config, triggered: true })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
         for _ in 0..self.config.header_reads {
             std::hint::black_box(req.header("host"));
         }
-        self.triggered =
-            !self.config.only_when_triggered || req.header("x-misbehave-trigger").is_some();
+        self.triggered = !self.config.only_when_triggered || req.header("x-misbehave-trigger").is_some();
         if !self.triggered {
             return Verdict::Continue;
         }
         act(self.config.on_request);
         if self.config.on_request == Behaviour::Respond {
-            return Verdict::Respond(
-                Reply::new(418)
-                    .header("x-misbehave", "responded")
-                    .body("short and stout"),
-            );
+            return Verdict::Respond(Reply::new(418).header("x-misbehave", "responded").body("short and stout"));
         }
-        req.set_header("x-misbehave", "request")
-            .expect("valid header");
+        req.set_header("x-misbehave", "request").expect("valid header");
         Verdict::Continue
     }
 
     fn on_response(&mut self, resp: &Response) {
         if self.triggered {
             act(self.config.on_response);
-            resp.add_header("x-misbehave", "response")
-                .expect("valid header");
+            resp.add_header("x-misbehave", "response").expect("valid header");
         }
     }
 }
