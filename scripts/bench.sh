@@ -128,6 +128,22 @@ threads = $WORKERS
 dir = "$root/target/wasm32-wasip2/release"
 [upstreams.origin]
 servers = ["127.0.0.1:$origin_port"]
+
+# The demo chain's policies, but one that never refuses: every request does
+# the same work, and wrk sees no 429.
+[rate_limits.demo]
+rate = 100000000
+burst = 100000000
+
+[rate_limits.demo-gold]
+rate = 100000000
+burst = 100000000
+
+[jwt.keysets.demo]
+algorithms = ["HS256"]
+secret_file = "$root/conf/demo-jwt-secret"
+issuer = "cascade-demo"
+audience = ["demo-api"]
 EOF
     # The demo chain is the chain of conf/routes/demo.toml's first route.
     python3 - "$root/conf/routes/demo.toml" >"$work/cascade/routes/bench.toml" <<'PY'
@@ -159,6 +175,10 @@ PY
     wait_port "$nginx_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    # Every row gets the same request, with the token the demo chain's auth needs.
+    local token
+    token=$("$CASCADE" token --config "$root/conf/cascade.toml" --sub bench 2>/dev/null)
+    local auth=(-H "authorization: Bearer $token")
     local tick
     tick=$(getconf CLK_TCK)
 
@@ -173,10 +193,10 @@ PY
             url="http://127.0.0.1:$cascade_port/$row"
             pidset=("$cascade_pid")
         fi
-        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${auth[@]}" "$url" >/dev/null
         local before after report requests
         before=$(cpu_ticks "${pidset[@]}")
-        report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+        report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${auth[@]}" "$url")
         after=$(cpu_ticks "${pidset[@]}")
         if grep -q "Non-2xx" <<<"$report"; then
             echo "bench: $row answered errors:" >&2
