@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Build every filter component (shipped filters and test fixtures) into
-# target/wasm32-wasip2/release/<name>.wasm, where conf/cascade.toml loads them.
+# Build the filter components:
+# - the filters we ship (filters/*) into target/wasm32-wasip2/release/<name>.wasm,
+#   where conf/cascade.toml loads them;
+# - the test fixtures (tests/filters/*), some deliberately invalid, into
+#   target/fixtures/wasm32-wasip2/release, where no shipped config looks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=()
-for manifest in filters/*/Cargo.toml tests/filters/*/Cargo.toml; do
-    packages+=(-p "$(basename "$(dirname "$manifest")")")
-done
-cargo build --release --target wasm32-wasip2 "${packages[@]}"
+packages() {
+    for manifest in "$@"; do
+        printf -- '-p %s ' "$(basename "$(dirname "$manifest")")"
+    done
+}
+# shellcheck disable=SC2046
+cargo build --release --target wasm32-wasip2 $(packages filters/*/Cargo.toml)
+# shellcheck disable=SC2046
+cargo build --release --target wasm32-wasip2 --target-dir target/fixtures $(packages tests/filters/*/Cargo.toml)

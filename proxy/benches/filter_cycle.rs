@@ -52,8 +52,10 @@ impl Bench {
             Limits { filter_timeout: Duration::from_millis(50), filter_memory_bytes: 16 << 20, max_instances: 1_000 };
         let runtime = FilterRuntime::new(&limits).expect("engine");
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
-        let modules = ModuleRegistry::load_dir(&runtime, &dir)
-            .unwrap_or_else(|e| panic!("{e}; build the filters first with scripts/build-filters.sh"));
+        let build_first = |e| panic!("{e}; build the filters first with scripts/build-filters.sh");
+        let mut modules = ModuleRegistry::load_dir(&runtime, &dir, None).unwrap_or_else(build_first);
+        let fixtures = dir.join("../../fixtures/wasm32-wasip2/release");
+        modules.merge(ModuleRegistry::load_dir(&runtime, &fixtures, None).unwrap_or_else(build_first));
         let mut groups = std::collections::BTreeMap::new();
         groups.insert(
             "origin".to_string(),

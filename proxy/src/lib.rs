@@ -13,9 +13,13 @@
 //! is [`server`]; configuration is [`config`], and [`snapshot`] is the
 //! consistent version of both that each request pins.
 
+pub mod admin;
+pub mod admin_client;
 pub mod config;
+pub mod control;
 pub mod demo_origin;
 pub mod filters;
+pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -48,11 +48,33 @@ enum Command {
         #[arg(long = "claim", value_parser = parse_claim)]
         claims: Vec<(String, String)>,
     },
+    /// Manage filter modules through the admin API (token: $CASCADE_ADMIN_TOKEN).
+    Module {
+        #[command(subcommand)]
+        action: ModuleAction,
+        #[arg(long, global = true, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
+    /// Reload the config files through the admin API (token: $CASCADE_ADMIN_TOKEN).
+    Reload {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
     /// Run a small origin that echoes each request back as JSON.
     DemoOrigin {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ModuleAction {
+    /// Upload FILE as the new active version of NAME.
+    Push { name: String, file: PathBuf },
+    /// List modules, their versions and the routes using them.
+    List,
+    /// Go back to the previous version of NAME.
+    Rollback { name: String },
 }
 
 fn main() -> ExitCode {
@@ -61,7 +83,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => cascade::server::serve(&config).map_err(|e| e.to_string()),
         Command::Check { config } => cascade::server::check(&config)
-            .map(|snapshot| {
+            .map(|control| {
+                let snapshot = control.current.load();
                 println!(
                     "{}: ok ({} routes, {} modules)",
                     config.display(),
@@ -73,6 +96,17 @@ fn main() -> ExitCode {
         Command::Token { config, keyset, sub, scope, ttl, claims } => {
             token(&config, &keyset, &sub, &scope, ttl, claims)
         }
+        Command::Module { action, admin } => {
+            let request = match action {
+                ModuleAction::Push { name, file } => std::fs::read(&file)
+                    .map(|bytes| ("PUT", format!("/modules/{name}"), bytes))
+                    .map_err(|e| format!("{}: {e}", file.display())),
+                ModuleAction::List => Ok(("GET", "/modules".to_string(), Vec::new())),
+                ModuleAction::Rollback { name } => Ok(("POST", format!("/modules/{name}/rollback"), Vec::new())),
+            };
+            request.and_then(|(method, path, body)| cascade::admin_client::call(&admin, method, &path, &body))
+        }
+        Command::Reload { admin } => cascade::admin_client::call(&admin, "POST", "/config/reload", &[]),
         Command::DemoOrigin { listen } => demo_origin(&listen).map_err(|e| format!("demo origin on {listen}: {e}")),
     };
     match result {

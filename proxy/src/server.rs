@@ -1,35 +1,37 @@
-//! Start-up: load everything, then hand the listeners to Pingora.
+//! Start-up: load everything, then hand the listeners to Pingora: the proxy
+//! service, and the admin API on its own listener.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
 
-use crate::config;
+use crate::admin::AdminApi;
+use crate::config::{self, AdminConfig, Config};
+use crate::control::{ControlError, ControlPlane};
 use crate::filters::FilterRuntime;
+use crate::filters::capabilities::jwt::read_secret;
 use crate::service::CascadeProxy;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::SnapshotError;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Control(#[from] ControlError),
     #[error("cannot start the Wasm engine: {0:#}")]
     Engine(wasmtime::Error),
     #[error("{path}: TLS setup failed: {reason}")]
     Tls { path: String, reason: String },
 }
 
-/// Load and check the config at `path`, its modules and filter configs,
-/// without serving. Returns the snapshot that would serve.
-pub fn check(path: &Path) -> Result<Snapshot, StartError> {
-    let config = config::load(path).map_err(SnapshotError::from)?;
-    let runtime = FilterRuntime::new(&config.limits).map_err(StartError::Engine)?;
-    Ok(block_on(Snapshot::load(path, &runtime))?)
+impl From<SnapshotError> for StartError {
+    fn from(e: SnapshotError) -> Self {
+        Self::Control(ControlError::Snapshot(e))
+    }
 }
 
 /// Run start-up work that calls into filters (their config checks) before
@@ -41,12 +43,39 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-/// Serve the config at `path` until the process is stopped.
-pub fn serve(path: &Path) -> Result<(), StartError> {
+/// Load and check everything `path` names, as `serve` would.
+pub fn load(path: &Path) -> Result<(ControlPlane, Config), StartError> {
     let config = config::load(path).map_err(SnapshotError::from)?;
     let runtime = FilterRuntime::new(&config.limits).map_err(StartError::Engine)?;
-    let snapshot = block_on(Snapshot::load(path, &runtime))?;
-    let server_config = snapshot.config.server.clone();
+    let control = block_on(ControlPlane::start(path, runtime, config.clone()))?;
+    Ok((control, config))
+}
+
+/// Load and check the config at `path`, its modules and filter configs,
+/// without serving.
+pub fn check(path: &Path) -> Result<ControlPlane, StartError> {
+    load(path).map(|(control, _)| control)
+}
+
+/// The admin token, or why the admin API stays off.
+fn admin_token(admin: &AdminConfig) -> Result<Vec<u8>, String> {
+    let source = match (&admin.token_env, &admin.token_file) {
+        (Some(var), _) => config::SecretSource::Env(var.clone()),
+        (None, Some(file)) => config::SecretSource::File(file.clone()),
+        (None, None) => return Err("no admin.token_env or admin.token_file is configured".into()),
+    };
+    let token = read_secret(&source)?;
+    if token.is_empty() {
+        return Err("the admin token is empty".into());
+    }
+    Ok(token)
+}
+
+/// Serve the config at `path` until the process is stopped.
+pub fn serve(path: &Path) -> Result<(), StartError> {
+    let (control, config) = load(path)?;
+    let control = Arc::new(control);
+    let snapshot = control.current.load();
     log::info!(
         "loaded {} routes and {} modules from {}",
         snapshot.routes.routes().len(),
@@ -54,19 +83,15 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         path.display()
     );
 
-    let conf = ServerConf { threads: server_config.threads, work_stealing: false, ..ServerConf::default() };
+    let conf = ServerConf { threads: config.server.threads, work_stealing: false, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        CascadeProxy::new(snapshot, runtime),
-        "cascade",
-    );
-    proxy.add_tcp(&server_config.listen.to_string());
-    println!("cascade: serving http://{}", server_config.listen);
-    if let Some(tls) = &server_config.tls {
+    let proxy_app = CascadeProxy::new(control.current.clone(), control.runtime.clone(), control.metrics.clone());
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy_app, "cascade");
+    proxy.add_tcp(&config.server.listen.to_string());
+    println!("cascade: serving http://{}", config.server.listen);
+    if let Some(tls) = &config.server.tls {
         let tls_error = |reason: String| StartError::Tls { path: tls.cert.display().to_string(), reason };
         let cert = tls.cert.to_str().ok_or_else(|| tls_error("path is not UTF-8".into()))?;
         let key = tls.key.to_str().ok_or_else(|| tls_error("path is not UTF-8".into()))?;
@@ -76,5 +101,17 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         println!("cascade: serving https://{} (HTTP/2 and HTTP/1.1)", tls.listen);
     }
     server.add_service(proxy);
+
+    match admin_token(&config.admin) {
+        Ok(token) => {
+            let api = AdminApi::new(control.clone(), token, config.admin.max_body_bytes);
+            let mut admin = Service::new("cascade-admin".to_string(), api);
+            admin.threads = Some(1);
+            admin.add_tcp(&config.admin.listen.to_string());
+            server.add_service(admin);
+            println!("cascade: admin API on http://{}", config.admin.listen);
+        }
+        Err(reason) => log::warn!("admin API is off: {reason}"),
+    }
     server.run_forever()
 }

@@ -5,10 +5,9 @@
 //! once, at its start, and keeps that version through both phases, so a swap
 //! never mixes versions within one request.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::filters::Capabilities;
 use crate::filters::capabilities::CapabilityError;
 use crate::filters::chain::ChainError;
@@ -40,21 +39,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Load the config at `path` and the modules it points to, and check
-    /// every route's chain, including each filter's own config check.
-    pub async fn load(path: &Path, runtime: &FilterRuntime) -> Result<Self, SnapshotError> {
-        let config = config::load(path)?;
-        let modules = ModuleRegistry::load_dir(runtime, &config.modules.dir)?;
-        Self::build(config, Arc::new(modules), runtime).await
-    }
-
-    /// Assemble a snapshot from a loaded config and module set.
+    /// Assemble a snapshot from a loaded config, module set and host
+    /// capabilities, checking every route's chain, including each filter's
+    /// own check of its config.
     pub async fn build(
         config: Config,
         modules: Arc<ModuleRegistry>,
+        caps: Arc<Capabilities>,
         runtime: &FilterRuntime,
     ) -> Result<Self, SnapshotError> {
-        let caps = Arc::new(Capabilities::build(&config)?);
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let chain = FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters).await?;

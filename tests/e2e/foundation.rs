@@ -51,6 +51,7 @@ fn unreachable_origin_gets_502() {
         ),
         routes: "[[route]]\nname = \"dead\"\nupstream = \"origin\"\n".into(),
         modules: vec![],
+        admin: false,
     };
     let proxy = Proxy::start(&config);
     let reply = proxy.get("/", &[]);

@@ -3,4 +3,5 @@
 
 mod edge_filters;
 mod foundation;
+mod hot_swap;
 mod support;

@@ -121,11 +121,18 @@ pub struct AdminSection {
     pub listen: Spanned<String>,
     pub token_env: Option<String>,
     pub token_file: Option<String>,
+    /// Largest accepted request body (a module upload).
+    pub max_upload_mb: u64,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        Self { listen: Spanned::new(0..0, "127.0.0.1:9901".into()), token_env: None, token_file: None }
+        Self {
+            listen: Spanned::new(0..0, "127.0.0.1:9901".into()),
+            token_env: None,
+            token_file: None,
+            max_upload_mb: 16,
+        }
     }
 }
 

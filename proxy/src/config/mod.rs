@@ -111,6 +111,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         listen: socket_addr(&main, &file.admin.listen, "admin.listen")?,
         token_env: file.admin.token_env.clone(),
         token_file: file.admin.token_file.as_ref().map(|f| base.join(f)),
+        max_body_bytes: (file.admin.max_upload_mb.max(1) << 20) as usize,
     };
     let modules = ModulesConfig {
         dir: base.join(file.modules.dir.get_ref()),

@@ -76,6 +76,7 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

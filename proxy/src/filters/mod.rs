@@ -22,6 +22,7 @@ pub mod chain;
 pub mod host;
 pub mod module;
 pub mod runtime;
+pub mod store;
 
 /// Host bindings for the `filter` world in `wit/`.
 pub mod bindings {
@@ -44,3 +45,4 @@ pub use chain::{ChainLink, FilterChain, FilterFailure, InFlightChain, RequestOut
 pub use host::RequestHead;
 pub use module::{FilterModule, ModuleError, ModuleRegistry};
 pub use runtime::FilterRuntime;
+pub use store::ModuleStore;

@@ -12,6 +12,8 @@ use wasmtime::component::types::ComponentItem;
 use super::bindings::FilterPre;
 use super::host::FilterHost;
 use super::runtime::FilterRuntime;
+use super::store::{ModuleStore, sha256_hex, write_atomic};
+use std::io;
 
 /// Import namespaces a filter may use. WASI is granted sandboxed (no files,
 /// no network, no environment); everything else is refused at load.
@@ -48,7 +50,12 @@ pub struct FilterModule {
     pub pre: FilterPre<FilterHost>,
     /// Size of the component binary in bytes.
     pub size: usize,
+    /// Hex sha256 of the component binary: the version's identity.
+    pub sha256: String,
+    /// Time to compile, or to load the precompiled artifact.
     pub compile_time: Duration,
+    /// Whether this load ran the compiler (false: a cached artifact).
+    pub compiled: bool,
 }
 
 impl std::fmt::Debug for FilterModule {
@@ -65,7 +72,15 @@ pub fn valid_name(name: &str) -> bool {
 impl FilterModule {
     /// Validate `bytes` as a filter component and compile it. Nothing is
     /// compiled for binaries that are not components or import too much.
-    pub fn compile(runtime: &FilterRuntime, name: &str, bytes: &[u8]) -> Result<Self, ModuleError> {
+    ///
+    /// With a `store`, the precompiled artifact is read from its cache when
+    /// present (nothing is compiled) and written there after a compile.
+    pub fn compile(
+        runtime: &FilterRuntime,
+        name: &str,
+        bytes: &[u8],
+        store: Option<&ModuleStore>,
+    ) -> Result<Self, ModuleError> {
         let name_owned = || name.to_string();
         if !valid_name(name) {
             return Err(ModuleError::BadName { name: name_owned() });
@@ -77,9 +92,31 @@ impl FilterModule {
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             _ => return Err(ModuleError::NotWasm { name: name_owned() }),
         }
+        let sha256 = sha256_hex(bytes);
         let started = Instant::now();
-        let component = Component::new(runtime.engine(), bytes)
-            .map_err(|e| ModuleError::Compile { name: name_owned(), reason: format!("{e:#}") })?;
+        let artifact = store.map(|s| s.artifact_path(&sha256));
+        // SAFETY: artifacts are written only by this process, atomically,
+        // from components it compiled, under a directory keyed by this
+        // engine's compatibility hash.
+        let cached = artifact
+            .as_ref()
+            .filter(|path| path.is_file())
+            .and_then(|path| unsafe { Component::deserialize_file(runtime.engine(), path) }.ok());
+        let compiled = cached.is_none();
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(runtime.engine(), bytes)
+                    .map_err(|e| ModuleError::Compile { name: name_owned(), reason: format!("{e:#}") })?;
+                runtime.count_compilation();
+                if let Some(path) = &artifact
+                    && let Err(e) = component.serialize().map_err(io::Error::other).and_then(|a| write_atomic(path, &a))
+                {
+                    log::warn!("module {name:?}: cannot cache the compiled artifact at {}: {e}", path.display());
+                }
+                component
+            }
+        };
         let compile_time = started.elapsed();
 
         let ty = component.component_type();
@@ -105,7 +142,7 @@ impl FilterModule {
         }
         let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| wrong_world(format!("{e:#}")))?;
         let pre = FilterPre::new(instance_pre).map_err(|e| wrong_world(format!("{e:#}")))?;
-        Ok(Self { name: name_owned(), pre, size: bytes.len(), compile_time })
+        Ok(Self { name: name_owned(), pre, size: bytes.len(), sha256, compile_time, compiled })
     }
 }
 
@@ -118,7 +155,7 @@ pub struct ModuleRegistry {
 impl ModuleRegistry {
     /// Load every `*.wasm` in `dir`; the module name is the file stem. Any
     /// invalid file fails the whole load, naming the file.
-    pub fn load_dir(runtime: &FilterRuntime, dir: &Path) -> Result<Self, ModuleError> {
+    pub fn load_dir(runtime: &FilterRuntime, dir: &Path, store: Option<&ModuleStore>) -> Result<Self, ModuleError> {
         let read_dir_error = |source| ModuleError::ReadDir { path: dir.to_path_buf(), source };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read_dir_error)?
@@ -134,11 +171,12 @@ impl ModuleRegistry {
                 path: path.clone(),
                 source,
             })?;
-            let module = FilterModule::compile(runtime, &name, &bytes)?;
+            let module = FilterModule::compile(runtime, &name, &bytes, store)?;
             log::info!(
-                "loaded module {name:?} from {} ({} bytes, compiled in {:?})",
+                "loaded module {name:?} from {} ({} bytes, {} in {:?})",
                 path.display(),
                 module.size,
+                if module.compiled { "compiled" } else { "precompiled artifact" },
                 module.compile_time
             );
             registry.insert(module);
@@ -164,5 +202,22 @@ impl ModuleRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty()
+    }
+}
+
+impl ModuleRegistry {
+    /// Every module, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<FilterModule>)> {
+        self.modules.iter().map(|(n, m)| (n.as_str(), m))
+    }
+
+    /// Add every module of `other`, replacing modules of the same name.
+    pub fn merge(&mut self, other: ModuleRegistry) {
+        self.modules.extend(other.modules);
+    }
+
+    /// Remove a module; `true` if it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.modules.remove(name).is_some()
     }
 }

@@ -20,6 +20,8 @@ const MAX_MEMORY_BYTES: u64 = 256 << 20;
 /// The Wasm engine and the host functions linked into every filter.
 pub struct FilterRuntime {
     engine: Engine,
+    /// Components compiled by Cranelift since start (not loaded from cache).
+    compilations: std::sync::atomic::AtomicU64,
     linker: Linker<FilterHost>,
     max_memory_bytes: u64,
 }
@@ -83,7 +85,16 @@ impl FilterRuntime {
             })
             .map_err(wasmtime::Error::from)?;
 
-        Ok(Arc::new(Self { engine, linker, max_memory_bytes }))
+        Ok(Arc::new(Self { engine, linker, max_memory_bytes, compilations: Default::default() }))
+    }
+
+    pub fn count_compilation(&self) {
+        self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Components compiled since start; cached artifacts do not count.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn engine(&self) -> &Engine {

@@ -23,6 +23,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
 use crate::filters::{FilterFailure, FilterRuntime, InFlightChain, RequestHead, RequestOutcome};
+use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use reply::ErrorReply;
@@ -35,12 +36,13 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct CascadeProxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     runtime: Arc<FilterRuntime>,
+    metrics: Arc<Metrics>,
     ids: RequestIds,
 }
 
 impl CascadeProxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, runtime: Arc<FilterRuntime>) -> Self {
-        Self { snapshot, runtime, ids: RequestIds::new() }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, runtime: Arc<FilterRuntime>, metrics: Arc<Metrics>) -> Self {
+        Self { snapshot, runtime, metrics, ids: RequestIds::new() }
     }
 }
 
@@ -57,6 +59,8 @@ pub struct RequestCtx {
     chain: Option<Exclusive<InFlightChain>>,
     /// A fail-closed failure, answered by `fail_to_proxy`.
     failure: Option<FilterFailure>,
+    /// Fail-open failures, counted when the request is logged.
+    skipped: Vec<FilterFailure>,
 }
 
 /// Makes a `Send` value `Sync` by giving out only `&mut` access: a shared
@@ -132,9 +136,12 @@ impl CascadeProxy {
                 Ok(false)
             }
             RequestOutcome::Respond(filter_reply) => {
-                reply::send_filter_reply(session, ctx, chain.get_mut(), filter_reply).await
+                let sent = reply::send_filter_reply(session, ctx, chain.get_mut(), filter_reply).await;
+                ctx.skipped.append(&mut chain.get_mut().skipped);
+                sent
             }
             RequestOutcome::Failed(failure) => {
+                ctx.skipped.append(&mut chain.get_mut().skipped);
                 drop(chain);
                 let error = ErrorReply::filter_failed(&failure);
                 ctx.failure = Some(failure);
@@ -169,6 +176,7 @@ impl ProxyHttp for CascadeProxy {
             upstream: String::new(),
             chain: None,
             failure: None,
+            skipped: Vec::new(),
         }
     }
 
@@ -212,6 +220,7 @@ impl ProxyHttp for CascadeProxy {
             let response = std::mem::replace(upstream_response, placeholder);
             let (response, result) = chain.get_mut().run_response(response, &ctx.id).await;
             *upstream_response = response;
+            ctx.skipped.append(&mut chain.get_mut().skipped);
             // Returning the instances to the pool now, not at the end of the body.
             drop(chain);
             if let Err(failure) = result {
@@ -238,11 +247,17 @@ impl ProxyHttp for CascadeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.chain = None;
+        if let Some(mut chain) = ctx.chain.take() {
+            ctx.skipped.append(&mut chain.get_mut().skipped);
+        }
+        for failure in ctx.skipped.iter().chain(&ctx.failure) {
+            self.metrics.record_filter_failure(&failure.module, failure.kind.as_str());
+        }
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        self.metrics.record_request(ctx.route.as_ref().map_or("-", |r| &r.name), status);
         if !log::log_enabled!(target: "cascade::access", log::Level::Info) {
             return;
         }
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let header = session.req_header();
         let line = serde_json::json!({
             "request_id": ctx.id.as_ref(),

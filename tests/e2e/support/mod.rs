@@ -18,9 +18,13 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// A filter component built from this workspace, for example `rewrite`.
+/// A filter component built from this workspace, for example `rewrite`:
+/// a shipped filter, or a test fixture from `tests/filters`.
 pub fn wasm(name: &str) -> PathBuf {
-    let path = root().join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let file = format!("{name}.wasm");
+    let shipped = root().join("target/wasm32-wasip2/release").join(&file);
+    let fixture = root().join("target/fixtures/wasm32-wasip2/release").join(&file);
+    let path = if shipped.is_file() { shipped } else { fixture };
     assert!(path.is_file(), "{} is missing: build the filters first with scripts/build-filters.sh", path.display());
     path
 }
@@ -48,7 +52,12 @@ pub struct ProxyConfig {
     pub routes: String,
     /// Modules to put in the modules dir: (name, component bytes).
     pub modules: Vec<(String, Vec<u8>)>,
+    /// Turn on the admin API, with token [`ADMIN_TOKEN`].
+    pub admin: bool,
 }
+
+/// The admin token of proxies started with `admin: true`.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 impl ProxyConfig {
     /// Routes over the shared echo origin as upstream group `origin`, with
@@ -58,7 +67,13 @@ impl ProxyConfig {
             main_extra: format!("[upstreams.origin]\nservers = [\"{}\"]\n", origin()),
             routes: routes.to_string(),
             modules: modules.iter().map(|m| (m.to_string(), std::fs::read(wasm(m)).unwrap())).collect(),
+            admin: false,
         }
+    }
+
+    pub fn with_admin(mut self) -> Self {
+        self.admin = true;
+        self
     }
 
     pub fn with_main(mut self, extra: &str) -> Self {
@@ -73,6 +88,10 @@ impl ProxyConfig {
 
     /// Write the files into `dir`; returns the main config path.
     pub fn write(&self, dir: &Path, port: u16) -> PathBuf {
+        self.write_with_admin(dir, port, free_port())
+    }
+
+    fn write_with_admin(&self, dir: &Path, port: u16, admin_port: u16) -> PathBuf {
         let modules = dir.join("modules");
         std::fs::create_dir_all(dir.join("routes")).unwrap();
         std::fs::create_dir_all(&modules).unwrap();
@@ -81,8 +100,15 @@ impl ProxyConfig {
         }
         let main = format!(
             "routes = [\"routes/*.toml\"]\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n\n\
-             [modules]\ndir = \"modules\"\nstore = \"store\"\n\n{}",
-            self.main_extra
+             [modules]\ndir = \"modules\"\nstore = \"store\"\n\n{}{}",
+            self.main_extra,
+            if self.admin {
+                format!(
+                    "\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"CASCADE_TEST_ADMIN_TOKEN\"\nmax_upload_mb = 2\n"
+                )
+            } else {
+                String::new()
+            }
         );
         std::fs::write(dir.join("cascade.toml"), main).unwrap();
         std::fs::write(dir.join("routes/test.toml"), &self.routes).unwrap();
@@ -94,6 +120,7 @@ impl ProxyConfig {
 pub struct Proxy {
     child: Child,
     pub port: u16,
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
 }
 
@@ -113,12 +140,26 @@ impl Proxy {
     /// Start a proxy; `Err` if it exits before it accepts connections.
     pub fn try_start(config: &ProxyConfig) -> Result<Self, StartFailure> {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let path = config.write(dir.path(), port);
+        let (port, admin_port) = (free_port(), free_port());
+        config.write_with_admin(dir.path(), port, admin_port);
+        Self::spawn(dir, port, admin_port)
+    }
+
+    /// Stop this proxy and start a new one on the same files, store and ports.
+    pub fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::spawn(dir, self.port, self.admin_port).unwrap_or_else(|f| panic!("restart failed: {f:?}"))
+    }
+
+    fn spawn(dir: tempfile::TempDir, port: u16, admin_port: u16) -> Result<Self, StartFailure> {
+        let path = dir.path().join("cascade.toml");
         let mut child = Command::new(cascade_bin())
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
+            .env("CASCADE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -134,7 +175,7 @@ impl Proxy {
                 // Drain stderr in the background so the proxy never blocks on it.
                 let mut stderr = child.stderr.take().unwrap();
                 std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-                return Ok(Self { child, port, dir });
+                return Ok(Self { child, port, admin_port, dir });
             }
             assert!(Instant::now() < deadline, "proxy did not start listening in 60s");
             std::thread::sleep(Duration::from_millis(50));
@@ -143,6 +184,13 @@ impl Proxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Call the admin API with the test token (or `token`, when given).
+    pub fn admin(&self, method: &str, path: &str, body: &[u8], token: Option<&str>) -> Reply {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        let auth = format!("Bearer {}", token.unwrap_or(ADMIN_TOKEN));
+        send_bytes(method, &url, &[("authorization", &auth)], body)
     }
 
     /// GET `path` with these headers.
@@ -188,11 +236,17 @@ fn agent() -> &'static ureq::Agent {
 
 /// Send a request with a real HTTP/1.1 client and return the response.
 pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    send_bytes(method, url, headers, &[])
+}
+
+/// Send a request with a body.
+pub fn send_bytes(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut request = agent().request(method, url);
     for (name, value) in headers {
         request = request.set(name, value);
     }
-    let response = match request.call() {
+    let result = if body.is_empty() && method != "PUT" { request.call() } else { request.send_bytes(body) };
+    let response = match result {
         Ok(response) => response,
         Err(ureq::Error::Status(_, response)) => response,
         Err(e) => panic!("{method} {url}: {e}"),

@@ -1,0 +1,165 @@
+//! The admin API, on its own listener (loopback by default).
+//!
+//! | Endpoint | Purpose |
+//! |---|---|
+//! | `GET /healthz` | liveness; the only endpoint without a token |
+//! | `GET /modules`, `GET /modules/{name}` | versions, sha256, size, compile time, active version, routes using it |
+//! | `PUT /modules/{name}` | body: component bytes; validated, compiled, activated |
+//! | `POST /modules/{name}/rollback` | back to the previously active version |
+//! | `DELETE /modules/{name}` | refused (409) while a route uses the module |
+//! | `GET /routes` | routes and their chains |
+//! | `POST /config/reload` | reload the config files; a broken config gets a 400 |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Every other endpoint needs `Authorization: Bearer <token>`, compared in
+//! constant time. Errors are JSON: `{"error": "...", "status": N}`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{Value, json};
+
+use crate::control::ControlPlane;
+use crate::filters::module::valid_name;
+
+/// The admin API service.
+pub struct AdminApi {
+    control: Arc<ControlPlane>,
+    token: Vec<u8>,
+    max_body_bytes: usize,
+}
+
+/// Equal in constant time for equal lengths, so a token cannot be guessed
+/// byte by byte from response times.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn reply(status: u16, body: Value) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+        .expect("a valid response")
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response<Vec<u8>> {
+    reply(status, json!({ "error": message.into(), "status": status }))
+}
+
+impl AdminApi {
+    pub fn new(control: Arc<ControlPlane>, token: Vec<u8>, max_body_bytes: usize) -> Self {
+        Self { control, token, max_body_bytes }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let presented = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), &self.token)
+    }
+
+    /// The request body, or the error answer when it is too large.
+    async fn body(&self, session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+        let too_large = || error(413, format!("body larger than {} bytes", self.max_body_bytes));
+        let declared = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_body_bytes {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => return Err(error(400, format!("cannot read the body: {e}"))),
+            }
+        }
+    }
+
+    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if method == "GET" && segments == ["healthz"] {
+            return reply(200, json!({ "status": "ok" }));
+        }
+        if !self.authorized(session) {
+            return error(401, "missing or wrong bearer token");
+        }
+        let control = &self.control;
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["modules"]) => reply(200, control.modules_json()),
+            ("GET", ["routes"]) => reply(200, control.routes_json()),
+            ("GET", ["metrics"]) => Response::builder()
+                .status(200)
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(control.metrics.render(&control.runtime).into_bytes())
+                .expect("a valid response"),
+            ("POST", ["config", "reload"]) => match control.reload().await {
+                Ok(()) => reply(200, json!({ "reloaded": true, "routes": control.routes_json() })),
+                Err(e) => error(e.status(), e.to_string()),
+            },
+            (_, ["modules", name, ..]) if !valid_name(name) => {
+                error(400, format!("module name {name:?} is not valid: use letters, digits, '-' and '_'"))
+            }
+            ("GET", ["modules", name]) => match control.module_json(name) {
+                Some(module) => reply(200, module),
+                None => error(404, format!("no module named {name:?}")),
+            },
+            ("PUT", ["modules", name]) => {
+                let name = name.to_string();
+                let body = match self.body(session).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                match control.upload(&name, &body).await {
+                    Ok(module) => reply(200, module),
+                    Err(e) => error(e.status(), e.to_string()),
+                }
+            }
+            ("POST", ["modules", name, "rollback"]) => match control.rollback(name).await {
+                Ok(module) => reply(200, module),
+                Err(e) => error(e.status(), e.to_string()),
+            },
+            ("DELETE", ["modules", name]) => match control.delete(name).await {
+                Ok(()) => reply(200, json!({ "deleted": name })),
+                Err(e) => error(e.status(), e.to_string()),
+            },
+            _ => error(404, format!("no endpoint {method} {path}")),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        self.route(session).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq() {
+        assert!(super::constant_time_eq(b"secret", b"secret"));
+        assert!(!super::constant_time_eq(b"secret", b"secreT"));
+        assert!(!super::constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,243 @@
+//! The control plane: every change to what serves (upload, rollback,
+//! delete, config reload) goes through here, one at a time.
+//!
+//! A change is built and checked in full first: the component is validated
+//! and compiled, and every route's chain is rebuilt and asks its filters to
+//! check their config. Only then is the store updated and the new snapshot
+//! swapped in. A request in flight keeps the snapshot it started with, and an
+//! old module version is freed when the last request holding it ends.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+
+use crate::config::{self, Config};
+use crate::filters::store::StoredModule;
+use crate::filters::{Capabilities, FilterModule, FilterRuntime, ModuleError, ModuleRegistry, ModuleStore};
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, SnapshotError};
+
+/// Why a change was refused. Nothing changed in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("no module named {0:?}")]
+    NoSuchModule(String),
+    #[error("module {name:?} is used by routes {routes:?}; remove it from them first")]
+    InUse { name: String, routes: Vec<String> },
+    #[error("module {0:?} has no earlier version to roll back to")]
+    NoEarlierVersion(String),
+    #[error("module store: {0}")]
+    Store(#[from] io::Error),
+}
+
+impl ControlError {
+    /// The HTTP status an admin client gets for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Module(_) | Self::Snapshot(_) => 400,
+            Self::NoSuchModule(_) => 404,
+            Self::InUse { .. } | Self::NoEarlierVersion(_) => 409,
+            Self::Store(_) => 500,
+        }
+    }
+}
+
+pub struct ControlPlane {
+    pub runtime: Arc<FilterRuntime>,
+    pub current: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    config_path: PathBuf,
+    store: ModuleStore,
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// Every module: the modules directory, then the active uploaded versions,
+/// which win over a file of the same name.
+fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -> Result<ModuleRegistry, ControlError> {
+    let mut registry = ModuleRegistry::load_dir(runtime, &config.modules.dir, Some(store))?;
+    for (name, stored) in store.state()?.modules {
+        let bytes = store.read_version(&stored.active)?;
+        registry.insert(FilterModule::compile(runtime, &name, &bytes, Some(store))?);
+    }
+    Ok(registry)
+}
+
+impl ControlPlane {
+    /// Load the config at `path` and everything it names, ready to serve.
+    pub async fn start(path: &Path, runtime: Arc<FilterRuntime>, config: Config) -> Result<Self, ControlError> {
+        let store = ModuleStore::open(&config.modules.store, runtime.engine())?;
+        let modules = load_modules(&runtime, &config, &store)?;
+        let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
+        let snapshot = Snapshot::build(config, Arc::new(modules), caps, &runtime).await?;
+        Ok(Self {
+            runtime,
+            current: Arc::new(ArcSwap::from_pointee(snapshot)),
+            metrics: Arc::default(),
+            config_path: path.to_path_buf(),
+            store,
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Swap in a snapshot with `registry`, the current config and the
+    /// current capabilities (rate-limit state survives module swaps).
+    async fn swap_modules(&self, registry: ModuleRegistry) -> Result<(), ControlError> {
+        let current = self.current.load_full();
+        let config = (*current.config).clone();
+        let snapshot = Snapshot::build(config, Arc::new(registry), current.caps.clone(), &self.runtime).await?;
+        self.current.store(Arc::new(snapshot));
+        self.metrics.record_swap();
+        Ok(())
+    }
+
+    /// Validate, compile and activate `bytes` as the new version of `name`.
+    pub async fn upload(&self, name: &str, bytes: &[u8]) -> Result<Value, ControlError> {
+        let _one_change_at_a_time = self.changes.lock().await;
+        let module = FilterModule::compile(&self.runtime, name, bytes, Some(&self.store))?;
+        let sha = module.sha256.clone();
+        let mut registry = (*self.current.load().modules).clone();
+        registry.insert(module);
+        // Build and check before touching the store, so a refused upload
+        // leaves no trace.
+        let current = self.current.load_full();
+        let snapshot =
+            Snapshot::build((*current.config).clone(), Arc::new(registry), current.caps.clone(), &self.runtime).await?;
+        self.store.put_version(bytes)?;
+        let mut state = self.store.state()?;
+        let entry = state.modules.entry(name.to_string()).or_insert_with(StoredModule::default);
+        if !entry.versions.contains(&sha) {
+            entry.versions.push(sha.clone());
+        }
+        entry.history.push(sha.clone());
+        entry.active = sha;
+        self.store.save_state(&state)?;
+        self.current.store(Arc::new(snapshot));
+        self.metrics.record_swap();
+        Ok(self.module_json(name).unwrap_or(Value::Null))
+    }
+
+    /// Make the previously active version of `name` active again.
+    pub async fn rollback(&self, name: &str) -> Result<Value, ControlError> {
+        let _one_change_at_a_time = self.changes.lock().await;
+        let mut state = self.store.state()?;
+        let entry = state.modules.get_mut(name).ok_or_else(|| ControlError::NoSuchModule(name.to_string()))?;
+        if entry.history.len() < 2 {
+            return Err(ControlError::NoEarlierVersion(name.to_string()));
+        }
+        let previous = entry.history[entry.history.len() - 2].clone();
+        let bytes = self.store.read_version(&previous)?;
+        let module = FilterModule::compile(&self.runtime, name, &bytes, Some(&self.store))?;
+        let mut registry = (*self.current.load().modules).clone();
+        registry.insert(module);
+        self.swap_modules(registry).await?;
+        entry.history.pop();
+        entry.active = previous;
+        self.store.save_state(&state)?;
+        Ok(self.module_json(name).unwrap_or(Value::Null))
+    }
+
+    /// Remove an uploaded module that no route uses.
+    pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
+        let _one_change_at_a_time = self.changes.lock().await;
+        let routes = self.routes_using(name);
+        if !routes.is_empty() {
+            return Err(ControlError::InUse { name: name.to_string(), routes });
+        }
+        let mut registry = (*self.current.load().modules).clone();
+        if !registry.remove(name) {
+            return Err(ControlError::NoSuchModule(name.to_string()));
+        }
+        self.swap_modules(registry).await?;
+        let mut state = self.store.state()?;
+        if state.modules.remove(name).is_some() {
+            self.store.save_state(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Reload the config files and modules; on any error the old snapshot
+    /// keeps serving.
+    pub async fn reload(&self) -> Result<(), ControlError> {
+        let _one_change_at_a_time = self.changes.lock().await;
+        let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
+        let modules = load_modules(&self.runtime, &config, &self.store)?;
+        let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
+        let snapshot = Snapshot::build(config, Arc::new(modules), caps, &self.runtime).await?;
+        self.current.store(Arc::new(snapshot));
+        self.metrics.record_reload();
+        Ok(())
+    }
+
+    fn routes_using(&self, name: &str) -> Vec<String> {
+        let current = self.current.load();
+        current
+            .routes
+            .routes()
+            .iter()
+            .filter(|r| r.config.filters.iter().any(|f| f.module == name))
+            .map(|r| r.config.name.clone())
+            .collect()
+    }
+
+    /// One module: its active version, every version, and the routes using it.
+    pub fn module_json(&self, name: &str) -> Option<Value> {
+        let current = self.current.load();
+        let module = current.modules.get(name)?;
+        let stored = self.store.state().ok().and_then(|s| s.modules.get(name).cloned());
+        let versions: Vec<Value> = match &stored {
+            Some(stored) => {
+                stored.versions.iter().map(|sha| json!({ "sha256": sha, "active": *sha == module.sha256 })).collect()
+            }
+            None => vec![json!({ "sha256": module.sha256, "active": true })],
+        };
+        Some(json!({
+            "name": name,
+            "source": if stored.is_some() { "upload" } else { "modules.dir" },
+            "active": {
+                "sha256": module.sha256,
+                "size": module.size,
+                "compile_ms": module.compile_time.as_secs_f64() * 1000.0,
+                "from_cache": !module.compiled,
+            },
+            "versions": versions,
+            "routes": self.routes_using(name),
+        }))
+    }
+
+    pub fn modules_json(&self) -> Value {
+        let names: Vec<String> = self.current.load().modules.names().map(str::to_string).collect();
+        Value::Array(names.iter().filter_map(|n| self.module_json(n)).collect())
+    }
+
+    pub fn routes_json(&self) -> Value {
+        let current = self.current.load();
+        Value::Array(
+            current
+                .routes
+                .routes()
+                .iter()
+                .map(|r| {
+                    let c = &r.config;
+                    json!({
+                        "name": c.name,
+                        "host": c.host.to_string(),
+                        "path_prefix": c.path_prefix,
+                        "upstream": c.upstream,
+                        "filters": c.filters.iter().map(|f| json!({
+                            "module": f.module,
+                            "on_error": match f.on_error { config::OnError::FailClosed => "fail-closed", config::OnError::FailOpen => "fail-open" },
+                        })).collect::<Vec<_>>(),
+                        "declared_at": format!("{}:{}", c.at.file.display(), c.at.line),
+                    })
+                })
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,135 @@
+//! The module store: uploaded versions, content-addressed by sha256, the
+//! record of which version of each module is active, and the cache of
+//! precompiled artifacts.
+//!
+//! ```text
+//! <store>/versions/<sha256>.wasm          every uploaded component, immutable
+//! <store>/state.json                      per module: version history, active version
+//! <store>/compiled/<engine>/<sha256>.cwasm precompiled, keyed by engine compatibility
+//! ```
+//!
+//! Every write goes to a temporary file and is renamed into place, so a
+//! crash never leaves a half-written version, artifact or state.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What the store remembers about one uploaded module.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredModule {
+    /// Every version, oldest first.
+    pub versions: Vec<String>,
+    /// The active version; rollback walks `history` back.
+    pub active: String,
+    /// Versions activated, in order, for rollback.
+    #[serde(default)]
+    pub history: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreState {
+    pub modules: BTreeMap<String, StoredModule>,
+}
+
+/// The store on disk.
+#[derive(Debug, Clone)]
+pub struct ModuleStore {
+    root: PathBuf,
+    compiled: PathBuf,
+}
+
+/// The hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write `bytes` to `path` atomically: a temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl ModuleStore {
+    /// Open (creating) the store at `root` for artifacts of `engine`.
+    pub fn open(root: &Path, engine: &wasmtime::Engine) -> io::Result<Self> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compiled = root.join("compiled").join(format!("{:016x}", hasher.finish()));
+        std::fs::create_dir_all(root.join("versions"))?;
+        std::fs::create_dir_all(&compiled)?;
+        Ok(Self { root: root.to_path_buf(), compiled })
+    }
+
+    /// Keep `bytes` as a version; returns its sha256.
+    pub fn put_version(&self, bytes: &[u8]) -> io::Result<String> {
+        let sha = sha256_hex(bytes);
+        let path = self.version_path(&sha);
+        if !path.exists() {
+            write_atomic(&path, bytes)?;
+        }
+        Ok(sha)
+    }
+
+    pub fn read_version(&self, sha: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.version_path(sha))
+    }
+
+    fn version_path(&self, sha: &str) -> PathBuf {
+        self.root.join("versions").join(format!("{sha}.wasm"))
+    }
+
+    /// Where the precompiled artifact of version `sha` lives.
+    pub fn artifact_path(&self, sha: &str) -> PathBuf {
+        self.compiled.join(format!("{sha}.cwasm"))
+    }
+
+    pub fn state(&self) -> io::Result<StoreState> {
+        match std::fs::read(self.root.join("state.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(StoreState::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn save_state(&self, state: &StoreState) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        write_atomic(&self.root.join("state.json"), &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_content_addressed_and_state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = wasmtime::Engine::default();
+        let store = ModuleStore::open(dir.path(), &engine).unwrap();
+        let sha = store.put_version(b"abc").unwrap();
+        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(store.put_version(b"abc").unwrap(), sha);
+        assert_eq!(store.read_version(&sha).unwrap(), b"abc");
+        let mut state = StoreState::default();
+        state
+            .modules
+            .insert("m".into(), StoredModule { versions: vec![sha.clone()], active: sha.clone(), history: vec![sha] });
+        store.save_state(&state).unwrap();
+        assert_eq!(store.state().unwrap(), state);
+    }
+}

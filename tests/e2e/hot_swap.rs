@@ -1,0 +1,231 @@
+//! The admin API and hot swap: uploads, bad uploads, rollback, delete,
+//! persistence across restarts with no recompilation, reload, swaps under
+//! load, and the operator CLI.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::support::*;
+
+/// One route through module `swappable`, which starts as `misbehave`
+/// (marks both phases with `x-misbehave`). The other version is `rewrite`
+/// with an empty config (marks nothing). A response shows its version in
+/// both phases: marked twice, or not at all.
+const ROUTES: &str = r#"
+[[route]]
+name = "swap"
+path_prefix = "/"
+upstream = "origin"
+[[route.filters]]
+module = "swappable"
+config = {}
+"#;
+
+fn v1() -> Vec<u8> {
+    std::fs::read(wasm("misbehave")).unwrap()
+}
+
+fn v2() -> Vec<u8> {
+    std::fs::read(wasm("rewrite")).unwrap()
+}
+
+fn proxy() -> Proxy {
+    Proxy::start(&ProxyConfig::new(ROUTES, &[]).with_module("swappable", v1()).with_admin())
+}
+
+/// Which version served `reply`; panics on a mix of versions.
+fn version(reply: &Reply) -> u8 {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let request_marked = reply.json()["headers"].get("x-misbehave").is_some();
+    let response_marked = reply.header("x-misbehave").is_some();
+    assert_eq!(request_marked, response_marked, "one request saw two versions: {reply:?}");
+    if request_marked { 1 } else { 2 }
+}
+
+fn active_sha(proxy: &Proxy, name: &str) -> String {
+    let reply = proxy.admin("GET", &format!("/modules/{name}"), b"", None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()["active"]["sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn admin_needs_the_token_except_for_healthz() {
+    let proxy = proxy();
+    assert_eq!(proxy.admin("GET", "/healthz", b"", Some("")).status, 200);
+    for token in ["", "wrong", "test-admin-toke", "test-admin-token-and-more"] {
+        let reply = proxy.admin("GET", "/modules", b"", Some(token));
+        assert_eq!(reply.status, 401, "{token:?}");
+        assert!(reply.json()["error"].as_str().unwrap().contains("token"));
+    }
+    let modules = proxy.admin("GET", "/modules", b"", None);
+    assert_eq!(modules.status, 200);
+    assert_eq!(modules.json()[0]["name"], "swappable");
+    assert_eq!(modules.json()[0]["routes"][0], "swap");
+    let routes = proxy.admin("GET", "/routes", b"", None).json();
+    assert_eq!(routes[0]["filters"][0]["module"], "swappable");
+}
+
+#[test]
+fn bad_uploads_change_nothing() {
+    let proxy = proxy();
+    let before = active_sha(&proxy, "swappable");
+    // (path, body, token, expected status, expected words in the error)
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("/modules/swappable", b"not wasm at all".to_vec(), None, 400, "not a WebAssembly binary"),
+        ("/modules/swappable", b"\0asm\x01\0\0\0".to_vec(), None, 400, "core WebAssembly module"),
+        ("/modules/swappable", b"\0asm\x0d\0\x01\0".to_vec(), None, 400, "not a cascade:filter component"),
+        ("/modules/swappable", std::fs::read(wasm("netcat")).unwrap(), None, 400, "wasi:sockets"),
+        ("/modules/swappable", v2(), Some("wrong"), 401, "token"),
+        ("/modules/swappable", v2(), Some(""), 401, "token"),
+        ("/modules/..%2Fx", v2(), None, 400, "not valid"),
+        ("/modules/", v2(), None, 400, "not valid"),
+    ];
+    for (path, body, token, status, message) in cases {
+        let reply = proxy.admin("PUT", path, &body, token);
+        assert_eq!(reply.status, status, "{path} {message}: {reply:?}");
+        let error = reply.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(message), "{path}: {error}");
+        assert_eq!(active_sha(&proxy, "swappable"), before, "{message}: the active version changed");
+        assert_eq!(version(&proxy.get("/x", &[])), 1, "{message}: requests changed");
+    }
+    // An oversized body is refused from its Content-Length, before it is
+    // read (a client streaming it would see the connection close early).
+    let (status, body) = send_raw(
+        proxy.admin_port,
+        &format!(
+            "PUT /modules/swappable HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            3 << 20
+        ),
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than"), "{body}");
+    assert_eq!(active_sha(&proxy, "swappable"), before);
+}
+
+#[test]
+fn upload_rollback_delete_and_restart_without_recompiling() {
+    let proxy = proxy();
+    let up = proxy.admin("PUT", "/modules/swappable", &v1(), None);
+    assert_eq!(up.status, 200, "{up:?}");
+    let up = proxy.admin("PUT", "/modules/swappable", &v2(), None);
+    assert_eq!(up.status, 200, "{up:?}");
+    assert_eq!(up.json()["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
+
+    let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(back.status, 200, "{back:?}");
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+    let none_left = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(none_left.status, 409, "{none_left:?}");
+
+    // A module a route uses cannot be deleted; an unused one can.
+    let refused = proxy.admin("DELETE", "/modules/swappable", b"", None);
+    assert_eq!(refused.status, 409);
+    assert!(refused.json()["error"].as_str().unwrap().contains("swap"));
+    assert_eq!(proxy.admin("PUT", "/modules/spare", &v2(), None).status, 200);
+    assert_eq!(proxy.admin("DELETE", "/modules/spare", b"", None).status, 200);
+    assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404);
+
+    // Upload v2 again, then restart on the same store: the active version
+    // survives, and every module comes from the artifact cache.
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
+    let active = active_sha(&proxy, "swappable");
+    let proxy = proxy.restart();
+    assert_eq!(active_sha(&proxy, "swappable"), active);
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
+    let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+    assert!(metrics.contains("cascade_module_compilations_total 0"), "{metrics}");
+    let module = proxy.admin("GET", "/modules/swappable", b"", None).json();
+    assert_eq!(module["active"]["from_cache"], true);
+}
+
+#[test]
+fn swaps_under_load_drop_nothing_and_never_mix_versions() {
+    let proxy = Arc::new(proxy());
+    // Both versions are compiled once; later swaps load cached artifacts.
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
+    let done = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (proxy, done) = (proxy.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen = [0usize; 2];
+                while !done.load(Ordering::Relaxed) {
+                    seen[usize::from(version(&proxy.get("/load", &[]))) - 1] += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for i in 0..200 {
+        let body = if i % 2 == 0 { v1() } else { v2() };
+        let reply = proxy.admin("PUT", "/modules/swappable", &body, None);
+        assert_eq!(reply.status, 200, "swap {i}: {reply:?}");
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut total = [0usize; 2];
+    for client in clients {
+        let seen = client.join().expect("a client saw a failed or mixed response");
+        total[0] += seen[0];
+        total[1] += seen[1];
+    }
+    assert!(total[0] + total[1] > 0);
+    let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+    assert!(metrics.contains("cascade_module_swaps_total 201"), "{metrics}");
+}
+
+#[test]
+fn broken_reload_keeps_the_old_routes() {
+    let proxy = proxy();
+    let routes_file = proxy.dir.path().join("routes/test.toml");
+    std::fs::write(&routes_file, format!("{ROUTES}\n[[route]]\nname = \"oops\"\nupstream = \"nowhere\"\n")).unwrap();
+    let reply = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let error = reply.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("routes/test.toml:12:"), "{error}");
+    assert!(error.contains("nowhere"), "{error}");
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+
+    std::fs::write(
+        &routes_file,
+        format!("{ROUTES}\n[[route]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"origin\"\n"),
+    )
+    .unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    let plain = proxy.get("/plain", &[]);
+    assert_eq!(plain.status, 200);
+    assert!(plain.header("x-misbehave").is_none());
+}
+
+#[test]
+fn operator_cli_pushes_lists_and_rolls_back() {
+    let proxy = proxy();
+    let admin = format!("127.0.0.1:{}", proxy.admin_port);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(cascade_bin())
+            .args(args)
+            .env("CASCADE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("run cascade")
+    };
+    for file in ["misbehave", "rewrite"] {
+        let path = wasm(file);
+        let out = cli(&["module", "push", "swappable", path.to_str().unwrap(), "--admin", &admin]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
+    let out = cli(&["module", "list", "--admin", &admin]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"swappable\""));
+    assert!(cli(&["module", "rollback", "swappable", "--admin", &admin]).status.success());
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+    assert!(cli(&["reload", "--admin", &admin]).status.success());
+    let wrong = std::process::Command::new(cascade_bin())
+        .args(["module", "list", "--admin", &admin])
+        .env("CASCADE_ADMIN_TOKEN", "nope")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+}
