@@ -12,6 +12,9 @@
 #         CPU time comes from /proc, so the load generator on the same cores
 #         does not skew it.
 # memory: Cascade's resident memory with 1, 10 and 100 distinct modules.
+# swap:   upload to first served request, for a ~100 KB and a >1 MB
+#         component (the admin API, fresh versions so each one compiles),
+#         and restart time with 100 and 1,000 cached modules.
 # micro:  criterion: one full filter cycle (instantiate, on-request,
 #         on-response, drop) per filter and for a chain of four, and one host
 #         call. Medians come from criterion's estimates.
@@ -25,7 +28,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WORKERS=${WORKERS:-1}
 WARMUP=${WARMUP:-2}
-parts=("${@:-load memory micro}")
+parts=("${@:-load memory swap micro}")
 parts=(${parts[*]})
 
 scripts/setup.sh
@@ -276,6 +279,106 @@ PY
     cat "$out/memory.md"
 }
 
+run_swap() {
+    python3 - "$CASCADE" "$root/target/wasm32-wasip2/release/noop.wasm" "$work" <<'PY' | tee "$out/swap.md"
+import os, socket, statistics, subprocess, sys, time, urllib.request
+cascade, noop, work = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+token = "bench-token"
+
+def leb(x):
+    out = bytearray()
+    while True:
+        b = x & 0x7F; x >>= 7
+        out.append(b | (0x80 if x else 0))
+        if not x: return bytes(out)
+
+def distinct(tag, pad=0):
+    name = b"cascade-bench"
+    body = leb(len(name)) + name + tag.encode() + b"\0" * pad
+    return noop + b"\x00" + leb(len(body)) + body
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def wait_port(port, proc, limit=600):
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        if proc.poll() is not None:
+            sys.exit(f"cascade exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.05).close()
+            return time.perf_counter() - start
+        except OSError:
+            time.sleep(0.002)
+    sys.exit("cascade did not start")
+
+def start(dir, modules_dir, routes, port, admin_port):
+    os.makedirs(f"{dir}/routes", exist_ok=True)
+    open(f"{dir}/cascade.toml", "w").write(f"""routes = ["routes/*.toml"]
+[server]
+listen = "127.0.0.1:{port}"
+threads = 1
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token_env = "BENCH_ADMIN_TOKEN"
+max_upload_mb = 16
+[modules]
+dir = "{modules_dir}"
+store = "{dir}/store"
+[upstreams.origin]
+servers = ["127.0.0.1:9"]
+""")
+    open(f"{dir}/routes/r.toml", "w").write(routes)
+    env = dict(os.environ, BENCH_ADMIN_TOKEN=token, RUST_LOG="warn")
+    return subprocess.Popen([cascade, "serve", "--config", f"{dir}/cascade.toml"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+def call(method, url, body=None):
+    req = urllib.request.Request(url, data=body, method=method, headers={"authorization": f"Bearer {token}"})
+    try:
+        return urllib.request.urlopen(req).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+# Upload to first served request. The route answers from the filter itself
+# (the origin is a closed port, so a served request is a 502 from the proxy
+# after the filter ran); what is timed is PUT, then the first request.
+d = f"{work}/swap"; os.makedirs(f"{d}/modules", exist_ok=True)
+open(f"{d}/modules/bench.wasm", "wb").write(noop)
+port, admin = free_port(), free_port()
+proc = start(d, f"{d}/modules", '[[route]]\nname = "r"\nupstream = "origin"\n[[route.filters]]\nmodule = "bench"\n', port, admin)
+wait_port(port, proc); wait_port(admin, proc)
+print("### Swap: upload to first served request, and restart with cached modules\n")
+print("| component | size | median | min | max |")
+print("|---|---:|---:|---:|---:|")
+for label, pad in [("noop, ~100 KB", 0), ("noop padded past 1 MB", 1_100_000)]:
+    times = []
+    for i in range(15):
+        body = distinct(f"{label}-{i}", pad)
+        t0 = time.perf_counter()
+        assert call("PUT", f"http://127.0.0.1:{admin}/modules/bench", body) == 200
+        call("GET", f"http://127.0.0.1:{port}/")
+        times.append((time.perf_counter() - t0) * 1000)
+    print(f"| {label} | {len(body) / 1024:.0f} KiB | {statistics.median(times):.1f} ms | {min(times):.1f} ms | {max(times):.1f} ms |")
+proc.kill(); proc.wait()
+
+print("\n| cached modules | restart to listening (median of 3) |")
+print("|---:|---:|")
+for n in [100, 1000]:
+    d = f"{work}/restart{n}"; os.makedirs(f"{d}/modules", exist_ok=True)
+    for i in range(n):
+        open(f"{d}/modules/m{i}.wasm", "wb").write(distinct(f"restart-{i}"))
+    port, admin = free_port(), free_port()
+    proc = start(d, f"{d}/modules", "", port, admin)   # first start compiles and caches
+    wait_port(port, proc); proc.kill(); proc.wait()
+    times = []
+    for _ in range(3):
+        proc = start(d, f"{d}/modules", "", port, admin)
+        times.append(wait_port(port, proc)); proc.kill(); proc.wait()
+    print(f"| {n} | {statistics.median(times) * 1000:.0f} ms |")
+PY
+}
+
 run_micro() {
     cargo bench -p cascade --bench filter_cycle -- --noplot >"$out/criterion.log" 2>&1 || {
         cat "$out/criterion.log"
@@ -314,6 +417,7 @@ for part in "${parts[@]}"; do
     case $part in
     load) run_load ;;
     memory) run_memory ;;
+    swap) run_swap ;;
     micro) run_micro ;;
     *) echo "bench: unknown part $part (load, memory, micro)" >&2; exit 2 ;;
     esac

@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::filters::FilterRuntime;
+use crate::filters::host::live_instances;
+use crate::filters::module::live_modules;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -59,6 +61,13 @@ impl Metrics {
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let gauges = [
+            ("cascade_filter_instances_live", "Filter instances alive (each holds a pool slot).", live_instances()),
+            ("cascade_module_versions_live", "Compiled module versions alive, pinned or current.", live_modules()),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         out
     }

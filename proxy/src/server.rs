@@ -113,5 +113,32 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         }
         Err(reason) => log::warn!("admin API is off: {reason}"),
     }
+    reload_on_sighup(control);
     server.run_forever()
+}
+
+/// Reload the config on SIGHUP, as `POST /config/reload` does. A refused
+/// reload is logged, and the old config keeps serving.
+fn reload_on_sighup(control: Arc<ControlPlane>) {
+    let spawned = std::thread::Builder::new().name("cascade-sighup".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+            Ok(runtime) => runtime,
+            Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
+        };
+        runtime.block_on(async move {
+            let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
+            };
+            while hangups.recv().await.is_some() {
+                match control.reload().await {
+                    Ok(()) => log::info!("SIGHUP: config reloaded"),
+                    Err(e) => log::error!("SIGHUP: reload refused, the old config keeps serving: {e}"),
+                }
+            }
+        });
+    });
+    if let Err(e) = spawned {
+        log::error!("SIGHUP reloads are off: {e}");
+    }
 }

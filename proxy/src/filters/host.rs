@@ -106,8 +106,23 @@ pub struct FilterHost {
     table: ResourceTable,
 }
 
+/// Filter instances (stores) alive in this process.
+static LIVE_INSTANCES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// How many filter instances are alive; each holds a pool slot.
+pub fn live_instances() -> i64 {
+    LIVE_INSTANCES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Drop for FilterHost {
+    fn drop(&mut self) {
+        LIVE_INSTANCES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl FilterHost {
     pub fn new(tag: InstanceTag, config_json: Arc<str>, caps: Arc<Capabilities>, memory_bytes: u64) -> Self {
+        LIVE_INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
             tag,
             config_json,

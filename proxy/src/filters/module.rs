@@ -64,6 +64,21 @@ impl std::fmt::Debug for FilterModule {
     }
 }
 
+/// Compiled module versions alive in this process, across all snapshots.
+static LIVE_MODULES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// How many compiled module versions are alive: the current snapshot's,
+/// plus any still pinned by requests in flight.
+pub fn live_modules() -> i64 {
+    LIVE_MODULES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Drop for FilterModule {
+    fn drop(&mut self) {
+        LIVE_MODULES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `true` for names that are safe as file stems and URL segments.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -142,6 +157,7 @@ impl FilterModule {
         }
         let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| wrong_world(format!("{e:#}")))?;
         let pre = FilterPre::new(instance_pre).map_err(|e| wrong_world(format!("{e:#}")))?;
+        LIVE_MODULES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { name: name_owned(), pre, size: bytes.len(), sha256, compile_time, compiled })
     }
 }
