@@ -250,21 +250,7 @@ run_memory() {
         mkdir -p "$dir/modules" "$dir/routes"
         # Distinct modules: the same filter with a different custom section,
         # so each is compiled and kept separately.
-        python3 - "$noop" "$dir/modules" "$n" <<'PY'
-import sys
-src, dest, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-base = open(src, "rb").read()
-def leb(x):
-    out = bytearray()
-    while True:
-        b = x & 0x7F; x >>= 7
-        out.append(b | (0x80 if x else 0))
-        if not x: return bytes(out)
-for i in range(n):
-    name = b"cascade-bench"; payload = str(i).encode()
-    body = leb(len(name)) + name + payload
-    open(f"{dest}/noop{i}.wasm", "wb").write(base + b"\x00" + leb(len(body)) + body)
-PY
+        python3 "$root/scripts/bench_modules.py" "$noop" "$dir/modules" "$n"
         printf 'routes = []\n[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n[modules]\ndir = "modules"\n' "$port" "$WORKERS" >"$dir/cascade.toml"
         RUST_LOG=warn "$CASCADE" serve --config "$dir/cascade.toml" >"$dir/log" 2>&1 &
         local pid=$!
@@ -285,17 +271,11 @@ import os, socket, statistics, subprocess, sys, time, urllib.request
 cascade, noop, work = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
 token = "bench-token"
 
-def leb(x):
-    out = bytearray()
-    while True:
-        b = x & 0x7F; x >>= 7
-        out.append(b | (0x80 if x else 0))
-        if not x: return bytes(out)
+sys.path.insert(0, os.path.join(os.path.dirname(cascade), "../../scripts"))
+import bench_modules
 
 def distinct(tag, pad=0):
-    name = b"cascade-bench"
-    body = leb(len(name)) + name + tag.encode() + b"\0" * pad
-    return noop + b"\x00" + leb(len(body)) + body
+    return bench_modules.distinct(noop, tag, pad)
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
