@@ -3,5 +3,6 @@
 
 mod edge_filters;
 mod foundation;
+mod hostile_filters;
 mod hot_swap;
 mod support;

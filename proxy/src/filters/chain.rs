@@ -14,7 +14,10 @@ use wasmtime::{Store, Trap};
 use super::bindings::Filter;
 use super::bindings::cascade::filter::types::{Reply, Verdict};
 use super::capabilities::Capabilities;
-use super::host::{FilterHost, InstanceTag, RequestHead};
+use super::host::{
+    FilterHost, InstanceTag, MAX_HEADER_COUNT, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_REPLY_BODY_BYTES,
+    RequestHead,
+};
 use super::module::{FilterModule, ModuleRegistry};
 use super::runtime::FilterRuntime;
 use crate::config::{FilterEntry, Location, OnError};
@@ -55,6 +58,8 @@ pub enum FailureKind {
     MemoryCap,
     /// The guest trapped (a panic, an out-of-bounds access, ...).
     Trap,
+    /// The filter handed back more than the host allows (a reply too large).
+    BadReturn,
 }
 
 impl FailureKind {
@@ -64,6 +69,7 @@ impl FailureKind {
             Self::Timeout => "timeout",
             Self::MemoryCap => "memory-cap",
             Self::Trap => "trap",
+            Self::BadReturn => "bad-return",
         }
     }
 }
@@ -182,6 +188,12 @@ impl FilterChain {
                     // The host still holds the head after a trap, so it is never lost.
                     head = store.data_mut().request.take().expect("request returned to host");
                     match verdict {
+                        Ok(Verdict::Respond(reply)) if oversized(&reply).is_some() => FilterFailure {
+                            module: link.module_name.clone(),
+                            phase: "on-request",
+                            kind: FailureKind::BadReturn,
+                            detail: oversized(&reply).unwrap_or_default(),
+                        },
                         Ok(verdict) => {
                             run.instances.push(LiveInstance { store, filter, link: index });
                             if let Verdict::Respond(reply) = verdict {
@@ -265,6 +277,21 @@ impl ChainLink {
     }
 }
 
+/// Why `reply` is larger than the host passes on, if it is.
+fn oversized(reply: &Reply) -> Option<String> {
+    if reply.body.len() > MAX_REPLY_BODY_BYTES {
+        return Some(format!("reply body of {} bytes exceeds {MAX_REPLY_BODY_BYTES}", reply.body.len()));
+    }
+    if reply.headers.len() > MAX_HEADER_COUNT {
+        return Some(format!("reply with {} headers exceeds {MAX_HEADER_COUNT}", reply.headers.len()));
+    }
+    reply
+        .headers
+        .iter()
+        .find(|(n, v)| n.len() > MAX_HEADER_NAME_BYTES || v.len() > MAX_HEADER_VALUE_BYTES)
+        .map(|(n, _)| format!("reply header {:?} exceeds the size limit", n.chars().take(64).collect::<String>()))
+}
+
 fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink) {
     store.set_epoch_deadline(FilterRuntime::deadline_ticks(link.entry.limits.timeout));
     store.epoch_deadline_trap();
@@ -278,11 +305,13 @@ fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, er
     } else {
         FailureKind::Trap
     };
-    let detail = match kind {
-        FailureKind::Timeout => {
-            format!("ran past its {:?} CPU deadline", link.entry.limits.timeout)
-        }
+    let detail = match (kind, error.downcast_ref::<Trap>()) {
+        (FailureKind::Timeout, _) => format!("ran past its {:?} CPU deadline", link.entry.limits.timeout),
+        // The trap itself ("wasm `unreachable` instruction executed", ...);
+        // the formatted error would lead with a backtrace header.
+        (_, Some(trap)) => trap.to_string(),
         _ => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
     };
+
     FilterFailure { module: link.module_name.clone(), phase, kind, detail }
 }

@@ -55,6 +55,13 @@ pub struct InstanceLimiter {
     pub memory_cap_hit: bool,
 }
 
+/// Limits on what a filter hands back, so that one filter cannot bloat a
+/// message or the proxy's memory (documented in docs/SECURITY.md).
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 << 10;
+pub const MAX_HEADER_COUNT: usize = 256;
+pub const MAX_REPLY_BODY_BYTES: usize = 1 << 20;
+
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 const MAX_CORE_INSTANCES: usize = 32;
 const MAX_TABLES: usize = 32;
@@ -156,11 +163,25 @@ impl WasiView for FilterHost {
 }
 
 fn header_name(name: &str) -> Result<HeaderName, EditError> {
+    if name.len() > MAX_HEADER_NAME_BYTES {
+        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
+    }
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name.to_string()))
 }
 
 fn header_value(name: &str, value: &str) -> Result<HeaderValue, EditError> {
+    if value.len() > MAX_HEADER_VALUE_BYTES {
+        return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {MAX_HEADER_VALUE_BYTES} bytes")));
+    }
     HeaderValue::from_bytes(value.as_bytes()).map_err(|_| EditError::InvalidHeaderValue(name.to_string()))
+}
+
+/// Refuse an edit that would take a message past [`MAX_HEADER_COUNT`].
+fn check_header_count(headers: &http::HeaderMap, name: &HeaderName, appending: bool) -> Result<(), EditError> {
+    if headers.len() >= MAX_HEADER_COUNT && (appending || !headers.contains_key(name)) {
+        return Err(EditError::LimitExceeded(format!("more than {MAX_HEADER_COUNT} headers")));
+    }
+    Ok(())
 }
 
 fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -248,11 +269,13 @@ impl types::HostRequest for FilterHost {
 
     fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        check_header_count(&self.request().header.headers, &n, false)?;
         self.request().header.insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
     fn add_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        check_header_count(&self.request().header.headers, &n, true)?;
         self.request().header.append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
@@ -316,11 +339,13 @@ impl types::HostResponse for FilterHost {
 
     fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        check_header_count(&self.response().headers, &n, false)?;
         self.response().insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
     fn add_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
+        check_header_count(&self.response().headers, &n, true)?;
         self.response().append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 

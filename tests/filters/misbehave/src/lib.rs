@@ -1,7 +1,7 @@
 //! A test fixture: misbehaves in the phase and the way its config says, so the
 //! end-to-end suite can check that only the offending request is hurt.
 
-use cascade_filter::{Filter, Reply, Request, Response, Verdict, export_filter};
+use cascade_filter::{Filter, Reply, Request, Response, Verdict, export_filter, jwt, rate_limit};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq)]
@@ -16,8 +16,19 @@ pub enum Behaviour {
     Loop,
     /// Allocate without bound; only the memory cap stops it.
     Alloc,
+    /// Recurse without bound; only the stack limit stops it.
+    Recurse,
+    /// Set a 4 MiB header value (the host refuses it; the filter then panics).
+    GiantHeader,
+    /// Call set-header 100,000 times with distinct names, ignoring refusals.
+    ManyHeaders,
+    /// Call host functions with garbage: an unknown rate-limit policy, a
+    /// malformed token, an invalid header name. Errors are ignored.
+    GarbageCalls,
     /// Answer the request with 418 (request phase only).
     Respond,
+    /// Answer with a 2 MiB body, past the host's reply limit (request phase only).
+    GiantReply,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,7 +47,18 @@ pub struct Misbehave {
     triggered: bool,
 }
 
-fn act(behaviour: Behaviour) {
+/// Recurse until the stack runs out. The base case is unreachable in
+/// practice; it keeps the function from being an obvious infinite loop.
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    if frame[0] == u64::MAX {
+        return 0;
+    }
+    recurse(depth + 1) + frame[1]
+}
+
+/// Misbehave in a way that needs no message; `set` edits the message's headers.
+fn act(behaviour: Behaviour, set: impl Fn(&str, &str) -> Result<(), cascade_filter::EditError>) {
     match behaviour {
         Behaviour::Panic => panic!("misbehave: asked to panic"),
         Behaviour::Loop => {
@@ -52,7 +74,27 @@ fn act(behaviour: Behaviour) {
                 std::hint::black_box(&hoard);
             }
         }
-        Behaviour::Pass | Behaviour::Respond => {}
+        Behaviour::Recurse => {
+            std::hint::black_box(recurse(0));
+        }
+        Behaviour::GiantHeader => {
+            let value = "x".repeat(4 << 20);
+            set("x-giant", &value).expect("the host refuses a giant header");
+        }
+        Behaviour::ManyHeaders => {
+            for i in 0..100_000 {
+                let _ = set(&format!("x-many-{i}"), "1");
+            }
+        }
+        Behaviour::GarbageCalls => {
+            let _ = rate_limit::check("no-such-policy", "key", 1);
+            let _ = rate_limit::check("no-such-policy", "key", 0);
+            let _ = jwt::verify("not a token", "no-such-keyset");
+            let _ = jwt::verify("a.b.c", "no-such-keyset");
+            let _ = set("bad header name", "value");
+            let _ = set("x-ok", "bad\r\nvalue");
+        }
+        Behaviour::Pass | Behaviour::Respond | Behaviour::GiantReply => {}
     }
 }
 
@@ -60,8 +102,8 @@ impl Filter for Misbehave {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        if config.on_response == Behaviour::Respond {
-            return Err("on_response cannot be \"respond\"".into());
+        if matches!(config.on_response, Behaviour::Respond | Behaviour::GiantReply) {
+            return Err("on_response cannot answer the request".into());
         }
         Ok(Self { config, triggered: true })
     }
@@ -74,18 +116,31 @@ impl Filter for Misbehave {
         if !self.triggered {
             return Verdict::Continue;
         }
-        act(self.config.on_request);
-        if self.config.on_request == Behaviour::Respond {
-            return Verdict::Respond(Reply::new(418).header("x-misbehave", "responded").body("short and stout"));
+        act(self.config.on_request, |name, value| req.set_header(name, value));
+        match self.config.on_request {
+            Behaviour::Respond => {
+                return Verdict::Respond(Reply::new(418).header("x-misbehave", "responded").body("short and stout"));
+            }
+            Behaviour::GiantReply => return Verdict::Respond(Reply::new(200).body(vec![b'x'; 2 << 20])),
+            _ => {}
         }
-        req.set_header("x-misbehave", "request").expect("valid header");
+        // After 100,000 header edits the host's header cap refuses even this.
+        if let Err(e) = req.set_header("x-misbehave", "request")
+            && self.config.on_request != Behaviour::ManyHeaders
+        {
+            panic!("{e}");
+        }
         Verdict::Continue
     }
 
     fn on_response(&mut self, resp: &Response) {
         if self.triggered {
-            act(self.config.on_response);
-            resp.add_header("x-misbehave", "response").expect("valid header");
+            act(self.config.on_response, |name, value| resp.set_header(name, value));
+            if let Err(e) = resp.add_header("x-misbehave", "response")
+                && self.config.on_response != Behaviour::ManyHeaders
+            {
+                panic!("{e}");
+            }
         }
     }
 }

@@ -1,0 +1,89 @@
+//! A misbehaving filter hurts only its own request: every hostile fixture
+//! gets its route's fail-closed answer, requests to another route sent at the
+//! same time all succeed, and no pool slot is left behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::support::*;
+
+/// (route and behaviour, phase, expected status, words in the error)
+const CASES: &[(&str, &str, u16, &str)] = &[
+    ("panic", "on_request", 500, "trap"),
+    ("loop", "on_request", 500, "timeout"),
+    ("alloc", "on_request", 500, "memory-cap"),
+    ("recurse", "on_request", 500, "trap"),
+    ("giant-header", "on_request", 500, "trap"),
+    ("giant-reply", "on_request", 500, "reply body of 2097152 bytes exceeds"),
+    ("many-headers", "on_request", 200, ""),
+    ("garbage-calls", "on_request", 200, ""),
+    ("panic", "on_response", 500, "on-response"),
+    ("giant-header", "on_response", 500, "on-response"),
+];
+
+fn routes() -> String {
+    let mut routes = String::from("[[route]]\nname = \"ok\"\npath_prefix = \"/ok\"\nupstream = \"origin\"\n");
+    for (behaviour, phase, _, _) in CASES {
+        // A short deadline for the loop; the others get room, because debug
+        // builds copy a 2 MiB reply slowly.
+        let timeout_ms = if *behaviour == "loop" { 20 } else { 5_000 };
+        routes.push_str(&format!(
+            "\n[[route]]\nname = \"{phase}-{behaviour}\"\npath_prefix = \"/{phase}/{behaviour}\"\nupstream = \"origin\"\n\
+             [[route.filters]]\nmodule = \"misbehave\"\ntimeout_ms = {timeout_ms}\nconfig = {{ {phase} = \"{behaviour}\" }}\n"
+        ));
+    }
+    routes
+}
+
+#[test]
+fn hostile_filters_hurt_only_their_own_requests() {
+    let proxy = Arc::new(Proxy::start(&ProxyConfig::new(&routes(), &["misbehave"]).with_admin()));
+    let done = Arc::new(AtomicBool::new(false));
+    let bystanders: Vec<_> = (0..3)
+        .map(|_| {
+            let (proxy, done) = (proxy.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !done.load(Ordering::Relaxed) {
+                    let reply = proxy.get("/ok/bystander", &[]);
+                    if reply.status == 200 { ok += 1 } else { failed.push(reply) }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    for round in 0..3 {
+        for (behaviour, phase, status, words) in CASES {
+            let reply = proxy.get(&format!("/{phase}/{behaviour}"), &[]);
+            assert_eq!(reply.status, *status, "round {round}, {phase} {behaviour}: {reply:?}");
+            if *status == 500 {
+                let error = reply.json()["error"].as_str().unwrap().to_string();
+                assert!(error.contains(words), "{phase} {behaviour}: {error}");
+                assert_eq!(reply.json()["request_id"], reply.header("x-request-id").unwrap());
+            }
+            if *behaviour == "many-headers" {
+                // Filters can leave at most 256; the proxy then adds
+                // x-request-id and x-forwarded-for.
+                let headers = reply.json()["headers"].as_object().unwrap().len();
+                assert!((250..=258).contains(&headers), "the origin got {headers} headers");
+            }
+        }
+    }
+
+    done.store(true, Ordering::Relaxed);
+    let mut total_ok = 0;
+    for bystander in bystanders {
+        let (ok, failed) = bystander.join().unwrap();
+        assert!(failed.is_empty(), "bystander requests failed: {failed:?}");
+        total_ok += ok;
+    }
+    assert!(total_ok > 0);
+
+    // Every instance went back to the pool, and failures were counted.
+    let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+    assert!(metrics.contains("cascade_filter_instances_live 0"), "{metrics}");
+    assert!(metrics.contains("cascade_filter_failures_total{module=\"misbehave\",kind=\"timeout\"} 3"), "{metrics}");
+    assert!(metrics.contains("kind=\"memory-cap\"} 3"), "{metrics}");
+    assert!(metrics.contains("kind=\"bad-return\"} 3"), "{metrics}");
+}
