@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::filters::FilterRuntime;
 use crate::filters::host::live_instances;
@@ -14,6 +15,7 @@ use crate::filters::module::live_modules;
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     filter_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
+    filter_latency: Mutex<BTreeMap<(String, &'static str), Histogram>>,
     module_swaps: AtomicU64,
     reloads: AtomicU64,
 }
@@ -31,6 +33,18 @@ impl Metrics {
 
     pub fn record_filter_failure(&self, module: &str, kind: &'static str) {
         *self.filter_failures.lock().expect("metrics lock").entry((module.to_string(), kind)).or_insert(0) += 1;
+    }
+
+    pub fn record_filter_latency(&self, module: &str, phase: &'static str, elapsed: Duration) {
+        let mut latency = self.filter_latency.lock().expect("metrics lock");
+        match latency.get_mut(&(module.to_string(), phase)) {
+            Some(h) => h.observe(elapsed),
+            None => {
+                let mut h = Histogram::default();
+                h.observe(elapsed);
+                latency.insert((module.to_string(), phase), h);
+            }
+        }
     }
 
     pub fn record_swap(&self) {
@@ -54,6 +68,22 @@ impl Metrics {
         for ((module, kind), n) in self.filter_failures.lock().expect("metrics lock").iter() {
             let _ = writeln!(out, "cascade_filter_failures_total{{module=\"{}\",kind=\"{kind}\"}} {n}", escape(module));
         }
+        out.push_str(
+            "# HELP cascade_filter_duration_seconds Time per filter call (instantiation included in on-request).\n",
+        );
+        out.push_str("# TYPE cascade_filter_duration_seconds histogram\n");
+        for ((module, phase), h) in self.filter_latency.lock().expect("metrics lock").iter() {
+            let labels = format!("module=\"{}\",phase=\"{phase}\"", escape(module));
+            let mut cumulative = 0;
+            for (bound, n) in BUCKET_BOUNDS_US.iter().zip(&h.buckets) {
+                cumulative += n;
+                let le = *bound as f64 / 1e6;
+                let _ = writeln!(out, "cascade_filter_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "cascade_filter_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "cascade_filter_duration_seconds_sum{{{labels}}} {}", h.sum_us as f64 / 1e6);
+            let _ = writeln!(out, "cascade_filter_duration_seconds_count{{{labels}}} {}", h.count);
+        }
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
             ("cascade_config_reloads_total", "Successful config reloads.", self.reloads.load(Ordering::Relaxed)),
@@ -70,6 +100,28 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
         out
+    }
+}
+
+/// Upper bounds of the latency buckets, in microseconds.
+const BUCKET_BOUNDS_US: [u64; 10] = [10, 25, 50, 100, 250, 500, 1_000, 5_000, 25_000, 100_000];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    /// Counts per bucket (not cumulative); the rest is in `count` only.
+    buckets: [u64; BUCKET_BOUNDS_US.len()],
+    count: u64,
+    sum_us: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        let us = elapsed.as_micros() as u64;
+        if let Some(i) = BUCKET_BOUNDS_US.iter().position(|bound| us <= *bound) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_us += us;
     }
 }
 

@@ -63,6 +63,18 @@ fn admin_needs_the_token_except_for_healthz() {
     assert_eq!(modules.json()[0]["routes"][0], "swap");
     let routes = proxy.admin("GET", "/routes", b"", None).json();
     assert_eq!(routes[0]["filters"][0]["module"], "swappable");
+
+    // Metrics: requests by route and status, and per-filter latency.
+    assert_eq!(proxy.get("/x", &[]).status, 200);
+    let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+    for line in [
+        "cascade_requests_total{route=\"swap\",status=\"200\"} 1",
+        "cascade_filter_duration_seconds_count{module=\"swappable\",phase=\"on-request\"} 1",
+        "cascade_filter_duration_seconds_count{module=\"swappable\",phase=\"on-response\"} 1",
+        "cascade_filter_duration_seconds_bucket{module=\"swappable\",phase=\"on-request\",le=\"+Inf\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 }
 
 #[test]

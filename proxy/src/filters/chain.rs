@@ -113,6 +113,16 @@ pub struct InFlightChain {
     instances: Vec<LiveInstance>,
     /// Fail-open failures, for logging and metrics.
     pub skipped: Vec<FilterFailure>,
+    /// How long each filter took in each phase, for the latency histograms.
+    pub timings: Vec<FilterTiming>,
+}
+
+/// One filter's time in one phase (instantiation included in `on-request`).
+#[derive(Debug, Clone)]
+pub struct FilterTiming {
+    pub module: Arc<str>,
+    pub phase: &'static str,
+    pub elapsed: std::time::Duration,
 }
 
 impl FilterChain {
@@ -171,9 +181,14 @@ impl FilterChain {
         mut head: RequestHead,
         route_name: &Arc<str>,
     ) -> (RequestHead, InFlightChain, RequestOutcome) {
-        let mut run =
-            InFlightChain { chain: self.clone(), instances: Vec::with_capacity(self.links.len()), skipped: Vec::new() };
+        let mut run = InFlightChain {
+            chain: self.clone(),
+            instances: Vec::with_capacity(self.links.len()),
+            skipped: Vec::new(),
+            timings: Vec::with_capacity(self.links.len() * 2),
+        };
         for (index, link) in self.links.iter().enumerate() {
+            let started = std::time::Instant::now();
             let tag = InstanceTag {
                 module: link.module_name.clone(),
                 route: route_name.clone(),
@@ -187,6 +202,11 @@ impl FilterChain {
                     let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
                     // The host still holds the head after a trap, so it is never lost.
                     head = store.data_mut().request.take().expect("request returned to host");
+                    run.timings.push(FilterTiming {
+                        module: link.module_name.clone(),
+                        phase: "on-request",
+                        elapsed: started.elapsed(),
+                    });
                     match verdict {
                         Ok(Verdict::Respond(reply)) if oversized(&reply).is_some() => FilterFailure {
                             module: link.module_name.clone(),
@@ -229,7 +249,13 @@ impl InFlightChain {
             let link = &self.chain.links[instance.link];
             arm_deadline(&mut instance.store, link);
             instance.store.data_mut().response = Some(response);
+            let started = std::time::Instant::now();
             let result = instance.filter.call_on_response(&mut instance.store, Resource::new_borrow(0)).await;
+            self.timings.push(FilterTiming {
+                module: link.module_name.clone(),
+                phase: "on-response",
+                elapsed: started.elapsed(),
+            });
             response = instance.store.data_mut().response.take().expect("response returned to host");
             if let Err(e) = result {
                 let failure = classify(link, "on-response", &instance.store, e);

@@ -41,7 +41,7 @@ pub mod bindings {
 }
 
 pub use capabilities::Capabilities;
-pub use chain::{ChainLink, FilterChain, FilterFailure, InFlightChain, RequestOutcome};
+pub use chain::{ChainLink, FilterChain, FilterFailure, FilterTiming, InFlightChain, RequestOutcome};
 pub use host::RequestHead;
 pub use module::{FilterModule, ModuleError, ModuleRegistry};
 pub use runtime::FilterRuntime;

@@ -22,7 +22,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
-use crate::filters::{FilterFailure, FilterRuntime, InFlightChain, RequestHead, RequestOutcome};
+use crate::filters::{FilterFailure, FilterRuntime, FilterTiming, InFlightChain, RequestHead, RequestOutcome};
 use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
@@ -61,6 +61,8 @@ pub struct RequestCtx {
     failure: Option<FilterFailure>,
     /// Fail-open failures, counted when the request is logged.
     skipped: Vec<FilterFailure>,
+    /// Per-filter call times, recorded when the request is logged.
+    timings: Vec<FilterTiming>,
 }
 
 /// Makes a `Send` value `Sync` by giving out only `&mut` access: a shared
@@ -74,6 +76,14 @@ unsafe impl<T: Send> Sync for Exclusive<T> {}
 impl<T> Exclusive<T> {
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.0
+    }
+}
+
+impl RequestCtx {
+    /// Keep what a chain observed before its instances are dropped.
+    fn collect(&mut self, chain: &mut InFlightChain) {
+        self.skipped.append(&mut chain.skipped);
+        self.timings.append(&mut chain.timings);
     }
 }
 
@@ -137,11 +147,11 @@ impl CascadeProxy {
             }
             RequestOutcome::Respond(filter_reply) => {
                 let sent = reply::send_filter_reply(session, ctx, chain.get_mut(), filter_reply).await;
-                ctx.skipped.append(&mut chain.get_mut().skipped);
+                ctx.collect(chain.get_mut());
                 sent
             }
             RequestOutcome::Failed(failure) => {
-                ctx.skipped.append(&mut chain.get_mut().skipped);
+                ctx.collect(chain.get_mut());
                 drop(chain);
                 let error = ErrorReply::filter_failed(&failure);
                 ctx.failure = Some(failure);
@@ -177,6 +187,7 @@ impl ProxyHttp for CascadeProxy {
             chain: None,
             failure: None,
             skipped: Vec::new(),
+            timings: Vec::new(),
         }
     }
 
@@ -220,7 +231,7 @@ impl ProxyHttp for CascadeProxy {
             let response = std::mem::replace(upstream_response, placeholder);
             let (response, result) = chain.get_mut().run_response(response, &ctx.id).await;
             *upstream_response = response;
-            ctx.skipped.append(&mut chain.get_mut().skipped);
+            ctx.collect(chain.get_mut());
             // Returning the instances to the pool now, not at the end of the body.
             drop(chain);
             if let Err(failure) = result {
@@ -248,7 +259,10 @@ impl ProxyHttp for CascadeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(mut chain) = ctx.chain.take() {
-            ctx.skipped.append(&mut chain.get_mut().skipped);
+            ctx.collect(chain.get_mut());
+        }
+        for timing in &ctx.timings {
+            self.metrics.record_filter_latency(&timing.module, timing.phase, timing.elapsed);
         }
         for failure in ctx.skipped.iter().chain(&ctx.failure) {
             self.metrics.record_filter_failure(&failure.module, failure.kind.as_str());
