@@ -18,7 +18,7 @@ use cascade::config::{
 };
 use cascade::filters::capabilities::jwt::{Keyset, sign_with_secret};
 use cascade::filters::capabilities::rate_limit::RateLimiters;
-use cascade::filters::{Capabilities, FilterChain, FilterRuntime, ModuleRegistry, RequestHead};
+use cascade::filters::{Capabilities, FilterChain, FilterModule, FilterRuntime, ModuleRegistry, RequestHead};
 use cascade::upstream::Upstreams;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -52,10 +52,15 @@ impl Bench {
             Limits { filter_timeout: Duration::from_millis(50), filter_memory_bytes: 16 << 20, max_instances: 1_000 };
         let runtime = FilterRuntime::new(&limits).expect("engine");
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
-        let build_first = |e| panic!("{e}; build the filters first with scripts/build-filters.sh");
+        fn build_first<T>(e: cascade::filters::ModuleError) -> T {
+            panic!("{e}; build the filters first with scripts/build-filters.sh")
+        }
         let mut modules = ModuleRegistry::load_dir(&runtime, &dir, None).unwrap_or_else(build_first);
-        let fixtures = dir.join("../../fixtures/wasm32-wasip2/release");
-        modules.merge(ModuleRegistry::load_dir(&runtime, &fixtures, None).unwrap_or_else(build_first));
+        // One fixture, for the host-call benchmark; the others are
+        // deliberately invalid.
+        let misbehave = dir.join("../../fixtures/wasm32-wasip2/release/misbehave.wasm");
+        let bytes = std::fs::read(&misbehave).unwrap_or_else(|e| panic!("{}: {e}", misbehave.display()));
+        modules.insert(FilterModule::compile(&runtime, "misbehave", &bytes, None).unwrap_or_else(build_first));
         let mut groups = std::collections::BTreeMap::new();
         groups.insert(
             "origin".to_string(),
