@@ -66,16 +66,31 @@ impl AdminApi {
         constant_time_eq(presented.as_bytes(), &self.token)
     }
 
+    /// Read and drop what is left of the request body (up to the body limit),
+    /// so that an early answer (401, 400, 404) reaches a client that is
+    /// still sending, instead of a reset connection. A body declared larger
+    /// than the limit is not read at all.
+    async fn discard_body(&self, session: &mut ServerSession) {
+        if self.declared_length(session).is_some_and(|n| n > self.max_body_bytes) {
+            return;
+        }
+        let mut seen = 0;
+        while !session.is_body_done() {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if seen + chunk.len() <= self.max_body_bytes => seen += chunk.len(),
+                _ => return,
+            }
+        }
+    }
+
+    fn declared_length(&self, session: &ServerSession) -> Option<usize> {
+        session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    }
+
     /// The request body, or the error answer when it is too large.
     async fn body(&self, session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
         let too_large = || error(413, format!("body larger than {} bytes", self.max_body_bytes));
-        let declared = session
-            .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes) {
+        if self.declared_length(session).is_some_and(|n| n > self.max_body_bytes) {
             return Err(too_large());
         }
         let mut body = Vec::new();
@@ -150,7 +165,9 @@ impl AdminApi {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        self.route(session).await
+        let response = self.route(session).await;
+        self.discard_body(session).await;
+        response
     }
 }
 
