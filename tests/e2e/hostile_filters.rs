@@ -81,9 +81,10 @@ fn hostile_filters_hurt_only_their_own_requests() {
     assert!(total_ok > 0);
 
     // Every instance went back to the pool, and failures were counted.
-    let metrics = proxy.admin("GET", "/metrics", b"", None).body;
-    assert!(metrics.contains("cascade_filter_instances_live 0"), "{metrics}");
-    assert!(metrics.contains("cascade_filter_failures_total{module=\"misbehave\",kind=\"timeout\"} 3"), "{metrics}");
-    assert!(metrics.contains("kind=\"memory-cap\"} 3"), "{metrics}");
-    assert!(metrics.contains("kind=\"bad-return\"} 3"), "{metrics}");
+    proxy.wait_for_metrics(&[
+        "cascade_filter_instances_live 0",
+        "cascade_filter_failures_total{module=\"misbehave\",kind=\"timeout\"} 3",
+        "kind=\"memory-cap\"} 3",
+        "kind=\"bad-return\"} 3",
+    ]);
 }

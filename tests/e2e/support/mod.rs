@@ -208,6 +208,21 @@ impl Proxy {
         send_bytes(method, &url, &[("authorization", &auth)], body)
     }
 
+    /// `/metrics`, once it shows every one of `lines`. Metrics are recorded
+    /// in the logging phase, after the client already has its response, so
+    /// this polls (for up to 30 s) instead of reading once.
+    pub fn wait_for_metrics(&self, lines: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.admin("GET", "/metrics", b"", None).body;
+            if lines.iter().all(|line| text.contains(line)) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "metrics never showed {lines:?}:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// GET `path` with these headers.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         send("GET", &self.url(path), headers)
