@@ -83,7 +83,16 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         path.display()
     );
 
-    let conf = ServerConf { threads: config.server.threads, work_stealing: false, ..ServerConf::default() };
+    let conf = ServerConf {
+        threads: config.server.threads,
+        // One current-thread runtime per worker: no cross-thread wakeups.
+        work_stealing: false,
+        // On SIGTERM, stop accepting at once and give requests in flight
+        // 10 s, instead of Pingora's 5-minute default.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(10),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
