@@ -31,18 +31,9 @@ WARMUP=${WARMUP:-2}
 parts=("${@:-load memory swap micro}")
 parts=(${parts[*]})
 
-scripts/setup.sh
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "bench: installing ${need[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+PATH="$PATH:/usr/sbin"   # nginx lives here on Debian
+scripts/setup.sh nginx wrk
+NGINX=$(command -v nginx)
 
 scripts/build-filters.sh
 cargo build --release -p cascade

@@ -2,12 +2,15 @@
 # Install what building and testing Cascade needs on a Debian machine that has
 # only Rust: cmake (Pingora builds zlib-ng), curl (the HTTP/2 test), and the
 # wasm32-wasip2 target for the filters. Safe to run again; it skips what exists.
+#
+#   scripts/setup.sh [COMMAND ...]   # also install these Debian packages (named
+#                                    # like their command) if the command is missing
 set -euo pipefail
 
 missing=()
-command -v cmake >/dev/null || missing+=(cmake)
-command -v curl >/dev/null || missing+=(curl)
-command -v openssl >/dev/null || missing+=(openssl)
+for command in cmake curl openssl "$@"; do
+    command -v "$command" >/dev/null || missing+=("$command")
+done
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

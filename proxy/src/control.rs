@@ -86,29 +86,33 @@ impl ControlPlane {
         })
     }
 
-    /// Swap in a snapshot with `registry`, the current config and the
-    /// current capabilities (rate-limit state survives module swaps).
-    async fn swap_modules(&self, registry: ModuleRegistry) -> Result<(), ControlError> {
+    /// Build (and check) a snapshot with the current config and capabilities
+    /// and the current modules changed by `edit`. Rate-limit state survives,
+    /// because the capabilities are shared. Nothing is swapped yet.
+    async fn build_with(&self, edit: impl FnOnce(&mut ModuleRegistry)) -> Result<Snapshot, ControlError> {
         let current = self.current.load_full();
+        let mut registry = (*current.modules).clone();
+        edit(&mut registry);
         let config = (*current.config).clone();
-        let snapshot = Snapshot::build(config, Arc::new(registry), current.caps.clone(), &self.runtime).await?;
+        Ok(Snapshot::build(config, Arc::new(registry), current.caps.clone(), &self.runtime).await?)
+    }
+
+    /// Make `snapshot` the one new requests see.
+    fn activate(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
         self.metrics.record_swap();
-        Ok(())
     }
+
+    // Each change below builds and checks the new snapshot first, then
+    // records it in the store, then swaps: a refused change leaves no trace,
+    // and the store never names a version that is not serving.
 
     /// Validate, compile and activate `bytes` as the new version of `name`.
     pub async fn upload(&self, name: &str, bytes: &[u8]) -> Result<Value, ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let module = FilterModule::compile(&self.runtime, name, bytes, Some(&self.store))?;
         let sha = module.sha256.clone();
-        let mut registry = (*self.current.load().modules).clone();
-        registry.insert(module);
-        // Build and check before touching the store, so a refused upload
-        // leaves no trace.
-        let current = self.current.load_full();
-        let snapshot =
-            Snapshot::build((*current.config).clone(), Arc::new(registry), current.caps.clone(), &self.runtime).await?;
+        let snapshot = self.build_with(|modules| modules.insert(module)).await?;
         self.store.put_version(bytes)?;
         let mut state = self.store.state()?;
         let entry = state.modules.entry(name.to_string()).or_insert_with(StoredModule::default);
@@ -118,8 +122,7 @@ impl ControlPlane {
         entry.history.push(sha.clone());
         entry.active = sha;
         self.store.save_state(&state)?;
-        self.current.store(Arc::new(snapshot));
-        self.metrics.record_swap();
+        self.activate(snapshot);
         Ok(self.module_json(name).unwrap_or(Value::Null))
     }
 
@@ -134,31 +137,30 @@ impl ControlPlane {
         let previous = entry.history[entry.history.len() - 2].clone();
         let bytes = self.store.read_version(&previous)?;
         let module = FilterModule::compile(&self.runtime, name, &bytes, Some(&self.store))?;
-        let mut registry = (*self.current.load().modules).clone();
-        registry.insert(module);
-        self.swap_modules(registry).await?;
+        let snapshot = self.build_with(|modules| modules.insert(module)).await?;
         entry.history.pop();
         entry.active = previous;
         self.store.save_state(&state)?;
+        self.activate(snapshot);
         Ok(self.module_json(name).unwrap_or(Value::Null))
     }
 
-    /// Remove an uploaded module that no route uses.
+    /// Remove a module that no route uses.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let routes = self.routes_using(name);
         if !routes.is_empty() {
             return Err(ControlError::InUse { name: name.to_string(), routes });
         }
-        let mut registry = (*self.current.load().modules).clone();
-        if !registry.remove(name) {
+        if self.current.load().modules.get(name).is_none() {
             return Err(ControlError::NoSuchModule(name.to_string()));
         }
-        self.swap_modules(registry).await?;
+        let snapshot = self.build_with(|modules| modules.remove(name)).await?;
         let mut state = self.store.state()?;
         if state.modules.remove(name).is_some() {
             self.store.save_state(&state)?;
         }
+        self.activate(snapshot);
         Ok(())
     }
 

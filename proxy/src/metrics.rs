@@ -11,40 +11,57 @@ use crate::filters::FilterRuntime;
 use crate::filters::host::live_instances;
 use crate::filters::module::live_modules;
 
+/// Series keyed by a name label (route or module) and a second label. The
+/// name is looked up by `&str`, so recording allocates only for a new series.
+#[derive(Debug)]
+struct Series<K, V>(Mutex<BTreeMap<String, BTreeMap<K, V>>>);
+
+impl<K, V> Default for Series<K, V> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<K: Ord + Copy, V: Default> Series<K, V> {
+    fn update(&self, name: &str, label: K, f: impl FnOnce(&mut V)) {
+        let mut series = self.0.lock().expect("metrics lock");
+        let by_label = match series.get_mut(name) {
+            Some(by_label) => by_label,
+            None => series.entry(name.to_string()).or_default(),
+        };
+        f(by_label.entry(label).or_default());
+    }
+
+    /// Every (name, label, value), sorted.
+    fn for_each(&self, mut f: impl FnMut(&str, K, &V)) {
+        for (name, by_label) in self.0.lock().expect("metrics lock").iter() {
+            for (label, value) in by_label {
+                f(name, *label, value);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    filter_failures: Mutex<BTreeMap<(String, &'static str), u64>>,
-    filter_latency: Mutex<BTreeMap<(String, &'static str), Histogram>>,
+    requests: Series<u16, u64>,
+    filter_failures: Series<&'static str, u64>,
+    filter_latency: Series<&'static str, Histogram>,
     module_swaps: AtomicU64,
     reloads: AtomicU64,
 }
 
 impl Metrics {
     pub fn record_request(&self, route: &str, status: u16) {
-        let mut requests = self.requests.lock().expect("metrics lock");
-        match requests.get_mut(&(route.to_string(), status)) {
-            Some(n) => *n += 1,
-            None => {
-                requests.insert((route.to_string(), status), 1);
-            }
-        }
+        self.requests.update(route, status, |n| *n += 1);
     }
 
     pub fn record_filter_failure(&self, module: &str, kind: &'static str) {
-        *self.filter_failures.lock().expect("metrics lock").entry((module.to_string(), kind)).or_insert(0) += 1;
+        self.filter_failures.update(module, kind, |n| *n += 1);
     }
 
     pub fn record_filter_latency(&self, module: &str, phase: &'static str, elapsed: Duration) {
-        let mut latency = self.filter_latency.lock().expect("metrics lock");
-        match latency.get_mut(&(module.to_string(), phase)) {
-            Some(h) => h.observe(elapsed),
-            None => {
-                let mut h = Histogram::default();
-                h.observe(elapsed);
-                latency.insert((module.to_string(), phase), h);
-            }
-        }
+        self.filter_latency.update(module, phase, |h| h.observe(elapsed));
     }
 
     pub fn record_swap(&self) {
@@ -60,19 +77,19 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP cascade_requests_total Requests answered, by route and status.\n");
         out.push_str("# TYPE cascade_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().expect("metrics lock").iter() {
+        self.requests.for_each(|route, status, n| {
             let _ = writeln!(out, "cascade_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
-        }
+        });
         out.push_str("# HELP cascade_filter_failures_total Filter traps, timeouts and memory-cap hits.\n");
         out.push_str("# TYPE cascade_filter_failures_total counter\n");
-        for ((module, kind), n) in self.filter_failures.lock().expect("metrics lock").iter() {
+        self.filter_failures.for_each(|module, kind, n| {
             let _ = writeln!(out, "cascade_filter_failures_total{{module=\"{}\",kind=\"{kind}\"}} {n}", escape(module));
-        }
+        });
         out.push_str(
             "# HELP cascade_filter_duration_seconds Time per filter call (instantiation included in on-request).\n",
         );
         out.push_str("# TYPE cascade_filter_duration_seconds histogram\n");
-        for ((module, phase), h) in self.filter_latency.lock().expect("metrics lock").iter() {
+        self.filter_latency.for_each(|module, phase, h| {
             let labels = format!("module=\"{}\",phase=\"{phase}\"", escape(module));
             let mut cumulative = 0;
             for (bound, n) in BUCKET_BOUNDS_US.iter().zip(&h.buckets) {
@@ -83,7 +100,7 @@ impl Metrics {
             let _ = writeln!(out, "cascade_filter_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "cascade_filter_duration_seconds_sum{{{labels}}} {}", h.sum_us as f64 / 1e6);
             let _ = writeln!(out, "cascade_filter_duration_seconds_count{{{labels}}} {}", h.count);
-        }
+        });
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
             ("cascade_config_reloads_total", "Successful config reloads.", self.reloads.load(Ordering::Relaxed)),

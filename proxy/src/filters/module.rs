@@ -232,8 +232,8 @@ impl ModuleRegistry {
         self.modules.extend(other.modules);
     }
 
-    /// Remove a module; `true` if it was there.
-    pub fn remove(&mut self, name: &str) -> bool {
-        self.modules.remove(name).is_some()
+    /// Remove a module, if it is there.
+    pub fn remove(&mut self, name: &str) {
+        self.modules.remove(name);
     }
 }

@@ -13,6 +13,7 @@
 mod reply;
 mod request_id;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,18 +95,18 @@ impl CascadeProxy {
         let snapshot = self.snapshot.load_full();
         ctx.snapshot = Some(snapshot.clone());
 
+        // Routing and the upstream both see the normalized path; most paths
+        // are already normal and are borrowed, not copied.
         let header = session.req_header();
-        let normalized = match normalize::path(header.uri.path()) {
-            Ok(path) => path.into_owned(),
-            Err(e) => {
-                return reply::send_error(session, ctx, ErrorReply::new(400, e.to_string())).await;
-            }
+        let rewritten = match normalize::path(header.uri.path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(path)) => Some(match header.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            }),
+            Err(e) => return reply::send_error(session, ctx, ErrorReply::new(400, e.to_string())).await,
         };
-        if normalized != header.uri.path() {
-            let target = match header.uri.query() {
-                Some(q) => format!("{normalized}?{q}"),
-                None => normalized.clone(),
-            };
+        if let Some(target) = rewritten {
             match target.parse() {
                 Ok(uri) => session.req_header_mut().set_uri(uri),
                 Err(_) => {
@@ -114,9 +115,9 @@ impl CascadeProxy {
                 }
             }
         }
-        let host = request_host(session);
-        let Some(route) = snapshot.routes.find(&host, &normalized).cloned() else {
-            let message = format!("no route for host {host:?} and path {normalized:?}");
+        let (host, path) = (request_host(session), session.req_header().uri.path());
+        let Some(route) = snapshot.routes.find(host, path).cloned() else {
+            let message = format!("no route for host {host:?} and path {path:?}");
             return reply::send_error(session, ctx, ErrorReply::new(404, message)).await;
         };
         ctx.upstream = route.config.upstream.clone();
@@ -162,7 +163,7 @@ impl CascadeProxy {
 }
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2).
-fn request_host(session: &Session) -> String {
+fn request_host(session: &Session) -> &str {
     let header = session.req_header();
     header
         .headers
@@ -170,7 +171,6 @@ fn request_host(session: &Session) -> String {
         .and_then(|h| h.to_str().ok())
         .or_else(|| header.uri.authority().map(|a| a.as_str()))
         .unwrap_or("")
-        .to_string()
 }
 
 #[async_trait]
@@ -245,7 +245,10 @@ impl ProxyHttp for CascadeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        ctx.chain = None;
+        // Return the pool slots now, keeping what the chain observed for the log.
+        if let Some(mut chain) = ctx.chain.take() {
+            ctx.collect(chain.get_mut());
+        }
         let error = match &ctx.failure {
             Some(failure) => ErrorReply::filter_failed(failure),
             None => ErrorReply::from_proxy_error(e),

@@ -6,8 +6,6 @@
 //! An HMAC token is never checked against an RSA or EC key (no algorithm
 //! confusion), and `alg: none` is not an algorithm at all.
 
-use std::time::Duration;
-
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
@@ -64,18 +62,16 @@ struct Key {
 /// A keyset ready to verify tokens.
 pub struct Keyset {
     pub name: String,
-    algorithms: Vec<Algorithm>,
+    /// The allow-list, each with its validation rules, built once.
+    algorithms: Vec<(Algorithm, Validation)>,
     keys: Vec<Key>,
-    issuer: Option<String>,
-    audience: Vec<String>,
-    leeway: Duration,
 }
 
 impl std::fmt::Debug for Keyset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyset")
             .field("name", &self.name)
-            .field("algorithms", &self.algorithms)
+            .field("algorithms", &self.algorithms.iter().map(|(alg, _)| alg).collect::<Vec<_>>())
             .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
@@ -154,45 +150,25 @@ impl Keyset {
                 return Err(format!("algorithm {alg:?} is allowed but the keyset has no key for it"));
             }
         }
-        Ok(Self {
-            name: config.name.clone(),
-            algorithms,
-            keys,
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            leeway: config.leeway,
-        })
+        let algorithms = algorithms.into_iter().map(|alg| (alg, validation(config, alg))).collect();
+        Ok(Self { name: config.name.clone(), algorithms, keys })
     }
 
     /// Verify `token`; on success, its claims as JSON text.
     pub fn verify(&self, token: &str) -> Result<String, VerifyError> {
         let header = decode_header(token).map_err(|e| VerifyError::Malformed(describe(e.kind())))?;
-        if !self.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.algorithms.iter().find(|(alg, _)| *alg == header.alg) else {
             return Err(VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
-        }
+        };
         let kind = kind_of(header.alg);
         let candidates = self
             .keys
             .iter()
             .filter(|k| k.kind == kind && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid));
-        let mut validation = Validation::new(header.alg);
-        validation.algorithms = vec![header.alg];
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
-        match &self.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        if self.audience.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&self.audience);
-        }
         let mut tried = false;
         for key in candidates {
             tried = true;
-            match decode::<serde_json::Value>(token, &key.key, &validation) {
+            match decode::<serde_json::Value>(token, &key.key, validation) {
                 Ok(data) => return Ok(data.claims.to_string()),
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
                 Err(e) => return Err(map_error(e.kind())),
@@ -224,6 +200,26 @@ pub fn sign_with_secret(config: &KeysetConfig, mut claims: serde_json::Value) ->
     }
     let secret = read_secret(source)?;
     encode(&Header::new(alg), &claims, &EncodingKey::from_secret(&secret)).map_err(|e| e.to_string())
+}
+
+/// The checks for tokens signed with `alg`: only that algorithm, `exp`
+/// required, `exp` and `nbf` with leeway, and the keyset's issuer and audience.
+fn validation(config: &KeysetConfig, alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.leeway = config.leeway.as_secs();
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp"]);
+    match &config.issuer {
+        Some(iss) => validation.set_issuer(&[iss]),
+        None => validation.iss = None,
+    }
+    if config.audience.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&config.audience);
+    }
+    validation
 }
 
 fn map_error(kind: &ErrorKind) -> VerifyError {
