@@ -15,6 +15,8 @@
 # swap:   upload to first served request, for a ~100 KB and a >1 MB
 #         component (the admin API, fresh versions so each one compiles),
 #         and restart time with 100 and 1,000 cached modules.
+# cache:  cache hits: nginx proxy_cache against Cascade's edge cache, both in
+#         front of the same nginx origin whose response says max-age=3600.
 # micro:  criterion: one full filter cycle (instantiate, on-request,
 #         on-response, drop) per filter and for a chain of four, and one host
 #         call. Medians come from criterion's estimates.
@@ -28,7 +30,7 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WORKERS=${WORKERS:-1}
 WARMUP=${WARMUP:-2}
-parts=("${@:-load memory swap micro}")
+parts=("${@:-load cache memory swap micro}")
 parts=(${parts[*]})
 
 PATH="$PATH:/usr/sbin"   # nginx lives here on Debian
@@ -226,6 +228,82 @@ print(f'| ${names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} 
     pids=()
 }
 
+run_cache() {
+    local origin_port nginx_port cascade_port
+    origin_port=$(free_port)
+    nginx_port=$(free_port)
+    cascade_port=$(free_port)
+    mkdir -p "$work/corigin/www" "$work/ncache"
+    printf 'hello from the origin, cacheable\n' >"$work/corigin/www/index.html"
+    nginx_conf "$work/corigin" "    server { listen 127.0.0.1:$origin_port; root $work/corigin/www;
+        location / { add_header Cache-Control \"max-age=3600\"; try_files /index.html =404; } }"
+    "$NGINX" -p "$work/corigin" -c "$work/corigin/nginx.conf" &
+    pids+=($!)
+    # nginx proxy_cache, in memory as far as the OS page cache goes.
+    nginx_conf "$work/nproxy" "    proxy_cache_path $work/ncache keys_zone=edge:10m;
+    upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
+    server { listen 127.0.0.1:$nginx_port;
+        location / { proxy_cache edge; proxy_pass http://origin; proxy_http_version 1.1;
+                     proxy_set_header Connection \"\"; add_header X-Cache \$upstream_cache_status; } }"
+    "$NGINX" -p "$work/nproxy" -c "$work/nproxy/nginx.conf" &
+    local nginx_master=$!
+    pids+=($nginx_master)
+    mkdir -p "$work/ccache/routes"
+    printf 'routes = ["routes/*.toml"]\n[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n[modules]\ndir = "%s"\n[upstreams.origin]\nservers = ["127.0.0.1:%s"]\n' \
+        "$cascade_port" "$WORKERS" "$work/ccache" "$origin_port" >"$work/ccache/cascade.toml"
+    printf '[[route]]\nname = "hit"\nupstream = "origin"\n' >"$work/ccache/routes/r.toml"
+    RUST_LOG=warn "$CASCADE" serve --config "$work/ccache/cascade.toml" >"$work/ccache/log" 2>&1 &
+    local cascade_pid=$!
+    pids+=($cascade_pid)
+    wait_port "$origin_port"
+    wait_port "$nginx_port"
+    wait_port "$cascade_port"
+    local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    local tick
+    tick=$(getconf CLK_TCK)
+    # Both must answer from the cache, or the comparison means nothing.
+    curl -s -o /dev/null "http://127.0.0.1:$nginx_port/"
+    curl -s -o /dev/null "http://127.0.0.1:$cascade_port/"
+    curl -sI "http://127.0.0.1:$nginx_port/" | grep -qi "x-cache: HIT" || { echo "bench: nginx is not caching" >&2; exit 1; }
+    curl -sI "http://127.0.0.1:$cascade_port/" | grep -qi "cache-status: .*; hit" || { echo "bench: Cascade is not caching" >&2; exit 1; }
+
+    declare -A rps p50 p99 cpu
+    for row in nginx cascade; do
+        local url pidset
+        if [ "$row" = nginx ]; then
+            url="http://127.0.0.1:$nginx_port/"
+            pidset=("${nginx_pids[@]}")
+        else
+            url="http://127.0.0.1:$cascade_port/"
+            pidset=("$cascade_pid")
+        fi
+        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
+        local before after report requests
+        before=$(cpu_ticks "${pidset[@]}")
+        report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+        after=$(cpu_ticks "${pidset[@]}")
+        requests=$(awk '/requests in/ {print $1}' <<<"$report")
+        rps[$row]=$(awk '/Requests\/sec/ {print $2}' <<<"$report")
+        p50[$row]=$(awk '$1 == "50%" {print $2}' <<<"$report")
+        p99[$row]=$(awk '$1 == "99%" {print $2}' <<<"$report")
+        cpu[$row]=$(python3 -c "print(f'{($after - $before) * 1e6 / $tick / $requests:.1f}')")
+    done
+    {
+        echo "### Cache hits: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each"
+        echo
+        echo "| row | req/s | p50 | p99 | × nginx proxy_cache | proxy CPU µs/req |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for row in nginx cascade; do
+            python3 -c "
+a, r = ${rps[nginx]}, ${rps[$row]}
+name = {'nginx': 'nginx proxy_cache hit', 'cascade': 'Cascade edge cache hit'}['$row']
+print(f'| {name} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | ${cpu[$row]} |')"
+        done
+    } | tee "$out/cache.md"
+    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    pids=()
+}
+
 run_memory() {
     local noop="$root/target/wasm32-wasip2/release/noop.wasm"
     {
@@ -387,9 +465,10 @@ PY
 for part in "${parts[@]}"; do
     case $part in
     load) run_load ;;
+    cache) run_cache ;;
     memory) run_memory ;;
     swap) run_swap ;;
     micro) run_micro ;;
-    *) echo "bench: unknown part $part (load, memory, micro)" >&2; exit 2 ;;
+    *) echo "bench: unknown part $part (load, cache, memory, swap, micro)" >&2; exit 2 ;;
     esac
 done

@@ -67,8 +67,14 @@ impl Bench {
             UpstreamConfig {
                 name: "origin".into(),
                 servers: vec!["127.0.0.1:9000".parse().unwrap()],
+                tiers: Vec::new(),
+                balance: Default::default(),
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(1),
+                tls: None,
+                failover_statuses: Vec::new(),
+                max_attempts: 1,
+                health_check: None,
             },
         );
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -125,12 +125,28 @@ impl AdminApi {
             ("GET", ["metrics"]) => Response::builder()
                 .status(200)
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(control.metrics.render(&control.runtime).into_bytes())
+                .body(control.metrics.render(&control.runtime, control.cache).into_bytes())
                 .expect("a valid response"),
             ("POST", ["config", "reload"]) => match control.reload().await {
                 Ok(()) => reply(200, json!({ "reloaded": true, "routes": control.routes_json() })),
                 Err(e) => error(e.status(), e.to_string()),
             },
+            ("POST", ["cache", "purge"]) => {
+                let body = match self.body(session).await {
+                    Ok(body) => body,
+                    Err(response) => return response,
+                };
+                match serde_json::from_slice::<PurgeRequest>(&body) {
+                    Ok(PurgeRequest { url: Some(url), prefix: None }) => {
+                        reply(200, json!({ "purged": control.cache.purge(&url, false).await, "url": url }))
+                    }
+                    Ok(PurgeRequest { url: None, prefix: Some(prefix) }) if !prefix.is_empty() => {
+                        reply(200, json!({ "purged": control.cache.purge(&prefix, true).await, "prefix": prefix }))
+                    }
+                    Ok(_) => error(400, "give exactly one of \"url\" or a non-empty \"prefix\""),
+                    Err(e) => error(400, format!("the body must be JSON like {{\"url\": \"http://host/path\"}}: {e}")),
+                }
+            }
             (_, ["modules", name, ..]) if !valid_name(name) => {
                 error(400, format!("module name {name:?} is not valid: use letters, digits, '-' and '_'"))
             }
@@ -160,6 +176,16 @@ impl AdminApi {
             _ => error(404, format!("no endpoint {method} {path}")),
         }
     }
+}
+
+/// `POST /cache/purge`: `{"url": "host/path?query"}` for one URL (every
+/// `Vary` variant), or `{"prefix": "host/static/"}` for all under it. An
+/// `http://` or `https://` scheme is ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
 }
 
 #[async_trait]

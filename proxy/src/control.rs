@@ -14,11 +14,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
+use crate::cache::EdgeCache;
 use crate::config::{self, Config};
 use crate::filters::store::StoredModule;
 use crate::filters::{Capabilities, FilterModule, FilterRuntime, ModuleError, ModuleRegistry, ModuleStore};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotError};
+use crate::upstream::Upstreams;
 
 /// Why a change was refused. Nothing changed in any case.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,8 @@ pub struct ControlPlane {
     pub runtime: Arc<FilterRuntime>,
     pub current: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    /// The edge cache; sized at start, it lives as long as the process.
+    pub cache: &'static EdgeCache,
     config_path: PathBuf,
     store: ModuleStore,
     changes: tokio::sync::Mutex<()>,
@@ -75,11 +79,14 @@ impl ControlPlane {
         let store = ModuleStore::open(&config.modules.store, runtime.engine())?;
         let modules = load_modules(&runtime, &config, &store)?;
         let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
-        let snapshot = Snapshot::build(config, Arc::new(modules), caps, &runtime).await?;
+        let upstreams = Upstreams::start(&config.upstreams);
+        let cache = EdgeCache::new(&config.cache);
+        let snapshot = Snapshot::build(config, upstreams, Arc::new(modules), caps, &runtime).await?;
         Ok(Self {
             runtime,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics: Arc::default(),
+            cache,
             config_path: path.to_path_buf(),
             store,
             changes: tokio::sync::Mutex::new(()),
@@ -94,7 +101,8 @@ impl ControlPlane {
         let mut registry = (*current.modules).clone();
         edit(&mut registry);
         let config = (*current.config).clone();
-        Ok(Snapshot::build(config, Arc::new(registry), current.caps.clone(), &self.runtime).await?)
+        let upstreams = current.upstreams.clone();
+        Ok(Snapshot::build(config, upstreams, Arc::new(registry), current.caps.clone(), &self.runtime).await?)
     }
 
     /// Make `snapshot` the one new requests see.
@@ -171,7 +179,8 @@ impl ControlPlane {
         let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
         let modules = load_modules(&self.runtime, &config, &self.store)?;
         let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
-        let snapshot = Snapshot::build(config, Arc::new(modules), caps, &self.runtime).await?;
+        let upstreams = Upstreams::start(&config.upstreams);
+        let snapshot = Snapshot::build(config, upstreams, Arc::new(modules), caps, &self.runtime).await?;
         self.current.store(Arc::new(snapshot));
         self.metrics.record_reload();
         Ok(())

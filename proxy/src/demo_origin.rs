@@ -1,33 +1,52 @@
 //! A small origin that echoes each request back as JSON: the demo's origin,
 //! and the origin of the end-to-end tests.
 //!
-//! The response body is `{"method", "path", "query", "headers"}` as received,
-//! and the `x-origin-addr` response header names the origin that answered.
-//! Two request headers steer it, for tests of error handling:
-//! `x-echo-status: 503` sets the status, and `x-echo-header: name: value`
-//! adds a response header.
+//! The response body is `{"method", "path", "query", "headers", "count"}` as
+//! received, where `count` numbers the requests this origin has answered
+//! (health probes aside), and the `x-origin-addr` response header names the
+//! origin that answered. Request headers steer it, for tests:
+//! - `x-echo-status: 503` sets the status;
+//! - `x-echo-header: name: value` adds a response header; several are
+//!   separated by `|`, as in `cache-control: max-age=60|etag: "v1"`;
+//! - `x-echo-delay-ms: 200` answers late;
+//! - `x-echo-body-bytes: 4096` pads the body.
+//!
+//! It honours `If-None-Match` and `If-Modified-Since` against the `ETag` and
+//! `Last-Modified` it was asked to send, with a 304, as a real origin would.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
+use std::time::Duration;
 
 /// A running echo origin.
 pub struct EchoOrigin {
     addr: SocketAddr,
+    requests: Arc<AtomicU64>,
 }
 
 impl EchoOrigin {
     /// Serve on `listener` from background threads, one per connection.
     pub fn spawn(listener: TcpListener) -> io::Result<Self> {
         let addr = listener.local_addr()?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
         thread::Builder::new().name("echo-origin".into()).spawn(move || {
             for stream in listener.incoming().flatten() {
+                let counter = counter.clone();
                 let _ = thread::Builder::new().spawn(move || {
-                    let _ = serve_connection(stream, addr);
+                    let _ = serve_connection(stream, addr, &counter);
                 });
             }
         })?;
-        Ok(Self { addr })
+        Ok(Self { addr, requests })
+    }
+
+    /// Requests answered so far, health probes aside.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
     }
 
     /// Serve on an ephemeral loopback port.
@@ -47,7 +66,7 @@ struct Request {
     body_len: usize,
 }
 
-fn serve_connection(stream: TcpStream, addr: SocketAddr) -> io::Result<()> {
+fn serve_connection(stream: TcpStream, addr: SocketAddr, requests: &AtomicU64) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
@@ -55,7 +74,9 @@ fn serve_connection(stream: TcpStream, addr: SocketAddr) -> io::Result<()> {
             return Ok(());
         };
         let close = request.headers.iter().any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"));
-        writer.write_all(&respond(&request, addr))?;
+        let probe = request.headers.iter().any(|(n, v)| n == "user-agent" && v == "cascade-health");
+        let count = if probe { requests.load(Ordering::SeqCst) } else { requests.fetch_add(1, Ordering::SeqCst) + 1 };
+        writer.write_all(&respond(&request, addr, count))?;
         if close {
             return Ok(());
         }
@@ -118,7 +139,7 @@ fn read_chunked(reader: &mut impl BufRead) -> io::Result<usize> {
     }
 }
 
-fn respond(request: &Request, addr: SocketAddr) -> Vec<u8> {
+fn respond(request: &Request, addr: SocketAddr, count: u64) -> Vec<u8> {
     let (path, query) = match request.target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (request.target.as_str(), None),
@@ -134,20 +155,45 @@ fn respond(request: &Request, addr: SocketAddr) -> Vec<u8> {
         }
     }
     let find = |name: &str| request.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    let status: u16 = find("x-echo-status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    if let Some(ms) = find("x-echo-delay-ms").and_then(|s| s.parse().ok()) {
+        thread::sleep(Duration::from_millis(ms));
+    }
+    let extra: Vec<(&str, &str)> = find("x-echo-header")
+        .into_iter()
+        .flat_map(|h| h.split('|'))
+        .filter_map(|h| h.split_once(':'))
+        .map(|(n, v)| (n.trim(), v.trim()))
+        .collect();
+    let sent = |name: &str| extra.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+    let not_modified = match (find("if-none-match"), sent("etag"), find("if-modified-since"), sent("last-modified")) {
+        (Some(tags), Some(etag), _, _) => tags.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
+        (None, _, Some(since), Some(modified)) => since == modified,
+        _ => false,
+    };
+    let status: u16 = match not_modified {
+        true => 304,
+        false => find("x-echo-status").and_then(|s| s.parse().ok()).unwrap_or(200),
+    };
+    let pad = find("x-echo-body-bytes").and_then(|s| s.parse().ok()).map(|n: usize| "x".repeat(n.min(16 << 20)));
     let body = serde_json::json!({
         "method": request.method,
         "path": path,
         "query": query,
         "headers": headers,
         "body_bytes": request.body_len,
+        "count": count,
+        "pad": pad,
     })
     .to_string();
     let mut out = format!(
         "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\nx-origin: echo\r\nx-origin-addr: {addr}\r\n"
     );
-    if let Some((name, value)) = find("x-echo-header").and_then(|h| h.split_once(':')) {
-        out.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
+    for (name, value) in &extra {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if status == 304 {
+        out.push_str("\r\n");
+        return out.into_bytes();
     }
     let body = if request.method == "HEAD" { "" } else { body.as_str() };
     out.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));

@@ -5,16 +5,17 @@
 //! client ─► accept (Pingora) ─► route ─► filters: on-request, in order ─┐
 //!                                         │ a filter may answer early    │
 //!                                         ▼                              ▼
-//! client ◄─ log ◄─ filters: on-response, reverse order ◄─ upstream group
+//! client ◄─ log ◄─ filters: on-response, reverse order ◄─ cache ◄─ upstream tiers
 //! ```
 //!
 //! Follow a request through the modules in this order: [`service`] (the only
-//! place the phases are wired), [`route`], [`filters`], [`upstream`]. Start-up
+//! place the phases are wired), [`route`], [`filters`], [`cache`], [`upstream`]. Start-up
 //! is [`server`]; configuration is [`config`], and [`snapshot`] is the
 //! consistent version of both that each request pins.
 
 pub mod admin;
 pub mod admin_client;
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod demo_origin;

@@ -1,5 +1,6 @@
-//! Prometheus metrics: what exists so far is requests by route and status,
-//! filter failures by module and kind, module swaps and compilations.
+//! Prometheus metrics: requests by route and status, filter failures and
+//! latency, cache outcomes and size, upstream attempts and failovers by tier,
+//! module swaps and compilations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -7,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::cache::EdgeCache;
 use crate::filters::FilterRuntime;
 use crate::filters::host::live_instances;
 use crate::filters::module::live_modules;
@@ -47,6 +49,8 @@ pub struct Metrics {
     requests: Series<u16, u64>,
     filter_failures: Series<&'static str, u64>,
     filter_latency: Series<&'static str, Histogram>,
+    cache_results: Series<&'static str, u64>,
+    upstream_attempts: Series<&'static str, u64>,
     module_swaps: AtomicU64,
     reloads: AtomicU64,
 }
@@ -64,6 +68,17 @@ impl Metrics {
         self.filter_latency.update(module, phase, |h| h.observe(elapsed));
     }
 
+    /// How a request on `route` used the cache (`cache::outcome`).
+    pub fn record_cache(&self, route: &str, outcome: &'static str) {
+        self.cache_results.update(route, outcome, |n| *n += 1);
+    }
+
+    /// An upstream attempt to `tier`: `sent`, or `failover` when the request
+    /// moved on to the next tier.
+    pub fn record_upstream(&self, tier: &str, outcome: &'static str) {
+        self.upstream_attempts.update(tier, outcome, |n| *n += 1);
+    }
+
     pub fn record_swap(&self) {
         self.module_swaps.fetch_add(1, Ordering::Relaxed);
     }
@@ -73,7 +88,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, runtime: &FilterRuntime) -> String {
+    pub fn render(&self, runtime: &FilterRuntime, cache: &EdgeCache) -> String {
         let mut out = String::new();
         out.push_str("# HELP cascade_requests_total Requests answered, by route and status.\n");
         out.push_str("# TYPE cascade_requests_total counter\n");
@@ -101,10 +116,23 @@ impl Metrics {
             let _ = writeln!(out, "cascade_filter_duration_seconds_sum{{{labels}}} {}", h.sum_us as f64 / 1e6);
             let _ = writeln!(out, "cascade_filter_duration_seconds_count{{{labels}}} {}", h.count);
         });
+        out.push_str("# HELP cascade_cache_requests_total Requests by route and cache outcome (hit, stale, miss, expired, revalidated, bypass, uncacheable).\n");
+        out.push_str("# TYPE cascade_cache_requests_total counter\n");
+        self.cache_results.for_each(|route, result, n| {
+            let _ =
+                writeln!(out, "cascade_cache_requests_total{{route=\"{}\",result=\"{result}\"}} {n}", escape(route));
+        });
+        out.push_str("# HELP cascade_upstream_attempts_total Upstream attempts by tier: sent, and failover (moved on to the next tier).\n");
+        out.push_str("# TYPE cascade_upstream_attempts_total counter\n");
+        self.upstream_attempts.for_each(|tier, outcome, n| {
+            let _ =
+                writeln!(out, "cascade_upstream_attempts_total{{tier=\"{}\",outcome=\"{outcome}\"}} {n}", escape(tier));
+        });
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
             ("cascade_config_reloads_total", "Successful config reloads.", self.reloads.load(Ordering::Relaxed)),
             ("cascade_module_compilations_total", "Components compiled (not from cache).", runtime.compilations()),
+            ("cascade_cache_evictions_total", "Cache entries evicted to stay within max_size_mb.", cache.evictions()),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
@@ -112,6 +140,8 @@ impl Metrics {
         let gauges = [
             ("cascade_filter_instances_live", "Filter instances alive (each holds a pool slot).", live_instances()),
             ("cascade_module_versions_live", "Compiled module versions alive, pinned or current.", live_modules()),
+            ("cascade_cache_size_bytes", "Bytes held by the edge cache.", cache.size_bytes() as i64),
+            ("cascade_cache_entries", "Entries held by the edge cache.", cache.entries() as i64),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

@@ -96,7 +96,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy_app = CascadeProxy::new(control.current.clone(), control.runtime.clone(), control.metrics.clone());
+    let proxy_app = CascadeProxy::new(&control);
     let mut proxy = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy_app, "cascade");
     proxy.add_tcp(&config.server.listen.to_string());
     println!("cascade: serving http://{}", config.server.listen);

@@ -41,9 +41,11 @@ pub struct Snapshot {
 impl Snapshot {
     /// Assemble a snapshot from a loaded config, module set and host
     /// capabilities, checking every route's chain, including each filter's
-    /// own check of its config.
+    /// own check of its config. `upstreams` is passed in so that a module
+    /// change keeps the health state the checkers have learnt.
     pub async fn build(
         config: Config,
+        upstreams: Arc<Upstreams>,
         modules: Arc<ModuleRegistry>,
         caps: Arc<Capabilities>,
         runtime: &FilterRuntime,
@@ -53,12 +55,6 @@ impl Snapshot {
             let chain = FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters).await?;
             routes.push(Route::new(route.clone(), chain));
         }
-        Ok(Self {
-            routes: RouteTable::build(routes)?,
-            upstreams: Arc::new(Upstreams::new(&config.upstreams)),
-            modules,
-            caps,
-            config: Arc::new(config),
-        })
+        Ok(Self { routes: RouteTable::build(routes)?, upstreams, modules, caps, config: Arc::new(config) })
     }
 }

@@ -52,6 +52,7 @@ fn unreachable_origin_gets_502() {
         routes: "[[route]]\nname = \"dead\"\nupstream = \"origin\"\n".into(),
         modules: vec![],
         admin: false,
+        server_extra: String::new(),
     };
     let proxy = Proxy::start(&config);
     let reply = proxy.get("/", &[]);

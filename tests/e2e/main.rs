@@ -1,6 +1,8 @@
 //! Black-box tests: the real `cascade` binary, real compiled filters, a real
 //! origin on an ephemeral port and a real HTTP client.
 
+mod cache;
+mod cascade;
 mod edge_filters;
 mod foundation;
 mod hostile_filters;

@@ -27,6 +27,26 @@ pub struct MainFile {
     pub rate_limits: BTreeMap<String, Spanned<RateLimitSection>>,
     #[serde(default)]
     pub jwt: JwtSection,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the edge cache shared by every route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Whether routes cache unless they say otherwise.
+    pub enabled: bool,
+    /// Bodies and headers kept at once; least recently used entries go first.
+    pub max_size_mb: u64,
+    /// How long a request waits for another request fetching the same key.
+    pub lock_timeout_ms: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self { enabled: true, max_size_mb: 256, lock_timeout_ms: 5_000 }
+    }
 }
 
 /// `[rate_limits.<name>]`: a GCRA policy.
@@ -99,11 +119,13 @@ pub struct ServerSection {
     pub listen: Spanned<String>,
     pub threads: usize,
     pub tls: Option<TlsSection>,
+    /// This node's name in `CDN-Loop` and `Via`; defaults to `cascade`.
+    pub node_id: Option<Spanned<String>>,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self { listen: Spanned::new(0..0, "0.0.0.0:8080".into()), threads: 2, tls: None }
+        Self { listen: Spanned::new(0..0, "0.0.0.0:8080".into()), threads: 2, tls: None, node_id: None }
     }
 }
 
@@ -157,14 +179,82 @@ impl Default for LimitsSection {
     }
 }
 
+/// `[upstreams.<name>]`: either a tier of `servers`, or an ordered list of
+/// `tiers` (other groups) to fail over through.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
+    #[serde(default)]
     pub servers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tiers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub balance: Balance,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Connect with TLS, verifying the certificate against `sni`.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name sent in SNI and checked in the certificate. Defaults to the
+    /// host part of the server address.
+    pub sni: Option<String>,
+    /// A PEM CA certificate to trust instead of the system roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// Statuses from this tier that send the request on to the next tier.
+    #[serde(default = "default_failover_statuses")]
+    pub failover_on: Vec<u16>,
+    /// Upstream attempts one request may make across the tiers.
+    pub max_attempts: Option<usize>,
+    pub health_check: Option<HealthCheckSection>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// Rendezvous hashing on the cache key: a key sticks to one server.
+    ConsistentHash,
+}
+
+fn default_failover_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+
+/// `[upstreams.<name>.health_check]`: an active HTTP probe of each server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Failed probes in a row that mark a server down.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Passed probes in a row that bring it back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_health_interval_ms() -> u64 {
+    2_000
+}
+fn default_health_timeout_ms() -> u64 {
+    1_000
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -194,6 +284,24 @@ pub struct RouteSection {
     pub upstream: Spanned<String>,
     #[serde(default)]
     pub filters: Vec<FilterSection>,
+    #[serde(default)]
+    pub cache: RouteCacheSection,
+}
+
+/// `[route.cache]`: this route's cache policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    /// Overrides `[cache] enabled`.
+    pub enabled: Option<bool>,
+    /// Freshness for every storable response, instead of the origin's.
+    pub ttl_secs: Option<u64>,
+    /// Leave the query string out of the cache key.
+    #[serde(default)]
+    pub ignore_query: bool,
+    /// Leave these query parameters out of the cache key.
+    #[serde(default)]
+    pub ignore_query_params: Vec<String>,
 }
 
 fn any_host() -> Spanned<String> {

@@ -106,6 +106,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 key: existing_file(&main, &base, &tls.key, "server.tls.key")?,
             }),
         },
+        node_id: match &file.server.node_id {
+            None => default_node_id(socket_addr(&main, &file.server.listen, "server.listen")?.port()),
+            Some(id) if is_token(id.get_ref()) => id.get_ref().clone(),
+            Some(id) => {
+                let message = format!("{:?} must be a token: letters, digits and -._~ only", id.get_ref());
+                return Err(main.invalid(id, "server.node_id", message));
+            }
+        },
     };
     let admin = AdminConfig {
         listen: socket_addr(&main, &file.admin.listen, "admin.listen")?,
@@ -124,8 +132,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, section) in &file.upstreams {
-        upstreams.insert(name.clone(), upstream(&main, name, section)?);
+        upstreams.insert(name.clone(), upstream(&main, &base, name, section)?);
     }
+    check_tiers(&main, &file.upstreams, &upstreams)?;
+    let cache = CacheConfig {
+        max_size_bytes: (file.cache.max_size_mb.max(1) << 20) as usize,
+        lock_timeout: Duration::from_millis(file.cache.lock_timeout_ms.max(1)),
+    };
 
     let mut rate_limits = std::collections::BTreeMap::new();
     for (name, section) in &file.rate_limits {
@@ -144,12 +157,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             let source = Source::read(&route_path)?;
             let route_file: RouteFile = source.parse()?;
             for section in route_file.route {
-                routes.push(route(&source, section, &upstreams, &limits)?);
+                routes.push(route(&source, section, &upstreams, &limits, file.cache.enabled)?);
             }
         }
     }
 
-    Ok(Config { path: path.to_path_buf(), server, admin, modules, limits, upstreams, routes, rate_limits, jwt_keysets })
+    Ok(Config {
+        path: path.to_path_buf(),
+        server,
+        admin,
+        modules,
+        limits,
+        upstreams,
+        routes,
+        rate_limits,
+        jwt_keysets,
+        cache,
+    })
 }
 
 fn rate_limit(
@@ -203,24 +227,103 @@ fn existing_file(src: &Source, base: &Path, value: &Spanned<String>, key: &str) 
     if path.is_file() { Ok(path) } else { Err(src.invalid(value, key, format!("no file at {}", path.display()))) }
 }
 
-fn upstream(src: &Source, name: &str, section: &Spanned<UpstreamSection>) -> Result<UpstreamConfig, ConfigError> {
+/// `cascade-<hostname>-<port>`: unique per node, so that two Cascades in a
+/// cascade (PoP and regional) never mistake each other for a loop.
+fn default_node_id(port: u16) -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || "-._~".contains(c) { c } else { '-' }).collect();
+    match host.is_empty() {
+        true => format!("cascade-{port}"),
+        false => format!("cascade-{host}-{port}"),
+    }
+}
+
+/// A token as RFC 9110 defines it, restricted to the characters a node id needs.
+fn is_token(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+fn upstream(
+    src: &Source,
+    base: &Path,
+    name: &str,
+    section: &Spanned<UpstreamSection>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let s = section.get_ref();
     let key = format!("upstreams.{name}.servers");
-    if section.get_ref().servers.is_empty() {
-        return Err(src.invalid(section, &key, "an upstream group needs at least one server".into()));
+    if s.servers.is_empty() == s.tiers.is_empty() {
+        let message = "an upstream group needs either `servers` or `tiers`, not both".into();
+        return Err(src.invalid(section, &format!("upstreams.{name}"), message));
     }
     let mut servers = Vec::new();
-    for server in &section.get_ref().servers {
+    for server in &s.servers {
         let addr = server.get_ref().to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(|| {
             src.invalid(server, &key, format!("{:?} is not a resolvable host:port", server.get_ref()))
         })?;
         servers.push(addr);
     }
+    if let Some(status) = s.failover_on.iter().find(|s| !(500..600).contains(*s)) {
+        let message = format!("{status} is not a 5xx status; only server errors fail over");
+        return Err(src.invalid(section, &format!("upstreams.{name}.failover_on"), message));
+    }
+    let tls = match s.tls {
+        false => None,
+        true => {
+            let host = s.servers.first().map(|h| h.get_ref().rsplit_once(':').map_or("", |(h, _)| h));
+            let ca_der = match &s.ca_file {
+                None => None,
+                Some(file) => {
+                    let at = format!("upstreams.{name}.ca_file");
+                    let path = existing_file(src, base, file, &at)?;
+                    let der =
+                        pingora::tls::load_pem_file_ca(&path.display().to_string()).ok().filter(|d| !d.is_empty());
+                    Some(der.ok_or_else(|| src.invalid(file, &at, "no PEM certificate in this file".into()))?)
+                }
+            };
+            Some(UpstreamTls { sni: s.sni.clone().unwrap_or_else(|| host.unwrap_or_default().to_string()), ca_der })
+        }
+    };
     Ok(UpstreamConfig {
         name: name.to_string(),
         servers,
-        connect_timeout: Duration::from_millis(section.get_ref().connect_timeout_ms),
-        read_timeout: Duration::from_millis(section.get_ref().read_timeout_ms),
+        tiers: s.tiers.iter().map(|t| t.get_ref().clone()).collect(),
+        balance: s.balance,
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+        read_timeout: Duration::from_millis(s.read_timeout_ms),
+        tls,
+        failover_statuses: s.failover_on.clone(),
+        max_attempts: s.max_attempts.unwrap_or(s.tiers.len().max(1)).max(1),
+        health_check: s.health_check.as_ref().map(|h| HealthCheckConfig {
+            path: h.path.clone(),
+            interval: Duration::from_millis(h.interval_ms.max(10)),
+            timeout: Duration::from_millis(h.timeout_ms.max(1)),
+            unhealthy_threshold: h.unhealthy_threshold.max(1),
+            healthy_threshold: h.healthy_threshold.max(1),
+        }),
     })
+}
+
+/// Each tier of a tiered group must be a group of servers.
+fn check_tiers(
+    src: &Source,
+    sections: &std::collections::BTreeMap<String, Spanned<UpstreamSection>>,
+    upstreams: &std::collections::BTreeMap<String, UpstreamConfig>,
+) -> Result<(), ConfigError> {
+    for (name, section) in sections {
+        for tier in &section.get_ref().tiers {
+            let key = format!("upstreams.{name}.tiers");
+            match upstreams.get(tier.get_ref()) {
+                None => return Err(src.invalid(tier, &key, format!("no upstream group named {:?}", tier.get_ref()))),
+                Some(group) if !group.tiers.is_empty() => {
+                    let message = format!("{:?} is itself tiered; a tier must list servers", tier.get_ref());
+                    return Err(src.invalid(tier, &key, message));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn route(
@@ -228,6 +331,7 @@ fn route(
     section: file::RouteSection,
     upstreams: &std::collections::BTreeMap<String, UpstreamConfig>,
     limits: &Limits,
+    cache_by_default: bool,
 ) -> Result<RouteConfig, ConfigError> {
     let name = section.name.get_ref().clone();
     if name.is_empty() {
@@ -277,6 +381,12 @@ fn route(
         path_prefix: prefix.clone(),
         upstream: section.upstream.get_ref().clone(),
         filters,
+        cache: RouteCachePolicy {
+            enabled: section.cache.enabled.unwrap_or(cache_by_default),
+            ttl: section.cache.ttl_secs.map(Duration::from_secs),
+            ignore_query: section.cache.ignore_query,
+            ignore_query_params: section.cache.ignore_query_params,
+        },
     })
 }
 

@@ -22,6 +22,14 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub rate_limits: BTreeMap<String, RateLimitPolicyConfig>,
     pub jwt_keysets: BTreeMap<String, KeysetConfig>,
+    pub cache: CacheConfig,
+}
+
+/// The edge cache. Its size is fixed at start; a reload keeps the cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_size_bytes: usize,
+    pub lock_timeout: Duration,
 }
 
 /// A rate-limit policy: a bucket of `burst` refilled by one request every
@@ -61,6 +69,8 @@ pub struct ServerConfig {
     /// Worker threads for the proxy service.
     pub threads: usize,
     pub tls: Option<TlsConfig>,
+    /// This node's name in `CDN-Loop` and `Via`.
+    pub node_id: String,
 }
 
 /// HTTPS with HTTP/2 (ALPN `h2`, falling back to HTTP/1.1).
@@ -98,13 +108,51 @@ pub struct Limits {
     pub max_instances: u32,
 }
 
-/// A named group of servers, chosen round-robin.
+/// A named upstream group: a tier of servers, or an ordered list of tiers.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// The servers of a tier; empty when `tiers` is set.
     pub servers: Vec<SocketAddr>,
+    /// Other groups (each a tier of servers), tried in order.
+    pub tiers: Vec<String>,
+    pub balance: Balance,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+    /// Statuses that send a request on to the next tier.
+    pub failover_statuses: Vec<u16>,
+    /// Upstream attempts one request may make, across tiers.
+    pub max_attempts: usize,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+pub use super::file::Balance;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub sni: String,
+    /// DER of a CA to trust instead of the system roots.
+    pub ca_der: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+/// A route's cache policy.
+#[derive(Debug, Clone, Default)]
+pub struct RouteCachePolicy {
+    pub enabled: bool,
+    /// Freshness for every storable response, instead of the origin's.
+    pub ttl: Option<Duration>,
+    pub ignore_query: bool,
+    pub ignore_query_params: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +162,7 @@ pub struct RouteConfig {
     pub path_prefix: String,
     pub upstream: String,
     pub filters: Vec<FilterEntry>,
+    pub cache: RouteCachePolicy,
     /// Where the route was declared, for error messages.
     pub at: Location,
 }

@@ -190,6 +190,7 @@ mod tests {
                 path_prefix: prefix.into(),
                 upstream: "origin".into(),
                 filters: vec![],
+                cache: Default::default(),
                 at: Location { file: "routes.toml".into(), line: 1, key: "route.name".into() },
             },
             FilterChain::default(),

@@ -2,12 +2,20 @@
 //! the request path are wired together. Each phase hands off to its module.
 //!
 //! ```text
-//! request_filter ─────────► route::normalize + RouteTable::find   (400 / 404)
+//! request_filter ─────────► loop guard (CDN-Loop)                  (508)
+//!                 ├───────► route::normalize + RouteTable::find   (400 / 404)
 //!                 └───────► FilterChain::run_request              (reply / 5xx)
-//! upstream_peer ──────────► upstream::UpstreamGroup::peer
-//! upstream_request_filter ► request id, X-Forwarded-For
-//! response_filter ────────► InFlightChain::run_response (reverse order)
-//! logging ────────────────► access log
+//! request_cache_filter,
+//! cache_key_callback ─────► cache: enable, key                    (hit: served)
+//! upstream_peer ──────────► upstream: this tier's server
+//! fail_to_connect,
+//! error_while_proxy ──────► failover to the next tier
+//! upstream_request_filter ► request id, X-Forwarded-For, CDN-Loop, Via
+//! upstream_response_filter► failover on a configured 5xx
+//! response_cache_filter ──► cache::cacheability, cache_vary_filter
+//! response_filter ────────► InFlightChain::run_response (reverse order),
+//!                           Cache-Status, Via
+//! logging ────────────────► metrics, access log
 //! ```
 
 mod reply;
@@ -23,10 +31,12 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
+use crate::cache::{self, EdgeCache};
 use crate::filters::{FilterFailure, FilterRuntime, FilterTiming, InFlightChain, RequestHead, RequestOutcome};
 use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamGroup;
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -38,12 +48,19 @@ pub struct CascadeProxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     runtime: Arc<FilterRuntime>,
     metrics: Arc<Metrics>,
+    cache: &'static EdgeCache,
     ids: RequestIds,
 }
 
 impl CascadeProxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, runtime: Arc<FilterRuntime>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshot, runtime, metrics, ids: RequestIds::new() }
+    pub fn new(control: &crate::control::ControlPlane) -> Self {
+        Self {
+            snapshot: control.current.clone(),
+            runtime: control.runtime.clone(),
+            metrics: control.metrics.clone(),
+            cache: control.cache,
+            ids: RequestIds::new(),
+        }
     }
 }
 
@@ -64,6 +81,15 @@ pub struct RequestCtx {
     skipped: Vec<FilterFailure>,
     /// Per-filter call times, recorded when the request is logged.
     timings: Vec<FilterTiming>,
+    /// `host/path?query` as the client asked (normalized, ignored query
+    /// parameters dropped): the cache key's first part. `None`: no caching.
+    cache_url: Option<String>,
+    /// The client sent `Authorization` (before any filter removed it).
+    authorization: bool,
+    /// The tier of the upstream group this request is on, and how many
+    /// upstream attempts it has made.
+    tier: usize,
+    attempts: usize,
 }
 
 /// Makes a `Send` value `Sync` by giving out only `&mut` access: a shared
@@ -94,6 +120,12 @@ impl CascadeProxy {
     async fn route_and_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.snapshot.load_full();
         ctx.snapshot = Some(snapshot.clone());
+        let node = &snapshot.config.server.node_id;
+        if let Some(seen) = loop_seen(session.req_header(), node) {
+            let message =
+                format!("loop detected: this request already passed through node {node:?} (CDN-Loop: {seen})");
+            return reply::send_error(session, ctx, ErrorReply::new(508, message)).await;
+        }
 
         // Routing and the upstream both see the normalized path; most paths
         // are already normal and are borrowed, not copied.
@@ -122,6 +154,12 @@ impl CascadeProxy {
         };
         ctx.upstream = route.config.upstream.clone();
         ctx.route = Some(route.clone());
+        let header = session.req_header();
+        ctx.authorization = header.headers.contains_key(http::header::AUTHORIZATION);
+        if route.config.cache.enabled && cache::request_may_use_cache(header) {
+            let target = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            ctx.cache_url = Some(format!("{host}{}", cache::key_target(target, &route.config.cache)));
+        }
         if route.chain.is_empty() {
             return Ok(false);
         }
@@ -162,6 +200,54 @@ impl CascadeProxy {
     }
 }
 
+/// The `CDN-Loop` header (RFC 8586) when one of its members is `node`.
+fn loop_seen<'a>(header: &'a RequestHeader, node: &str) -> Option<&'a str> {
+    header.headers.get_all("cdn-loop").iter().filter_map(|v| v.to_str().ok()).find(|value| {
+        value.split(',').any(|member| member.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(node)))
+    })
+}
+
+/// Append `member` to a list-valued response header.
+fn append_response_member(header: &mut ResponseHeader, name: &'static str, member: &str) -> Result<()> {
+    let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {member}"),
+        None => member.to_string(),
+    };
+    header.insert_header(name, value)
+}
+
+/// Append `member` to a list-valued header.
+fn append_member(header: &mut RequestHeader, name: &'static str, member: &str) -> Result<()> {
+    let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {member}"),
+        None => member.to_string(),
+    };
+    header.insert_header(name, value)
+}
+
+impl CascadeProxy {
+    /// The tier this request is on.
+    fn current_tier<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a UpstreamGroup> {
+        ctx.snapshot.as_ref()?.upstreams.tier(&ctx.upstream, ctx.tier)
+    }
+
+    /// Move the request on to the next tier, if its group has one and the
+    /// failover budget allows another attempt.
+    fn fail_over(&self, ctx: &mut RequestCtx) -> bool {
+        let Some(snapshot) = ctx.snapshot.as_ref() else { return false };
+        let Some(group) = snapshot.upstreams.get(&ctx.upstream) else { return false };
+        let next_exists = snapshot.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some();
+        if !next_exists || ctx.attempts >= group.config.max_attempts {
+            return false;
+        }
+        if let Some(tier) = snapshot.upstreams.tier(&ctx.upstream, ctx.tier) {
+            self.metrics.record_upstream(tier.name(), "failover");
+        }
+        ctx.tier += 1;
+        true
+    }
+}
+
 /// The request's host: the `Host` header, or the URI authority (HTTP/2).
 fn request_host(session: &Session) -> &str {
     let header = session.req_header();
@@ -188,6 +274,10 @@ impl ProxyHttp for CascadeProxy {
             failure: None,
             skipped: Vec::new(),
             timings: Vec::new(),
+            cache_url: None,
+            authorization: false,
+            tier: 0,
+            attempts: 0,
         }
     }
 
@@ -195,12 +285,106 @@ impl ProxyHttp for CascadeProxy {
         self.route_and_filter(session, ctx).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let snapshot = ctx.snapshot.as_ref().expect("request_filter pinned a snapshot");
-        match snapshot.upstreams.get(&ctx.upstream) {
-            Some(group) => Ok(group.peer()),
-            None => Error::e_explain(ErrorType::InternalError, format!("upstream group {:?} vanished", ctx.upstream)),
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.cache_url.is_some() {
+            self.cache.enable(&mut session.cache);
         }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<pingora::cache::CacheKey> {
+        let (Some(url), Some(route)) = (&ctx.cache_url, &ctx.route) else {
+            return Error::e_explain(ErrorType::InternalError, "cache enabled without a cache URL");
+        };
+        let target = session.req_header().uri.path_and_query().map_or("/", |pq| pq.as_str());
+        Ok(cache::cache_key(url, &ctx.upstream, &cache::key_target(target, &route.config.cache)))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<pingora::cache::RespCacheable> {
+        Ok(match &ctx.route {
+            Some(route) => cache::cacheability(resp, &route.config.cache, ctx.authorization),
+            None => pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora::cache::CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+        match error {
+            // stale-while-revalidate: Pingora has checked the response's
+            // window, and refreshes in the background.
+            None => true,
+            // stale-if-error (window checked by Pingora too): only when the
+            // upstream failed, not when the client did.
+            Some(e) => e.esource() == &ErrorSource::Upstream,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx.snapshot.clone().expect("request_filter pinned a snapshot");
+        let key_hash = crate::upstream::key_hash(ctx.cache_url.as_deref().unwrap_or_default());
+        loop {
+            let Some(tier) = snapshot.upstreams.tier(&ctx.upstream, ctx.tier) else {
+                let message = format!("upstream group {:?} has no tier {}", ctx.upstream, ctx.tier);
+                return Error::e_explain(ErrorType::InternalError, message);
+            };
+            // A tier whose servers are all down is skipped while a later tier
+            // remains; the last tier is tried regardless.
+            let addr = match tier.pick(key_hash) {
+                Some(addr) => addr,
+                None if self.fail_over(ctx) => continue,
+                None => tier.pick_any(key_hash),
+            };
+            ctx.attempts += 1;
+            self.metrics.record_upstream(tier.name(), "sent");
+            return Ok(tier.peer(addr));
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the upstream, so any method may go on.
+        e.set_retry(self.fail_over(ctx));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // The upstream may have acted on the request: only idempotent
+        // methods with their whole body still at hand go on.
+        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        if replayable && self.fail_over(ctx) {
+            e.set_retry(true);
+        } else if replayable {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -210,6 +394,11 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+        if let Some(snapshot) = &ctx.snapshot {
+            let node = &snapshot.config.server.node_id;
+            append_member(upstream_request, "cdn-loop", node)?;
+            append_member(upstream_request, "via", &format!("1.1 {node}"))?;
+        }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(earlier) => format!("{earlier}, {ip}"),
@@ -220,12 +409,38 @@ impl ProxyHttp for CascadeProxy {
         Ok(())
     }
 
-    async fn response_filter(
+    async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        let Some(tier) = self.current_tier(ctx) else { return Ok(()) };
+        let fails_over = tier.config.failover_statuses.contains(&status)
+            && session.req_header().method.is_idempotent()
+            && ctx.snapshot.as_ref().is_some_and(|s| s.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some());
+        if fails_over {
+            // An error here reaches `error_while_proxy`, which moves the
+            // request on to the next tier; nothing was sent downstream yet.
+            let message = format!("tier {:?} answered {status}", tier.name());
+            return Error::e_explain(ErrorType::HTTPStatus(status), message);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(snapshot) = &ctx.snapshot {
+            let node = &snapshot.config.server.node_id;
+            let member = cache::status_member(node, &session.cache);
+            append_response_member(upstream_response, "cache-status", &member)?;
+            append_response_member(upstream_response, "via", &format!("1.1 {node}"))?;
+        }
         if let Some(mut chain) = ctx.chain.take() {
             let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
             let response = std::mem::replace(upstream_response, placeholder);
@@ -271,7 +486,11 @@ impl ProxyHttp for CascadeProxy {
             self.metrics.record_filter_failure(&failure.module, failure.kind.as_str());
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        self.metrics.record_request(ctx.route.as_ref().map_or("-", |r| &r.name), status);
+        let route_name = ctx.route.as_ref().map_or("-", |r| &r.name);
+        self.metrics.record_request(route_name, status);
+        if ctx.route.as_ref().is_some_and(|r| r.config.cache.enabled) {
+            self.metrics.record_cache(route_name, cache::outcome(&session.cache));
+        }
         if !log::log_enabled!(target: "cascade::access", log::Level::Info) {
             return;
         }
@@ -282,6 +501,8 @@ impl ProxyHttp for CascadeProxy {
             "path": header.uri.path(),
             "route": ctx.route.as_ref().map(|r| r.name.as_ref()),
             "upstream": ctx.upstream,
+            "tier": self.current_tier(ctx).filter(|_| ctx.attempts > 0).map(|t| t.name()),
+            "cache": cache::outcome(&session.cache),
             "status": status,
             "duration_us": ctx.started.elapsed().as_micros() as u64,
             "filter_failure": ctx.failure.as_ref().map(|f| f.to_string()),

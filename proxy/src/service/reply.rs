@@ -93,6 +93,10 @@ pub async fn send_filter_reply(
 async fn write(session: &mut Session, ctx: &RequestCtx, mut header: ResponseHeader, body: Bytes) -> Result<bool> {
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+    if let Some(snapshot) = &ctx.snapshot {
+        // The proxy answered itself: the cache was not consulted.
+        header.insert_header("cache-status", format!("{}; fwd=bypass", snapshot.config.server.node_id))?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(header), head_only).await?;
     if !head_only {

@@ -54,6 +54,8 @@ pub struct ProxyConfig {
     pub modules: Vec<(String, Vec<u8>)>,
     /// Turn on the admin API, with token [`ADMIN_TOKEN`].
     pub admin: bool,
+    /// Extra keys for the `[server]` table, such as `node_id`.
+    pub server_extra: String,
 }
 
 /// The admin token of proxies started with `admin: true`.
@@ -68,7 +70,25 @@ impl ProxyConfig {
             routes: routes.to_string(),
             modules: modules.iter().map(|m| (m.to_string(), std::fs::read(wasm(m)).unwrap())).collect(),
             admin: false,
+            server_extra: String::new(),
         }
+    }
+
+    /// Routes over `origin` as upstream group `origin`, with no modules.
+    pub fn over(origin: SocketAddr, routes: &str) -> Self {
+        Self {
+            main_extra: format!("[upstreams.origin]\nservers = [\"{origin}\"]\n"),
+            routes: routes.to_string(),
+            modules: Vec::new(),
+            admin: false,
+            server_extra: String::new(),
+        }
+    }
+
+    /// Name this node in `CDN-Loop`, `Via` and `Cache-Status`.
+    pub fn with_node_id(mut self, id: &str) -> Self {
+        self.server_extra.push_str(&format!("node_id = \"{id}\"\n"));
+        self
     }
 
     pub fn with_admin(mut self) -> Self {
@@ -99,8 +119,9 @@ impl ProxyConfig {
             std::fs::write(modules.join(format!("{name}.wasm")), bytes).unwrap();
         }
         let main = format!(
-            "routes = [\"routes/*.toml\"]\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n\n\
+            "routes = [\"routes/*.toml\"]\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n{}\n\
              [modules]\ndir = \"modules\"\nstore = \"store\"\n\n{}{}",
+            self.server_extra,
             self.main_extra,
             if self.admin {
                 format!(

@@ -1,0 +1,310 @@
+//! The edge cache: RFC 9111 caching on Pingora's HTTP cache state machine.
+//!
+//! Pingora drives lookups, conditional revalidation (304 handling), request
+//! collapsing (the cache lock), `stale-while-revalidate` and
+//! `stale-if-error`, and the `Age` header. This module supplies the policy:
+//! the cache key, what may be stored and for how long, `Vary`, the
+//! `Cache-Status` member (RFC 9211) and purging. Storage is bounded by an LRU
+//! eviction manager sized from `[cache] max_size_mb`.
+
+mod store;
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+#[cfg(test)]
+use std::time::Duration;
+
+use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::eviction::simple_lru;
+use pingora::cache::filters::{calculate_serve_stale_durations, resp_cacheable};
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::Predictor;
+use pingora::cache::storage::{PurgeTarget, PurgeType};
+use pingora::cache::trace::Span;
+use pingora::cache::{CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, HttpCache, NoCacheReason, RespCacheable};
+use pingora::cache::{Storage, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::{CacheConfig, RouteCachePolicy};
+use store::{EdgeStorage, URL_END};
+
+/// Without explicit freshness (`s-maxage`, `max-age` or `Expires`) nothing
+/// is stored: caching a dynamic response nobody marked cacheable is the
+/// classic CDN footgun. A route's `ttl_secs` is the way to cache those.
+const ORIGIN_HEADERS_ONLY: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// Statuses a cache may store by default (RFC 9110, section 15.1).
+fn heuristically_cacheable(status: u16) -> bool {
+    matches!(status, 200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+}
+
+/// The process-wide cache. Pingora wants `'static` parts, and the cache
+/// outlives every config reload, so it is created once and never freed.
+pub struct EdgeCache {
+    storage: &'static EdgeStorage,
+    eviction: &'static simple_lru::Manager,
+    lock: &'static CacheKeyLockImpl,
+    /// Keys whose last response could not be stored. They skip the cache
+    /// lock, so concurrent requests for a dynamic URL are not serialized
+    /// behind one another; a storable answer takes the key off the list.
+    predictor: &'static Predictor<16>,
+}
+
+impl EdgeCache {
+    pub fn new(config: &CacheConfig) -> &'static Self {
+        let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
+        Box::leak(Box::new(Self {
+            storage: Box::leak(Box::default()),
+            eviction: Box::leak(Box::new(simple_lru::Manager::new(config.max_size_bytes))),
+            lock,
+            predictor: Box::leak(Box::new(Predictor::new(8_192, None))),
+        }))
+    }
+
+    /// Turn the cache on for this request.
+    pub fn enable(&'static self, cache: &mut HttpCache) {
+        cache.enable(self.storage, Some(self.eviction), Some(self.predictor), Some(self.lock), None);
+    }
+
+    /// Drop the entries cached for `url` (every `Vary` variant), or for every
+    /// URL that starts with it. Returns how many entries went.
+    pub async fn purge(&self, url: &str, prefix: bool) -> usize {
+        let url = purge_url(url);
+        let span = Span::inactive().handle();
+        let mut purged = 0;
+        for key in self.storage.keys_for(&url, prefix) {
+            let entry = store::entry(key);
+            self.eviction.remove((&entry).into());
+            if let Ok(pingora::cache::storage::PurgeOutcome::Purged(_)) =
+                self.storage.purge(PurgeTarget::Exact(&entry), PurgeType::Invalidation, &span).await
+            {
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.eviction.total_size()
+    }
+
+    pub fn entries(&self) -> usize {
+        self.eviction.total_items()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.storage.evictions()
+    }
+}
+
+/// `http://host/path` and `host/path` name the same entries.
+fn purge_url(url: &str) -> Cow<'_, str> {
+    let bare = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or(url);
+    Cow::Borrowed(bare)
+}
+
+/// `path?query` with the query parameters the policy ignores left out.
+pub fn key_target<'a>(target: &'a str, policy: &RouteCachePolicy) -> Cow<'a, str> {
+    let Some((path, query)) = target.split_once('?') else {
+        return Cow::Borrowed(target);
+    };
+    if policy.ignore_query {
+        return Cow::Borrowed(path);
+    }
+    if policy.ignore_query_params.is_empty() {
+        return Cow::Borrowed(target);
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            !policy.ignore_query_params.iter().any(|ignored| ignored == name)
+        })
+        .collect();
+    match kept.is_empty() {
+        true => Cow::Borrowed(path),
+        false => Cow::Owned(format!("{path}?{}", kept.join("&"))),
+    }
+}
+
+/// Only GET and HEAD use the cache, and not when the client says `no-store`.
+pub fn request_may_use_cache(req: &RequestHeader) -> bool {
+    let method_ok = req.method == http::Method::GET || req.method == http::Method::HEAD;
+    method_ok && !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
+}
+
+/// The cache key: the URL the client asked for (what a purge names), then
+/// where the request went after the filters (upstream group and target), so
+/// an A/B variant routed elsewhere gets its own entry.
+pub fn cache_key(client_url: &str, upstream: &str, upstream_target: &str) -> CacheKey {
+    CacheKey::new(format!("{client_url}{URL_END}{upstream}{URL_END}{upstream_target}"), "")
+}
+
+/// May this response be stored, and until when? The origin's headers decide,
+/// unless the route overrides the TTL; `no-store`, `private`, `Vary: *` and
+/// the rules for requests that carried `Authorization` always hold.
+pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorization: bool) -> RespCacheable {
+    let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| v.as_bytes().trim_ascii() == b"*");
+    if vary_star {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    let Some(ttl) = policy.ttl else {
+        return resp_cacheable(cc.as_ref(), resp.clone(), authorization, &ORIGIN_HEADERS_ONLY);
+    };
+    let forbidden = cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
+        || (authorization && !cc.as_ref().is_some_and(|cc| cc.allow_caching_authorized_req()))
+        || !heuristically_cacheable(resp.status.as_u16());
+    if forbidden {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &ORIGIN_HEADERS_ONLY);
+    let now = SystemTime::now();
+    RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, swr, sie, resp.clone()))
+}
+
+/// The `Vary` variant of `req` for a stored response, or `None` if the
+/// response does not vary.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut builder = VarianceBuilder::new();
+    let mut names: Vec<String> = Vec::new();
+    for value in meta.headers().get_all(http::header::VARY) {
+        let Ok(value) = value.to_str() else { continue };
+        names.extend(value.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()));
+    }
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let value = req.headers.get(name.as_str()).map(|v| v.as_bytes()).unwrap_or_default();
+        builder.add_value(name, value);
+    }
+    builder.finalize()
+}
+
+/// How a request used the cache, for metrics.
+pub fn outcome(cache: &HttpCache) -> &'static str {
+    match cache.phase() {
+        CachePhase::Hit => "hit",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        CachePhase::Miss => "miss",
+        CachePhase::Expired => "expired",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+        CachePhase::Disabled(NoCacheReason::NeverEnabled) => "bypass",
+        _ => "uncacheable",
+    }
+}
+
+/// This node's member of the `Cache-Status` list (RFC 9211).
+pub fn status_member(node: &str, cache: &HttpCache) -> String {
+    let ttl = || {
+        let meta = cache.cache_meta();
+        match meta.fresh_until().duration_since(SystemTime::now()) {
+            Ok(left) => left.as_secs() as i64,
+            Err(past) => -(past.duration().as_secs() as i64) - 1,
+        }
+    };
+    let stored = if cache.enabled() { "; stored" } else { "" };
+    match cache.phase() {
+        CachePhase::Hit => format!("{node}; hit; ttl={}", ttl()),
+        CachePhase::Stale => format!("{node}; hit; ttl={}; detail=stale-if-error", ttl()),
+        CachePhase::StaleUpdating => format!("{node}; hit; ttl={}; detail=stale-while-revalidate", ttl()),
+        CachePhase::Miss => format!("{node}; fwd=miss{stored}"),
+        CachePhase::Expired => format!("{node}; fwd=stale{stored}"),
+        CachePhase::Revalidated => format!("{node}; fwd=stale; fwd-status=304; stored"),
+        CachePhase::RevalidatedNoCache(_) => format!("{node}; fwd=stale; fwd-status=304"),
+        CachePhase::Disabled(NoCacheReason::NeverEnabled) => format!("{node}; fwd=bypass"),
+        // The predictor remembers this key's responses cannot be stored.
+        CachePhase::Bypass => format!("{node}; fwd=miss; detail=uncacheable"),
+        CachePhase::Disabled(reason) => format!("{node}; fwd=miss; detail={}", reason.as_str().to_ascii_lowercase()),
+        CachePhase::Uninit | CachePhase::CacheKey => format!("{node}; fwd=bypass"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RouteCachePolicy {
+        RouteCachePolicy { enabled: true, ..Default::default() }
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(status, None).unwrap();
+        for (name, value) in headers {
+            resp.append_header(name.to_string(), *value).unwrap();
+        }
+        resp
+    }
+
+    #[test]
+    fn ignored_query_parameters_leave_the_key() {
+        let mut p = policy();
+        assert_eq!(key_target("/a?x=1", &p), "/a?x=1");
+        p.ignore_query_params = vec!["utm_source".into()];
+        assert_eq!(key_target("/a?utm_source=m&x=1", &p), "/a?x=1");
+        assert_eq!(key_target("/a?utm_source=m", &p), "/a");
+        p.ignore_query = true;
+        assert_eq!(key_target("/a?x=1", &p), "/a");
+    }
+
+    // RFC 9111 section 3: what a shared cache may store.
+    #[test]
+    fn storable_responses() {
+        let p = policy();
+        assert!(cacheability(&response(200, &[("cache-control", "max-age=60")]), &p, false).is_cacheable());
+        assert!(!cacheability(&response(200, &[]), &p, false).is_cacheable(), "no freshness, no store");
+        assert!(!cacheability(&response(200, &[("cache-control", "no-store, max-age=60")]), &p, false).is_cacheable());
+        assert!(!cacheability(&response(200, &[("cache-control", "private, max-age=60")]), &p, false).is_cacheable());
+        assert!(
+            !cacheability(&response(200, &[("cache-control", "max-age=60"), ("vary", "*")]), &p, false).is_cacheable()
+        );
+        // Section 3.5: Authorization needs public, s-maxage or must-revalidate.
+        assert!(!cacheability(&response(200, &[("cache-control", "max-age=60")]), &p, true).is_cacheable());
+        assert!(cacheability(&response(200, &[("cache-control", "public, max-age=60")]), &p, true).is_cacheable());
+        assert!(cacheability(&response(200, &[("cache-control", "s-maxage=60")]), &p, true).is_cacheable());
+    }
+
+    // Section 4.2.1: s-maxage wins over max-age in a shared cache, and both over Expires.
+    #[test]
+    fn freshness_lifetime() {
+        let p = policy();
+        let fresh_for = |headers: &[(&str, &str)]| {
+            let meta = cacheability(&response(200, headers), &p, false).unwrap_meta();
+            meta.fresh_until().duration_since(SystemTime::now()).map(|d| d.as_secs() + 1).unwrap_or(0)
+        };
+        assert_eq!(fresh_for(&[("cache-control", "max-age=0, s-maxage=100")]), 100);
+        assert_eq!(fresh_for(&[("cache-control", "max-age=50"), ("expires", "Thu, 01 Jan 2099 00:00:00 GMT")]), 50);
+        assert!(fresh_for(&[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")]) > 1_000_000);
+        assert_eq!(fresh_for(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]), 0);
+        // Section 5.3: an invalid Expires means already expired.
+        assert_eq!(fresh_for(&[("expires", "soon")]), 0);
+    }
+
+    #[test]
+    fn route_ttl_overrides_but_never_stores_what_is_forbidden() {
+        let p = RouteCachePolicy { ttl: Some(Duration::from_secs(30)), ..policy() };
+        assert!(cacheability(&response(200, &[]), &p, false).is_cacheable());
+        assert!(!cacheability(&response(200, &[("cache-control", "no-store")]), &p, false).is_cacheable());
+        assert!(!cacheability(&response(500, &[]), &p, false).is_cacheable());
+    }
+
+    #[test]
+    fn vary_selects_on_the_named_request_headers() {
+        let p = policy();
+        let meta =
+            cacheability(&response(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Language")]), &p, false)
+                .unwrap_meta();
+        let request = |lang: &str| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("accept-language", lang).unwrap();
+            req
+        };
+        assert_eq!(variance(&meta, &request("en")), variance(&meta, &request("en")));
+        assert_ne!(variance(&meta, &request("en")), variance(&meta, &request("fr")));
+        let plain = cacheability(&response(200, &[("cache-control", "max-age=60")]), &p, false).unwrap_meta();
+        assert_eq!(variance(&plain, &request("en")), None);
+    }
+}

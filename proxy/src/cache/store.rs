@@ -1,0 +1,305 @@
+//! Cache storage: complete responses in memory, in a sharded hash map.
+//!
+//! A hit clones the stored response header and shares the body (`Bytes`), so
+//! nothing is parsed or decompressed on the hit path. (Pingora's `MemCache`,
+//! meant for tests, serializes and zstd-compresses every header and pays to
+//! undo that on every hit.) An entry becomes visible when its body is
+//! complete; concurrent misses wait on the cache lock meanwhile.
+//!
+//! Memory is bounded by the LRU eviction manager that `EdgeCache` pairs with
+//! this store: when an admitted entry pushes the total past the configured
+//! size, Pingora purges the least recently used entries through here. The
+//! store also keeps the index of cached URLs that purging by URL or prefix
+//! needs.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+/// Separates the URL a client asked for from the rest of a primary key.
+pub const URL_END: char = '\u{0}';
+
+const SHARDS: usize = 16;
+
+/// What a stored `CacheMeta` holds. `CacheMeta` cannot be cloned, so a hit
+/// rebuilds one from these fields.
+struct StoredMeta {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    /// When the response was last validated: the reference for `Age`.
+    epoch: SystemTime,
+    stale_while_revalidate_sec: u32,
+    stale_if_error_sec: u32,
+    variance: Option<HashBinary>,
+    header: ResponseHeader,
+}
+
+impl StoredMeta {
+    fn from_meta(meta: &CacheMeta) -> Self {
+        Self {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            epoch: meta.epoch(),
+            stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+            stale_if_error_sec: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            header: meta.response_header_copy(),
+        }
+    }
+
+    fn to_meta(&self) -> CacheMeta {
+        let mut meta = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate_sec,
+            self.stale_if_error_sec,
+            self.header.clone(),
+        );
+        if self.epoch != self.created {
+            meta.set_epoch_override(self.epoch);
+        }
+        if let Some(variance) = self.variance {
+            meta.set_variance_key(variance);
+        }
+        meta
+    }
+
+    /// Roughly what the header costs in memory, for the size bound.
+    fn weight(&self) -> usize {
+        self.header.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum::<usize>() + 128
+    }
+}
+
+struct Entry {
+    meta: StoredMeta,
+    body: Bytes,
+}
+
+type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
+
+pub struct EdgeStorage {
+    shards: Box<[Shard]>,
+    /// Client-visible URL (`host/path?query`) to every entry stored under it
+    /// (one per `Vary` variant), and back.
+    index: Mutex<Index>,
+    evictions: AtomicU64,
+}
+
+#[derive(Default)]
+struct Index {
+    by_url: BTreeMap<String, BTreeSet<CompactCacheKey>>,
+    url_of: HashMap<CompactCacheKey, String>,
+}
+
+impl Index {
+    fn insert(&mut self, url: &str, key: CompactCacheKey) {
+        self.url_of.insert(key.clone(), url.to_string());
+        self.by_url.entry(url.to_string()).or_default().insert(key);
+    }
+
+    fn remove(&mut self, key: &CompactCacheKey) {
+        if let Some(url) = self.url_of.remove(key)
+            && let Some(keys) = self.by_url.get_mut(&url)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_url.remove(&url);
+            }
+        }
+    }
+}
+
+impl Default for EdgeStorage {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            index: Mutex::default(),
+            evictions: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EdgeStorage {
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// The entries stored under `url`, or under every URL starting with it.
+    pub fn keys_for(&self, url: &str, prefix: bool) -> Vec<CompactCacheKey> {
+        let index = self.index.lock().expect("cache index lock");
+        if prefix {
+            index
+                .by_url
+                .range(url.to_string()..)
+                .take_while(|(u, _)| u.starts_with(url))
+                .flat_map(|(_, k)| k.iter().cloned())
+                .collect()
+        } else {
+            index.by_url.get(url).map(|k| k.iter().cloned().collect()).unwrap_or_default()
+        }
+    }
+
+    fn shard(&self, hash: &HashBinary) -> &Shard {
+        &self.shards[hash[0] as usize % SHARDS]
+    }
+
+    fn get(&self, hash: &HashBinary) -> Option<Arc<Entry>> {
+        self.shard(hash).read().expect("cache shard lock").get(hash).cloned()
+    }
+}
+
+#[async_trait]
+impl Storage for EdgeStorage {
+    async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
+        Ok(self.get(&key.combined_bin()).map(|entry| {
+            let hit = Hit { range: 0..entry.body.len(), body: entry.body.clone(), done: false };
+            (entry.meta.to_meta(), Box::new(hit) as HitHandler)
+        }))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Fill {
+            storage: self,
+            key: key.to_compact(),
+            url: key.primary_key_str().and_then(|p| p.split(URL_END).next()).map(str::to_string),
+            meta: Some(StoredMeta::from_meta(meta)),
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        // Entries have no ids here, so an identified target is never ours.
+        if let PurgeTarget::Exact(entry) = target
+            && entry.entry_id().is_some()
+        {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let key = target.key();
+        let hash = key.combined_bin();
+        if self.shard(&hash).write().expect("cache shard lock").remove(&hash).is_none() {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        self.index.lock().expect("cache index lock").remove(key);
+        if matches!(purge_type, PurgeType::Eviction) {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(PurgeOutcome::Purged(None))
+    }
+
+    async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
+        let hash = key.combined_bin();
+        let mut shard = self.shard(&hash).write().expect("cache shard lock");
+        let Some(entry) = shard.get_mut(&hash) else { return Ok(false) };
+        *entry = Arc::new(Entry { meta: StoredMeta::from_meta(meta), body: entry.body.clone() });
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Reads one stored body, or a range of it.
+struct Hit {
+    body: Bytes,
+    range: std::ops::Range<usize>,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(None);
+        }
+        Ok(Some(self.body.slice(self.range.clone())))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let end = end.unwrap_or(self.body.len());
+        if start > end || end > self.body.len() {
+            return Error::e_explain(ErrorType::InternalError, format!("range {start}..{end} outside the body"));
+        }
+        self.range = start..end;
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects a response being fetched; it is stored when complete.
+struct Fill {
+    storage: &'static EdgeStorage,
+    key: CompactCacheKey,
+    url: Option<String>,
+    meta: Option<StoredMeta>,
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let meta = self.meta.take().expect("finish runs once");
+        let size = self.body.len() + meta.weight();
+        let entry = Arc::new(Entry { meta, body: std::mem::take(&mut self.body).freeze() });
+        let hash = self.key.combined_bin();
+        self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);
+        if let Some(url) = &self.url {
+            self.storage.index.lock().expect("cache index lock").insert(url, self.key.clone());
+        }
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+/// A purge target for an entry found in the index.
+pub fn entry(key: CompactCacheKey) -> CacheEntryKey {
+    CacheEntryKey::key_only(key)
+}

@@ -1,0 +1,219 @@
+//! Upstream groups and the cascade of tiers a request walks through.
+//!
+//! A group of `servers` is one tier: it picks a server round-robin, or by
+//! rendezvous hashing on the cache key so that each regional shard keeps
+//! seeing the same keys. A group of `tiers` names such groups in order; the
+//! proxy starts at the first and fails over to the next (see `service`).
+//! Servers that fail their active health checks are skipped while another
+//! server in the tier is up.
+
+mod health;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+
+use crate::config::{Balance, UpstreamConfig};
+
+/// One server of a tier and what the health checker last concluded.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    healthy: AtomicBool,
+}
+
+impl Server {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// One upstream group: a tier of servers, or a list of tiers.
+pub struct UpstreamGroup {
+    pub config: UpstreamConfig,
+    pub servers: Vec<Server>,
+    next: AtomicUsize,
+    /// The CA from `ca_file`, in the form Pingora's connector takes.
+    ca: Option<Arc<[WrappedX509]>>,
+}
+
+impl std::fmt::Debug for UpstreamGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamGroup").field("name", &self.config.name).field("servers", &self.servers).finish()
+    }
+}
+
+impl UpstreamGroup {
+    pub fn new(config: UpstreamConfig) -> Self {
+        let servers = config.servers.iter().map(|&addr| Server { addr, healthy: AtomicBool::new(true) }).collect();
+        let ca = config.tls.as_ref().and_then(|tls| tls.ca_der.clone()).map(|der| {
+            let cert = WrappedX509::new(der, pingora::utils::tls::parse_x509);
+            Arc::from(vec![cert])
+        });
+        Self { config, servers, next: AtomicUsize::new(0), ca }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// A server for a request whose cache key hashes to `key_hash`, among the
+    /// healthy ones; `None` when every server of this tier is down.
+    pub fn pick(&self, key_hash: u64) -> Option<SocketAddr> {
+        let healthy = || self.servers.iter().filter(|s| s.is_healthy());
+        match self.config.balance {
+            Balance::RoundRobin => {
+                let up = healthy().count();
+                if up == 0 {
+                    return None;
+                }
+                let n = self.next.fetch_add(1, Ordering::Relaxed) % up;
+                healthy().nth(n).map(|s| s.addr)
+            }
+            // Rendezvous hashing: the server with the highest score for this
+            // key wins, so losing a server moves only that server's keys.
+            Balance::ConsistentHash => healthy().max_by_key(|s| score(key_hash, s.addr)).map(|s| s.addr),
+        }
+    }
+
+    /// A server even when all are marked down: the health checker may be
+    /// wrong, and trying beats refusing (nginx does the same).
+    pub fn pick_any(&self, key_hash: u64) -> SocketAddr {
+        self.pick(key_hash).unwrap_or_else(|| {
+            let servers = &self.servers;
+            servers[self.next.fetch_add(1, Ordering::Relaxed) % servers.len()].addr
+        })
+    }
+
+    /// A peer for `addr` with this tier's timeouts and TLS settings.
+    pub fn peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
+        let (tls, sni) = match &self.config.tls {
+            Some(tls) => (true, tls.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = HttpPeer::new(addr, tls, sni);
+        peer.options.connection_timeout = Some(self.config.connect_timeout);
+        peer.options.read_timeout = Some(self.config.read_timeout);
+        peer.options.write_timeout = Some(self.config.read_timeout);
+        peer.options.ca = self.ca.clone();
+        Box::new(peer)
+    }
+}
+
+fn score(key_hash: u64, addr: SocketAddr) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key_hash.hash(&mut hasher);
+    addr.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Every upstream group, by name.
+#[derive(Debug, Default)]
+pub struct Upstreams(BTreeMap<String, Arc<UpstreamGroup>>);
+
+impl Upstreams {
+    /// Build the groups and start health checks for those that ask for them.
+    /// The checkers stop once these groups are dropped (after a reload).
+    pub fn start(configs: &BTreeMap<String, UpstreamConfig>) -> Arc<Self> {
+        let upstreams = Self::new(configs);
+        for group in upstreams.0.values() {
+            if let Some(check) = &group.config.health_check {
+                health::spawn_checker(Arc::downgrade(group), check.clone());
+            }
+        }
+        Arc::new(upstreams)
+    }
+
+    /// The groups without health checks (for tests and benchmarks).
+    pub fn new(configs: &BTreeMap<String, UpstreamConfig>) -> Self {
+        Self(
+            configs.iter().map(|(name, config)| (name.clone(), Arc::new(UpstreamGroup::new(config.clone())))).collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&UpstreamGroup> {
+        self.0.get(name).map(|g| g.as_ref())
+    }
+
+    /// Tier `index` of group `name`: a plain group is its own only tier.
+    pub fn tier(&self, name: &str, index: usize) -> Option<&UpstreamGroup> {
+        let group = self.get(name)?;
+        match group.config.tiers.get(index) {
+            Some(tier) => self.get(tier),
+            None if group.config.tiers.is_empty() && index == 0 => Some(group),
+            None => None,
+        }
+    }
+}
+
+/// A stable hash of a cache key, for consistent hashing.
+pub fn key_hash(key: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn group(balance: Balance, servers: &[SocketAddr]) -> UpstreamGroup {
+        UpstreamGroup::new(UpstreamConfig {
+            name: "g".into(),
+            servers: servers.to_vec(),
+            tiers: Vec::new(),
+            balance,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            tls: None,
+            failover_statuses: vec![502],
+            max_attempts: 1,
+            health_check: None,
+        })
+    }
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (1..=n).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect()
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_servers() {
+        let servers = addrs(3);
+        let g = group(Balance::RoundRobin, &servers);
+        let picked: Vec<SocketAddr> = (0..3).map(|_| g.pick(0).unwrap()).collect();
+        assert_eq!(picked, servers);
+        g.servers[1].healthy.store(false, Ordering::Relaxed);
+        assert!((0..10).all(|_| g.pick(0) != Some(servers[1])));
+        g.servers.iter().for_each(|s| s.healthy.store(false, Ordering::Relaxed));
+        assert_eq!(g.pick(0), None);
+        assert!(servers.contains(&g.pick_any(0)));
+    }
+
+    #[test]
+    fn consistent_hash_moves_only_the_lost_servers_keys() {
+        let servers = addrs(4);
+        let g = group(Balance::ConsistentHash, &servers);
+        let keys: Vec<u64> = (0..1000).map(|i| key_hash(&format!("/k{i}"))).collect();
+        let before: Vec<SocketAddr> = keys.iter().map(|&k| g.pick(k).unwrap()).collect();
+        // Every server gets a share, and a key always lands on the same one.
+        for s in &servers {
+            assert!(before.iter().filter(|a| *a == s).count() > 150, "{s} is starved");
+        }
+        assert_eq!(before, keys.iter().map(|&k| g.pick(k).unwrap()).collect::<Vec<_>>());
+        g.servers[2].healthy.store(false, Ordering::Relaxed);
+        for (k, was) in keys.iter().zip(&before) {
+            let now = g.pick(*k).unwrap();
+            if *was != servers[2] {
+                assert_eq!(now, *was, "a key moved although its server is up");
+            } else {
+                assert_ne!(now, servers[2]);
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The edge cache, through the real proxy and a real origin: a suite of the
+//! main rules of RFC 9111 (section numbers in each test), plus collapsing,
+//! `Cache-Status` (RFC 9211), route policies, purging and the size bound.
+//!
+//! Each test has its own echo origin, so `origin.requests()` counts exactly
+//! what reached it. The echo origin sends the response headers a request asks
+//! for in `x-echo-header` (several separated by `|`).
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const ROUTE: &str = "[[route]]\nname = \"site\"\nupstream = \"origin\"\n";
+
+fn cached(routes: &str) -> (EchoOrigin, Proxy) {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), routes).with_node_id("edge").with_admin());
+    (origin, proxy)
+}
+
+/// GET `path`, asking the origin to answer with `headers` (`name: value|...`).
+fn get_with(proxy: &Proxy, path: &str, origin_headers: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut headers = vec![("x-echo-header", origin_headers)];
+    headers.extend_from_slice(extra);
+    let reply = proxy.get(path, &headers);
+    assert!(reply.header("cache-status").is_some(), "every response has Cache-Status: {reply:?}");
+    reply
+}
+
+fn cache_status(reply: &Reply) -> &str {
+    reply.header("cache-status").unwrap_or_default()
+}
+
+/// The origin's request number that produced this body.
+fn origin_count(reply: &Reply) -> u64 {
+    reply.json()["count"].as_u64().unwrap_or_else(|| panic!("no count in {}", reply.body))
+}
+
+/// Wait until `f` holds, for up to 10 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// RFC 9111 section 4.2 (fresh responses are served without contacting the
+// origin), 5.1 (Age), RFC 9211 (hit, fwd=miss, stored).
+#[test]
+fn fresh_response_is_served_from_cache_with_age() {
+    let (origin, proxy) = cached(ROUTE);
+    let first = get_with(&proxy, "/a?x=1", "cache-control: max-age=60", &[]);
+    assert_eq!(first.status, 200);
+    assert_eq!(cache_status(&first), "edge; fwd=miss; stored");
+    let second = get_with(&proxy, "/a?x=1", "cache-control: max-age=60", &[]);
+    assert_eq!(second.status, 200);
+    assert!(cache_status(&second).starts_with("edge; hit; ttl="), "{second:?}");
+    assert_eq!(origin_count(&second), origin_count(&first), "the body came from the cache");
+    assert!(second.header("age").is_some(), "a cached response carries Age");
+    assert_eq!(origin.requests(), 1);
+    // Another query string is another resource.
+    get_with(&proxy, "/a?x=2", "cache-control: max-age=60", &[]);
+    assert_eq!(origin.requests(), 2);
+    proxy.wait_for_metrics(&["cascade_cache_requests_total{route=\"site\",result=\"hit\"} 1"]);
+}
+
+// Section 4.2.1: s-maxage overrides max-age in a shared cache; Expires is used
+// when neither is present, and an Expires in the past means stale.
+#[test]
+fn freshness_comes_from_s_maxage_max_age_or_expires() {
+    let (origin, proxy) = cached(ROUTE);
+    for _ in 0..2 {
+        get_with(&proxy, "/s", "cache-control: max-age=0, s-maxage=60", &[]);
+        get_with(&proxy, "/future", "expires: Thu, 01 Jan 2099 00:00:00 GMT", &[]);
+        get_with(&proxy, "/past", "expires: Thu, 01 Jan 1970 00:00:00 GMT", &[]);
+    }
+    // /s and /future once each; /past twice.
+    assert_eq!(origin.requests(), 4);
+    // Without any freshness information nothing is stored.
+    for _ in 0..2 {
+        let reply = proxy.get("/plain", &[]);
+        assert!(!cache_status(&reply).contains("stored"), "{reply:?}");
+    }
+    assert_eq!(origin.requests(), 6);
+}
+
+// Section 3: no-store and private forbid a shared cache to store.
+#[test]
+fn no_store_and_private_are_never_stored() {
+    let (origin, proxy) = cached(ROUTE);
+    for _ in 0..2 {
+        let reply = get_with(&proxy, "/ns", "cache-control: no-store, max-age=60", &[]);
+        assert!(cache_status(&reply).starts_with("edge; fwd=miss"), "{reply:?}");
+        assert!(!cache_status(&reply).contains("stored"));
+        get_with(&proxy, "/pr", "cache-control: private, max-age=60", &[]);
+    }
+    assert_eq!(origin.requests(), 4);
+    // A request that says no-store is not answered from, or stored in, the cache.
+    get_with(&proxy, "/ok", "cache-control: max-age=60", &[]);
+    let reply = get_with(&proxy, "/ok", "cache-control: max-age=60", &[("cache-control", "no-store")]);
+    assert_eq!(cache_status(&reply), "edge; fwd=bypass");
+    assert_eq!(origin.requests(), 6);
+}
+
+// Section 4.1: a stored response is used only for requests whose headers
+// named by Vary match.
+#[test]
+fn vary_keeps_variants_apart() {
+    let (origin, proxy) = cached(ROUTE);
+    let headers = "cache-control: max-age=60|vary: accept-language";
+    let en = get_with(&proxy, "/v", headers, &[("accept-language", "en")]);
+    let fr = get_with(&proxy, "/v", headers, &[("accept-language", "fr")]);
+    assert_ne!(origin_count(&en), origin_count(&fr));
+    let en_again = get_with(&proxy, "/v", headers, &[("accept-language", "en")]);
+    let fr_again = get_with(&proxy, "/v", headers, &[("accept-language", "fr")]);
+    assert_eq!(origin_count(&en_again), origin_count(&en));
+    assert_eq!(origin_count(&fr_again), origin_count(&fr));
+    assert!(cache_status(&fr_again).contains("hit"));
+    assert_eq!(origin.requests(), 2);
+}
+
+// Section 4.3: a stale response is revalidated with a conditional request
+// (If-None-Match from its ETag), and a 304 refreshes it without a new body.
+#[test]
+fn stale_response_is_revalidated_with_etag() {
+    let (origin, proxy) = cached(ROUTE);
+    let headers = "cache-control: max-age=1|etag: \"v1\"";
+    let first = get_with(&proxy, "/r", headers, &[]);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let second = get_with(&proxy, "/r", headers, &[]);
+    assert_eq!(second.status, 200);
+    assert_eq!(origin.requests(), 2, "the origin was asked again");
+    assert_eq!(origin_count(&second), origin_count(&first), "but answered 304, so the stored body is served");
+    assert_eq!(cache_status(&second), "edge; fwd=stale; fwd-status=304; stored");
+    let third = get_with(&proxy, "/r", headers, &[]);
+    assert!(cache_status(&third).contains("hit"), "fresh again after revalidation: {third:?}");
+    assert_eq!(origin.requests(), 2);
+}
+
+// The same with Last-Modified and If-Modified-Since.
+#[test]
+fn stale_response_is_revalidated_with_last_modified() {
+    let (origin, proxy) = cached(ROUTE);
+    let headers = "cache-control: max-age=1|last-modified: Tue, 24 Nov 2026 10:00:00 GMT";
+    let first = get_with(&proxy, "/lm", headers, &[]);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let second = get_with(&proxy, "/lm", headers, &[]);
+    assert_eq!(origin.requests(), 2);
+    assert_eq!(origin_count(&second), origin_count(&first));
+    assert!(cache_status(&second).contains("fwd-status=304"), "{second:?}");
+}
+
+// Section 3.5: a response to a request with Authorization is stored only when
+// the response says public, s-maxage or must-revalidate.
+#[test]
+fn authorized_requests_are_stored_only_when_allowed() {
+    let (origin, proxy) = cached(ROUTE);
+    let auth = [("authorization", "Bearer t")];
+    for _ in 0..2 {
+        get_with(&proxy, "/mine", "cache-control: max-age=60", &auth);
+    }
+    assert_eq!(origin.requests(), 2);
+    for _ in 0..2 {
+        get_with(&proxy, "/shared", "cache-control: public, max-age=60", &auth);
+    }
+    assert_eq!(origin.requests(), 3);
+}
+
+// Only GET and HEAD are cached.
+#[test]
+fn unsafe_methods_are_not_cached() {
+    let (origin, proxy) = cached(ROUTE);
+    for _ in 0..2 {
+        let reply = send("POST", &proxy.url("/post"), &[("x-echo-header", "cache-control: max-age=60")]);
+        assert_eq!(cache_status(&reply), "edge; fwd=bypass");
+    }
+    assert_eq!(origin.requests(), 2);
+}
+
+// Concurrent misses on one key make one upstream fetch (the cache lock).
+#[test]
+fn concurrent_misses_collapse_into_one_fetch() {
+    let (origin, proxy) = cached(ROUTE);
+    let url = proxy.url("/collapse");
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                send("GET", &url, &[("x-echo-header", "cache-control: max-age=60"), ("x-echo-delay-ms", "500")])
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(replies.iter().all(|r| r.status == 200), "{replies:?}");
+    assert_eq!(origin.requests(), 1, "ten concurrent misses, one fetch");
+}
+
+// RFC 5861: stale-while-revalidate answers from the cache at once and
+// refreshes in the background.
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes() {
+    let (origin, proxy) = cached(ROUTE);
+    let headers = "cache-control: max-age=1, stale-while-revalidate=60";
+    let first = get_with(&proxy, "/swr", headers, &[]);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let stale = get_with(&proxy, "/swr", headers, &[]);
+    assert_eq!(origin_count(&stale), origin_count(&first), "the stale copy is served");
+    assert!(cache_status(&stale).contains("hit"), "{stale:?}");
+    eventually("the background refresh", || origin.requests() == 2);
+    eventually("the refreshed copy", || origin_count(&get_with(&proxy, "/swr", headers, &[])) == 2);
+}
+
+// Per route: caching off, a TTL override, and a key that ignores some query
+// parameters.
+#[test]
+fn route_policy_turns_caching_off_overrides_ttl_and_shapes_the_key() {
+    let routes = "[[route]]\nname = \"off\"\npath_prefix = \"/off\"\nupstream = \"origin\"\n[route.cache]\nenabled = false\n\n\
+                  [[route]]\nname = \"ttl\"\npath_prefix = \"/ttl\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\n\
+                  ignore_query_params = [\"utm_source\"]\n";
+    let (origin, proxy) = cached(routes);
+    for _ in 0..2 {
+        let reply = get_with(&proxy, "/off", "cache-control: max-age=60", &[]);
+        assert_eq!(cache_status(&reply), "edge; fwd=bypass");
+    }
+    assert_eq!(origin.requests(), 2);
+    // The origin sends no freshness at all; the route's TTL applies.
+    let first = proxy.get("/ttl/a?utm_source=mail&id=1", &[]);
+    let second = proxy.get("/ttl/a?utm_source=web&id=1", &[]);
+    assert_eq!(origin_count(&second), origin_count(&first));
+    assert!(cache_status(&second).contains("hit"), "{second:?}");
+    proxy.get("/ttl/a?id=2", &[]);
+    assert_eq!(origin.requests(), 4);
+    // no-store still wins over the override.
+    for _ in 0..2 {
+        get_with(&proxy, "/ttl/ns", "cache-control: no-store", &[]);
+    }
+    assert_eq!(origin.requests(), 6);
+}
+
+#[test]
+fn purge_by_url_and_by_prefix() {
+    let (origin, proxy) = cached(ROUTE);
+    let headers = "cache-control: max-age=60";
+    for path in ["/p/a", "/p/b", "/q"] {
+        get_with(&proxy, path, headers, &[]);
+    }
+    assert_eq!(origin.requests(), 3);
+    let host = format!("127.0.0.1:{}", proxy.port);
+    let purge = |body: String| proxy.admin("POST", "/cache/purge", body.as_bytes(), None);
+
+    let reply = purge(format!("{{\"url\": \"http://{host}/p/a\"}}"));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["purged"], 1);
+    get_with(&proxy, "/p/a", headers, &[]);
+    get_with(&proxy, "/p/b", headers, &[]);
+    assert_eq!(origin.requests(), 4, "only /p/a was fetched again");
+
+    let reply = purge(format!("{{\"prefix\": \"{host}/p/\"}}"));
+    assert_eq!(reply.json()["purged"], 2, "{reply:?}");
+    get_with(&proxy, "/p/a", headers, &[]);
+    get_with(&proxy, "/p/b", headers, &[]);
+    let q = get_with(&proxy, "/q", headers, &[]);
+    assert!(cache_status(&q).contains("hit"));
+    assert_eq!(origin.requests(), 6);
+
+    // Bad requests get a clear error and change nothing.
+    assert_eq!(purge("{\"url\": \"a\", \"prefix\": \"b\"}".into()).status, 400);
+    assert_eq!(purge("not json".into()).status, 400);
+    assert_eq!(purge("{\"prefix\": \"\"}".into()).status, 400);
+    let wrong = proxy.admin("POST", "/cache/purge", format!("{{\"prefix\": \"{host}\"}}").as_bytes(), Some("nope"));
+    assert_eq!(wrong.status, 401);
+    assert!(cache_status(&get_with(&proxy, "/q", headers, &[])).contains("hit"));
+}
+
+// Memory stays within [cache] max_size_mb: the least recently used entries go.
+#[test]
+fn memory_is_bounded_by_max_size() {
+    let origin = EchoOrigin::start().unwrap();
+    let config = ProxyConfig::over(origin.addr(), ROUTE).with_admin().with_main("\n[cache]\nmax_size_mb = 1\n");
+    let proxy = Proxy::start(&config);
+    for i in 0..40 {
+        let reply = proxy.get(
+            &format!("/big/{i}"),
+            &[("x-echo-header", "cache-control: max-age=600"), ("x-echo-body-bytes", "65536")],
+        );
+        assert_eq!(reply.status, 200);
+    }
+    let metrics = proxy.wait_for_metrics(&["cascade_cache_evictions_total"]);
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("cascade_cache_evictions_total") >= 20, "{metrics}");
+    assert!(value("cascade_cache_size_bytes") <= (1 << 20), "{metrics}");
+    // The oldest entry was evicted; the newest is still there.
+    let before = origin.requests();
+    proxy.get("/big/39", &[("x-echo-header", "cache-control: max-age=600")]);
+    assert_eq!(origin.requests(), before);
+    proxy.get("/big/0", &[("x-echo-header", "cache-control: max-age=600")]);
+    assert_eq!(origin.requests(), before + 1);
+}

@@ -1,0 +1,306 @@
+//! The upstream cascade: tiers with failover, health checks, consistent
+//! hashing, upstream TLS, the CDN-Loop guard, and three real processes
+//! (PoP Cascade → regional Cascade → origin).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const EDGE_ROUTE: &str = "[[route]]\nname = \"site\"\nupstream = \"edge\"\n";
+
+/// A server that answers every request with `status` and closes.
+fn always(status: u16) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(stream, "HTTP/1.1 {status} Nope\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
+        }
+    });
+    addr
+}
+
+/// A server that accepts connections and never answers.
+fn black_hole() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+fn tiered(first: SocketAddr, second: SocketAddr, first_extra: &str) -> ProxyConfig {
+    let mut config = ProxyConfig::over(second, EDGE_ROUTE).with_node_id("pop").with_admin();
+    config.main_extra.push_str(&format!(
+        "\n[upstreams.first]\nservers = [\"{first}\"]\n{first_extra}\n[upstreams.edge]\ntiers = [\"first\", \"origin\"]\n"
+    ));
+    config
+}
+
+#[test]
+fn connect_error_fails_over_to_the_next_tier() {
+    let origin = EchoOrigin::start().unwrap();
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start(&tiered(dead, origin.addr(), "connect_timeout_ms = 500\n"));
+    for method in ["GET", "POST"] {
+        let reply = send(method, &proxy.url("/x"), &[]);
+        assert_eq!(reply.status, 200, "nothing reached the first tier, so even {method} may go on: {reply:?}");
+        assert_eq!(reply.header("x-origin-addr"), Some(origin.addr().to_string().as_str()));
+    }
+    proxy.wait_for_metrics(&[
+        "cascade_upstream_attempts_total{tier=\"first\",outcome=\"failover\"} 2",
+        "cascade_upstream_attempts_total{tier=\"origin\",outcome=\"sent\"} 2",
+    ]);
+}
+
+#[test]
+fn configured_5xx_fails_over_for_idempotent_requests_only() {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&tiered(always(503), origin.addr(), "failover_on = [503]\n"));
+    let reply = proxy.get("/x", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(origin.requests(), 1);
+    // A POST may have had effects upstream: the 503 is passed through.
+    let reply = send("POST", &proxy.url("/x"), &[]);
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(origin.requests(), 1);
+
+    // A status not listed is an answer, not a failure.
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&tiered(always(500), origin.addr(), "failover_on = [503]\n"));
+    assert_eq!(proxy.get("/x", &[]).status, 500);
+    assert_eq!(origin.requests(), 0);
+}
+
+#[test]
+fn read_timeout_fails_over() {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&tiered(black_hole(), origin.addr(), "read_timeout_ms = 300\n"));
+    let reply = proxy.get("/slow", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(origin.requests(), 1);
+}
+
+#[test]
+fn failover_budget_caps_the_attempts() {
+    let origin = EchoOrigin::start().unwrap();
+    let mut config = tiered(always(503), origin.addr(), "failover_on = [503]\n");
+    config.main_extra = config
+        .main_extra
+        .replace("tiers = [\"first\", \"origin\"]", "tiers = [\"first\", \"origin\"]\nmax_attempts = 1");
+    let proxy = Proxy::start(&config);
+    assert_eq!(proxy.get("/x", &[]).status, 503, "one attempt allowed: no failover");
+    assert_eq!(origin.requests(), 0);
+}
+
+#[test]
+fn health_checks_take_a_down_server_out_of_rotation() {
+    let origin = EchoOrigin::start().unwrap();
+    let dead = free_port();
+    let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"pair\"\n");
+    config.main_extra.push_str(&format!(
+        "\n[upstreams.pair]\nservers = [\"127.0.0.1:{dead}\", \"{}\"]\nconnect_timeout_ms = 300\n\
+         [upstreams.pair.health_check]\npath = \"/healthz\"\ninterval_ms = 50\nunhealthy_threshold = 2\n",
+        origin.addr()
+    ));
+    let proxy = Proxy::start(&config);
+    // Once the checker has marked the dead server down, every request goes
+    // to the live one. Round-robin alone would send every other one to 502.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statuses: Vec<u16> = (0..20).map(|_| proxy.get("/", &[]).status).collect();
+        if statuses.iter().all(|s| *s == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dead server stayed in rotation: {statuses:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn consistent_hashing_keeps_each_key_on_one_server() {
+    let (a, b) = (EchoOrigin::start().unwrap(), EchoOrigin::start().unwrap());
+    let mut config = ProxyConfig::over(a.addr(), "[[route]]\nname = \"site\"\nupstream = \"shards\"\n");
+    config.main_extra.push_str(&format!(
+        "\n[upstreams.shards]\nservers = [\"{}\", \"{}\"]\nbalance = \"consistent-hash\"\n",
+        a.addr(),
+        b.addr()
+    ));
+    let proxy = Proxy::start(&config);
+    let mut used = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let path = format!("/k/{i}");
+        let first = proxy.get(&path, &[]).header("x-origin-addr").unwrap().to_string();
+        for _ in 0..3 {
+            assert_eq!(proxy.get(&path, &[]).header("x-origin-addr").unwrap(), first, "{path} moved");
+        }
+        used.insert(first);
+    }
+    assert_eq!(used.len(), 2, "both shards get keys");
+}
+
+#[test]
+fn upstream_tls_verifies_the_certificate() {
+    let fixtures = root().join("tests/fixtures/tls/chain");
+    let origin = EchoOrigin::start().unwrap();
+    let tls_port = free_port();
+    let regional = Proxy::start(
+        &ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"origin\"\n").with_main(&format!(
+            "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            fixtures.join("cert.pem").display(),
+            fixtures.join("key.pem").display()
+        )),
+    );
+    let pop = |sni: &str| {
+        let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"secure\"\n");
+        config.main_extra.push_str(&format!(
+            "\n[upstreams.secure]\nservers = [\"127.0.0.1:{tls_port}\"]\ntls = true\nsni = \"{sni}\"\nca_file = \"{}\"\n",
+            fixtures.join("ca.pem").display()
+        ));
+        Proxy::start(&config)
+    };
+    let good = pop("localhost");
+    let reply = good.get("/secure", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["path"], "/secure");
+    // A certificate that does not name the server is refused.
+    let bad = pop("example.com");
+    assert_eq!(bad.get("/secure", &[]).status, 502);
+    drop(regional);
+}
+
+#[test]
+fn cdn_loop_and_via_are_added_and_a_loop_is_refused() {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(
+        &ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"origin\"\n").with_node_id("pop"),
+    );
+    let reply = proxy.get("/", &[("cdn-loop", "other-cdn")]);
+    let seen = &reply.json()["headers"];
+    assert_eq!(seen["cdn-loop"], "other-cdn, pop");
+    assert_eq!(seen["via"], "1.1 pop");
+    assert_eq!(reply.header("via"), Some("1.1 pop"));
+
+    let looped = proxy.get("/", &[("cdn-loop", "other-cdn, pop; v=1")]);
+    assert_eq!(looped.status, 508, "{looped:?}");
+    assert!(looped.json()["error"].as_str().unwrap().contains("loop detected"), "{looped:?}");
+    assert_eq!(origin.requests(), 1);
+
+    // A proxy configured as its own upstream stops at the second pass.
+    let port = free_port();
+    let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"itself\"\n");
+    config.main_extra.push_str(&format!("\n[upstreams.itself]\nservers = [\"127.0.0.1:{port}\"]\n"));
+    let dir = tempfile::tempdir().unwrap();
+    config.write(dir.path(), port);
+    let mut child = Command::new(cascade_bin())
+        .args(["serve", "--config"])
+        .arg(dir.path().join("cascade.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let reply = send("GET", &format!("http://127.0.0.1:{port}/"), &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reply.status, 508, "{reply:?}");
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listened on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cascade demo-origin` as its own process, killed on drop.
+struct OriginProcess(Child, SocketAddr);
+
+impl OriginProcess {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(cascade_bin())
+            .args(["demo-origin", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port);
+        Self(child, format!("127.0.0.1:{port}").parse().unwrap())
+    }
+}
+
+impl Drop for OriginProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn three_processes_pop_regional_origin() {
+    let origin = OriginProcess::start();
+    let regional = Proxy::start(
+        &ProxyConfig::over(origin.1, "[[route]]\nname = \"all\"\nupstream = \"origin\"\n").with_node_id("regional"),
+    );
+    let mut pop_config = ProxyConfig::over(origin.1, EDGE_ROUTE).with_node_id("pop").with_admin();
+    pop_config.main_extra.push_str(&format!(
+        "\n[upstreams.regional]\nservers = [\"127.0.0.1:{}\"]\nconnect_timeout_ms = 500\n\
+         [upstreams.edge]\ntiers = [\"regional\", \"origin\"]\n",
+        regional.port
+    ));
+    let pop = Proxy::start(&pop_config);
+    let long = [("x-echo-header", "cache-control: max-age=600")];
+    let short = [("x-echo-header", "cache-control: max-age=1, stale-if-error=600")];
+    let count = |reply: &Reply| reply.json()["count"].as_u64().unwrap();
+
+    // A miss at both caches: the origin answers, both store.
+    let first = pop.get("/doc", &long);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("cache-status"), Some("regional; fwd=miss; stored, pop; fwd=miss; stored"));
+    assert_eq!(first.json()["headers"]["cdn-loop"], "pop, regional", "{first:?}");
+
+    // Purged at the PoP, the next request is a regional hit: the origin is
+    // not reached (its request count in the body does not move).
+    let purge =
+        pop.admin("POST", "/cache/purge", format!("{{\"url\": \"127.0.0.1:{}/doc\"}}", pop.port).as_bytes(), None);
+    assert_eq!(purge.json()["purged"], 1, "{purge:?}");
+    let second = pop.get("/doc", &long);
+    let status = second.header("cache-status").unwrap();
+    assert!(status.starts_with("regional; hit"), "{status}");
+    assert!(status.ends_with("pop; fwd=miss; stored"), "{status}");
+    assert_eq!(count(&second), count(&first));
+    let probe = pop.get("/probe", &[]);
+    assert_eq!(count(&probe), count(&first) + 1, "exactly one origin request so far besides this probe");
+
+    // Cache a short-lived document, then kill the regional tier: the PoP
+    // fails over to the origin.
+    let stale_source = pop.get("/short", &short);
+    assert_eq!(stale_source.status, 200);
+    drop(regional);
+    let failed_over = pop.get("/after-regional", &[]);
+    assert_eq!(failed_over.status, 200, "{failed_over:?}");
+    assert_eq!(failed_over.header("cache-status").map(|s| s.starts_with("pop;")), Some(true), "{failed_over:?}");
+    pop.wait_for_metrics(&["cascade_upstream_attempts_total{tier=\"regional\",outcome=\"failover\"} 1"]);
+
+    // With the origin down too, the stale copy is served, and says so.
+    drop(origin);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let stale = pop.get("/short", &short);
+    assert_eq!(stale.status, 200, "{stale:?}");
+    assert_eq!(count(&stale), count(&stale_source));
+    let status = stale.header("cache-status").unwrap();
+    assert!(status.contains("pop; hit; ttl=-") && status.contains("stale"), "{status}");
+    // Nothing cached, nothing to serve: a clear 502.
+    assert_eq!(pop.get("/never-cached", &[]).status, 502);
+    pop.wait_for_metrics(&["cascade_cache_requests_total{route=\"site\",result=\"stale\"} 1"]);
+}
