@@ -48,8 +48,13 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
-        let limits =
-            Limits { filter_timeout: Duration::from_millis(50), filter_memory_bytes: 16 << 20, max_instances: 1_000 };
+        let limits = Limits {
+            filter_timeout: Duration::from_millis(50),
+            filter_memory_bytes: 16 << 20,
+            max_instances: 1_000,
+            failure_status: 500,
+            breaker: NO_BREAKER,
+        };
         let runtime = FilterRuntime::new(&limits).expect("engine");
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
         fn build_first<T>(e: cascade::filters::ModuleError) -> T {
@@ -121,7 +126,12 @@ impl Bench {
                 module: module.to_string(),
                 on_error: OnError::FailClosed,
                 config_json: Arc::from(*config),
-                limits: FilterLimits { timeout: Duration::from_millis(50), memory_bytes: 16 << 20 },
+                limits: FilterLimits {
+                    timeout: Duration::from_millis(50),
+                    memory_bytes: 16 << 20,
+                    failure_status: 500,
+                    breaker: NO_BREAKER,
+                },
                 at: location(),
             })
             .collect();
@@ -152,6 +162,15 @@ impl Bench {
         result.expect("filters succeed");
     }
 }
+
+/// The breaker is off: every cycle runs the filter.
+const NO_BREAKER: cascade::config::BreakerConfig = cascade::config::BreakerConfig {
+    enabled: false,
+    failure_ratio: 1.0,
+    min_requests: 1,
+    window: Duration::from_secs(1),
+    cooldown: Duration::from_secs(1),
+};
 
 fn location() -> Location {
     Location { file: "bench".into(), line: 1, key: "route.filters.module".into() }

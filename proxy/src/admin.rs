@@ -125,7 +125,7 @@ impl AdminApi {
             ("GET", ["metrics"]) => Response::builder()
                 .status(200)
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(control.metrics.render(&control.runtime, control.cache).into_bytes())
+                .body(control.metrics.render(&control.runtime, control.cache, &control.breakers()).into_bytes())
                 .expect("a valid response"),
             ("POST", ["config", "reload"]) => match control.reload().await {
                 Ok(()) => reply(200, json!({ "reloaded": true, "routes": control.routes_json() })),

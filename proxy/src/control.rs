@@ -51,6 +51,14 @@ impl ControlError {
     }
 }
 
+/// One chain entry's breaker, for `GET /modules` and the metrics.
+pub struct BreakerReport {
+    pub route: String,
+    pub module: String,
+    pub state: crate::filters::breaker::BreakerState,
+    pub opened: u64,
+}
+
 pub struct ControlPlane {
     pub runtime: Arc<FilterRuntime>,
     pub current: Arc<ArcSwap<Snapshot>>,
@@ -219,7 +227,29 @@ impl ControlPlane {
             },
             "versions": versions,
             "routes": self.routes_using(name),
+            "breakers": self.breakers().into_iter().filter(|b| b.module == name).map(|b| json!({
+                "route": b.route,
+                "state": b.state.as_str(),
+                "opened_total": b.opened,
+            })).collect::<Vec<_>>(),
         }))
+    }
+
+    /// Every chain entry's circuit breaker, route by route.
+    pub fn breakers(&self) -> Vec<BreakerReport> {
+        let current = self.current.load();
+        let mut reports = Vec::new();
+        for route in current.routes.routes() {
+            for link in route.chain.links.iter() {
+                reports.push(BreakerReport {
+                    route: route.name.to_string(),
+                    module: link.entry.module.clone(),
+                    state: link.breaker.state(),
+                    opened: link.breaker.opened(),
+                });
+            }
+        }
+        reports
     }
 
     pub fn modules_json(&self) -> Value {

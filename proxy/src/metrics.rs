@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::cache::EdgeCache;
+use crate::control::BreakerReport;
 use crate::filters::FilterRuntime;
+use crate::filters::breaker::BreakerState;
 use crate::filters::host::live_instances;
 use crate::filters::module::live_modules;
 
@@ -88,7 +90,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, runtime: &FilterRuntime, cache: &EdgeCache) -> String {
+    pub fn render(&self, runtime: &FilterRuntime, cache: &EdgeCache, breakers: &[BreakerReport]) -> String {
         let mut out = String::new();
         out.push_str("# HELP cascade_requests_total Requests answered, by route and status.\n");
         out.push_str("# TYPE cascade_requests_total counter\n");
@@ -128,6 +130,23 @@ impl Metrics {
             let _ =
                 writeln!(out, "cascade_upstream_attempts_total{{tier=\"{}\",outcome=\"{outcome}\"}} {n}", escape(tier));
         });
+        out.push_str("# HELP cascade_filter_breaker_open Whether a chain entry's circuit breaker is open (1), half-open (0.5) or closed (0).\n");
+        out.push_str("# TYPE cascade_filter_breaker_open gauge\n");
+        for b in breakers {
+            let value = match b.state {
+                BreakerState::Closed => "0",
+                BreakerState::HalfOpen => "0.5",
+                BreakerState::Open => "1",
+            };
+            let labels = format!("route=\"{}\",module=\"{}\"", escape(&b.route), escape(&b.module));
+            let _ = writeln!(out, "cascade_filter_breaker_open{{{labels}}} {value}");
+        }
+        out.push_str("# HELP cascade_filter_breaker_opens_total Times a chain entry's circuit breaker opened.\n");
+        out.push_str("# TYPE cascade_filter_breaker_opens_total counter\n");
+        for b in breakers {
+            let labels = format!("route=\"{}\",module=\"{}\"", escape(&b.route), escape(&b.module));
+            let _ = writeln!(out, "cascade_filter_breaker_opens_total{{{labels}}} {}", b.opened);
+        }
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
             ("cascade_config_reloads_total", "Successful config reloads.", self.reloads.load(Ordering::Relaxed)),

@@ -4,7 +4,9 @@
 mod cache;
 mod cascade;
 mod edge_filters;
+mod failure_policy;
 mod foundation;
 mod hostile_filters;
+mod hostile_http;
 mod hot_swap;
 mod support;

@@ -119,13 +119,29 @@ pub struct ServerSection {
     pub listen: Spanned<String>,
     pub threads: usize,
     pub tls: Option<TlsSection>,
-    /// This node's name in `CDN-Loop` and `Via`; defaults to `cascade`.
+    /// This node's name in `CDN-Loop` and `Via`.
     pub node_id: Option<Spanned<String>>,
+    /// Longest request target (path and query).
+    pub max_uri_bytes: usize,
+    /// Most request headers, and their total size.
+    pub max_headers: usize,
+    pub max_header_kb: usize,
+    /// Largest request body.
+    pub max_body_mb: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self { listen: Spanned::new(0..0, "0.0.0.0:8080".into()), threads: 2, tls: None, node_id: None }
+        Self {
+            listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
+            threads: 2,
+            tls: None,
+            node_id: None,
+            max_uri_bytes: 8 * 1024,
+            max_headers: 100,
+            max_header_kb: 60,
+            max_body_mb: 100,
+        }
     }
 }
 
@@ -171,12 +187,36 @@ pub struct LimitsSection {
     pub filter_timeout_ms: u64,
     pub filter_memory_mb: u64,
     pub max_instances: u32,
+    /// What a fail-closed filter failure answers; 500 when not set.
+    pub failure_status: Option<Spanned<u16>>,
+    pub breaker: BreakerSection,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        Self { filter_timeout_ms: 50, filter_memory_mb: 16, max_instances: 10_000 }
+        Self {
+            filter_timeout_ms: 50,
+            filter_memory_mb: 16,
+            max_instances: 10_000,
+            failure_status: None,
+            breaker: BreakerSection::default(),
+        }
     }
+}
+
+/// `[limits.breaker]`, and a chain entry's `breaker` overrides: a field left
+/// out keeps the global value.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    pub enabled: Option<bool>,
+    /// Open when more than this share of calls in the window failed.
+    pub failure_ratio: Option<f64>,
+    /// Calls needed in the window before the ratio counts.
+    pub min_requests: Option<u32>,
+    pub window_secs: Option<u64>,
+    /// How long the breaker stays open before a probe.
+    pub cooldown_secs: Option<u64>,
 }
 
 /// `[upstreams.<name>]`: either a tier of `servers`, or an ordered list of
@@ -325,6 +365,10 @@ pub struct FilterSection {
     pub timeout_ms: Option<u64>,
     /// Overrides `limits.filter_memory_mb` for this entry.
     pub memory_mb: Option<u64>,
+    /// Overrides `limits.failure_status` for this entry.
+    pub failure_status: Option<Spanned<u16>>,
+    /// Overrides fields of `[limits.breaker]` for this entry.
+    pub breaker: Option<BreakerSection>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -114,6 +114,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 return Err(main.invalid(id, "server.node_id", message));
             }
         },
+        request_limits: RequestLimits {
+            max_uri_bytes: file.server.max_uri_bytes.max(64),
+            max_headers: file.server.max_headers.max(8),
+            max_header_bytes: file.server.max_header_kb.max(1) << 10,
+            max_body_bytes: file.server.max_body_mb.max(1) << 20,
+        },
     };
     let admin = AdminConfig {
         listen: socket_addr(&main, &file.admin.listen, "admin.listen")?,
@@ -125,10 +131,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         dir: base.join(file.modules.dir.get_ref()),
         store: base.join(file.modules.store.as_deref().unwrap_or("../var/modules")),
     };
+    let failure_status = match &file.limits.failure_status {
+        None => 500,
+        Some(status) if (500..600).contains(status.get_ref()) => *status.get_ref(),
+        Some(status) => {
+            let message = format!("{} is not a 5xx status", status.get_ref());
+            return Err(main.invalid(status, "limits.failure_status", message));
+        }
+    };
+    let default_breaker = BreakerConfig {
+        enabled: true,
+        failure_ratio: 0.5,
+        min_requests: 20,
+        window: Duration::from_secs(10),
+        cooldown: Duration::from_secs(5),
+    };
     let limits = Limits {
         filter_timeout: Duration::from_millis(file.limits.filter_timeout_ms.max(1)),
         filter_memory_bytes: file.limits.filter_memory_mb.max(1) << 20,
         max_instances: file.limits.max_instances.max(1),
+        failure_status,
+        breaker: default_breaker.merged(&file.limits.breaker),
     };
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, section) in &file.upstreams {
@@ -370,6 +393,15 @@ fn route(
             limits: FilterLimits {
                 timeout: entry.timeout_ms.map(|ms| Duration::from_millis(ms.max(1))).unwrap_or(limits.filter_timeout),
                 memory_bytes: entry.memory_mb.map(|mb| mb.max(1) << 20).unwrap_or(limits.filter_memory_bytes),
+                failure_status: match &entry.failure_status {
+                    None => limits.failure_status,
+                    Some(status) if (500..600).contains(status.get_ref()) => *status.get_ref(),
+                    Some(status) => {
+                        let message = format!("{} is not a 5xx status", status.get_ref());
+                        return Err(src.invalid(status, "route.filters.failure_status", message));
+                    }
+                },
+                breaker: entry.breaker.as_ref().map_or(limits.breaker, |b| limits.breaker.merged(b)),
             },
             at: src.at(&entry.module, "route.filters.module"),
         });

@@ -71,6 +71,16 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// This node's name in `CDN-Loop` and `Via`.
     pub node_id: String,
+    pub request_limits: RequestLimits,
+}
+
+/// What a client's request may hold (Envoy's defaults for headers).
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
 }
 
 /// HTTPS with HTTP/2 (ALPN `h2`, falling back to HTTP/1.1).
@@ -106,6 +116,31 @@ pub struct Limits {
     pub filter_memory_bytes: u64,
     /// Filter instances alive at once, across all requests.
     pub max_instances: u32,
+    pub failure_status: u16,
+    pub breaker: BreakerConfig,
+}
+
+/// When a chain entry's circuit breaker opens (see `filters::breaker`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    pub failure_ratio: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+impl BreakerConfig {
+    /// These settings with the fields `section` sets.
+    pub fn merged(&self, section: &super::file::BreakerSection) -> Self {
+        Self {
+            enabled: section.enabled.unwrap_or(self.enabled),
+            failure_ratio: section.failure_ratio.unwrap_or(self.failure_ratio).clamp(0.0, 1.0),
+            min_requests: section.min_requests.unwrap_or(self.min_requests).max(1),
+            window: section.window_secs.map(|s| Duration::from_secs(s.max(1))).unwrap_or(self.window),
+            cooldown: section.cooldown_secs.map(|s| Duration::from_secs(s.max(1))).unwrap_or(self.cooldown),
+        }
+    }
 }
 
 /// A named upstream group: a tier of servers, or an ordered list of tiers.
@@ -192,4 +227,7 @@ pub enum OnError {
 pub struct FilterLimits {
     pub timeout: Duration,
     pub memory_bytes: u64,
+    /// The status a fail-closed failure answers with.
+    pub failure_status: u16,
+    pub breaker: BreakerConfig,
 }

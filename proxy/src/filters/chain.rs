@@ -3,7 +3,9 @@
 //! Each link gets a fresh pooled instance in its own `Store`, with its own
 //! deadline and memory cap, so a failing filter can only hurt its own request.
 //! When a link fails, its `on_error` decides: fail-closed ends the request
-//! with a 5xx; fail-open drops that instance and goes on without it.
+//! with its failure status (a 5xx); fail-open drops that instance and goes on
+//! without it. Each link has a circuit breaker (`breaker`): while it is open
+//! the link is not instantiated and `on_error` applies at once.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::Filter;
 use super::bindings::cascade::filter::types::{Reply, Verdict};
+use super::breaker::Breaker;
 use super::capabilities::Capabilities;
 use super::host::{
     FilterHost, InstanceTag, MAX_HEADER_COUNT, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_REPLY_BODY_BYTES,
@@ -27,6 +30,7 @@ use crate::config::{FilterEntry, Location, OnError};
 pub struct ChainLink {
     pub module: Arc<FilterModule>,
     pub entry: FilterEntry,
+    pub breaker: Arc<Breaker>,
     module_name: Arc<str>,
 }
 
@@ -61,6 +65,8 @@ pub enum FailureKind {
     Trap,
     /// The filter handed back more than the host allows (a reply too large).
     BadReturn,
+    /// The circuit breaker is open: the filter was not run.
+    BreakerOpen,
 }
 
 impl FailureKind {
@@ -71,6 +77,7 @@ impl FailureKind {
             Self::MemoryCap => "memory-cap",
             Self::Trap => "trap",
             Self::BadReturn => "bad-return",
+            Self::BreakerOpen => "breaker-open",
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct FilterFailure {
     pub phase: &'static str,
     pub kind: FailureKind,
     pub detail: String,
+    /// What the request gets if this entry fails closed.
+    pub status: u16,
 }
 
 impl std::fmt::Display for FilterFailure {
@@ -146,6 +155,7 @@ impl FilterChain {
             let link = ChainLink {
                 module: module.clone(),
                 entry: entry.clone(),
+                breaker: Arc::new(Breaker::new(entry.limits.breaker)),
                 module_name: Arc::from(entry.module.as_str()),
             };
             let bad_config =
@@ -195,6 +205,14 @@ impl FilterChain {
                 route: route_name.clone(),
                 request_id: head.id.clone(),
             };
+            if !link.breaker.admit() {
+                let failure = link.breaker_open();
+                match link.entry.on_error {
+                    OnError::FailOpen => run.skipped.push(failure),
+                    OnError::FailClosed => return (head, run, RequestOutcome::Failed(failure)),
+                }
+                continue;
+            }
             let failure = match link.instantiate(runtime, &self.caps, tag).await {
                 Err(failure) => failure,
                 Ok((mut store, filter)) => {
@@ -214,8 +232,10 @@ impl FilterChain {
                             phase: "on-request",
                             kind: FailureKind::BadReturn,
                             detail: oversized(&reply).unwrap_or_default(),
+                            status: link.entry.limits.failure_status,
                         },
                         Ok(verdict) => {
+                            link.breaker.record(false);
                             run.instances.push(LiveInstance { store, filter, link: index });
                             if let Verdict::Respond(reply) = verdict {
                                 return (head, run, RequestOutcome::Respond(reply));
@@ -226,6 +246,7 @@ impl FilterChain {
                     }
                 }
             };
+            link.breaker.record(true);
             match link.entry.on_error {
                 OnError::FailOpen => {
                     log::warn!("request {}: {failure}; fail-open, skipping it", head.id);
@@ -259,6 +280,7 @@ impl InFlightChain {
             });
             response = instance.store.data_mut().response.take().expect("response returned to host");
             if let Err(e) = result {
+                link.breaker.record(true);
                 let failure = classify(link, "on-response", &instance.store, e);
                 match link.entry.on_error {
                     OnError::FailOpen => {
@@ -279,6 +301,22 @@ impl InFlightChain {
 }
 
 impl ChainLink {
+    /// The failure a request gets while this link's breaker is open.
+    fn breaker_open(&self) -> FilterFailure {
+        let config = self.breaker.config();
+        FilterFailure {
+            module: self.module_name.clone(),
+            phase: "on-request",
+            kind: FailureKind::BreakerOpen,
+            detail: format!(
+                "circuit breaker open: it failed on more than {:.0}% of calls; next try after {:?}",
+                config.failure_ratio * 100.0,
+                config.cooldown
+            ),
+            status: self.entry.limits.failure_status,
+        }
+    }
+
     async fn instantiate(
         &self,
         runtime: &FilterRuntime,
@@ -340,5 +378,5 @@ fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, er
         _ => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
     };
 
-    FilterFailure { module: link.module_name.clone(), phase, kind, detail }
+    FilterFailure { module: link.module_name.clone(), phase, kind, detail, status: link.entry.limits.failure_status }
 }

@@ -16,7 +16,9 @@
 //! * [`module`] validates and compiles components.
 //! * [`host`] implements the `cascade:filter` imports for one instance.
 //! * [`chain`] runs a route's chain and applies each link's failure policy.
+//! * [`breaker`] switches off a chain entry that keeps failing.
 
+pub mod breaker;
 pub mod capabilities;
 pub mod chain;
 pub mod host;

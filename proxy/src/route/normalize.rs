@@ -3,8 +3,11 @@
 //!
 //! Path rules, applied in order (RFC 3986 §6.2.2):
 //! 1. Percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
-//!    decoded; every other escape is kept, with upper-case hex. `%2F` therefore
-//!    stays `%2F` and never becomes a separator. A malformed escape is refused.
+//!    decoded; every other escape is kept, with upper-case hex. A malformed
+//!    escape is refused. So are an encoded `/` (`%2F`), an encoded or raw
+//!    backslash and an encoded NUL: origins disagree on whether they separate
+//!    segments (Envoy's `path_with_escaped_slashes_action` exists for this),
+//!    so a route prefix could not be trusted to cover them.
 //! 2. Runs of `/` collapse to one.
 //! 3. `.` segments are removed and `..` removes the segment before it (§5.2.4).
 //!    A `..` that would climb above the root is refused.
@@ -23,12 +26,17 @@ pub enum PathError {
     BadEscape,
     #[error("path climbs above the root with '..'")]
     AboveRoot,
+    #[error("path holds an encoded '/', a backslash or an encoded NUL, which origins read differently")]
+    AmbiguousSeparator,
 }
 
 /// The normalized form of `path` (without query).
 pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    if raw.contains('\\') {
+        return Err(PathError::AmbiguousSeparator);
     }
     let needs_work = raw.contains('%') || raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..");
     if !needs_work {
@@ -79,6 +87,9 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
         let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
         let value =
             std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(PathError::BadEscape)?;
+        if matches!(value, b'/' | b'\\' | 0) {
+            return Err(PathError::AmbiguousSeparator);
+        }
         if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
             out.push(value as char);
         } else {
@@ -87,6 +98,36 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
         i += 3;
     }
     Ok(out)
+}
+
+/// Whether a `Host` value is a plausible authority (RFC 3986 §3.2.2): a
+/// registered name, an IPv4 address or a bracketed IPv6 literal, then an
+/// optional port. No spaces, slashes, `@` or other delimiters.
+pub fn valid_host(raw: &str) -> bool {
+    let (host, port) = match raw.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else { return false };
+            if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                return false;
+            }
+            match after {
+                "" => return true,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => ("v6", Some(port)),
+                    None => return false,
+                },
+            }
+        }
+        None => match raw.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (raw, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 /// The host name routing compares: lower-case, without port or trailing dot.
@@ -121,7 +162,7 @@ mod tests {
             ("/a/b/..", "/a/"),
             ("/a/../b", "/b"),
             ("/%61pi/x", "/api/x"),
-            ("/a%2fb", "/a%2Fb"),
+            ("/a%20b", "/a%20b"),
             ("/a%2e%2e/b", "/a../b"),
             ("/a/.", "/a/"),
         ] {
@@ -133,6 +174,19 @@ mod tests {
         assert_eq!(path("/a/%zz"), Err(PathError::BadEscape));
         assert_eq!(path("/a/%4"), Err(PathError::BadEscape));
         assert_eq!(path("a"), Err(PathError::NotAbsolute));
+        for ambiguous in ["/a%2fb", "/a%2F..%2Fb", "/a%5Cb", "/a\\b", "/a%00b"] {
+            assert_eq!(path(ambiguous), Err(PathError::AmbiguousSeparator), "{ambiguous}");
+        }
+    }
+
+    #[test]
+    fn host_validity() {
+        for good in ["example.com", "example.com:8080", "127.0.0.1:1", "[::1]", "[::1]:443", "a_b.local"] {
+            assert!(valid_host(good), "{good}");
+        }
+        for bad in ["", "exa mple.com", "a.com/evil", "user@a.com", "a.com:", "a.com:80x", "[::1", "[::1]x", "a:b:c"] {
+            assert!(!valid_host(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the request path are wired together. Each phase hands off to its module.
 //!
 //! ```text
-//! request_filter ─────────► loop guard (CDN-Loop)                  (508)
+//! request_filter ─────────► admission: sizes, Host, CDN-Loop       (4xx / 508)
 //!                 ├───────► route::normalize + RouteTable::find   (400 / 404)
 //!                 └───────► FilterChain::run_request              (reply / 5xx)
 //! request_cache_filter,
@@ -18,6 +18,7 @@
 //! logging ────────────────► metrics, access log
 //! ```
 
+mod admission;
 mod reply;
 mod request_id;
 
@@ -90,6 +91,8 @@ pub struct RequestCtx {
     /// upstream attempts it has made.
     tier: usize,
     attempts: usize,
+    /// Request body bytes read so far, against `server.max_body_mb`.
+    body_bytes: u64,
 }
 
 /// Makes a `Send` value `Sync` by giving out only `&mut` access: a shared
@@ -120,11 +123,11 @@ impl CascadeProxy {
     async fn route_and_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.snapshot.load_full();
         ctx.snapshot = Some(snapshot.clone());
-        let node = &snapshot.config.server.node_id;
-        if let Some(seen) = loop_seen(session.req_header(), node) {
-            let message =
-                format!("loop detected: this request already passed through node {node:?} (CDN-Loop: {seen})");
-            return reply::send_error(session, ctx, ErrorReply::new(508, message)).await;
+        if let Err(refusal) = admission::check(session.req_header(), &snapshot.config.server) {
+            // What follows on this connection cannot be trusted to be framed
+            // as the client meant: answer, then close.
+            session.set_keepalive(None);
+            return reply::send_error(session, ctx, refusal).await;
         }
 
         // Routing and the upstream both see the normalized path; most paths
@@ -200,13 +203,6 @@ impl CascadeProxy {
     }
 }
 
-/// The `CDN-Loop` header (RFC 8586) when one of its members is `node`.
-fn loop_seen<'a>(header: &'a RequestHeader, node: &str) -> Option<&'a str> {
-    header.headers.get_all("cdn-loop").iter().filter_map(|v| v.to_str().ok()).find(|value| {
-        value.split(',').any(|member| member.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(node)))
-    })
-}
-
 /// Append `member` to a list-valued response header.
 fn append_response_member(header: &mut ResponseHeader, name: &'static str, member: &str) -> Result<()> {
     let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
@@ -278,11 +274,28 @@ impl ProxyHttp for CascadeProxy {
             authorization: false,
             tier: 0,
             attempts: 0,
+            body_bytes: 0,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.route_and_filter(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A chunked body has no Content-Length for admission to check.
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let limit = ctx.snapshot.as_ref().map_or(u64::MAX, |s| s.config.server.request_limits.max_body_bytes);
+        if ctx.body_bytes > limit {
+            return Error::e_explain(ErrorType::HTTPStatus(413), format!("request body exceeds {limit} bytes"));
+        }
+        Ok(())
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {

@@ -19,9 +19,9 @@ impl ErrorReply {
         Self { status, message }
     }
 
-    /// A fail-closed filter failure.
+    /// A fail-closed filter failure, with its entry's failure status.
     pub fn filter_failed(failure: &FilterFailure) -> Self {
-        Self::new(500, failure.to_string())
+        Self::new(failure.status, failure.to_string())
     }
 
     /// An error from Pingora, with the status it maps to.

@@ -1,0 +1,181 @@
+//! A circuit breaker for each chain entry: a filter that fails on more than
+//! `failure_ratio` of at least `min_requests` requests within `window` is
+//! switched off for `cooldown`. While it is open the filter is not
+//! instantiated at all and its `on_error` policy applies at once: fail-closed
+//! answers with the entry's failure status, fail-open skips it. After the
+//! cool-down one request probes the filter (half-open): success closes the
+//! breaker, failure opens it again.
+//!
+//! A module swap or reload builds new chains, so a new version starts closed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::config::BreakerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    /// One probe request is running the filter.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Window {
+    phase: Phase,
+    started: Instant,
+    calls: u32,
+    failures: u32,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    window: Mutex<Window>,
+    opened: AtomicU64,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        let window = Window { phase: Phase::Closed, started: Instant::now(), calls: 0, failures: 0 };
+        Self { config, window: Mutex::new(window), opened: AtomicU64::new(0) }
+    }
+
+    /// Whether this request may run the filter.
+    pub fn admit(&self) -> bool {
+        if !self.config.enabled {
+            return true;
+        }
+        let mut w = self.window.lock().expect("breaker lock");
+        match w.phase {
+            Phase::Closed => true,
+            Phase::Open { until } if Instant::now() >= until => {
+                w.phase = Phase::HalfOpen;
+                true
+            }
+            Phase::Open { .. } | Phase::HalfOpen => false,
+        }
+    }
+
+    /// Record how a call that `admit` let through ended.
+    pub fn record(&self, failed: bool) {
+        if !self.config.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let mut w = self.window.lock().expect("breaker lock");
+        match w.phase {
+            Phase::HalfOpen if failed => self.open(&mut w, now),
+            Phase::HalfOpen => {
+                *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0 };
+            }
+            Phase::Closed => {
+                if now.duration_since(w.started) > self.config.window {
+                    (w.started, w.calls, w.failures) = (now, 0, 0);
+                }
+                w.calls += 1;
+                w.failures += u32::from(failed);
+                let ratio = f64::from(w.failures) / f64::from(w.calls);
+                if w.calls >= self.config.min_requests && ratio > self.config.failure_ratio {
+                    self.open(&mut w, now);
+                }
+            }
+            // A late result (the response phase) of a request admitted before
+            // the breaker opened.
+            Phase::Open { .. } => {}
+        }
+    }
+
+    fn open(&self, w: &mut Window, now: Instant) {
+        w.phase = Phase::Open { until: now + self.config.cooldown };
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match self.window.lock().expect("breaker lock").phase {
+            Phase::Closed => BreakerState::Closed,
+            Phase::Open { .. } => BreakerState::Open,
+            Phase::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How many times this breaker has opened.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn breaker(cooldown: Duration) -> Breaker {
+        Breaker::new(BreakerConfig {
+            enabled: true,
+            failure_ratio: 0.5,
+            min_requests: 4,
+            window: Duration::from_secs(60),
+            cooldown,
+        })
+    }
+
+    #[test]
+    fn opens_past_the_ratio_and_probes_after_the_cooldown() {
+        let b = breaker(Duration::from_millis(30));
+        for failed in [true, false, true] {
+            assert!(b.admit());
+            b.record(failed);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "too few requests to judge");
+        b.record(true);
+        assert_eq!(b.state(), BreakerState::Open, "3 of 4 failed");
+        assert!(!b.admit());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit(), "the probe");
+        assert!(!b.admit(), "one probe at a time");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record(true);
+        assert_eq!(b.state(), BreakerState::Open, "a failed probe opens it again");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit());
+        b.record(false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert_eq!(b.opened(), 2);
+    }
+
+    #[test]
+    fn stays_closed_at_or_under_the_ratio() {
+        let b = breaker(Duration::from_secs(1));
+        // Every other call fails, the success first: never over half.
+        for i in 0..100 {
+            b.record(i % 2 == 1);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+}

@@ -1,0 +1,97 @@
+//! Failure policy: the fail-closed status, and the circuit breaker that
+//! switches off a chain entry failing on too many requests.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn misbehave_route(on_error: &str, extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"flaky\"\nupstream = \"origin\"\n\n[[route.filters]]\nmodule = \"misbehave\"\n\
+         on_error = \"{on_error}\"\nconfig = {{ on_request = \"panic\", only_when_triggered = true }}\n{extra}"
+    )
+}
+
+const TRIGGER: (&str, &str) = ("x-misbehave-trigger", "1");
+const BREAKER: &str = "breaker = { min_requests = 4, failure_ratio = 0.5, window_secs = 60, cooldown_secs = 1 }\n";
+
+#[test]
+fn fail_closed_answers_with_the_configured_status() {
+    let proxy =
+        Proxy::start(&ProxyConfig::new(&misbehave_route("fail-closed", "failure_status = 503\n"), &["misbehave"]));
+    let reply = proxy.get("/", &[TRIGGER]);
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.json()["request_id"], reply.header("x-request-id").unwrap());
+
+    // A status that is not a 5xx is refused, naming file, line and key.
+    let dir = tempfile::tempdir().unwrap();
+    let main = ProxyConfig::new(&misbehave_route("fail-closed", "failure_status = 404\n"), &["misbehave"])
+        .write(dir.path(), free_port());
+    let out = run_cascade(&["check", "--config", main.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("test.toml:") && stderr.contains("failure_status") && stderr.contains("404"), "{stderr}");
+}
+
+fn breaker_state(proxy: &Proxy) -> String {
+    let modules = proxy.admin("GET", "/modules/misbehave", b"", None).json();
+    modules["breakers"][0]["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn breaker_opens_answers_without_running_the_filter_and_recovers() {
+    let proxy = Proxy::start(&ProxyConfig::new(&misbehave_route("fail-closed", BREAKER), &["misbehave"]).with_admin());
+    assert_eq!(proxy.get("/", &[]).status, 200);
+    assert_eq!(breaker_state(&proxy), "closed");
+    for _ in 0..4 {
+        assert_eq!(proxy.get("/", &[TRIGGER]).status, 500);
+    }
+    // One success then three failures: 3 of 4 calls failed, over the 50%
+    // threshold at the minimum of 4, so the fourth trigger was not even run.
+    assert_eq!(breaker_state(&proxy), "open");
+    // The filter would pass this request, but it is not run: its policy
+    // (fail-closed) answers at once.
+    let refused = proxy.get("/", &[]);
+    assert_eq!(refused.status, 500);
+    assert!(refused.json()["error"].as_str().unwrap().contains("circuit breaker open"), "{refused:?}");
+    proxy.wait_for_metrics(&[
+        "cascade_filter_breaker_open{route=\"flaky\",module=\"misbehave\"} 1",
+        "cascade_filter_breaker_opens_total{route=\"flaky\",module=\"misbehave\"} 1",
+        "cascade_filter_failures_total{module=\"misbehave\",kind=\"trap\"} 3",
+        "cascade_filter_failures_total{module=\"misbehave\",kind=\"breaker-open\"} 2",
+    ]);
+    // After the cool-down one probe runs the filter; it succeeds, and the
+    // breaker closes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let reply = proxy.get("/", &[]);
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the breaker never half-opened: {reply:?}");
+    }
+    assert_eq!(breaker_state(&proxy), "closed");
+    assert_eq!(proxy.get("/", &[]).status, 200);
+}
+
+#[test]
+fn an_open_breaker_on_a_fail_open_entry_skips_the_filter() {
+    let proxy = Proxy::start(&ProxyConfig::new(&misbehave_route("fail-open", BREAKER), &["misbehave"]).with_admin());
+    for _ in 0..4 {
+        let reply = proxy.get("/", &[TRIGGER]);
+        assert_eq!(reply.status, 200, "fail-open: the request goes through");
+    }
+    // 4 of 4 failed: open after the fourth.
+    assert_eq!(breaker_state(&proxy), "open");
+    // Calls that ran (and failed) are timed; skipped ones are not.
+    let ran = "cascade_filter_duration_seconds_count{module=\"misbehave\",phase=\"on-request\"} 4";
+    proxy.wait_for_metrics(&[ran]);
+    for _ in 0..3 {
+        let skipped = proxy.get("/", &[]);
+        assert_eq!(skipped.status, 200);
+        assert_eq!(skipped.json()["path"], "/");
+    }
+    proxy.wait_for_metrics(&["cascade_filter_failures_total{module=\"misbehave\",kind=\"breaker-open\"} 3"]);
+    assert!(proxy.admin("GET", "/metrics", b"", None).body.contains(ran), "the filter was not run while open");
+}

@@ -1,0 +1,126 @@
+//! Hostile HTTP input: each request gets a clear 4xx (or the connection is
+//! refused before anything reaches the upstream), and the proxy keeps serving.
+//! Raw bytes, because a well-behaved client would never send these.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::support::*;
+
+const ROUTES: &str = "[[route]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"origin\"\n\
+                      [[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/api\", add_prefix = \"/v2\" }\n\n\
+                      [[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+
+/// Send `request` and return the status line's code and the whole response.
+fn raw(port: u16, request: &[u8]) -> (Option<u16>, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The proxy may answer and close before reading all of a huge request.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|s| s.get(..3)).and_then(|s| s.parse().ok());
+    (status, text)
+}
+
+#[test]
+fn hostile_requests_get_a_4xx_and_the_proxy_keeps_serving() {
+    let origin = EchoOrigin::start().unwrap();
+    let mut config = ProxyConfig::over(origin.addr(), ROUTES);
+    config.modules.push(("rewrite".into(), std::fs::read(wasm("rewrite")).unwrap()));
+    let proxy = Proxy::start(&config);
+    let long = "a".repeat(128 * 1024);
+    let many_headers: String = (0..2_000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized header", format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {long}\r\n\r\n").into_bytes()),
+        ("oversized URI", format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()),
+        ("too many headers", format!("GET / HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes()),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nbody".to_vec(),
+        ),
+        ("unknown Transfer-Encoding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, zork\r\n\r\n".to_vec()),
+        ("no Host in HTTP/1.1", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec()),
+        ("a Host with a space", b"GET / HTTP/1.1\r\nHost: exa mple.com\r\n\r\n".to_vec()),
+        ("a Host with a slash", b"GET / HTTP/1.1\r\nHost: a.com/evil\r\n\r\n".to_vec()),
+        ("a path climbing above the root", b"GET /../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("an encoded slash", b"GET /api%2Fusers HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("an encoded backslash", b"GET /static%5C..%5Capi HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("an encoded NUL", b"GET /api%00/users HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a malformed escape", b"GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a request line that is not HTTP", b"HELLO\r\n\r\n".to_vec()),
+    ];
+    for (what, request) in &cases {
+        // Asking to close spares waiting on a well-framed refusal's keep-alive.
+        let request = String::from_utf8_lossy(request).replacen("Host: x\r\n", "Host: x\r\nConnection: close\r\n", 1);
+        let (status, text) = raw(proxy.port, request.as_bytes());
+        match status {
+            Some(code) => assert!((400..500).contains(&code), "{what}: got {code}: {}", &text[..text.len().min(300)]),
+            // Refusing the connection outright is also a refusal; what
+            // matters is that nothing reached the origin.
+            None => assert!(text.is_empty(), "{what}: not HTTP: {text:?}"),
+        }
+        let ok = proxy.get("/api/ok", &[]);
+        assert_eq!(ok.status, 200, "after {what}, the proxy still serves");
+        assert_eq!(ok.json()["path"], "/v2/ok");
+    }
+    // Every request that reached the origin was one of the checks above.
+    assert_eq!(origin.requests(), cases.len() as u64, "a hostile request reached the origin");
+}
+
+#[test]
+fn no_path_trick_reaches_another_route_without_its_filters() {
+    let origin = EchoOrigin::start().unwrap();
+    let mut config = ProxyConfig::over(origin.addr(), ROUTES);
+    config.modules.push(("rewrite".into(), std::fs::read(wasm("rewrite")).unwrap()));
+    let proxy = Proxy::start(&config);
+    // Each of these means /api/users; each must go through the api route's
+    // rewrite (the origin sees /v2/users) or be refused.
+    for path in [
+        "/api/users",
+        "/static/../api/users",
+        "/%61pi/users",
+        "/%2e%2e/api/users",
+        "//api//users",
+        "/api/./users",
+        "/x/%2E%2E/api/users",
+        "/API/../api/users",
+    ] {
+        let (status, text) =
+            raw(proxy.port, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        match status {
+            Some(200) => {
+                let echoed: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(echoed["path"], "/v2/users", "{path} skipped the api route's filters");
+            }
+            Some(400) => {}
+            other => panic!("{path}: {other:?} {text}"),
+        }
+    }
+}
+
+// RFC 9112 §6.1: with both Content-Length and Transfer-Encoding, Transfer-Encoding
+// wins and the connection must close after the response. Pingora does exactly
+// that (it drops Content-Length and keep-alive), so the bytes a front end would
+// have framed differently can never become a second request.
+#[test]
+fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), ROUTES.split("\n\n").nth(1).unwrap()));
+    let request = b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (status, text) = raw(proxy.port, request);
+    assert_eq!(status, Some(200), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one response, then the connection closed: {text}");
+    assert!(text.contains("\"path\":\"/first\"") && text.contains("\"body_bytes\":0"), "{text}");
+    assert!(!text.contains("smuggled"));
+    assert_eq!(origin.requests(), 1, "the smuggled request never reached the origin");
+}
