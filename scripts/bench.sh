@@ -70,6 +70,29 @@ cpu_ticks() {
     done
     echo "$total"
 }
+# Drive URL with wrk (a warm-up, then the measured run) and print
+# "req/s p50 p99 cpu-µs-per-request", the CPU read from /proc for PIDS.
+#   measure URL "PIDS" [extra wrk arguments...]
+measure() {
+    local url=$1 pidset before after report requests
+    read -r -a pidset <<<"$2"
+    shift 2
+    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
+    before=$(cpu_ticks "${pidset[@]}")
+    report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
+    after=$(cpu_ticks "${pidset[@]}")
+    if grep -q "Non-2xx" <<<"$report"; then
+        echo "bench: $url answered errors:" >&2
+        echo "$report" >&2
+        return 1
+    fi
+    requests=$(awk '/requests in/ {print $1}' <<<"$report")
+    echo "$(awk '/Requests\/sec/ {print $2}' <<<"$report")" \
+        "$(awk '$1 == "50%" {print $2}' <<<"$report")" \
+        "$(awk '$1 == "99%" {print $2}' <<<"$report")" \
+        "$(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $requests:.1f}')")"
+}
+
 machine() {
     echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(nproc) cores)"
     echo "- Memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
@@ -175,8 +198,6 @@ PY
     local token
     token=$("$CASCADE" token --config "$root/conf/cascade.toml" --sub bench 2>/dev/null)
     local auth=(-H "authorization: Bearer $token")
-    local tick
-    tick=$(getconf CLK_TCK)
 
     declare -A rps p50 p99 cpu
     rows=(nginx none noop chain)
@@ -189,21 +210,9 @@ PY
             url="http://127.0.0.1:$cascade_port/$row"
             pidset=("$cascade_pid")
         fi
-        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${auth[@]}" "$url" >/dev/null
-        local before after report requests
-        before=$(cpu_ticks "${pidset[@]}")
-        report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${auth[@]}" "$url")
-        after=$(cpu_ticks "${pidset[@]}")
-        if grep -q "Non-2xx" <<<"$report"; then
-            echo "bench: $row answered errors:" >&2
-            echo "$report" >&2
-            exit 1
-        fi
-        requests=$(awk '/requests in/ {print $1}' <<<"$report")
-        rps[$row]=$(awk '/Requests\/sec/ {print $2}' <<<"$report")
-        p50[$row]=$(awk '$1 == "50%" {print $2}' <<<"$report")
-        p99[$row]=$(awk '$1 == "99%" {print $2}' <<<"$report")
-        cpu[$row]=$(python3 -c "print(f'{($after - $before) * 1e6 / $tick / $requests:.1f}')")
+        local measured
+        measured=$(measure "$url" "${pidset[*]}" "${auth[@]}")
+        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$measured"
     done
 
     {
@@ -259,8 +268,6 @@ run_cache() {
     wait_port "$nginx_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
-    local tick
-    tick=$(getconf CLK_TCK)
     # Both must answer from the cache, or the comparison means nothing.
     curl -s -o /dev/null "http://127.0.0.1:$nginx_port/"
     curl -s -o /dev/null "http://127.0.0.1:$cascade_port/"
@@ -277,16 +284,9 @@ run_cache() {
             url="http://127.0.0.1:$cascade_port/"
             pidset=("$cascade_pid")
         fi
-        wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$url" >/dev/null
-        local before after report requests
-        before=$(cpu_ticks "${pidset[@]}")
-        report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
-        after=$(cpu_ticks "${pidset[@]}")
-        requests=$(awk '/requests in/ {print $1}' <<<"$report")
-        rps[$row]=$(awk '/Requests\/sec/ {print $2}' <<<"$report")
-        p50[$row]=$(awk '$1 == "50%" {print $2}' <<<"$report")
-        p99[$row]=$(awk '$1 == "99%" {print $2}' <<<"$report")
-        cpu[$row]=$(python3 -c "print(f'{($after - $before) * 1e6 / $tick / $requests:.1f}')")
+        local measured
+        measured=$(measure "$url" "${pidset[*]}")
+        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$measured"
     done
     {
         echo "### Cache hits: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each"

@@ -48,13 +48,7 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
-        let limits = Limits {
-            filter_timeout: Duration::from_millis(50),
-            filter_memory_bytes: 16 << 20,
-            max_instances: 1_000,
-            failure_status: 500,
-            breaker: NO_BREAKER,
-        };
+        let limits = Limits { max_instances: 1_000, breaker: NO_BREAKER, ..Limits::default() };
         let runtime = FilterRuntime::new(&limits).expect("engine");
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
         fn build_first<T>(e: cascade::filters::ModuleError) -> T {
@@ -131,6 +125,7 @@ impl Bench {
                     memory_bytes: 16 << 20,
                     failure_status: 500,
                     breaker: NO_BREAKER,
+                    output: Default::default(),
                 },
                 at: location(),
             })

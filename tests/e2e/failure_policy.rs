@@ -95,3 +95,34 @@ fn an_open_breaker_on_a_fail_open_entry_skips_the_filter() {
     proxy.wait_for_metrics(&["cascade_filter_failures_total{module=\"misbehave\",kind=\"breaker-open\"} 3"]);
     assert!(proxy.admin("GET", "/metrics", b"", None).body.contains(ran), "the filter was not run while open");
 }
+
+// What a filter may hand back is limited per chain entry, over [limits].
+#[test]
+fn output_limits_are_set_per_chain_entry() {
+    let route = |name: &str, behaviour: &str, extra: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"origin\"\n[[route.filters]]\n\
+             module = \"misbehave\"\ntimeout_ms = 5000\nconfig = {{ on_request = \"{behaviour}\" }}\n{extra}\n"
+        )
+    };
+    let routes = [
+        route("default-reply", "giant-reply", ""),
+        route("big-reply", "giant-reply", "max_reply_body_kb = 4096"),
+        route("few-headers", "many-headers", "max_headers = 20"),
+    ]
+    .concat();
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]).with_main("\n[limits]\nmax_headers = 100\n"));
+    // The 2 MiB reply is over the default 1 MiB, but within this entry's 4 MiB.
+    let refused = proxy.get("/default-reply", &[]);
+    assert_eq!(refused.status, 500);
+    assert!(refused.json()["error"].as_str().unwrap().contains("exceeds 1048576"), "{refused:?}");
+    let allowed = proxy.get("/big-reply", &[]);
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.body.len(), 2 << 20);
+    // The entry's header cap (20) holds instead of [limits] (100): the filter's
+    // edits stop once the message has 20 headers.
+    let capped = proxy.get("/few-headers", &[]);
+    assert_eq!(capped.status, 200, "{capped:?}");
+    let at_origin = capped.json()["headers"].as_object().unwrap().len();
+    assert!((18..=24).contains(&at_origin), "the origin got {at_origin} headers");
+}

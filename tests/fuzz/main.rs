@@ -209,17 +209,9 @@ fn runtime() -> &'static FilterRuntime {
     static RUNTIME: OnceLock<std::sync::Arc<FilterRuntime>> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         let limits = Limits {
-            filter_timeout: std::time::Duration::from_millis(50),
-            filter_memory_bytes: 16 << 20,
             max_instances: 100,
-            failure_status: 500,
-            breaker: config::BreakerConfig {
-                enabled: false,
-                failure_ratio: 1.0,
-                min_requests: 1,
-                window: std::time::Duration::from_secs(1),
-                cooldown: std::time::Duration::from_secs(1),
-            },
+            breaker: config::BreakerConfig { enabled: false, ..Default::default() },
+            ..Limits::default()
         };
         FilterRuntime::new(&limits).unwrap()
     })

@@ -190,6 +190,10 @@ pub struct LimitsSection {
     /// What a fail-closed filter failure answers; 500 when not set.
     pub failure_status: Option<Spanned<u16>>,
     pub breaker: BreakerSection,
+    /// Limits on what a filter hands back (see `config::OutputLimits`).
+    pub max_header_value_kb: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_reply_body_kb: Option<usize>,
 }
 
 impl Default for LimitsSection {
@@ -200,6 +204,9 @@ impl Default for LimitsSection {
             max_instances: 10_000,
             failure_status: None,
             breaker: BreakerSection::default(),
+            max_header_value_kb: None,
+            max_headers: None,
+            max_reply_body_kb: None,
         }
     }
 }
@@ -369,6 +376,10 @@ pub struct FilterSection {
     pub failure_status: Option<Spanned<u16>>,
     /// Overrides fields of `[limits.breaker]` for this entry.
     pub breaker: Option<BreakerSection>,
+    /// Override the `[limits]` output limits for this entry.
+    pub max_header_value_kb: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_reply_body_kb: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]

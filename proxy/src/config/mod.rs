@@ -139,19 +139,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             return Err(main.invalid(status, "limits.failure_status", message));
         }
     };
-    let default_breaker = BreakerConfig {
-        enabled: true,
-        failure_ratio: 0.5,
-        min_requests: 20,
-        window: Duration::from_secs(10),
-        cooldown: Duration::from_secs(5),
-    };
     let limits = Limits {
         filter_timeout: Duration::from_millis(file.limits.filter_timeout_ms.max(1)),
         filter_memory_bytes: file.limits.filter_memory_mb.max(1) << 20,
         max_instances: file.limits.max_instances.max(1),
         failure_status,
-        breaker: default_breaker.merged(&file.limits.breaker),
+        breaker: BreakerConfig::default().merged(&file.limits.breaker),
+        output: OutputLimits::default().merged((
+            file.limits.max_header_value_kb,
+            file.limits.max_headers,
+            file.limits.max_reply_body_kb,
+        )),
     };
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, section) in &file.upstreams {
@@ -402,6 +400,7 @@ fn route(
                     }
                 },
                 breaker: entry.breaker.as_ref().map_or(limits.breaker, |b| limits.breaker.merged(b)),
+                output: limits.output.merged((entry.max_header_value_kb, entry.max_headers, entry.max_reply_body_kb)),
             },
             at: src.at(&entry.module, "route.filters.module"),
         });

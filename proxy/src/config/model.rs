@@ -118,6 +118,40 @@ pub struct Limits {
     pub max_instances: u32,
     pub failure_status: u16,
     pub breaker: BreakerConfig,
+    pub output: OutputLimits,
+}
+
+impl Default for Limits {
+    /// The documented defaults (docs/SECURITY.md), as a config without
+    /// `[limits]` gets them.
+    fn default() -> Self {
+        Self {
+            filter_timeout: Duration::from_millis(50),
+            filter_memory_bytes: 16 << 20,
+            max_instances: 10_000,
+            failure_status: 500,
+            breaker: BreakerConfig::default(),
+            output: OutputLimits::default(),
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        Self { header_value_bytes: 16 << 10, header_count: 256, reply_body_bytes: 1 << 20 }
+    }
 }
 
 /// When a chain entry's circuit breaker opens (see `filters::breaker`).
@@ -230,4 +264,27 @@ pub struct FilterLimits {
     /// The status a fail-closed failure answers with.
     pub failure_status: u16,
     pub breaker: BreakerConfig,
+    pub output: OutputLimits,
+}
+
+/// What a filter may hand back: header values, headers on a message after
+/// its edits, and a reply body. Over a limit, a header edit is refused with
+/// `limit-exceeded` and a reply counts as a failure of the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    pub header_value_bytes: usize,
+    pub header_count: usize,
+    pub reply_body_bytes: usize,
+}
+
+impl OutputLimits {
+    /// These limits with the ones set: (`max_header_value_kb`,
+    /// `max_headers`, `max_reply_body_kb`).
+    pub fn merged(&self, (value_kb, headers, body_kb): (Option<usize>, Option<usize>, Option<usize>)) -> Self {
+        Self {
+            header_value_bytes: value_kb.map_or(self.header_value_bytes, |kb| kb.max(1) << 10),
+            header_count: headers.map_or(self.header_count, |n| n.max(1)),
+            reply_body_bytes: body_kb.map_or(self.reply_body_bytes, |kb| kb << 10),
+        }
+    }
 }

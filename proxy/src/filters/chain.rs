@@ -17,13 +17,10 @@ use super::bindings::Filter;
 use super::bindings::cascade::filter::types::{Reply, Verdict};
 use super::breaker::Breaker;
 use super::capabilities::Capabilities;
-use super::host::{
-    FilterHost, InstanceTag, MAX_HEADER_COUNT, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_REPLY_BODY_BYTES,
-    RequestHead,
-};
+use super::host::{FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead};
 use super::module::{FilterModule, ModuleRegistry};
 use super::runtime::FilterRuntime;
-use crate::config::{FilterEntry, Location, OnError};
+use crate::config::{FilterEntry, Location, OnError, OutputLimits};
 
 /// One configured link: a module and its settings on this route.
 #[derive(Debug, Clone)]
@@ -227,13 +224,15 @@ impl FilterChain {
                         elapsed: started.elapsed(),
                     });
                     match verdict {
-                        Ok(Verdict::Respond(reply)) if oversized(&reply).is_some() => FilterFailure {
-                            module: link.module_name.clone(),
-                            phase: "on-request",
-                            kind: FailureKind::BadReturn,
-                            detail: oversized(&reply).unwrap_or_default(),
-                            status: link.entry.limits.failure_status,
-                        },
+                        Ok(Verdict::Respond(reply)) if oversized(&reply, &link.entry.limits.output).is_some() => {
+                            FilterFailure {
+                                module: link.module_name.clone(),
+                                phase: "on-request",
+                                kind: FailureKind::BadReturn,
+                                detail: oversized(&reply, &link.entry.limits.output).unwrap_or_default(),
+                                status: link.entry.limits.failure_status,
+                            }
+                        }
                         Ok(verdict) => {
                             link.breaker.record(false);
                             run.instances.push(LiveInstance { store, filter, link: index });
@@ -324,7 +323,8 @@ impl ChainLink {
         tag: InstanceTag,
     ) -> Result<(Store<FilterHost>, Filter), FilterFailure> {
         let memory = self.entry.limits.memory_bytes.min(runtime.max_memory_bytes());
-        let host = FilterHost::new(tag, self.entry.config_json.clone(), caps.clone(), memory);
+        let output = self.entry.limits.output;
+        let host = FilterHost::new(tag, self.entry.config_json.clone(), caps.clone(), memory, output);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
         // Start functions run guest code too, so they get the same deadline.
@@ -342,18 +342,18 @@ impl ChainLink {
     }
 }
 
-/// Why `reply` is larger than the host passes on, if it is.
-fn oversized(reply: &Reply) -> Option<String> {
-    if reply.body.len() > MAX_REPLY_BODY_BYTES {
-        return Some(format!("reply body of {} bytes exceeds {MAX_REPLY_BODY_BYTES}", reply.body.len()));
+/// Why `reply` is larger than the entry's limits let through, if it is.
+fn oversized(reply: &Reply, limits: &OutputLimits) -> Option<String> {
+    if reply.body.len() > limits.reply_body_bytes {
+        return Some(format!("reply body of {} bytes exceeds {}", reply.body.len(), limits.reply_body_bytes));
     }
-    if reply.headers.len() > MAX_HEADER_COUNT {
-        return Some(format!("reply with {} headers exceeds {MAX_HEADER_COUNT}", reply.headers.len()));
+    if reply.headers.len() > limits.header_count {
+        return Some(format!("reply with {} headers exceeds {}", reply.headers.len(), limits.header_count));
     }
     reply
         .headers
         .iter()
-        .find(|(n, v)| n.len() > MAX_HEADER_NAME_BYTES || v.len() > MAX_HEADER_VALUE_BYTES)
+        .find(|(n, v)| n.len() > MAX_HEADER_NAME_BYTES || v.len() > limits.header_value_bytes)
         .map(|(n, _)| format!("reply header {:?} exceeds the size limit", n.chars().take(64).collect::<String>()))
 }
 

@@ -5,6 +5,7 @@
 //! into the store for the duration of one call and moved back out after it, so
 //! the guest edits the real message and nothing is copied up front.
 
+use crate::config::OutputLimits;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -55,12 +56,9 @@ pub struct InstanceLimiter {
     pub memory_cap_hit: bool,
 }
 
-/// Limits on what a filter hands back, so that one filter cannot bloat a
-/// message or the proxy's memory (documented in docs/SECURITY.md).
+/// The longest header name a filter may set. Value sizes, header counts and
+/// reply bodies are limited per chain entry (`config::OutputLimits`).
 pub const MAX_HEADER_NAME_BYTES: usize = 256;
-pub const MAX_HEADER_VALUE_BYTES: usize = 16 << 10;
-pub const MAX_HEADER_COUNT: usize = 256;
-pub const MAX_REPLY_BODY_BYTES: usize = 1 << 20;
 
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 const MAX_CORE_INSTANCES: usize = 32;
@@ -103,6 +101,8 @@ pub struct FilterHost {
     pub tag: InstanceTag,
     config_json: Arc<str>,
     caps: Arc<Capabilities>,
+    /// What this chain entry's filter may hand back.
+    output: OutputLimits,
     pub limiter: InstanceLimiter,
     /// Present only during `on-request`.
     pub request: Option<RequestHead>,
@@ -128,12 +128,19 @@ impl Drop for FilterHost {
 }
 
 impl FilterHost {
-    pub fn new(tag: InstanceTag, config_json: Arc<str>, caps: Arc<Capabilities>, memory_bytes: u64) -> Self {
+    pub fn new(
+        tag: InstanceTag,
+        config_json: Arc<str>,
+        caps: Arc<Capabilities>,
+        memory_bytes: u64,
+        output: OutputLimits,
+    ) -> Self {
         LIVE_INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
             tag,
             config_json,
             caps,
+            output,
             limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false },
             request: None,
             response: None,
@@ -169,19 +176,26 @@ fn header_name(name: &str) -> Result<HeaderName, EditError> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name.to_string()))
 }
 
-fn header_value(name: &str, value: &str) -> Result<HeaderValue, EditError> {
-    if value.len() > MAX_HEADER_VALUE_BYTES {
-        return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {MAX_HEADER_VALUE_BYTES} bytes")));
+/// A header edit checked against the entry's limits: the name and value, and
+/// whether it would take the message past its header count.
+fn checked_header(
+    limits: &OutputLimits,
+    headers: &http::HeaderMap,
+    name: &str,
+    value: &str,
+    appending: bool,
+) -> Result<(HeaderName, HeaderValue), EditError> {
+    let header = header_name(name)?;
+    if value.len() > limits.header_value_bytes {
+        let max = limits.header_value_bytes;
+        return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {max} bytes")));
     }
-    HeaderValue::from_bytes(value.as_bytes()).map_err(|_| EditError::InvalidHeaderValue(name.to_string()))
-}
-
-/// Refuse an edit that would take a message past [`MAX_HEADER_COUNT`].
-fn check_header_count(headers: &http::HeaderMap, name: &HeaderName, appending: bool) -> Result<(), EditError> {
-    if headers.len() >= MAX_HEADER_COUNT && (appending || !headers.contains_key(name)) {
-        return Err(EditError::LimitExceeded(format!("more than {MAX_HEADER_COUNT} headers")));
+    let value =
+        HeaderValue::from_bytes(value.as_bytes()).map_err(|_| EditError::InvalidHeaderValue(name.to_string()))?;
+    if headers.len() >= limits.header_count && (appending || !headers.contains_key(&header)) {
+        return Err(EditError::LimitExceeded(format!("more than {} headers", limits.header_count)));
     }
-    Ok(())
+    Ok((header, value))
 }
 
 fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -268,14 +282,14 @@ impl types::HostRequest for FilterHost {
     }
 
     fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
-        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        check_header_count(&self.request().header.headers, &n, false)?;
+        let output = self.output;
+        let (n, v) = checked_header(&output, &self.request().header.headers, &name, &value, false)?;
         self.request().header.insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
     fn add_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
-        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        check_header_count(&self.request().header.headers, &n, true)?;
+        let output = self.output;
+        let (n, v) = checked_header(&output, &self.request().header.headers, &name, &value, true)?;
         self.request().header.append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
@@ -338,14 +352,14 @@ impl types::HostResponse for FilterHost {
     }
 
     fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
-        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        check_header_count(&self.response().headers, &n, false)?;
+        let output = self.output;
+        let (n, v) = checked_header(&output, &self.response().headers, &name, &value, false)?;
         self.response().insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
     fn add_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
-        let (n, v) = (header_name(&name)?, header_value(&name, &value)?);
-        check_header_count(&self.response().headers, &n, true)?;
+        let output = self.output;
+        let (n, v) = checked_header(&output, &self.response().headers, &name, &value, true)?;
         self.response().append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
     }
 
