@@ -47,9 +47,10 @@ pub struct EdgeCache {
     storage: &'static EdgeStorage,
     eviction: &'static simple_lru::Manager,
     lock: &'static CacheKeyLockImpl,
-    /// Keys whose last response could not be stored. They skip the cache
-    /// lock, so concurrent requests for a dynamic URL are not serialized
-    /// behind one another; a storable answer takes the key off the list.
+    /// Keys whose last response could not be stored (the 16,384 most recent).
+    /// They skip the cache lock, so concurrent requests for a dynamic URL are
+    /// not serialized behind one another; a storable answer takes the key off
+    /// the list. (Its tables are allocated up front: more keys, more memory.)
     predictor: &'static Predictor<16>,
 }
 
@@ -60,7 +61,7 @@ impl EdgeCache {
             storage: Box::leak(Box::default()),
             eviction: Box::leak(Box::new(simple_lru::Manager::new(config.max_size_bytes))),
             lock,
-            predictor: Box::leak(Box::new(Predictor::new(8_192, None))),
+            predictor: Box::leak(Box::new(Predictor::new(1_024, None))),
         }))
     }
 
