@@ -300,3 +300,34 @@ fn memory_is_bounded_by_max_size() {
     proxy.get("/big/0", &[("x-echo-header", "cache-control: max-age=600")]);
     assert_eq!(origin.requests(), before + 1);
 }
+
+// A fetch that started before a purge does not put the purged content back.
+#[test]
+fn a_purge_during_a_fetch_is_not_undone_by_it() {
+    let (origin, proxy) = cached(ROUTE);
+    let url = proxy.url("/slow");
+    let fetch = std::thread::spawn(move || {
+        send("GET", &url, &[("x-echo-header", "cache-control: max-age=600"), ("x-echo-delay-ms", "800")])
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!("{{\"url\": \"127.0.0.1:{}/slow\"}}", proxy.port);
+    assert_eq!(proxy.admin("POST", "/cache/purge", body.as_bytes(), None).status, 200);
+    assert_eq!(fetch.join().unwrap().status, 200);
+    let after = get_with(&proxy, "/slow", "cache-control: max-age=600", &[]);
+    assert!(!cache_status(&after).contains("hit"), "{after:?}");
+    assert_eq!(origin.requests(), 2);
+}
+
+// The host in the key is normalized as routing has it: case, port and a
+// trailing dot do not make new entries, so they cannot dodge a purge.
+#[test]
+fn host_spellings_share_one_entry() {
+    let (origin, proxy) = cached(ROUTE);
+    for host in ["example.com", "EXAMPLE.com", "example.com:80", "example.com."] {
+        let reply = get_with(&proxy, "/h", "cache-control: max-age=600", &[("host", host)]);
+        assert_eq!(reply.status, 200, "{host}");
+    }
+    assert_eq!(origin.requests(), 1);
+    let purge = proxy.admin("POST", "/cache/purge", b"{\"url\": \"http://Example.com/h\"}", None);
+    assert_eq!(purge.json()["purged"], 1, "{purge:?}");
+}

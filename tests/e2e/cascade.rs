@@ -304,3 +304,22 @@ fn three_processes_pop_regional_origin() {
     assert_eq!(pop.get("/never-cached", &[]).status, 502);
     pop.wait_for_metrics(&["cascade_cache_requests_total{route=\"site\",result=\"stale\"} 1"]);
 }
+
+// A failure of our own (a response filter failing closed) is not the
+// upstream's: the request does not go on to the next tier without it.
+#[test]
+fn a_failing_response_filter_does_not_fail_over() {
+    let (first, second) = (EchoOrigin::start().unwrap(), EchoOrigin::start().unwrap());
+    let mut config = tiered(first.addr(), second.addr(), "");
+    config.routes = "[[route]]\nname = \"site\"\nupstream = \"edge\"\n[[route.filters]]\nmodule = \"misbehave\"\n\
+                     config = { on_response = \"panic\" }\n"
+        .into();
+    config.modules.push(("misbehave".into(), std::fs::read(wasm("misbehave")).unwrap()));
+    let proxy = Proxy::start(&config);
+    let reply = proxy.get("/x", &[("x-echo-header", "cache-control: max-age=60")]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(reply.json()["error"].as_str().unwrap().contains("on-response"), "{reply:?}");
+    assert_eq!((first.requests(), second.requests()), (1, 0));
+    // The proxy keeps serving, and a second request fails the same way.
+    assert_eq!(proxy.get("/x", &[]).status, 500);
+}

@@ -74,6 +74,7 @@ impl EdgeCache {
     /// URL that starts with it. Returns how many entries went.
     pub async fn purge(&self, url: &str, prefix: bool) -> usize {
         let url = purge_url(url);
+        self.storage.cancel_fills();
         let span = Span::inactive().handle();
         let mut purged = 0;
         for key in self.storage.keys_for(&url, prefix) {
@@ -86,6 +87,13 @@ impl EdgeCache {
             }
         }
         purged
+    }
+
+    /// The cache key for a request starting now (see `cache_key`).
+    pub fn key(&self, client_url: &str, upstream: &str, upstream_target: &str) -> CacheKey {
+        let mut key = cache_key(client_url, upstream, upstream_target);
+        key.extensions.insert(self.storage.purges_seen());
+        key
     }
 
     pub fn size_bytes(&self) -> usize {
@@ -101,10 +109,12 @@ impl EdgeCache {
     }
 }
 
-/// `http://host/path` and `host/path` name the same entries.
-fn purge_url(url: &str) -> Cow<'_, str> {
+/// `http://Host:80/path` and `host/path` name the same entries: the scheme
+/// goes, and the host is normalized as routing (and the cache key) have it.
+fn purge_url(url: &str) -> String {
     let bare = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).unwrap_or(url);
-    Cow::Borrowed(bare)
+    let (host, path) = bare.split_at(bare.find('/').unwrap_or(bare.len()));
+    format!("{}{path}", crate::route::normalize::host(host))
 }
 
 /// `path?query` with the query parameters the policy ignores left out.
@@ -140,7 +150,7 @@ pub fn request_may_use_cache(req: &RequestHeader) -> bool {
 /// The cache key: the URL the client asked for (what a purge names), then
 /// where the request went after the filters (upstream group and target), so
 /// an A/B variant routed elsewhere gets its own entry.
-pub fn cache_key(client_url: &str, upstream: &str, upstream_target: &str) -> CacheKey {
+fn cache_key(client_url: &str, upstream: &str, upstream_target: &str) -> CacheKey {
     CacheKey::new(format!("{client_url}{URL_END}{upstream}{URL_END}{upstream_target}"), "")
 }
 

@@ -32,6 +32,11 @@ use pingora::prelude::*;
 /// Separates the URL a client asked for from the rest of a primary key.
 pub const URL_END: char = '\u{0}';
 
+/// The purge count when a request looked its key up, carried in the key's
+/// extensions: a fill whose request began before a purge is not stored.
+#[derive(Clone, Copy)]
+pub struct PurgesSeen(pub u64);
+
 const SHARDS: usize = 16;
 
 /// What a stored `CacheMeta` holds. `CacheMeta` cannot be cloned, so a hit
@@ -96,6 +101,9 @@ pub struct EdgeStorage {
     /// (one per `Vary` variant), and back.
     index: Mutex<Index>,
     evictions: AtomicU64,
+    /// Bumped by every invalidating purge. A fill that began before a purge
+    /// is not stored, so a purge cannot be undone by a fetch in flight.
+    purges: AtomicU64,
 }
 
 #[derive(Default)]
@@ -128,6 +136,7 @@ impl Default for EdgeStorage {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             index: Mutex::default(),
             evictions: AtomicU64::new(0),
+            purges: AtomicU64::new(0),
         }
     }
 }
@@ -152,6 +161,17 @@ impl EdgeStorage {
         }
     }
 
+    /// Keep every fill in flight from being stored: a purge is coming, and
+    /// a fill may hold content from before it (even for a URL not yet
+    /// indexed, because its first fetch is still running).
+    pub fn cancel_fills(&self) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn purges_seen(&self) -> PurgesSeen {
+        PurgesSeen(self.purges.load(Ordering::SeqCst))
+    }
+
     fn shard(&self, hash: &HashBinary) -> &Shard {
         &self.shards[hash[0] as usize % SHARDS]
     }
@@ -165,7 +185,8 @@ impl EdgeStorage {
 impl Storage for EdgeStorage {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         Ok(self.get(&key.combined_bin()).map(|entry| {
-            let hit = Hit { range: 0..entry.body.len(), body: entry.body.clone(), done: false };
+            let weight = entry.body.len() + entry.meta.weight();
+            let hit = Hit { range: 0..entry.body.len(), body: entry.body.clone(), done: false, weight };
             (entry.meta.to_meta(), Box::new(hit) as HitHandler)
         }))
     }
@@ -182,6 +203,10 @@ impl Storage for EdgeStorage {
             url: key.primary_key_str().and_then(|p| p.split(URL_END).next()).map(str::to_string),
             meta: Some(StoredMeta::from_meta(meta)),
             body: BytesMut::new(),
+            purges_at_start: key
+                .extensions
+                .get::<PurgesSeen>()
+                .map_or_else(|| self.purges.load(Ordering::SeqCst), |seen| seen.0),
         }))
     }
 
@@ -196,6 +221,9 @@ impl Storage for EdgeStorage {
             && entry.entry_id().is_some()
         {
             return Ok(PurgeOutcome::NotFound);
+        }
+        if matches!(purge_type, PurgeType::Invalidation) {
+            self.cancel_fills();
         }
         let key = target.key();
         let hash = key.combined_bin();
@@ -227,6 +255,8 @@ struct Hit {
     body: Bytes,
     range: std::ops::Range<usize>,
     done: bool,
+    /// What the entry counts for in the size bound.
+    weight: usize,
 }
 
 #[async_trait]
@@ -249,6 +279,10 @@ impl HandleHit for Hit {
 
     fn can_seek(&self) -> bool {
         true
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.weight
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
@@ -277,6 +311,7 @@ struct Fill {
     url: Option<String>,
     meta: Option<StoredMeta>,
     body: BytesMut,
+    purges_at_start: u64,
 }
 
 #[async_trait]
@@ -289,6 +324,11 @@ impl HandleMiss for Fill {
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let meta = self.meta.take().expect("finish runs once");
         let size = self.body.len() + meta.weight();
+        if self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start {
+            // The eviction manager will track a phantom entry until it ages
+            // out; purging it then finds nothing, which is harmless.
+            return Ok(MissFinishType::Created(size));
+        }
         let entry = Arc::new(Entry { meta, body: std::mem::take(&mut self.body).freeze() });
         let hash = self.key.combined_bin();
         self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);

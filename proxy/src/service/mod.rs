@@ -161,6 +161,7 @@ impl CascadeProxy {
         ctx.authorization = header.headers.contains_key(http::header::AUTHORIZATION);
         if route.config.cache.enabled && cache::request_may_use_cache(header) {
             let target = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let host = normalize::host(host);
             ctx.cache_url = Some(format!("{host}{}", cache::key_target(target, &route.config.cache)));
         }
         if route.chain.is_empty() {
@@ -230,18 +231,22 @@ impl CascadeProxy {
     /// Move the request on to the next tier, if its group has one and the
     /// failover budget allows another attempt.
     fn fail_over(&self, ctx: &mut RequestCtx) -> bool {
-        let Some(snapshot) = ctx.snapshot.as_ref() else { return false };
-        let Some(group) = snapshot.upstreams.get(&ctx.upstream) else { return false };
-        let next_exists = snapshot.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some();
-        if !next_exists || ctx.attempts >= group.config.max_attempts {
+        if !may_fail_over(ctx) {
             return false;
         }
-        if let Some(tier) = snapshot.upstreams.tier(&ctx.upstream, ctx.tier) {
+        if let Some(tier) = self.current_tier(ctx) {
             self.metrics.record_upstream(tier.name(), "failover");
         }
         ctx.tier += 1;
         true
     }
+}
+
+/// Whether the request's group has a next tier and budget for another attempt.
+fn may_fail_over(ctx: &RequestCtx) -> bool {
+    let Some(snapshot) = ctx.snapshot.as_ref() else { return false };
+    let Some(group) = snapshot.upstreams.get(&ctx.upstream) else { return false };
+    snapshot.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some() && ctx.attempts < group.config.max_attempts
 }
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2).
@@ -310,7 +315,7 @@ impl ProxyHttp for CascadeProxy {
             return Error::e_explain(ErrorType::InternalError, "cache enabled without a cache URL");
         };
         let target = session.req_header().uri.path_and_query().map_or("/", |pq| pq.as_str());
-        Ok(cache::cache_key(url, &ctx.upstream, &cache::key_target(target, &route.config.cache)))
+        Ok(self.cache.key(url, &ctx.upstream, &cache::key_target(target, &route.config.cache)))
     }
 
     fn response_cache_filter(
@@ -345,9 +350,12 @@ impl ProxyHttp for CascadeProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let snapshot = ctx.snapshot.clone().expect("request_filter pinned a snapshot");
-        let key_hash = crate::upstream::key_hash(ctx.cache_url.as_deref().unwrap_or_default());
+        // Consistent hashing keys on the cache key, or on the path when the
+        // request does not use the cache.
+        let affinity = ctx.cache_url.as_deref().unwrap_or_else(|| session.req_header().uri.path());
+        let key_hash = crate::upstream::key_hash(affinity);
         loop {
             let Some(tier) = snapshot.upstreams.tier(&ctx.upstream, ctx.tier) else {
                 let message = format!("upstream group {:?} has no tier {}", ctx.upstream, ctx.tier);
@@ -388,8 +396,15 @@ impl ProxyHttp for CascadeProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         // The upstream may have acted on the request: only idempotent
-        // methods with their whole body still at hand go on.
-        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        // methods with their whole body still at hand go on, and only while
+        // nothing of the response has reached the client.
+        // Failures of our own (a response filter, a body limit) are not the
+        // upstream's, and a retry would run the request without them.
+        let replayable = e.esource() == &ErrorSource::Upstream
+            && ctx.failure.is_none()
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
         if replayable && self.fail_over(ctx) {
             e.set_retry(true);
         } else if replayable {
@@ -432,12 +447,12 @@ impl ProxyHttp for CascadeProxy {
         let Some(tier) = self.current_tier(ctx) else { return Ok(()) };
         let fails_over = tier.config.failover_statuses.contains(&status)
             && session.req_header().method.is_idempotent()
-            && ctx.snapshot.as_ref().is_some_and(|s| s.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some());
+            && may_fail_over(ctx);
         if fails_over {
-            // An error here reaches `error_while_proxy`, which moves the
-            // request on to the next tier; nothing was sent downstream yet.
+            // An upstream error here reaches `error_while_proxy`, which moves
+            // the request on to the next tier; nothing was sent downstream yet.
             let message = format!("tier {:?} answered {status}", tier.name());
-            return Error::e_explain(ErrorType::HTTPStatus(status), message);
+            return Err(Error::explain(ErrorType::HTTPStatus(status), message).into_up());
         }
         Ok(())
     }

@@ -73,7 +73,8 @@ impl UpstreamGroup {
                     return None;
                 }
                 let n = self.next.fetch_add(1, Ordering::Relaxed) % up;
-                healthy().nth(n).map(|s| s.addr)
+                // Health may change between the count and the pick.
+                healthy().nth(n).or_else(|| healthy().next()).map(|s| s.addr)
             }
             // Rendezvous hashing: the server with the highest score for this
             // key wins, so losing a server moves only that server's keys.
