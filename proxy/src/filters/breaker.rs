@@ -37,8 +37,12 @@ enum Phase {
     Open {
         until: Instant,
     },
-    /// One probe request is running the filter.
-    HalfOpen,
+    /// One probe request is running the filter, since `probing_since`. A
+    /// probe whose request was dropped mid-call never reports, so after one
+    /// cool-down another request may probe.
+    HalfOpen {
+        probing_since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -68,13 +72,18 @@ impl Breaker {
             return true;
         }
         let mut w = self.window.lock().expect("breaker lock");
+        let now = Instant::now();
         match w.phase {
             Phase::Closed => true,
-            Phase::Open { until } if Instant::now() >= until => {
-                w.phase = Phase::HalfOpen;
+            Phase::Open { until } if now >= until => {
+                w.phase = Phase::HalfOpen { probing_since: now };
                 true
             }
-            Phase::Open { .. } | Phase::HalfOpen => false,
+            Phase::HalfOpen { probing_since } if now.duration_since(probing_since) >= self.config.cooldown => {
+                w.phase = Phase::HalfOpen { probing_since: now };
+                true
+            }
+            Phase::Open { .. } | Phase::HalfOpen { .. } => false,
         }
     }
 
@@ -86,8 +95,8 @@ impl Breaker {
         let now = Instant::now();
         let mut w = self.window.lock().expect("breaker lock");
         match w.phase {
-            Phase::HalfOpen if failed => self.open(&mut w, now),
-            Phase::HalfOpen => {
+            Phase::HalfOpen { .. } if failed => self.open(&mut w, now),
+            Phase::HalfOpen { .. } => {
                 *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0 };
             }
             Phase::Closed => {
@@ -116,7 +125,7 @@ impl Breaker {
         match self.window.lock().expect("breaker lock").phase {
             Phase::Closed => BreakerState::Closed,
             Phase::Open { .. } => BreakerState::Open,
-            Phase::HalfOpen => BreakerState::HalfOpen,
+            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 
@@ -160,6 +169,10 @@ mod tests {
         assert!(b.admit(), "the probe");
         assert!(!b.admit(), "one probe at a time");
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        // A probe that never reports (its request was dropped) does not
+        // keep the breaker half-open for ever.
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(b.admit(), "a new probe after one cool-down");
         b.record(true);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe opens it again");
         std::thread::sleep(Duration::from_millis(40));
