@@ -331,3 +331,21 @@ fn host_spellings_share_one_entry() {
     let purge = proxy.admin("POST", "/cache/purge", b"{\"url\": \"http://Example.com/h\"}", None);
     assert_eq!(purge.json()["purged"], 1, "{purge:?}");
 }
+
+// Refetching one Vary variant in full does not invalidate the others.
+#[test]
+fn refetching_one_variant_keeps_the_others() {
+    let (origin, proxy) = cached(ROUTE);
+    let en =
+        get_with(&proxy, "/lang", "cache-control: max-age=600|vary: accept-language", &[("accept-language", "en")]);
+    get_with(&proxy, "/lang", "cache-control: max-age=1|vary: accept-language", &[("accept-language", "fr")]);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let fr = get_with(&proxy, "/lang", "cache-control: max-age=1|vary: accept-language", &[("accept-language", "fr")]);
+    assert!(cache_status(&fr).contains("fwd=stale"), "{fr:?}");
+    assert_eq!(origin.requests(), 3);
+    let en_again =
+        get_with(&proxy, "/lang", "cache-control: max-age=600|vary: accept-language", &[("accept-language", "en")]);
+    assert!(cache_status(&en_again).contains("hit"), "{en_again:?}");
+    assert_eq!(origin_count(&en_again), origin_count(&en));
+    assert_eq!(origin.requests(), 3);
+}

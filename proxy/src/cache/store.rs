@@ -50,11 +50,18 @@ struct StoredMeta {
     stale_if_error_sec: u32,
     variance: Option<HashBinary>,
     header: ResponseHeader,
+    /// Pingora's own serialization, kept only when the fields above cannot
+    /// rebuild the meta: after a full refetch its `provenance` (the start of
+    /// the entry's family, which `Vary` lookups compare against) differs from
+    /// `created`. Rare, so the hit path stays free of (de)serialization.
+    exact: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl StoredMeta {
     fn from_meta(meta: &CacheMeta) -> Self {
+        let exact = (meta.provenance() != meta.created()).then(|| meta.serialize().ok()).flatten();
         Self {
+            exact,
             fresh_until: meta.fresh_until(),
             created: meta.created(),
             epoch: meta.epoch(),
@@ -66,6 +73,11 @@ impl StoredMeta {
     }
 
     fn to_meta(&self) -> CacheMeta {
+        if let Some(meta) =
+            self.exact.as_ref().and_then(|(internal, header)| CacheMeta::deserialize(internal, header).ok())
+        {
+            return meta;
+        }
         let mut meta = CacheMeta::new(
             self.fresh_until,
             self.created,
