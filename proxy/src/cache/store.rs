@@ -103,6 +103,15 @@ impl StoredMeta {
 struct Entry {
     meta: StoredMeta,
     body: Bytes,
+    /// What the entry counts for in the size bound.
+    weight: usize,
+}
+
+impl Entry {
+    fn new(meta: StoredMeta, body: Bytes) -> Self {
+        let weight = body.len() + meta.weight();
+        Self { meta, body, weight }
+    }
 }
 
 type Shard = RwLock<HashMap<HashBinary, Arc<Entry>>>;
@@ -197,8 +206,7 @@ impl EdgeStorage {
 impl Storage for EdgeStorage {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         Ok(self.get(&key.combined_bin()).map(|entry| {
-            let weight = entry.body.len() + entry.meta.weight();
-            let hit = Hit { range: 0..entry.body.len(), body: entry.body.clone(), done: false, weight };
+            let hit = Hit { range: 0..entry.body.len(), body: entry.body.clone(), done: false, weight: entry.weight };
             (entry.meta.to_meta(), Box::new(hit) as HitHandler)
         }))
     }
@@ -253,7 +261,7 @@ impl Storage for EdgeStorage {
         let hash = key.combined_bin();
         let mut shard = self.shard(&hash).write().expect("cache shard lock");
         let Some(entry) = shard.get_mut(&hash) else { return Ok(false) };
-        *entry = Arc::new(Entry { meta: StoredMeta::from_meta(meta), body: entry.body.clone() });
+        *entry = Arc::new(Entry::new(StoredMeta::from_meta(meta), entry.body.clone()));
         Ok(true)
     }
 
@@ -335,13 +343,14 @@ impl HandleMiss for Fill {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let meta = self.meta.take().expect("finish runs once");
-        let size = self.body.len() + meta.weight();
+        let entry = Entry::new(meta, std::mem::take(&mut self.body).freeze());
+        let size = entry.weight;
         if self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start {
             // The eviction manager will track a phantom entry until it ages
             // out; purging it then finds nothing, which is harmless.
             return Ok(MissFinishType::Created(size));
         }
-        let entry = Arc::new(Entry { meta, body: std::mem::take(&mut self.body).freeze() });
+        let entry = Arc::new(entry);
         let hash = self.key.combined_bin();
         self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);
         if let Some(url) = &self.url {

@@ -197,11 +197,13 @@ pub struct LimitsSection {
 }
 
 impl Default for LimitsSection {
+    /// `Limits::default()`, the one place the documented defaults live.
     fn default() -> Self {
+        let limits = super::Limits::default();
         Self {
-            filter_timeout_ms: 50,
-            filter_memory_mb: 16,
-            max_instances: 10_000,
+            filter_timeout_ms: limits.filter_timeout.as_millis() as u64,
+            filter_memory_mb: limits.filter_memory_bytes >> 20,
+            max_instances: limits.max_instances,
             failure_status: None,
             breaker: BreakerSection::default(),
             max_header_value_kb: None,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use model::*;
 
-use crate::route::HostPattern;
+use crate::route::{HostPattern, normalize};
 use file::{MainFile, RouteFile, UpstreamSection};
 use toml::Spanned;
 
@@ -95,8 +95,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file: MainFile = main.parse()?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
 
+    let listen = socket_addr(&main, &file.server.listen, "server.listen")?;
+    let node_id = match &file.server.node_id {
+        None => default_node_id(listen.port()),
+        Some(id) if !id.get_ref().is_empty() && id.get_ref().bytes().all(normalize::is_unreserved) => {
+            id.get_ref().clone()
+        }
+        Some(id) => {
+            let message = format!("{:?} must be a token: letters, digits and -._~ only", id.get_ref());
+            return Err(main.invalid(id, "server.node_id", message));
+        }
+    };
     let server = ServerConfig {
-        listen: socket_addr(&main, &file.server.listen, "server.listen")?,
+        listen,
         threads: file.server.threads.max(1),
         tls: match &file.server.tls {
             None => None,
@@ -106,14 +117,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
                 key: existing_file(&main, &base, &tls.key, "server.tls.key")?,
             }),
         },
-        node_id: match &file.server.node_id {
-            None => default_node_id(socket_addr(&main, &file.server.listen, "server.listen")?.port()),
-            Some(id) if is_token(id.get_ref()) => id.get_ref().clone(),
-            Some(id) => {
-                let message = format!("{:?} must be a token: letters, digits and -._~ only", id.get_ref());
-                return Err(main.invalid(id, "server.node_id", message));
-            }
-        },
+        via: format!("1.1 {node_id}"),
+        node_id,
         request_limits: RequestLimits {
             max_uri_bytes: file.server.max_uri_bytes.max(64),
             max_headers: file.server.max_headers.max(8),
@@ -132,12 +137,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         store: base.join(file.modules.store.as_deref().unwrap_or("../var/modules")),
     };
     let failure_status = match &file.limits.failure_status {
-        None => 500,
-        Some(status) if (500..600).contains(status.get_ref()) => *status.get_ref(),
-        Some(status) => {
-            let message = format!("{} is not a 5xx status", status.get_ref());
-            return Err(main.invalid(status, "limits.failure_status", message));
-        }
+        None => Limits::default().failure_status,
+        Some(status) => server_error(&main, status, "limits.failure_status")?,
     };
     let limits = Limits {
         filter_timeout: Duration::from_millis(file.limits.filter_timeout_ms.max(1)),
@@ -252,17 +253,19 @@ fn existing_file(src: &Source, base: &Path, value: &Spanned<String>, key: &str) 
 /// cascade (PoP and regional) never mistake each other for a loop.
 fn default_node_id(port: u16) -> String {
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String =
-        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || "-._~".contains(c) { c } else { '-' }).collect();
+    let host: String = host.trim().bytes().map(|b| if normalize::is_unreserved(b) { b as char } else { '-' }).collect();
     match host.is_empty() {
         true => format!("cascade-{port}"),
         false => format!("cascade-{host}-{port}"),
     }
 }
 
-/// A token as RFC 9110 defines it, restricted to the characters a node id needs.
-fn is_token(value: &str) -> bool {
-    !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+/// A configured failure status: it must be a 5xx.
+fn server_error(src: &Source, status: &Spanned<u16>, key: &str) -> Result<u16, ConfigError> {
+    match *status.get_ref() {
+        code @ 500..=599 => Ok(code),
+        code => Err(src.invalid(status, key, format!("{code} is not a 5xx status"))),
+    }
 }
 
 fn upstream(
@@ -393,11 +396,7 @@ fn route(
                 memory_bytes: entry.memory_mb.map(|mb| mb.max(1) << 20).unwrap_or(limits.filter_memory_bytes),
                 failure_status: match &entry.failure_status {
                     None => limits.failure_status,
-                    Some(status) if (500..600).contains(status.get_ref()) => *status.get_ref(),
-                    Some(status) => {
-                        let message = format!("{} is not a 5xx status", status.get_ref());
-                        return Err(src.invalid(status, "route.filters.failure_status", message));
-                    }
+                    Some(status) => server_error(src, status, "route.filters.failure_status")?,
                 },
                 breaker: entry.breaker.as_ref().map_or(limits.breaker, |b| limits.breaker.merged(b)),
                 output: limits.output.merged((entry.max_header_value_kb, entry.max_headers, entry.max_reply_body_kb)),

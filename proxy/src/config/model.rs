@@ -71,6 +71,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// This node's name in `CDN-Loop` and `Via`.
     pub node_id: String,
+    /// This node's `Via` member, `1.1 <node_id>`.
+    pub via: String,
     pub request_limits: RequestLimits,
 }
 

@@ -187,7 +187,6 @@ impl FilterChain {
         &self,
         runtime: &FilterRuntime,
         mut head: RequestHead,
-        route_name: &Arc<str>,
     ) -> (RequestHead, InFlightChain, RequestOutcome) {
         let mut run = InFlightChain {
             chain: self.clone(),
@@ -199,56 +198,51 @@ impl FilterChain {
             let started = std::time::Instant::now();
             let tag = InstanceTag {
                 module: link.module_name.clone(),
-                route: route_name.clone(),
+                route: head.route_name.clone(),
                 request_id: head.id.clone(),
             };
-            if !link.breaker.admit() {
-                let failure = link.breaker_open();
-                match link.entry.on_error {
-                    OnError::FailOpen => run.skipped.push(failure),
-                    OnError::FailClosed => return (head, run, RequestOutcome::Failed(failure)),
-                }
-                continue;
-            }
-            let failure = match link.instantiate(runtime, &self.caps, tag).await {
-                Err(failure) => failure,
-                Ok((mut store, filter)) => {
-                    arm_deadline(&mut store, link);
-                    store.data_mut().request = Some(head);
-                    let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
-                    // The host still holds the head after a trap, so it is never lost.
-                    head = store.data_mut().request.take().expect("request returned to host");
-                    run.timings.push(FilterTiming {
-                        module: link.module_name.clone(),
-                        phase: "on-request",
-                        elapsed: started.elapsed(),
-                    });
-                    match verdict {
-                        Ok(Verdict::Respond(reply)) if oversized(&reply, &link.entry.limits.output).is_some() => {
-                            FilterFailure {
-                                module: link.module_name.clone(),
-                                phase: "on-request",
-                                kind: FailureKind::BadReturn,
-                                detail: oversized(&reply, &link.entry.limits.output).unwrap_or_default(),
-                                status: link.entry.limits.failure_status,
+            // While the breaker is open the filter is not run: its policy applies.
+            let failure = if !link.breaker.admit() {
+                link.breaker_open()
+            } else {
+                let failure = match link.instantiate(runtime, &self.caps, tag).await {
+                    Err(failure) => failure,
+                    Ok((mut store, filter)) => {
+                        arm_deadline(&mut store, link);
+                        store.data_mut().request = Some(head);
+                        let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
+                        // The host still holds the head after a trap, so it is never lost.
+                        head = store.data_mut().request.take().expect("request returned to host");
+                        run.timings.push(FilterTiming {
+                            module: link.module_name.clone(),
+                            phase: "on-request",
+                            elapsed: started.elapsed(),
+                        });
+                        match verdict {
+                            Ok(Verdict::Respond(reply)) => match oversized(&reply, &link.entry.limits.output) {
+                                Some(detail) => link.failure("on-request", FailureKind::BadReturn, detail),
+                                None => {
+                                    run.instances.push(LiveInstance { store, filter, link: index });
+                                    return (head, run, RequestOutcome::Respond(reply));
+                                }
+                            },
+                            Ok(Verdict::Continue) => {
+                                run.instances.push(LiveInstance { store, filter, link: index });
+                                continue;
                             }
+                            Err(e) => classify(link, "on-request", &store, e),
                         }
-                        Ok(verdict) => {
-                            link.breaker.record(false);
-                            run.instances.push(LiveInstance { store, filter, link: index });
-                            if let Verdict::Respond(reply) = verdict {
-                                return (head, run, RequestOutcome::Respond(reply));
-                            }
-                            continue;
-                        }
-                        Err(e) => classify(link, "on-request", &store, e),
                     }
-                }
+                };
+                link.breaker.record(true);
+                failure
             };
-            link.breaker.record(true);
             match link.entry.on_error {
                 OnError::FailOpen => {
-                    log::warn!("request {}: {failure}; fail-open, skipping it", head.id);
+                    // An open breaker's skips are counted, not logged one by one.
+                    if failure.kind != FailureKind::BreakerOpen {
+                        log::warn!("request {}: {failure}; fail-open, skipping it", head.id);
+                    }
                     run.skipped.push(failure);
                 }
                 OnError::FailClosed => return (head, run, RequestOutcome::Failed(failure)),
@@ -278,8 +272,11 @@ impl InFlightChain {
                 elapsed: started.elapsed(),
             });
             response = instance.store.data_mut().response.take().expect("response returned to host");
+            // The breaker counts an instance once, when both of its phases
+            // are over. (An instance dropped before its response phase, say
+            // after an upstream error, is not counted either way.)
+            link.breaker.record(result.is_err());
             if let Err(e) = result {
-                link.breaker.record(true);
                 let failure = classify(link, "on-response", &instance.store, e);
                 match link.entry.on_error {
                     OnError::FailOpen => {
@@ -292,28 +289,29 @@ impl InFlightChain {
         }
         (response, Ok(()))
     }
-
-    /// Instances still alive (each holds a pool slot).
-    pub fn live_instances(&self) -> usize {
-        self.instances.len()
-    }
 }
 
 impl ChainLink {
+    /// A failure of this link, answered with its failure status if it fails closed.
+    fn failure(&self, phase: &'static str, kind: FailureKind, detail: String) -> FilterFailure {
+        FilterFailure {
+            module: self.module_name.clone(),
+            phase,
+            kind,
+            detail,
+            status: self.entry.limits.failure_status,
+        }
+    }
+
     /// The failure a request gets while this link's breaker is open.
     fn breaker_open(&self) -> FilterFailure {
         let config = self.breaker.config();
-        FilterFailure {
-            module: self.module_name.clone(),
-            phase: "on-request",
-            kind: FailureKind::BreakerOpen,
-            detail: format!(
-                "circuit breaker open: it failed on more than {:.0}% of calls; next try after {:?}",
-                config.failure_ratio * 100.0,
-                config.cooldown
-            ),
-            status: self.entry.limits.failure_status,
-        }
+        let detail = format!(
+            "circuit breaker open: it failed on more than {:.0}% of calls; next try after {:?}",
+            config.failure_ratio * 100.0,
+            config.cooldown
+        );
+        self.failure("on-request", FailureKind::BreakerOpen, detail)
     }
 
     async fn instantiate(
@@ -378,5 +376,5 @@ fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, er
         _ => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
     };
 
-    FilterFailure { module: link.module_name.clone(), phase, kind, detail, status: link.entry.limits.failure_status }
+    link.failure(phase, kind, detail)
 }

@@ -222,16 +222,6 @@ impl ModuleRegistry {
 }
 
 impl ModuleRegistry {
-    /// Every module, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<FilterModule>)> {
-        self.modules.iter().map(|(n, m)| (n.as_str(), m))
-    }
-
-    /// Add every module of `other`, replacing modules of the same name.
-    pub fn merge(&mut self, other: ModuleRegistry) {
-        self.modules.extend(other.modules);
-    }
-
     /// Remove a module, if it is there.
     pub fn remove(&mut self, name: &str) {
         self.modules.remove(name);

@@ -72,6 +72,11 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
+/// An unreserved character (RFC 3986 §2.3): `A-Z a-z 0-9 - . _ ~`.
+pub fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
 fn decode_unreserved(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -90,7 +95,7 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
         if matches!(value, b'/' | b'\\' | 0) {
             return Err(PathError::AmbiguousSeparator);
         }
-        if value.is_ascii_alphanumeric() || b"-._~".contains(&value) {
+        if is_unreserved(value) {
             out.push(value as char);
         } else {
             out.push_str(&format!("%{value:02X}"));
@@ -123,9 +128,7 @@ pub fn valid_host(raw: &str) -> bool {
             None => (raw, None),
         },
     };
-    let host_ok = !host.is_empty()
-        && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    let host_ok = !host.is_empty() && host.len() <= 255 && host.bytes().all(is_unreserved);
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     host_ok && port_ok
 }

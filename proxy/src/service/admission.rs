@@ -1,8 +1,10 @@
 //! What a request must satisfy before it is routed: size limits on its head
 //! and body, a valid `Host`, and no `CDN-Loop` member naming this node.
-//! Pingora's parser already refuses malformed framing (bad chunk sizes,
-//! conflicting `Content-Length` and `Transfer-Encoding`); these are the
-//! checks it leaves to the application.
+//! Pingora's parser already refuses malformed framing before this runs: bad
+//! chunk sizes, differing `Content-Length`s, a `Transfer-Encoding` that does
+//! not end in `chunked`, and duplicate `Host`s (`validate_request`); with both
+//! `Content-Length` and `Transfer-Encoding` it drops the length and closes the
+//! connection after the response. These are the checks it leaves to us.
 
 use pingora::http::RequestHeader;
 
@@ -32,7 +34,6 @@ pub fn check(header: &RequestHeader, server: &ServerConfig) -> Result<(), ErrorR
         let message = format!("request body exceeds {} bytes", limits.max_body_bytes);
         return Err(ErrorReply::new(413, message));
     }
-    check_framing(header).map_err(|message| ErrorReply::new(400, message))?;
     check_host(header).map_err(|message| ErrorReply::new(400, message))?;
     if let Some(seen) = loop_seen(header, &server.node_id) {
         let node = &server.node_id;
@@ -49,46 +50,18 @@ fn loop_seen<'a>(header: &'a RequestHeader, node: &str) -> Option<&'a str> {
     })
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request needs exactly one `Host`, and it must
-/// be a valid authority. (HTTP/2 carries `:authority` in the URI instead.)
+/// RFC 9112 §3.2: an HTTP/1.1 request needs a `Host`, and it must be a valid
+/// authority. (HTTP/2 carries `:authority` in the URI instead; Pingora has
+/// already refused a duplicate `Host`.)
 fn check_host(header: &RequestHeader) -> std::result::Result<(), String> {
-    let mut hosts = header.headers.get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err("more than one Host header".into()),
-        (None, _) if header.version == http::Version::HTTP_11 && header.uri.authority().is_none() => {
+    match header.headers.get(http::header::HOST) {
+        None if header.version == http::Version::HTTP_11 && header.uri.authority().is_none() => {
             Err("an HTTP/1.1 request needs a Host header".into())
         }
-        (Some(value), None) => match value.to_str() {
+        None => Ok(()),
+        Some(value) => match value.to_str() {
             Ok(host) if normalize::valid_host(host) => Ok(()),
             _ => Err(format!("invalid Host header {value:?}")),
         },
-        (None, _) => Ok(()),
     }
-}
-
-/// RFC 9112 §6.1 and §6.3: a request with both `Content-Length` and
-/// `Transfer-Encoding` is the classic smuggling vector, and a
-/// `Transfer-Encoding` whose last coding is not `chunked` has no knowable
-/// length. Both are refused (and the connection closed) rather than guessed.
-fn check_framing(header: &RequestHeader) -> Result<(), String> {
-    let encodings: Vec<&str> = header
-        .headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let lengths: Vec<&[u8]> =
-        header.headers.get_all(http::header::CONTENT_LENGTH).iter().map(|v| v.as_bytes()).collect();
-    if !encodings.is_empty() && !lengths.is_empty() {
-        return Err("both Content-Length and Transfer-Encoding: refused, as request smuggling".into());
-    }
-    if encodings.last().is_some_and(|last| !last.eq_ignore_ascii_case("chunked")) {
-        return Err(format!("Transfer-Encoding {:?} does not end in chunked", encodings.join(", ")));
-    }
-    if lengths.windows(2).any(|pair| pair[0] != pair[1]) {
-        return Err("conflicting Content-Length headers".into());
-    }
-    Ok(())
 }

@@ -179,7 +179,7 @@ impl CascadeProxy {
             upstream: ctx.upstream.clone(),
             upstreams: snapshot.upstreams.clone(),
         };
-        let (head, chain, outcome) = route.chain.run_request(&self.runtime, head, &route.name).await;
+        let (head, chain, outcome) = route.chain.run_request(&self.runtime, head).await;
         *session.req_header_mut() = head.header;
         ctx.upstream = head.upstream;
         let mut chain = Exclusive(chain);
@@ -204,22 +204,12 @@ impl CascadeProxy {
     }
 }
 
-/// Append `member` to a list-valued response header.
-fn append_response_member(header: &mut ResponseHeader, name: &'static str, member: &str) -> Result<()> {
-    let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
+/// The value of list-valued header `name` with `member` appended.
+fn with_member(headers: &http::HeaderMap, name: &str, member: &str) -> String {
+    match headers.get(name).and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {member}"),
         None => member.to_string(),
-    };
-    header.insert_header(name, value)
-}
-
-/// Append `member` to a list-valued header.
-fn append_member(header: &mut RequestHeader, name: &'static str, member: &str) -> Result<()> {
-    let value = match header.headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {member}"),
-        None => member.to_string(),
-    };
-    header.insert_header(name, value)
+    }
 }
 
 impl CascadeProxy {
@@ -366,7 +356,7 @@ impl ProxyHttp for CascadeProxy {
             let addr = match tier.pick(key_hash) {
                 Some(addr) => addr,
                 None if self.fail_over(ctx) => continue,
-                None => tier.pick_any(key_hash),
+                None => tier.any_server(),
             };
             ctx.attempts += 1;
             self.metrics.record_upstream(tier.name(), "sent");
@@ -423,15 +413,14 @@ impl ProxyHttp for CascadeProxy {
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
         if let Some(snapshot) = &ctx.snapshot {
-            let node = &snapshot.config.server.node_id;
-            append_member(upstream_request, "cdn-loop", node)?;
-            append_member(upstream_request, "via", &format!("1.1 {node}"))?;
+            let server = &snapshot.config.server;
+            let cdn_loop = with_member(&upstream_request.headers, "cdn-loop", &server.node_id);
+            upstream_request.insert_header("cdn-loop", cdn_loop)?;
+            let via = with_member(&upstream_request.headers, "via", &server.via);
+            upstream_request.insert_header("via", via)?;
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let forwarded = match upstream_request.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(earlier) => format!("{earlier}, {ip}"),
-                None => ip.to_string(),
-            };
+            let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", &ip.to_string());
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         Ok(())
@@ -464,10 +453,12 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(snapshot) = &ctx.snapshot {
-            let node = &snapshot.config.server.node_id;
-            let member = cache::status_member(node, &session.cache);
-            append_response_member(upstream_response, "cache-status", &member)?;
-            append_response_member(upstream_response, "via", &format!("1.1 {node}"))?;
+            let server = &snapshot.config.server;
+            let member = cache::status_member(&server.node_id, &session.cache);
+            let cache_status = with_member(&upstream_response.headers, "cache-status", &member);
+            upstream_response.insert_header("cache-status", cache_status)?;
+            let via = with_member(&upstream_response.headers, "via", &server.via);
+            upstream_response.insert_header("via", via)?;
         }
         if let Some(mut chain) = ctx.chain.take() {
             let placeholder = ResponseHeader::build_no_case(200, Some(0))?;

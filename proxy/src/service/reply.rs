@@ -5,6 +5,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use super::{REQUEST_ID_HEADER, RequestCtx};
+use crate::cache;
 use crate::filters::bindings::cascade::filter::types::Reply;
 use crate::filters::{FilterFailure, InFlightChain};
 
@@ -94,8 +95,8 @@ async fn write(session: &mut Session, ctx: &RequestCtx, mut header: ResponseHead
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
     if let Some(snapshot) = &ctx.snapshot {
-        // The proxy answered itself: the cache was not consulted.
-        header.insert_header("cache-status", format!("{}; fwd=bypass", snapshot.config.server.node_id))?;
+        // The proxy answered itself, before or after consulting the cache.
+        header.insert_header("cache-status", cache::status_member(&snapshot.config.server.node_id, &session.cache))?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(header), head_only).await?;

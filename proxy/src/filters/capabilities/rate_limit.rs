@@ -125,6 +125,7 @@ impl Policy {
     }
 
     /// Keys currently tracked.
+    #[cfg(test)]
     pub fn tracked_keys(&self) -> usize {
         self.limiter.len()
     }
@@ -143,10 +144,6 @@ impl RateLimiters {
 
     pub fn check(&self, policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
         self.policies.get(policy).ok_or_else(|| CheckError::UnknownPolicy(policy.to_string()))?.check(key, cost)
-    }
-
-    pub fn policy(&self, name: &str) -> Option<&Policy> {
-        self.policies.get(name)
     }
 }
 
