@@ -47,8 +47,13 @@ work=$(mktemp -d)
 # nginx workers run as an unprivileged user when started by root.
 chmod 755 "$work"
 pids=()
-cleanup() {
+# SIGINT: a fast shutdown (Cascade's SIGTERM waits for requests in flight).
+stop_all() {
     for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+    pids=()
+}
+cleanup() {
+    stop_all
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -99,6 +104,18 @@ machine() {
     echo "- $($NGINX -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(rustc --version)"
 }
 
+# Start a background process and remember it; its PID is left in $started.
+start_nginx() { # $1 dir holding nginx.conf
+    "$NGINX" -p "$1" -c "$1/nginx.conf" &
+    started=$!
+    pids+=("$started")
+}
+start_cascade() { # $1 dir holding cascade.toml; the log goes to $1/log
+    RUST_LOG=warn "$CASCADE" serve --config "$1/cascade.toml" >"$1/log" 2>&1 &
+    started=$!
+    pids+=("$started")
+}
+
 nginx_conf() { # $1 dir, $2 body of http{}
     mkdir -p "$1/logs"
     cat >"$1/nginx.conf" <<EOF
@@ -125,16 +142,14 @@ run_load() {
     mkdir -p "$work/origin/www"
     printf 'hello from the origin\n' >"$work/origin/www/index.html"
     nginx_conf "$work/origin" "    server { listen 127.0.0.1:$origin_port; root $work/origin/www; location / { try_files /index.html =404; } }"
-    "$NGINX" -p "$work/origin" -c "$work/origin/nginx.conf" &
-    pids+=($!)
+    start_nginx "$work/origin"
 
     # (a) nginx as a reverse proxy with keepalive to the origin.
     nginx_conf "$work/proxy" "    upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
     server { listen 127.0.0.1:$nginx_port;
         location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-    "$NGINX" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
-    local nginx_master=$!
-    pids+=($nginx_master)
+    start_nginx "$work/proxy"
+    local nginx_master=$started
 
     # (b), (c), (d): one Cascade process, one route per row.
     mkdir -p "$work/cascade/routes"
@@ -186,9 +201,8 @@ for f in demo.get("filters", []):
     for k, v in f.items():
         print(f"{k} = {toml_value(v)}")
 PY
-    RUST_LOG=warn "$CASCADE" serve --config "$work/cascade/cascade.toml" >"$work/cascade/log" 2>&1 &
-    local cascade_pid=$!
-    pids+=($cascade_pid)
+    start_cascade "$work/cascade"
+    local cascade_pid=$started
 
     wait_port "$origin_port"
     wait_port "$nginx_port"
@@ -233,8 +247,7 @@ print(f'| ${names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} 
         echo
         echo "The demo chain adds $delta µs of proxy CPU per request over no filters."
     } | tee "$out/load.md"
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    pids=()
+    stop_all
 }
 
 run_cache() {
@@ -246,24 +259,21 @@ run_cache() {
     printf 'hello from the origin, cacheable\n' >"$work/corigin/www/index.html"
     nginx_conf "$work/corigin" "    server { listen 127.0.0.1:$origin_port; root $work/corigin/www;
         location / { add_header Cache-Control \"max-age=3600\"; try_files /index.html =404; } }"
-    "$NGINX" -p "$work/corigin" -c "$work/corigin/nginx.conf" &
-    pids+=($!)
+    start_nginx "$work/corigin"
     # nginx proxy_cache, in memory as far as the OS page cache goes.
     nginx_conf "$work/nproxy" "    proxy_cache_path $work/ncache keys_zone=edge:10m;
     upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
     server { listen 127.0.0.1:$nginx_port;
         location / { proxy_cache edge; proxy_pass http://origin; proxy_http_version 1.1;
                      proxy_set_header Connection \"\"; add_header X-Cache \$upstream_cache_status; } }"
-    "$NGINX" -p "$work/nproxy" -c "$work/nproxy/nginx.conf" &
-    local nginx_master=$!
-    pids+=($nginx_master)
+    start_nginx "$work/nproxy"
+    local nginx_master=$started
     mkdir -p "$work/ccache/routes"
     printf 'routes = ["routes/*.toml"]\n[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n[modules]\ndir = "%s"\n[upstreams.origin]\nservers = ["127.0.0.1:%s"]\n' \
         "$cascade_port" "$WORKERS" "$work/ccache" "$origin_port" >"$work/ccache/cascade.toml"
     printf '[[route]]\nname = "hit"\nupstream = "origin"\n' >"$work/ccache/routes/r.toml"
-    RUST_LOG=warn "$CASCADE" serve --config "$work/ccache/cascade.toml" >"$work/ccache/log" 2>&1 &
-    local cascade_pid=$!
-    pids+=($cascade_pid)
+    start_cascade "$work/ccache"
+    local cascade_pid=$started
     wait_port "$origin_port"
     wait_port "$nginx_port"
     wait_port "$cascade_port"
@@ -300,8 +310,7 @@ name = {'nginx': 'nginx proxy_cache hit', 'cascade': 'Cascade edge cache hit'}['
 print(f'| {name} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | ${cpu[$row]} |')"
         done
     } | tee "$out/cache.md"
-    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    pids=()
+    stop_all
 }
 
 run_memory() {
@@ -321,13 +330,12 @@ run_memory() {
         # so each is compiled and kept separately.
         python3 "$root/scripts/bench_modules.py" "$noop" "$dir/modules" "$n"
         printf 'routes = []\n[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n[modules]\ndir = "modules"\n' "$port" "$WORKERS" >"$dir/cascade.toml"
-        RUST_LOG=warn "$CASCADE" serve --config "$dir/cascade.toml" >"$dir/log" 2>&1 &
-        local pid=$!
+        start_cascade "$dir"
         wait_port "$port"
         sleep 1
-        rss[$n]=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-        kill -INT "$pid"  # SIGINT: fast shutdown (SIGTERM waits for a grace period)
-        wait "$pid" 2>/dev/null || true
+        rss[$n]=$(awk '/VmRSS/ {print $2}' "/proc/$started/status")
+        stop_all
+        wait "$started" 2>/dev/null || true
         python3 -c "print(f'| $n | {${rss[$n]} / 1024:.1f} |')" >>"$out/memory.md"
     done
     python3 -c "print(f'\nEach additional module costs about {(${rss[100]} - ${rss[1]}) / 99 / 1024:.2f} MiB resident.')" >>"$out/memory.md"

@@ -34,6 +34,7 @@
 use serde::de::DeserializeOwned;
 
 mod capabilities;
+pub mod client;
 pub mod path;
 mod verdict;
 pub use capabilities::{CheckError, Decision, VerifyError};

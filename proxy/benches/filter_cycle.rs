@@ -151,7 +151,7 @@ impl Bench {
 
     /// One request through `chain`: both phases, then every instance dropped.
     fn cycle(&self, chain: &FilterChain) {
-        let (_head, mut run, _outcome) = block_on(chain.run_request(&self.runtime, self.head(), &self.route));
+        let (_head, mut run, _outcome) = block_on(chain.run_request(&self.runtime, self.head()));
         let response = ResponseHeader::build(200, Some(4)).unwrap();
         let (_response, result) = block_on(run.run_response(response, "0000000000000000"));
         result.expect("filters succeed");

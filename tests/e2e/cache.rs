@@ -6,7 +6,7 @@
 //! what reached it. The echo origin sends the response headers a request asks
 //! for in `x-echo-header` (several separated by `|`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -29,20 +29,6 @@ fn get_with(proxy: &Proxy, path: &str, origin_headers: &str, extra: &[(&str, &st
 
 fn cache_status(reply: &Reply) -> &str {
     reply.header("cache-status").unwrap_or_default()
-}
-
-/// The origin's request number that produced this body.
-fn origin_count(reply: &Reply) -> u64 {
-    reply.json()["count"].as_u64().unwrap_or_else(|| panic!("no count in {}", reply.body))
-}
-
-/// Wait until `f` holds, for up to 10 s.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} never happened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // RFC 9111 section 4.2 (fresh responses are served without contacting the
@@ -207,8 +193,10 @@ fn stale_while_revalidate_answers_at_once_and_refreshes() {
     let stale = get_with(&proxy, "/swr", headers, &[]);
     assert_eq!(origin_count(&stale), origin_count(&first), "the stale copy is served");
     assert!(cache_status(&stale).contains("hit"), "{stale:?}");
-    eventually("the background refresh", || origin.requests() == 2);
-    eventually("the refreshed copy", || origin_count(&get_with(&proxy, "/swr", headers, &[])) == 2);
+    eventually("the background refresh", Duration::from_secs(10), || origin.requests() == 2);
+    eventually("the refreshed copy", Duration::from_secs(10), || {
+        origin_count(&get_with(&proxy, "/swr", headers, &[])) == 2
+    });
 }
 
 // Per route: caching off, a TTL override, and a key that ignores some query
@@ -287,10 +275,7 @@ fn memory_is_bounded_by_max_size() {
         assert_eq!(reply.status, 200);
     }
     let metrics = proxy.wait_for_metrics(&["cascade_cache_evictions_total"]);
-    let value = |name: &str| -> u64 {
-        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let value = |name: &str| metric_value(&metrics, name);
     assert!(value("cascade_cache_evictions_total") >= 20, "{metrics}");
     assert!(value("cascade_cache_size_bytes") <= (1 << 20), "{metrics}");
     // The oldest entry was evicted; the newest is still there.

@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -115,15 +115,9 @@ fn health_checks_take_a_down_server_out_of_rotation() {
     let proxy = Proxy::start(&config);
     // Once the checker has marked the dead server down, every request goes
     // to the live one. Round-robin alone would send every other one to 502.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let statuses: Vec<u16> = (0..20).map(|_| proxy.get("/", &[]).status).collect();
-        if statuses.iter().all(|s| *s == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the dead server stayed in rotation: {statuses:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the dead server leaving the rotation", Duration::from_secs(20), || {
+        (0..20).all(|_| proxy.get("/", &[]).status == 200)
+    });
 }
 
 #[test]
@@ -199,28 +193,9 @@ fn cdn_loop_and_via_are_added_and_a_loop_is_refused() {
     let port = free_port();
     let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"itself\"\n");
     config.main_extra.push_str(&format!("\n[upstreams.itself]\nservers = [\"127.0.0.1:{port}\"]\n"));
-    let dir = tempfile::tempdir().unwrap();
-    config.write(dir.path(), port);
-    let mut child = Command::new(cascade_bin())
-        .args(["serve", "--config"])
-        .arg(dir.path().join("cascade.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port);
-    let reply = send("GET", &format!("http://127.0.0.1:{port}/"), &[]);
-    let _ = child.kill();
-    let _ = child.wait();
+    let itself = Proxy::start_on(&config, port);
+    let reply = itself.get("/", &[]);
     assert_eq!(reply.status, 508, "{reply:?}");
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listened on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `cascade demo-origin` as its own process, killed on drop.
@@ -261,7 +236,6 @@ fn three_processes_pop_regional_origin() {
     let pop = Proxy::start(&pop_config);
     let long = [("x-echo-header", "cache-control: max-age=600")];
     let short = [("x-echo-header", "cache-control: max-age=1, stale-if-error=600")];
-    let count = |reply: &Reply| reply.json()["count"].as_u64().unwrap();
 
     // A miss at both caches: the origin answers, both store.
     let first = pop.get("/doc", &long);
@@ -278,9 +252,9 @@ fn three_processes_pop_regional_origin() {
     let status = second.header("cache-status").unwrap();
     assert!(status.starts_with("regional; hit"), "{status}");
     assert!(status.ends_with("pop; fwd=miss; stored"), "{status}");
-    assert_eq!(count(&second), count(&first));
+    assert_eq!(origin_count(&second), origin_count(&first));
     let probe = pop.get("/probe", &[]);
-    assert_eq!(count(&probe), count(&first) + 1, "exactly one origin request so far besides this probe");
+    assert_eq!(origin_count(&probe), origin_count(&first) + 1, "exactly one origin request so far besides this probe");
 
     // Cache a short-lived document, then kill the regional tier: the PoP
     // fails over to the origin.
@@ -297,7 +271,7 @@ fn three_processes_pop_regional_origin() {
     std::thread::sleep(Duration::from_millis(1_500));
     let stale = pop.get("/short", &short);
     assert_eq!(stale.status, 200, "{stale:?}");
-    assert_eq!(count(&stale), count(&stale_source));
+    assert_eq!(origin_count(&stale), origin_count(&stale_source));
     let status = stale.header("cache-status").unwrap();
     assert!(status.contains("pop; hit; ttl=-") && status.contains("stale"), "{status}");
     // Nothing cached, nothing to serve: a clear 502.
@@ -314,7 +288,7 @@ fn a_failing_response_filter_does_not_fail_over() {
     config.routes = "[[route]]\nname = \"site\"\nupstream = \"edge\"\n[[route.filters]]\nmodule = \"misbehave\"\n\
                      config = { on_response = \"panic\" }\n"
         .into();
-    config.modules.push(("misbehave".into(), std::fs::read(wasm("misbehave")).unwrap()));
+    let config = config.with_module("misbehave", std::fs::read(wasm("misbehave")).unwrap());
     let proxy = Proxy::start(&config);
     let reply = proxy.get("/x", &[("x-echo-header", "cache-control: max-age=60")]);
     assert_eq!(reply.status, 500, "{reply:?}");

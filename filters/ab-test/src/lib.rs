@@ -3,6 +3,7 @@
 //! header such as a user id) picks it, and the cookie is set on the way out.
 //! The config is documented in this crate's README.
 
+use cascade_filter::client::{ClientKey, cookie};
 use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
 use serde::Deserialize;
 
@@ -16,8 +17,8 @@ pub struct Config {
     #[serde(default)]
     cookie: Option<String>,
     /// `"ip"` or `"header:<name>"`; a missing header falls back to the IP.
-    #[serde(default = "ip")]
-    key: String,
+    #[serde(default)]
+    key: ClientKey,
     /// The request header that tells the origin the variant.
     #[serde(default = "variant_header")]
     header: String,
@@ -36,10 +37,6 @@ struct Variant {
     /// Put this prefix in front of the path for this variant.
     #[serde(default)]
     path_prefix: Option<String>,
-}
-
-fn ip() -> String {
-    "ip".into()
 }
 
 fn variant_header() -> String {
@@ -88,15 +85,8 @@ impl AbTest {
     }
 
     fn variant_in_cookie(&self, req: &Request) -> Option<usize> {
-        req.header_values("cookie").iter().find_map(|header| {
-            header.split(';').find_map(|pair| {
-                let (name, value) = pair.trim().split_once('=')?;
-                if name != self.cookie {
-                    return None;
-                }
-                self.config.variants.iter().position(|v| v.name == value)
-            })
-        })
+        let value = cookie(req, &self.cookie)?;
+        self.config.variants.iter().position(|v| v.name == value)
     }
 }
 
@@ -115,9 +105,6 @@ impl Filter for AbTest {
                 return Err(format!("variant {:?}: path_prefix must start with '/'", v.name));
             }
         }
-        if config.key != "ip" && !config.key.starts_with("header:") {
-            return Err(format!("key {:?} must be \"ip\" or \"header:<name>\"", config.key));
-        }
         let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
         Ok(Self { config, cookie, newly_assigned: None })
     }
@@ -126,11 +113,7 @@ impl Filter for AbTest {
         let index = match self.variant_in_cookie(req) {
             Some(index) => index,
             None => {
-                let key = match self.config.key.strip_prefix("header:") {
-                    Some(header) => req.header(header).unwrap_or_else(|| req.client_ip()),
-                    None => req.client_ip(),
-                };
-                let index = self.assign(&key);
+                let index = self.assign(&self.config.key.resolve(req));
                 self.newly_assigned = Some(index);
                 index
             }

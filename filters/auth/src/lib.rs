@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use cascade_filter::client::cookie;
 use cascade_filter::path::has_segment_prefix;
 use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter, jwt};
 use serde::Deserialize;
@@ -132,15 +133,6 @@ fn bearer_token(req: &Request) -> Option<String> {
     let value = req.header("authorization")?;
     let (scheme, token) = value.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim().to_string())
-}
-
-fn cookie(req: &Request, name: &str) -> Option<String> {
-    req.header_values("cookie").iter().find_map(|header| {
-        header.split(';').find_map(|pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n == name && !v.is_empty()).then(|| v.to_string())
-        })
-    })
 }
 
 fn audiences(claims: &Value) -> impl Iterator<Item = &str> {

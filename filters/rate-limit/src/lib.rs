@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use cascade_filter::client::ClientKey;
 use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
 use serde::Deserialize;
 
@@ -15,8 +16,8 @@ pub struct Config {
     policy: String,
     /// What identifies a client: `"ip"` or `"header:<name>"`. A missing
     /// header falls back to the client IP.
-    #[serde(default = "ip")]
-    key: String,
+    #[serde(default)]
+    key: ClientKey,
     /// Quota tiers: the value of `header` picks the policy.
     #[serde(default)]
     tiers: Option<Tiers>,
@@ -30,10 +31,6 @@ pub struct Config {
 struct Tiers {
     header: String,
     policies: BTreeMap<String, String>,
-}
-
-fn ip() -> String {
-    "ip".into()
 }
 
 fn one() -> u32 {
@@ -50,17 +47,11 @@ impl Filter for RateLimit {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        if config.key != "ip" && !config.key.starts_with("header:") {
-            return Err(format!("key {:?} must be \"ip\" or \"header:<name>\"", config.key));
-        }
         Ok(Self { config, outcome: None })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
-        let key = match self.config.key.strip_prefix("header:") {
-            Some(header) => req.header(header).unwrap_or_else(|| req.client_ip()),
-            None => req.client_ip(),
-        };
+        let key = self.config.key.resolve(req);
         let policy = self
             .config
             .tiers

@@ -160,8 +160,17 @@ impl Proxy {
 
     /// Start a proxy; `Err` if it exits before it accepts connections.
     pub fn try_start(config: &ProxyConfig) -> Result<Self, StartFailure> {
+        Self::try_start_on(config, free_port())
+    }
+
+    /// Start a proxy listening on `port` (for a config that names its own port).
+    pub fn start_on(config: &ProxyConfig, port: u16) -> Self {
+        Self::try_start_on(config, port).unwrap_or_else(|f| panic!("proxy failed to start: {f:?}"))
+    }
+
+    fn try_start_on(config: &ProxyConfig, port: u16) -> Result<Self, StartFailure> {
         let dir = tempfile::tempdir().unwrap();
-        let (port, admin_port) = (free_port(), free_port());
+        let admin_port = free_port();
         config.write_with_admin(dir.path(), port, admin_port);
         Self::spawn(dir, port, admin_port)
     }
@@ -316,19 +325,53 @@ pub fn send_bytes(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]
 /// return the status and body of the response. The request should carry
 /// `Connection: close`.
 pub fn send_raw(port: u16, request: &str) -> (u16, String) {
+    let (status, response) = send_raw_bytes(port, request.as_bytes());
+    let status = status.unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Send raw bytes and read until the proxy closes: the status, if the answer
+/// is HTTP at all, and the whole response. A write error is ignored, because
+/// the proxy may refuse and close before it has read a huge request.
+pub fn send_raw_bytes(port: u16, request: &[u8]) -> (Option<u16>, String) {
     use std::io::Write;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {response:?}"));
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|s| s.get(..3)).and_then(|s| s.parse().ok());
+    (status, text)
+}
+
+/// Wait until `f` holds, checking every 50 ms; fail the test after `within`.
+pub fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until something listens on `port`.
+pub fn wait_for_port(port: u16) {
+    eventually(&format!("a listener on port {port}"), Duration::from_secs(60), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// The value of the series `name` (with its labels, if any) in `/metrics` text.
+pub fn metric_value(text: &str, name: &str) -> i64 {
+    let line =
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).unwrap_or_else(|| panic!("no {name}"));
+    line.trim().parse().unwrap_or_else(|e| panic!("{name} {line:?}: {e}"))
+}
+
+/// The echo origin's request number that produced this body.
+pub fn origin_count(reply: &Reply) -> u64 {
+    reply.json()["count"].as_u64().unwrap_or_else(|| panic!("no count in {}", reply.body))
 }
 
 /// Run `cascade` with these arguments to completion.

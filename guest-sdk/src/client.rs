@@ -1,0 +1,74 @@
+//! Reading who a request comes from: a configurable client key, and cookies.
+
+use serde::Deserialize;
+
+use crate::Request;
+
+/// What identifies a client in a filter's config: `"ip"` (the client
+/// address) or `"header:<name>"`, whose value is used when present and the
+/// client address otherwise. Anything else is refused when the config loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ClientKey {
+    #[default]
+    Ip,
+    Header(String),
+}
+
+impl TryFrom<String> for ClientKey {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.strip_prefix("header:") {
+            _ if value == "ip" => Ok(Self::Ip),
+            Some(name) if !name.is_empty() => Ok(Self::Header(name.to_string())),
+            _ => Err(format!("key {value:?} must be \"ip\" or \"header:<name>\"")),
+        }
+    }
+}
+
+impl ClientKey {
+    /// This request's key.
+    pub fn resolve(&self, req: &Request) -> String {
+        match self {
+            Self::Header(name) => req.header(name).unwrap_or_else(|| req.client_ip()),
+            Self::Ip => req.client_ip(),
+        }
+    }
+}
+
+/// The value of cookie `name`, if the request carries it (and it is not empty).
+pub fn cookie(req: &Request, name: &str) -> Option<String> {
+    req.header_values("cookie").iter().find_map(|header| {
+        header.split(';').find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n == name && !v.is_empty()).then(|| v.to_string())
+        })
+    })
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_resolve() {
+        let key = |s: &str| ClientKey::try_from(s.to_string());
+        assert_eq!(key("ip"), Ok(ClientKey::Ip));
+        assert_eq!(key("header:x-user-id"), Ok(ClientKey::Header("x-user-id".into())));
+        assert!(key("header:").unwrap_err().contains("must be"));
+        assert!(key("cookie:a").is_err());
+        let req = Request::new("GET", "/").with_client_ip("10.0.0.1").with_header("x-user-id", "alice");
+        assert_eq!(ClientKey::Header("x-user-id".into()).resolve(&req), "alice");
+        assert_eq!(ClientKey::Header("x-missing".into()).resolve(&req), "10.0.0.1");
+        assert_eq!(ClientKey::Ip.resolve(&req), "10.0.0.1");
+    }
+
+    #[test]
+    fn cookies() {
+        let req = Request::new("GET", "/").with_header("cookie", "a=1; session=xyz; empty=");
+        assert_eq!(cookie(&req, "session").as_deref(), Some("xyz"));
+        assert_eq!(cookie(&req, "empty"), None);
+        assert_eq!(cookie(&req, "missing"), None);
+    }
+}
