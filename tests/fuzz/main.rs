@@ -22,11 +22,15 @@ use cascade::config::{self, Limits, RouteConfig};
 use cascade::filters::{FilterChain, FilterModule, FilterRuntime};
 use cascade::route::{HostPattern, Route, RouteTable, normalize};
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 
-/// Cases per property: `PROPTEST_CASES` for long runs, else a smoke.
+/// Cases per property: `PROPTEST_CASES` for a long run with random inputs;
+/// otherwise a smoke with a fixed seed, so that CI is repeatable and a new
+/// finding comes from a long run, not from a CI coin toss.
 fn cases(smoke: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(smoke);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    let long: Option<u32> = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok());
+    let rng_seed = if long.is_some() { RngSeed::Random } else { RngSeed::Fixed(0x0c45_cade) };
+    ProptestConfig { cases: long.unwrap_or(smoke), failure_persistence: None, rng_seed, ..ProptestConfig::default() }
 }
 
 /// Path-ish strings: separators, dots, escapes (good and bad) and text.

@@ -429,10 +429,17 @@ fn expand_pattern(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("{pattern:?} does not name a file"))?
         .to_string();
-    if !name_pattern.contains('*') {
-        return Ok(vec![full]);
-    }
     let dir = full.parent().unwrap_or(base);
+    if dir.to_string_lossy().contains('*') {
+        return Err(format!("{pattern:?}: `*` may only stand in the file name, not in a directory"));
+    }
+    if !name_pattern.contains('*') {
+        // A route file named outright must exist; the error points here.
+        return match full.is_file() {
+            true => Ok(vec![full]),
+            false => Err(format!("no route file at {}", full.display())),
+        };
+    }
     let entries = fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
@@ -519,6 +526,16 @@ servers = ["127.0.0.1:9000"]
         let err = load(&main).unwrap_err().to_string();
         assert!(err.contains(":9:"), "{err}");
         assert!(err.contains("filter_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_routes_pattern_points_at_the_main_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for pattern in ["routes/*/toml", "routes/missing.toml"] {
+            let main = write(dir.path(), "cascade.toml", &MAIN.replace("routes/*.toml", pattern));
+            let err = load(&main).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{}:2: key `routes`", main.display())), "{err}");
+        }
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub struct Proxy {
     child: Child,
     pub port: u16,
     pub admin_port: u16,
+    /// Whether the config turns the admin API on (then start waits for it too).
+    admin: bool,
     pub dir: tempfile::TempDir,
 }
 
@@ -172,7 +174,7 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let admin_port = free_port();
         config.write_with_admin(dir.path(), port, admin_port);
-        Self::spawn(dir, port, admin_port)
+        Self::spawn(dir, port, admin_port, config.admin)
     }
 
     /// Stop this proxy and start a new one on the same files, store and ports.
@@ -180,10 +182,10 @@ impl Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        Self::spawn(dir, self.port, self.admin_port).unwrap_or_else(|f| panic!("restart failed: {f:?}"))
+        Self::spawn(dir, self.port, self.admin_port, self.admin).unwrap_or_else(|f| panic!("restart failed: {f:?}"))
     }
 
-    fn spawn(dir: tempfile::TempDir, port: u16, admin_port: u16) -> Result<Self, StartFailure> {
+    fn spawn(dir: tempfile::TempDir, port: u16, admin_port: u16, admin: bool) -> Result<Self, StartFailure> {
         let path = dir.path().join("cascade.toml");
         let mut child = Command::new(cascade_bin())
             .args(["serve", "--config"])
@@ -201,11 +203,13 @@ impl Proxy {
                 child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
                 return Err(StartFailure { status, stderr });
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Pingora binds each service's listener on its own: wait for both.
+            let listening = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if listening(port) && (!admin || listening(admin_port)) {
                 // Drain stderr in the background so the proxy never blocks on it.
                 let mut stderr = child.stderr.take().unwrap();
                 std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-                return Ok(Self { child, port, admin_port, dir });
+                return Ok(Self { child, port, admin_port, admin, dir });
             }
             assert!(Instant::now() < deadline, "proxy did not start listening in 60s");
             std::thread::sleep(Duration::from_millis(50));
