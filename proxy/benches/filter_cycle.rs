@@ -86,6 +86,7 @@ impl Bench {
             issuer: Some("cascade-demo".into()),
             audience: vec!["demo-api".into()],
             leeway: Duration::from_secs(30),
+            cache_size: 4096,
             at: location(),
         };
         let far_future = 4_000_000_000u64;

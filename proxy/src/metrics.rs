@@ -12,7 +12,6 @@ use crate::cache::EdgeCache;
 use crate::control::BreakerReport;
 use crate::filters::FilterRuntime;
 use crate::filters::breaker::BreakerState;
-use crate::filters::host::live_instances;
 use crate::filters::module::live_modules;
 
 /// Series keyed by a name label (route or module) and a second label. The
@@ -157,7 +156,11 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
         let gauges = [
-            ("cascade_filter_instances_live", "Filter instances alive (each holds a pool slot).", live_instances()),
+            (
+                "cascade_filter_instances_live",
+                "Filter instances alive (each holds a pool slot).",
+                runtime.live_instances(),
+            ),
             ("cascade_module_versions_live", "Compiled module versions alive, pinned or current.", live_modules()),
             ("cascade_cache_size_bytes", "Bytes held by the edge cache.", cache.size_bytes() as i64),
             ("cascade_cache_entries", "Entries held by the edge cache.", cache.entries() as i64),

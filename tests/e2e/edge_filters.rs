@@ -65,6 +65,7 @@ audience = ["api"]
 [jwt.keysets.es]
 algorithms = ["ES256"]
 public_key_files = ["{ec}"]
+leeway_secs = 0
 
 [jwt.keysets.hs]
 algorithms = ["HS256"]
@@ -216,6 +217,26 @@ fn auth_accepts_good_tokens_and_refuses_every_bad_one() {
     let es_token = sign(Algorithm::ES256, &ec, json!({ "sub": "carol", "exp": now() + 600 }));
     assert_eq!(proxy.get("/es/x", &[("authorization", &bearer(&es_token))]).status, 200);
     assert_eq!(proxy.get("/es/x", &[("authorization", &bearer(&good))]).status, 401);
+}
+
+/// A keyset remembers verified tokens, so repeats skip the signature check;
+/// a remembered token must still stop working at its `exp`.
+#[test]
+fn a_remembered_token_still_expires() {
+    let proxy = proxy();
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-private.pem")).unwrap()).unwrap();
+    let exp = now() + 2;
+    let token = sign(Algorithm::ES256, &ec, json!({ "sub": "dave", "exp": exp }));
+    for _ in 0..3 {
+        assert_eq!(proxy.get("/es/x", &[("authorization", &bearer(&token))]).status, 200);
+    }
+    // The keyset's leeway is 0: one second past `exp` the token is refused.
+    while now() <= exp {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let reply = proxy.get("/es/x", &[("authorization", &bearer(&token))]);
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert!(reply.header("www-authenticate").unwrap().contains("expired"), "{reply:?}");
 }
 
 #[test]

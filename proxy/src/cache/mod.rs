@@ -18,7 +18,7 @@ use std::time::Duration;
 use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::eviction::simple_lru;
-use pingora::cache::filters::{calculate_serve_stale_durations, resp_cacheable};
+use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations, resp_cacheable};
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
@@ -164,6 +164,11 @@ pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorizat
     }
     let cc = CacheControl::from_resp_headers(resp);
     let Some(ttl) = policy.ttl else {
+        // Most proxied responses carry no freshness at all: say so without
+        // copying the header, which `resp_cacheable` takes by value.
+        if calculate_fresh_until(SystemTime::now(), cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY).is_none() {
+            return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+        }
         return resp_cacheable(cc.as_ref(), resp.clone(), authorization, &ORIGIN_HEADERS_ONLY);
     };
     let forbidden = cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No)

@@ -107,6 +107,14 @@ pub struct KeysetSection {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
+    /// Verified tokens remembered, so a repeated token skips the signature
+    /// check; 0 turns the cache off.
+    #[serde(default = "default_token_cache_size")]
+    pub cache_size: usize,
+}
+
+fn default_token_cache_size() -> usize {
+    4096
 }
 
 fn default_leeway() -> u64 {

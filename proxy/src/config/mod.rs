@@ -233,6 +233,7 @@ fn keyset(src: &Source, base: &Path, name: &str, section: &Spanned<file::KeysetS
         issuer: s.issuer.clone(),
         audience: s.audience.clone(),
         leeway: Duration::from_secs(s.leeway_secs),
+        cache_size: s.cache_size,
         at: src.at(section, &format!("jwt.keysets.{name}")),
     }
 }

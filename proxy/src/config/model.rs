@@ -60,6 +60,8 @@ pub struct KeysetConfig {
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub leeway: Duration,
+    /// How many verified tokens the keyset remembers (0: none).
+    pub cache_size: usize,
     pub at: Location,
 }
 

@@ -322,7 +322,8 @@ impl ChainLink {
     ) -> Result<(Store<FilterHost>, Filter), FilterFailure> {
         let memory = self.entry.limits.memory_bytes.min(runtime.max_memory_bytes());
         let output = self.entry.limits.output;
-        let host = FilterHost::new(tag, self.entry.config_json.clone(), caps.clone(), memory, output);
+        let live = runtime.instance_opened();
+        let host = FilterHost::new(tag, live, self.entry.config_json.clone(), caps.clone(), memory, output);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
         // Start functions run guest code too, so they get the same deadline.

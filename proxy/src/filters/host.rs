@@ -18,6 +18,7 @@ use super::bindings::cascade::filter::{config, jwt, log, rate_limit, regex, type
 use super::capabilities::Capabilities;
 use super::capabilities::jwt::VerifyError;
 use super::capabilities::rate_limit::CheckError;
+use super::runtime::LiveInstance;
 use crate::upstream::Upstreams;
 
 use types::EditError;
@@ -111,32 +112,21 @@ pub struct FilterHost {
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
-}
-
-/// Filter instances (stores) alive in this process.
-static LIVE_INSTANCES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-/// How many filter instances are alive; each holds a pool slot.
-pub fn live_instances() -> i64 {
-    LIVE_INSTANCES.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-impl Drop for FilterHost {
-    fn drop(&mut self) {
-        LIVE_INSTANCES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    /// Counts this instance live (see `FilterRuntime::instance_opened`).
+    _live: LiveInstance,
 }
 
 impl FilterHost {
     pub fn new(
         tag: InstanceTag,
+        live: LiveInstance,
         config_json: Arc<str>,
         caps: Arc<Capabilities>,
         memory_bytes: u64,
         output: OutputLimits,
     ) -> Self {
-        LIVE_INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
+            _live: live,
             tag,
             config_json,
             caps,

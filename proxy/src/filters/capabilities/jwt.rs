@@ -5,6 +5,15 @@
 //! sides have one), signature, then `exp`/`nbf` with leeway, `iss` and `aud`.
 //! An HMAC token is never checked against an RSA or EC key (no algorithm
 //! confusion), and `alg: none` is not an algorithm at all.
+//!
+//! Clients send the same token on every request, so each keyset remembers
+//! the tokens it has verified ([`VerifiedTokens`], like Envoy's
+//! `jwt_cache_config`): a repeat costs a lookup and an expiry check instead
+//! of the signature, base64 and JSON work.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -65,6 +74,66 @@ pub struct Keyset {
     /// The allow-list, each with its validation rules, built once.
     algorithms: Vec<(Algorithm, Validation)>,
     keys: Vec<Key>,
+    leeway_secs: u64,
+    verified: VerifiedTokens,
+}
+
+/// Tokens this keyset has verified, with their claims, each kept until its
+/// `exp` plus the leeway. Only successes are kept, and the whole token is the
+/// key, so nothing but the exact bytes that passed can hit. The cache lives
+/// in the keyset, so a config reload (new keys, new rules) starts it empty.
+/// Memory is bounded by `capacity` entries of at most [`MAX_CACHED_TOKEN`]
+/// bytes each (the claims are a decoding of the token, so smaller).
+struct VerifiedTokens {
+    capacity: usize,
+    entries: RwLock<HashMap<Box<str>, VerifiedToken>>,
+}
+
+struct VerifiedToken {
+    claims: Box<str>,
+    /// Unix seconds after which the token counts as expired.
+    expires_after: u64,
+}
+
+/// Longer tokens are verified every time rather than kept.
+const MAX_CACHED_TOKEN: usize = 4096;
+
+impl VerifiedTokens {
+    fn new(capacity: usize) -> Self {
+        Self { capacity, entries: RwLock::default() }
+    }
+
+    /// The remembered outcome for `token` at `now`: its claims, or `Expired`
+    /// once it has run out (as a fresh check would say).
+    fn lookup(&self, token: &str, now: u64) -> Option<Result<String, VerifyError>> {
+        let entries = self.entries.read().expect("token cache lock");
+        let hit = entries.get(token)?;
+        Some(if now > hit.expires_after { Err(VerifyError::Expired) } else { Ok(hit.claims.to_string()) })
+    }
+
+    fn remember(&self, token: &str, claims: &str, expires_after: u64, now: u64) {
+        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
+            return;
+        }
+        let mut entries = self.entries.write().expect("token cache lock");
+        if entries.len() >= self.capacity {
+            entries.retain(|_, t| t.expires_after >= now);
+            // Still full of live tokens: start over rather than track recency.
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), VerifiedToken { claims: claims.into(), expires_after });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.read().expect("token cache lock").len()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl std::fmt::Debug for Keyset {
@@ -151,11 +220,37 @@ impl Keyset {
             }
         }
         let algorithms = algorithms.into_iter().map(|alg| (alg, validation(config, alg))).collect();
-        Ok(Self { name: config.name.clone(), algorithms, keys })
+        Ok(Self {
+            name: config.name.clone(),
+            algorithms,
+            keys,
+            leeway_secs: config.leeway.as_secs(),
+            verified: VerifiedTokens::new(config.cache_size),
+        })
     }
 
     /// Verify `token`; on success, its claims as JSON text.
     pub fn verify(&self, token: &str) -> Result<String, VerifyError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// [`Keyset::verify`] with the cache consulted at `now` (Unix seconds).
+    /// The signature and claims checks themselves use the real clock.
+    fn verify_at(&self, token: &str, now: u64) -> Result<String, VerifyError> {
+        if let Some(outcome) = self.verified.lookup(token, now) {
+            return outcome;
+        }
+        let (claims, exp) = self.check(token)?;
+        let claims_text = claims.to_string();
+        // `exp` is required, so a verified token has one; a float is floored.
+        if let Some(exp) = exp {
+            self.verified.remember(token, &claims_text, exp.saturating_add(self.leeway_secs), now);
+        }
+        Ok(claims_text)
+    }
+
+    /// The full check: the claims and the `exp` of a valid token.
+    fn check(&self, token: &str) -> Result<(serde_json::Value, Option<u64>), VerifyError> {
         let header = decode_header(token).map_err(|e| VerifyError::Malformed(describe(e.kind())))?;
         let Some((_, validation)) = self.algorithms.iter().find(|(alg, _)| *alg == header.alg) else {
             return Err(VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
@@ -169,7 +264,10 @@ impl Keyset {
         for key in candidates {
             tried = true;
             match decode::<serde_json::Value>(token, &key.key, validation) {
-                Ok(data) => return Ok(data.claims.to_string()),
+                Ok(data) => {
+                    let exp = data.claims.get("exp").and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64)));
+                    return Ok((data.claims, exp));
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
                 Err(e) => return Err(map_error(e.kind())),
             }
@@ -241,5 +339,83 @@ fn describe(kind: &ErrorKind) -> String {
         ErrorKind::Utf8(_) => "not UTF-8".into(),
         ErrorKind::MissingRequiredClaim(c) => format!("missing claim {c:?}"),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Location;
+    use std::time::Duration;
+
+    fn keyset_config(dir: &std::path::Path, cache_size: usize) -> KeysetConfig {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "a-test-secret-that-is-long-enough-for-hs256").unwrap();
+        KeysetConfig {
+            name: "test".into(),
+            algorithms: vec!["HS256".into()],
+            secret: Some(SecretSource::File(secret)),
+            public_key_files: vec![],
+            jwks_file: None,
+            issuer: None,
+            audience: vec![],
+            leeway: Duration::ZERO,
+            cache_size,
+            at: Location { file: "test".into(), line: 1, key: "jwt.keysets.test".into() },
+        }
+    }
+
+    fn token(config: &KeysetConfig, sub: &str, exp: u64) -> String {
+        sign_with_secret(config, serde_json::json!({"sub": sub, "exp": exp})).unwrap()
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = keyset_config(dir.path(), 16);
+        let keyset = Keyset::build(&config).unwrap();
+        let now = unix_now();
+        let alice = token(&config, "alice", now + 60);
+
+        let claims = keyset.verify_at(&alice, now).unwrap();
+        assert!(claims.contains("\"alice\""), "{claims}");
+        assert_eq!(keyset.verified.len(), 1);
+        assert_eq!(keyset.verify_at(&alice, now + 1).unwrap(), claims, "a repeat is served from the cache");
+        // Past exp (leeway 0) the remembered token is refused like a fresh one.
+        assert_eq!(keyset.verify_at(&alice, now + 61), Err(VerifyError::Expired));
+    }
+
+    #[test]
+    fn only_exact_verified_tokens_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = keyset_config(dir.path(), 16);
+        let keyset = Keyset::build(&config).unwrap();
+        let now = unix_now();
+        let alice = token(&config, "alice", now + 60);
+        keyset.verify(&alice).unwrap();
+
+        // The same payload with its signature changed is checked, not looked up.
+        let (head, _) = alice.rsplit_once('.').unwrap();
+        let forged = format!("{head}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(keyset.verify(&forged), Err(VerifyError::BadSignature));
+        let expired = token(&config, "bob", now - 10);
+        assert_eq!(keyset.verify(&expired), Err(VerifyError::Expired));
+        assert_eq!(keyset.verified.len(), 1, "failures are never kept");
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_size_and_can_be_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = unix_now();
+        let config = keyset_config(dir.path(), 2);
+        let keyset = Keyset::build(&config).unwrap();
+        for i in 0..5 {
+            keyset.verify(&token(&config, &format!("user{i}"), now + 60)).unwrap();
+            assert!(keyset.verified.len() <= 2);
+        }
+        let config = keyset_config(dir.path(), 0);
+        let keyset = Keyset::build(&config).unwrap();
+        keyset.verify(&token(&config, "alice", now + 60)).unwrap();
+        assert_eq!(keyset.verified.len(), 0);
     }
 }
