@@ -3,6 +3,10 @@
 #
 #   scripts/bench.sh            # everything: load, memory, micro
 #   DURATION=20 CONNECTIONS=64 scripts/bench.sh load
+#   PERF_ROW=chain scripts/bench.sh load   # also record a perf profile (with
+#                               # call graphs) of the proxy during that row
+#                               # (nginx, none, noop, chain) into
+#                               # target/bench/perf-<row>.data
 #
 # load:   wrk drives HTTP/1.1 keep-alive load, with fixed connections and a
 #         fixed duration, at (a) nginx as a reverse proxy, and Cascade with
@@ -35,6 +39,10 @@ parts=(${parts[*]})
 
 PATH="$PATH:/usr/sbin"   # nginx lives here on Debian
 scripts/setup.sh nginx wrk
+if [ -n "${PERF_ROW:-}" ] && ! command -v perf >/dev/null; then
+    echo "bench: PERF_ROW needs perf (Debian package linux-perf)" >&2
+    exit 1
+fi
 NGINX=$(command -v nginx)
 
 scripts/build-filters.sh
@@ -84,7 +92,14 @@ measure() {
     shift 2
     wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
     before=$(cpu_ticks "${pidset[@]}")
+    local profiler=
+    if [ -n "${PERF_ROW:-}" ] && [[ "$url" == */"${PERF_ROW#nginx}" ]]; then
+        perf record -F 1000 --call-graph dwarf,16384 -o "$out/perf-$PERF_ROW.data" \
+            -p "$(tr ' ' , <<<"${pidset[*]}")" -- sleep "$DURATION" 2>/dev/null &
+        profiler=$!
+    fi
     report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
+    [ -z "$profiler" ] || wait "$profiler"
     after=$(cpu_ticks "${pidset[@]}")
     if grep -q "Non-2xx" <<<"$report"; then
         echo "bench: $url answered errors:" >&2

@@ -81,15 +81,27 @@ fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -
     Ok(registry)
 }
 
+/// A snapshot of `config` and everything it names: modules (from the
+/// directory and the store), capabilities and upstream groups. `previous` is
+/// the snapshot serving until now, on a reload.
+async fn snapshot_of(
+    runtime: &FilterRuntime,
+    config: Config,
+    store: &ModuleStore,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ControlError> {
+    let modules = load_modules(runtime, &config, store)?;
+    let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
+    let upstreams = Upstreams::start(&config.upstreams, previous.map(|p| p.upstreams.as_ref()));
+    Ok(Snapshot::build(config, upstreams, Arc::new(modules), caps, runtime).await?)
+}
+
 impl ControlPlane {
     /// Load the config at `path` and everything it names, ready to serve.
     pub async fn start(path: &Path, runtime: Arc<FilterRuntime>, config: Config) -> Result<Self, ControlError> {
         let store = ModuleStore::open(&config.modules.store, runtime.engine())?;
-        let modules = load_modules(&runtime, &config, &store)?;
-        let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
-        let upstreams = Upstreams::start(&config.upstreams);
         let cache = EdgeCache::new(&config.cache);
-        let snapshot = Snapshot::build(config, upstreams, Arc::new(modules), caps, &runtime).await?;
+        let snapshot = snapshot_of(&runtime, config, &store, None).await?;
         Ok(Self {
             runtime,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -185,10 +197,8 @@ impl ControlPlane {
     pub async fn reload(&self) -> Result<(), ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
-        let modules = load_modules(&self.runtime, &config, &self.store)?;
-        let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
-        let upstreams = Upstreams::start(&config.upstreams);
-        let snapshot = Snapshot::build(config, upstreams, Arc::new(modules), caps, &self.runtime).await?;
+        let previous = self.current.load_full();
+        let snapshot = snapshot_of(&self.runtime, config, &self.store, Some(&previous)).await?;
         self.current.store(Arc::new(snapshot));
         self.metrics.record_reload();
         Ok(())

@@ -112,12 +112,23 @@ fn health_checks_take_a_down_server_out_of_rotation() {
          [upstreams.pair.health_check]\npath = \"/healthz\"\ninterval_ms = 50\nunhealthy_threshold = 2\n",
         origin.addr()
     ));
-    let proxy = Proxy::start(&config);
+    let proxy = Proxy::start(&config.with_admin());
     // Once the checker has marked the dead server down, every request goes
     // to the live one. Round-robin alone would send every other one to 502.
     eventually("the dead server leaving the rotation", Duration::from_secs(20), || {
         (0..20).all(|_| proxy.get("/", &[]).status == 200)
     });
+
+    // A reload keeps the verdict: the new checker (now probing once a
+    // minute, so it could not find the server dead again in time) starts
+    // from it rather than from "all up".
+    let main = proxy.dir.path().join("cascade.toml");
+    let text = std::fs::read_to_string(&main).unwrap().replace("interval_ms = 50", "interval_ms = 60000");
+    std::fs::write(&main, text).unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    for _ in 0..20 {
+        assert_eq!(proxy.get("/", &[]).status, 200, "a reload put the dead server back into rotation");
+    }
 }
 
 #[test]

@@ -117,12 +117,23 @@ pub struct Upstreams(BTreeMap<String, Arc<UpstreamGroup>>);
 impl Upstreams {
     /// Build the groups and start health checks for those that ask for them.
     /// The checkers stop once these groups are dropped (after a reload).
-    pub fn start(configs: &BTreeMap<String, UpstreamConfig>) -> Arc<Self> {
+    ///
+    /// On a reload, `previous` holds the groups serving until now: a server
+    /// that is still health-checked in a group of the same name keeps what
+    /// its checker concluded, so a reload does not put a dead server back
+    /// into rotation until the new checker finds it dead again.
+    pub fn start(configs: &BTreeMap<String, UpstreamConfig>, previous: Option<&Upstreams>) -> Arc<Self> {
         let upstreams = Self::new(configs);
         for group in upstreams.0.values() {
-            if let Some(check) = &group.config.health_check {
-                health::spawn_checker(Arc::downgrade(group), check.clone());
+            let Some(check) = &group.config.health_check else { continue };
+            if let Some(before) = previous.and_then(|p| p.get(group.name())) {
+                for server in &group.servers {
+                    if let Some(old) = before.servers.iter().find(|old| old.addr == server.addr) {
+                        server.healthy.store(old.is_healthy(), Ordering::Relaxed);
+                    }
+                }
             }
+            health::spawn_checker(Arc::downgrade(group), check.clone());
         }
         Arc::new(upstreams)
     }
@@ -162,7 +173,11 @@ mod tests {
     use std::time::Duration;
 
     fn group(balance: Balance, servers: &[SocketAddr]) -> UpstreamGroup {
-        UpstreamGroup::new(UpstreamConfig {
+        UpstreamGroup::new(config(balance, servers))
+    }
+
+    fn config(balance: Balance, servers: &[SocketAddr]) -> UpstreamConfig {
+        UpstreamConfig {
             name: "g".into(),
             servers: servers.to_vec(),
             tiers: Vec::new(),
@@ -173,7 +188,36 @@ mod tests {
             failover_statuses: vec![502],
             max_attempts: 1,
             health_check: None,
-        })
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_what_the_health_checker_concluded() {
+        // A checker that will not change anything during the test.
+        let check = crate::config::HealthCheckConfig {
+            path: "/".into(),
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_millis(10),
+            unhealthy_threshold: 1000,
+            healthy_threshold: 1000,
+        };
+        let groups = |servers: &[SocketAddr], check: Option<crate::config::HealthCheckConfig>| {
+            let config = UpstreamConfig { health_check: check, ..config(Balance::RoundRobin, servers) };
+            BTreeMap::from([("g".to_string(), config)])
+        };
+        let health = |upstreams: &Upstreams| -> Vec<bool> {
+            upstreams.get("g").unwrap().servers.iter().map(Server::is_healthy).collect()
+        };
+        let servers = addrs(3);
+        let before = Upstreams::start(&groups(&servers[..2], Some(check.clone())), None);
+        before.get("g").unwrap().servers[0].healthy.store(false, Ordering::Relaxed);
+
+        // The down server stays down; a server new to the group starts up.
+        let after = Upstreams::start(&groups(&servers, Some(check)), Some(&before));
+        assert_eq!(health(&after), [false, true, true]);
+        // Without a checker nothing could bring it back, so nothing is kept.
+        let unchecked = Upstreams::start(&groups(&servers, None), Some(&before));
+        assert_eq!(health(&unchecked), [true, true, true]);
     }
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
