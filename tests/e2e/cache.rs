@@ -199,6 +199,46 @@ fn stale_while_revalidate_answers_at_once_and_refreshes() {
     });
 }
 
+// RFC 5861 over HTTP/2, on a route whose filter rewrites the path: the
+// background refresh replays the request as the client sent it, so the
+// filters run once on it, as on the first fetch. (Replayed with the path
+// already rewritten, it would match no route and never reach the origin.)
+#[test]
+fn stale_while_revalidate_refreshes_an_http2_request_through_its_filters() {
+    let origin = EchoOrigin::start().unwrap();
+    let fixtures = root().join("tests/fixtures/tls");
+    let tls_port = free_port();
+    let routes = "[[route]]\nname = \"site\"\npath_prefix = \"/swr\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/swr\" }\n";
+    let config = ProxyConfig::over(origin.addr(), routes)
+        .with_node_id("edge")
+        .with_module("rewrite", std::fs::read(wasm("rewrite")).unwrap())
+        .with_main(&format!(
+            "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            fixtures.join("cert.pem").display(),
+            fixtures.join("key.pem").display()
+        ));
+    let _proxy = Proxy::start(&config);
+    let url = format!("https://localhost:{tls_port}/swr/page");
+    // The response head and the HTTP version, over HTTP/2.
+    let h2_get = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--http2", "--retry", "5", "--retry-connrefused", "-o", "/dev/null", "-D", "-"])
+            .args(["-H", "x-echo-header: cache-control: max-age=1, stale-while-revalidate=60"])
+            .args(["-w", "%{http_version}", &url])
+            .output()
+            .expect("curl is installed");
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    let first = h2_get();
+    assert!(first.starts_with("http/2 200") && first.ends_with('2'), "{first}");
+    assert_eq!(origin.requests(), 1);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let stale = h2_get();
+    assert!(stale.contains("cache-status: edge; hit"), "the stale copy is served: {stale}");
+    eventually("the background refresh reaching the origin", Duration::from_secs(10), || origin.requests() == 2);
+}
+
 // Per route: caching off, a TTL override, and a key that ignores some query
 // parameters.
 #[test]

@@ -87,12 +87,34 @@ pub struct RequestCtx {
     cache_url: Option<String>,
     /// The client sent `Authorization` (before any filter removed it).
     authorization: bool,
+    /// An HTTP/2 request as the client sent it, before the filters, for a
+    /// stale-while-revalidate refresh to replay (see `should_serve_stale`).
+    client_request: Option<RequestHeader>,
     /// The tier of the upstream group this request is on, and how many
     /// upstream attempts it has made.
     tier: usize,
     attempts: usize,
     /// Request body bytes read so far, against `server.max_body_mb`.
     body_bytes: u64,
+}
+
+/// Ready an HTTP/2 request for Pingora's background replay. Pingora replays
+/// an HTTP/1 request from the bytes the client sent, but an HTTP/2 one from
+/// the session's header, which the filters have edited (they would run on
+/// their own output) and which the replay's HTTP/1.1 parser cannot read (no
+/// "HTTP/2" version, `:authority` instead of `Host`). So: the client's header
+/// back, in HTTP/1.1 form. The stale response is already chosen; only logging
+/// sees the change.
+fn ready_http2_replay(header: &mut RequestHeader, client_request: Option<RequestHeader>) {
+    if let Some(client_request) = client_request {
+        *header = client_request;
+    }
+    header.set_version(http::Version::HTTP_11);
+    if !header.headers.contains_key(http::header::HOST)
+        && let Some(authority) = header.uri.authority().map(|a| a.as_str().to_string())
+    {
+        let _ = header.insert_header(http::header::HOST, authority);
+    }
 }
 
 /// Makes a `Send` value `Sync` by giving out only `&mut` access: a shared
@@ -166,6 +188,13 @@ impl CascadeProxy {
         }
         if route.chain.is_empty() {
             return Ok(false);
+        }
+        // A stale-while-revalidate refresh replays the request through the
+        // whole proxy, filters included. Pingora replays HTTP/1 from the bytes
+        // the client sent, but HTTP/2 from the session's header, which the
+        // filters are about to edit; so keep the client's.
+        if ctx.cache_url.is_some() && session.is_http2() {
+            ctx.client_request = Some(session.req_header().clone());
         }
 
         let client_ip: Arc<str> =
@@ -267,6 +296,7 @@ impl ProxyHttp for CascadeProxy {
             timings: Vec::new(),
             cache_url: None,
             authorization: false,
+            client_request: None,
             tier: 0,
             attempts: 0,
             body_bytes: 0,
@@ -329,11 +359,17 @@ impl ProxyHttp for CascadeProxy {
         cache::variance(meta, req)
     }
 
-    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+    fn should_serve_stale(&self, session: &mut Session, ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
         match error {
             // stale-while-revalidate: Pingora has checked the response's
-            // window, and refreshes in the background.
-            None => true,
+            // window. The lock writer next replays this request in the
+            // background to refresh the entry.
+            None => {
+                if session.cache.is_cache_lock_writer() && session.is_http2() {
+                    ready_http2_replay(session.req_header_mut(), ctx.client_request.take());
+                }
+                true
+            }
             // stale-if-error (window checked by Pingora too): only when the
             // upstream failed, not when the client did.
             Some(e) => e.esource() == &ErrorSource::Upstream,
