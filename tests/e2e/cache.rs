@@ -220,10 +220,10 @@ fn stale_while_revalidate_refreshes_an_http2_request_through_its_filters() {
         ));
     let _proxy = Proxy::start(&config);
     let url = format!("https://localhost:{tls_port}/swr/page");
-    // The response head and the HTTP version, over HTTP/2.
+    // The response head and body, then the HTTP version, over HTTP/2.
     let h2_get = || {
         let out = std::process::Command::new("curl")
-            .args(["-sk", "--http2", "--retry", "5", "--retry-connrefused", "-o", "/dev/null", "-D", "-"])
+            .args(["-sk", "--http2", "--retry", "5", "--retry-connrefused", "-D", "-"])
             .args(["-H", "x-echo-header: cache-control: max-age=1, stale-while-revalidate=60"])
             .args(["-w", "%{http_version}", &url])
             .output()
@@ -237,6 +237,14 @@ fn stale_while_revalidate_refreshes_an_http2_request_through_its_filters() {
     let stale = h2_get();
     assert!(stale.contains("cache-status: edge; hit"), "the stale copy is served: {stale}");
     eventually("the background refresh reaching the origin", Duration::from_secs(10), || origin.requests() == 2);
+    // The refreshed entry is served next, and the filter ran once on the
+    // replay: the origin saw the rewritten path, as on the first fetch.
+    eventually("the refreshed copy", Duration::from_secs(10), || {
+        let fresh = h2_get();
+        fresh.contains("cache-status: edge; hit") && fresh.contains("\"count\":2")
+    });
+    let fresh = h2_get();
+    assert!(fresh.contains("\"path\":\"/page\""), "{fresh}");
 }
 
 // Per route: caching off, a TTL override, and a key that ignores some query

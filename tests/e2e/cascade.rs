@@ -123,7 +123,9 @@ fn health_checks_take_a_down_server_out_of_rotation() {
     // minute, so it could not find the server dead again in time) starts
     // from it rather than from "all up".
     let main = proxy.dir.path().join("cascade.toml");
-    let text = std::fs::read_to_string(&main).unwrap().replace("interval_ms = 50", "interval_ms = 60000");
+    let text = std::fs::read_to_string(&main).unwrap();
+    assert!(text.contains("interval_ms = 50"), "{text}");
+    let text = text.replace("interval_ms = 50", "interval_ms = 60000");
     std::fs::write(&main, text).unwrap();
     assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
     for _ in 0..20 {

@@ -16,7 +16,8 @@ use crate::config::Limits;
 /// so a call is stopped at most one tick after its deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// How often an idle ticker looks again, in case a wake-up was missed.
+/// How often a parked ticker wakes on its own, to notice that its engine is
+/// gone and exit (a wake-up for a new instance is never lost: see below).
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 
 /// Largest linear memory any instance may have; per-entry caps sit below it.

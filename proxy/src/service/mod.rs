@@ -30,7 +30,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
+use pingora::proxy::{FailToProxy, RangeType, range_header_filter};
 
 use crate::cache::{self, EdgeCache};
 use crate::filters::{FilterFailure, FilterRuntime, FilterTiming, InFlightChain, RequestHead, RequestOutcome};
@@ -87,9 +87,12 @@ pub struct RequestCtx {
     cache_url: Option<String>,
     /// The client sent `Authorization` (before any filter removed it).
     authorization: bool,
-    /// An HTTP/2 request as the client sent it, before the filters, for a
-    /// stale-while-revalidate refresh to replay (see `should_serve_stale`).
+    /// An HTTP/2 request before the filters (path normalized), for a
+    /// stale-while-revalidate refresh to replay (see `ready_http2_replay`).
     client_request: Option<RequestHeader>,
+    /// The filtered request, set aside while the session holds the replay
+    /// form; the cache-hit hooks read it and put it back.
+    filtered_request: Option<RequestHeader>,
     /// The tier of the upstream group this request is on, and how many
     /// upstream attempts it has made.
     tier: usize,
@@ -98,22 +101,31 @@ pub struct RequestCtx {
     body_bytes: u64,
 }
 
-/// Ready an HTTP/2 request for Pingora's background replay. Pingora replays
-/// an HTTP/1 request from the bytes the client sent, but an HTTP/2 one from
-/// the session's header, which the filters have edited (they would run on
-/// their own output) and which the replay's HTTP/1.1 parser cannot read (no
-/// "HTTP/2" version, `:authority` instead of `Host`). So: the client's header
-/// back, in HTTP/1.1 form. The stale response is already chosen; only logging
-/// sees the change.
-fn ready_http2_replay(header: &mut RequestHeader, client_request: Option<RequestHeader>) {
-    if let Some(client_request) = client_request {
-        *header = client_request;
-    }
-    header.set_version(http::Version::HTTP_11);
-    if !header.headers.contains_key(http::header::HOST)
-        && let Some(authority) = header.uri.authority().map(|a| a.as_str().to_string())
+/// Ready an HTTP/2 request for Pingora's background replay, which it makes
+/// right after `should_serve_stale` says yes. Pingora replays an HTTP/1
+/// request from the bytes the client sent, but an HTTP/2 one from the
+/// session's header, which the filters have edited (they would run on their
+/// own output) and which the replay's HTTP/1.1 parser cannot read (no
+/// "HTTP/2" version, `:authority` instead of `Host`). So the session gets the
+/// client's header in HTTP/1.1 form, and the filtered one goes to
+/// `ctx.filtered_request` until `range_header_filter` (or `response_filter`)
+/// puts it back. Between the two, Pingora's HEAD check alone reads the
+/// client's method.
+fn ready_http2_replay(session: &mut Session, ctx: &mut RequestCtx) {
+    let mut replay = ctx.client_request.take().unwrap_or_else(|| session.req_header().clone());
+    replay.set_version(http::Version::HTTP_11);
+    if !replay.headers.contains_key(http::header::HOST)
+        && let Some(authority) = replay.uri.authority().map(|a| a.as_str().to_string())
     {
-        let _ = header.insert_header(http::header::HOST, authority);
+        let _ = replay.insert_header(http::header::HOST, authority);
+    }
+    ctx.filtered_request = Some(std::mem::replace(session.req_header_mut(), replay));
+}
+
+/// Put back the filtered request that `ready_http2_replay` set aside.
+fn restore_filtered_request(session: &mut Session, ctx: &mut RequestCtx) {
+    if let Some(filtered) = ctx.filtered_request.take() {
+        *session.req_header_mut() = filtered;
     }
 }
 
@@ -297,6 +309,7 @@ impl ProxyHttp for CascadeProxy {
             cache_url: None,
             authorization: false,
             client_request: None,
+            filtered_request: None,
             tier: 0,
             attempts: 0,
             body_bytes: 0,
@@ -366,7 +379,7 @@ impl ProxyHttp for CascadeProxy {
             // background to refresh the entry.
             None => {
                 if session.cache.is_cache_lock_writer() && session.is_http2() {
-                    ready_http2_replay(session.req_header_mut(), ctx.client_request.take());
+                    ready_http2_replay(session, ctx);
                 }
                 true
             }
@@ -374,6 +387,24 @@ impl ProxyHttp for CascadeProxy {
             // upstream failed, not when the client did.
             Some(e) => e.esource() == &ErrorSource::Upstream,
         }
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        // Conditional headers as the filters left them, also while an
+        // HTTP/2 replay holds the session's header.
+        let request = ctx.filtered_request.as_ref().unwrap_or_else(|| session.req_header());
+        Ok(pingora::protocols::http::conditional_filter::not_modified_filter(request, resp))
+    }
+
+    fn range_header_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> RangeType {
+        restore_filtered_request(session, ctx);
+        // Pingora's default, 200 ranges at most.
+        range_header_filter(session.req_header(), resp, Some(200))
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -488,6 +519,7 @@ impl ProxyHttp for CascadeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        restore_filtered_request(session, ctx);
         if let Some(snapshot) = &ctx.snapshot {
             let server = &snapshot.config.server;
             let member = cache::status_member(&server.node_id, &session.cache);

@@ -20,11 +20,12 @@ use pingora::utils::tls::WrappedX509;
 
 use crate::config::{Balance, UpstreamConfig};
 
-/// One server of a tier and what the health checker last concluded.
+/// One server of a tier and what the health checker last concluded. The
+/// verdict is shared with the same server in the groups of later configs.
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
-    healthy: AtomicBool,
+    healthy: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -50,7 +51,8 @@ impl std::fmt::Debug for UpstreamGroup {
 
 impl UpstreamGroup {
     pub fn new(config: UpstreamConfig) -> Self {
-        let servers = config.servers.iter().map(|&addr| Server { addr, healthy: AtomicBool::new(true) }).collect();
+        let servers =
+            config.servers.iter().map(|&addr| Server { addr, healthy: Arc::new(AtomicBool::new(true)) }).collect();
         let ca = config.tls.as_ref().and_then(|tls| tls.ca_der.clone()).map(|der| {
             let cert = WrappedX509::new(der, pingora::utils::tls::parse_x509);
             Arc::from(vec![cert])
@@ -119,23 +121,28 @@ impl Upstreams {
     /// The checkers stop once these groups are dropped (after a reload).
     ///
     /// On a reload, `previous` holds the groups serving until now: a server
-    /// that is still health-checked in a group of the same name keeps what
-    /// its checker concluded, so a reload does not put a dead server back
-    /// into rotation until the new checker finds it dead again.
+    /// that is still health-checked in a group of the same name shares its
+    /// verdict with the old group (whose checker runs on until the old
+    /// config's last request ends), so a reload never puts a dead server back
+    /// into rotation.
     pub fn start(configs: &BTreeMap<String, UpstreamConfig>, previous: Option<&Upstreams>) -> Arc<Self> {
-        let upstreams = Self::new(configs);
-        for group in upstreams.0.values() {
-            let Some(check) = &group.config.health_check else { continue };
-            if let Some(before) = previous.and_then(|p| p.get(group.name())) {
-                for server in &group.servers {
+        let mut groups = BTreeMap::new();
+        for (name, config) in configs {
+            let mut group = UpstreamGroup::new(config.clone());
+            if let Some(before) = previous.and_then(|p| p.get(name)).filter(|_| config.health_check.is_some()) {
+                for server in &mut group.servers {
                     if let Some(old) = before.servers.iter().find(|old| old.addr == server.addr) {
-                        server.healthy.store(old.is_healthy(), Ordering::Relaxed);
+                        server.healthy = old.healthy.clone();
                     }
                 }
             }
-            health::spawn_checker(Arc::downgrade(group), check.clone());
+            let group = Arc::new(group);
+            if let Some(check) = &group.config.health_check {
+                health::spawn_checker(Arc::downgrade(&group), check.clone());
+            }
+            groups.insert(name.clone(), group);
         }
-        Arc::new(upstreams)
+        Arc::new(Self(groups))
     }
 
     /// The groups without health checks (for tests and benchmarks).
@@ -215,6 +222,10 @@ mod tests {
         // The down server stays down; a server new to the group starts up.
         let after = Upstreams::start(&groups(&servers, Some(check)), Some(&before));
         assert_eq!(health(&after), [false, true, true]);
+        // A verdict the old checker reaches while the reload is still being
+        // built (filters check their configs) reaches the new groups too.
+        before.get("g").unwrap().servers[1].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(health(&after), [false, false, true]);
         // Without a checker nothing could bring it back, so nothing is kept.
         let unchecked = Upstreams::start(&groups(&servers, None), Some(&before));
         assert_eq!(health(&unchecked), [true, true, true]);

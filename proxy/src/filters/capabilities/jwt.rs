@@ -82,8 +82,9 @@ pub struct Keyset {
 /// `exp` plus the leeway. Only successes are kept, and the whole token is the
 /// key, so nothing but the exact bytes that passed can hit. The cache lives
 /// in the keyset, so a config reload (new keys, new rules) starts it empty.
-/// Memory is bounded by `capacity` entries of at most [`MAX_CACHED_TOKEN`]
-/// bytes each (the claims are a decoding of the token, so smaller).
+/// Memory is bounded by `capacity` entries of a token of at most
+/// [`MAX_CACHED_TOKEN`] bytes and its claims, re-serialized from the token's
+/// payload (so of the same order).
 struct VerifiedTokens {
     capacity: usize,
     entries: RwLock<HashMap<Box<str>, VerifiedToken>>,
@@ -118,8 +119,9 @@ impl VerifiedTokens {
         let mut entries = self.entries.write().expect("token cache lock");
         if entries.len() >= self.capacity {
             entries.retain(|_, t| t.expires_after >= now);
-            // Still full of live tokens: start over rather than track recency.
-            if entries.len() >= self.capacity {
+            // Still nearly full of live tokens: start over rather than track
+            // recency, and rather than scan again on the next insert.
+            if entries.len() >= self.capacity - self.capacity / 10 {
                 entries.clear();
             }
         }
@@ -242,7 +244,7 @@ impl Keyset {
         }
         let (claims, exp) = self.check(token)?;
         let claims_text = claims.to_string();
-        // `exp` is required, so a verified token has one; a float is floored.
+        // `exp` is required, so a verified token has one.
         if let Some(exp) = exp {
             self.verified.remember(token, &claims_text, exp.saturating_add(self.leeway_secs), now);
         }
@@ -265,7 +267,11 @@ impl Keyset {
             tried = true;
             match decode::<serde_json::Value>(token, &key.key, validation) {
                 Ok(data) => {
-                    let exp = data.claims.get("exp").and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64)));
+                    // A fractional `exp` is rounded, as jsonwebtoken does.
+                    let exp = data
+                        .claims
+                        .get("exp")
+                        .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f.round() as u64)));
                     return Ok((data.claims, exp));
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
@@ -380,9 +386,16 @@ mod tests {
         let claims = keyset.verify_at(&alice, now).unwrap();
         assert!(claims.contains("\"alice\""), "{claims}");
         assert_eq!(keyset.verified.len(), 1);
-        assert_eq!(keyset.verify_at(&alice, now + 1).unwrap(), claims, "a repeat is served from the cache");
-        // Past exp (leeway 0) the remembered token is refused like a fresh one.
+        // Past exp (leeway 0) the remembered token is refused like a fresh
+        // one; only the cache can say so, since the check itself uses the
+        // real clock.
         assert_eq!(keyset.verify_at(&alice, now + 61), Err(VerifyError::Expired));
+
+        // A fractional exp is rounded, as jsonwebtoken's own check does.
+        let bob = sign_with_secret(&config, serde_json::json!({"sub": "bob", "exp": now as f64 + 60.6})).unwrap();
+        keyset.verify_at(&bob, now).unwrap();
+        assert!(keyset.verify_at(&bob, now + 61).is_ok());
+        assert_eq!(keyset.verify_at(&bob, now + 62), Err(VerifyError::Expired));
     }
 
     #[test]
