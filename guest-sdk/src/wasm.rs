@@ -40,6 +40,36 @@ fn edit_error(e: types::EditError) -> EditError {
     }
 }
 
+/// The header accessors, the same on the request and the response resource.
+macro_rules! header_methods {
+    () => {
+        /// The first value of a header.
+        pub fn header(&self, name: &str) -> Option<String> {
+            self.0.header(name)
+        }
+        /// Every value of a header.
+        pub fn header_values(&self, name: &str) -> Vec<String> {
+            self.0.header_values(name)
+        }
+        /// The names of all headers, lower-case.
+        pub fn header_names(&self) -> Vec<String> {
+            self.0.header_names()
+        }
+        /// Set a header, replacing existing values.
+        pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+            self.0.set_header(name, value).map_err(edit_error)
+        }
+        /// Append a header value.
+        pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+            self.0.add_header(name, value).map_err(edit_error)
+        }
+        /// Remove every value of a header.
+        pub fn remove_header(&self, name: &str) {
+            self.0.remove_header(name)
+        }
+    };
+}
+
 impl Request<'_> {
     /// The host-assigned request id.
     pub fn id(&self) -> String {
@@ -69,30 +99,7 @@ impl Request<'_> {
     pub fn set_query(&self, query: Option<&str>) -> Result<(), EditError> {
         self.0.set_query(query).map_err(edit_error)
     }
-    /// The first value of a header.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
-    }
-    /// Every value of a header.
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.0.header_values(name)
-    }
-    /// The names of all headers, lower-case.
-    pub fn header_names(&self) -> Vec<String> {
-        self.0.header_names()
-    }
-    /// Set a header, replacing existing values.
-    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
-        self.0.set_header(name, value).map_err(edit_error)
-    }
-    /// Append a header value.
-    pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
-        self.0.add_header(name, value).map_err(edit_error)
-    }
-    /// Remove every value of a header.
-    pub fn remove_header(&self, name: &str) {
-        self.0.remove_header(name)
-    }
+    header_methods!();
     /// The client's IP address.
     pub fn client_ip(&self) -> String {
         self.0.client_ip()
@@ -120,30 +127,7 @@ impl Response<'_> {
     pub fn set_status(&self, status: u16) -> Result<(), EditError> {
         self.0.set_status(status).map_err(edit_error)
     }
-    /// The first value of a header.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.0.header(name)
-    }
-    /// Every value of a header.
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        self.0.header_values(name)
-    }
-    /// The names of all headers, lower-case.
-    pub fn header_names(&self) -> Vec<String> {
-        self.0.header_names()
-    }
-    /// Set a header, replacing existing values.
-    pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
-        self.0.set_header(name, value).map_err(edit_error)
-    }
-    /// Append a header value.
-    pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
-        self.0.add_header(name, value).map_err(edit_error)
-    }
-    /// Remove every value of a header.
-    pub fn remove_header(&self, name: &str) {
-        self.0.remove_header(name)
-    }
+    header_methods!();
 }
 
 /// Write to the host log, tagged with this module, route and request id.
