@@ -75,13 +75,17 @@ fn admin_token(admin: &AdminConfig) -> Result<Vec<u8>, String> {
 pub fn serve(path: &Path) -> Result<(), StartError> {
     let (control, config) = load(path)?;
     let control = Arc::new(control);
-    let snapshot = control.current.load();
-    log::info!(
-        "loaded {} routes and {} modules from {}",
-        snapshot.routes.routes().len(),
-        snapshot.modules.len(),
-        path.display()
-    );
+    {
+        // Scoped: a guard held for the rest of `serve` would pin the first
+        // config (its modules, rate-limit state and health checkers) forever.
+        let snapshot = control.current.load();
+        log::info!(
+            "loaded {} routes and {} modules from {}",
+            snapshot.routes.routes().len(),
+            snapshot.modules.len(),
+            path.display()
+        );
+    }
 
     let conf = ServerConf {
         threads: config.server.threads,

@@ -259,6 +259,23 @@ fn sighup_reloads_and_a_broken_config_is_refused() {
     proxy.wait_for_metrics(&["cascade_config_reloads_total 1"]);
 }
 
+/// A reload frees the config it replaced, modules and all, once no request
+/// uses it: nothing keeps the first config alive for the life of the process.
+#[test]
+fn a_reload_frees_the_config_it_replaced() {
+    let proxy = proxy();
+    let live_versions = || {
+        let text = proxy.wait_for_metrics(&["cascade_filter_instances_live 0"]);
+        metric_value(&text, "cascade_module_versions_live")
+    };
+    assert_eq!(live_versions(), 1, "one module is loaded");
+    for _ in 0..3 {
+        assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+        assert_eq!(proxy.get("/x", &[]).status, 200);
+    }
+    eventually("the replaced configs freed", std::time::Duration::from_secs(10), || live_versions() == 1);
+}
+
 fn resident_kib(pid: u32) -> i64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
