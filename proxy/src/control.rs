@@ -83,7 +83,8 @@ fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -
 
 /// A snapshot of `config` and everything it names: modules (from the
 /// directory and the store), capabilities and upstream groups. `previous` is
-/// the snapshot serving until now, on a reload.
+/// the snapshot serving until now, on a reload: unchanged rate-limit policies
+/// and health-checked servers carry their state over.
 async fn snapshot_of(
     runtime: &FilterRuntime,
     config: Config,
@@ -91,7 +92,7 @@ async fn snapshot_of(
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ControlError> {
     let modules = load_modules(runtime, &config, store)?;
-    let caps = Arc::new(Capabilities::build(&config).map_err(SnapshotError::from)?);
+    let caps = Arc::new(Capabilities::build(&config, previous.map(|p| p.caps.as_ref())).map_err(SnapshotError::from)?);
     let upstreams = Upstreams::start(&config.upstreams, previous.map(|p| p.upstreams.as_ref()));
     Ok(Snapshot::build(config, upstreams, Arc::new(modules), caps, runtime).await?)
 }

@@ -130,11 +130,14 @@ module = "rewrite"
 config = { redirects = [{ pattern = "^/old/moved/(.*)$", to = "/new/$1", status = 308 }], path_rewrites = [{ pattern = "^/old/items/(?P<id>[0-9]+)$", replacement = "/catalog/item?id=${id}" }] }
 "#;
 
-fn proxy() -> Proxy {
+fn config() -> ProxyConfig {
     let canary = canary_origin();
-    let config = ProxyConfig::new(ROUTES, &["auth", "rate_limit", "ab_test", "rewrite"])
-        .with_main(&format!("\n[upstreams.canary]\nservers = [\"{canary}\"]\n{}", main_sections()));
-    Proxy::start(&config)
+    ProxyConfig::new(ROUTES, &["auth", "rate_limit", "ab_test", "rewrite"])
+        .with_main(&format!("\n[upstreams.canary]\nservers = [\"{canary}\"]\n{}", main_sections()))
+}
+
+fn proxy() -> Proxy {
+    Proxy::start(&config())
 }
 
 fn canary_origin() -> std::net::SocketAddr {
@@ -237,6 +240,27 @@ fn a_remembered_token_still_expires() {
     let reply = proxy.get("/es/x", &[("authorization", &bearer(&token))]);
     assert_eq!(reply.status, 401, "{reply:?}");
     assert!(reply.header("www-authenticate").unwrap().contains("expired"), "{reply:?}");
+}
+
+/// A config reload is not a fresh burst for every client: an unchanged
+/// policy keeps its buckets. A changed policy starts afresh.
+#[test]
+fn a_reload_keeps_rate_limit_state() {
+    let proxy = Proxy::start(&config().with_admin());
+    let client = [("x-client", "reloader")];
+    for _ in 0..20 {
+        assert_eq!(proxy.get("/limited/x", &client).status, 200);
+    }
+    assert_eq!(proxy.get("/limited/x", &client).status, 429);
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert_eq!(proxy.get("/limited/x", &client).status, 429, "the spent bucket survives the reload");
+
+    let main = proxy.dir.path().join("cascade.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    assert!(text.contains("burst = 20"), "{text}");
+    std::fs::write(&main, text.replace("burst = 20", "burst = 21")).unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert_eq!(proxy.get("/limited/x", &client).status, 200, "the changed policy starts afresh");
 }
 
 #[test]

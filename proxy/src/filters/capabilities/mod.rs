@@ -30,7 +30,9 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    pub fn build(config: &Config) -> Result<Self, Box<CapabilityError>> {
+    /// The capabilities of `config`. On a reload, `previous` are those
+    /// serving until now: unchanged rate-limit policies keep their state.
+    pub fn build(config: &Config, previous: Option<&Capabilities>) -> Result<Self, Box<CapabilityError>> {
         let mut keysets = BTreeMap::new();
         for (name, keyset) in &config.jwt_keysets {
             let built = jwt::Keyset::build(keyset)
@@ -38,7 +40,10 @@ impl Capabilities {
             keysets.insert(name.clone(), built);
         }
         Ok(Self {
-            rate_limits: rate_limit::RateLimiters::new(config.rate_limits.values()),
+            rate_limits: rate_limit::RateLimiters::carried_over(
+                config.rate_limits.values(),
+                previous.map(|p| &p.rate_limits),
+            ),
             keysets,
             patterns: patterns::PatternCache::default(),
         })

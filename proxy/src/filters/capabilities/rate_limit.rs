@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -134,12 +135,28 @@ impl Policy {
 /// Every configured policy, by name.
 #[derive(Debug, Default)]
 pub struct RateLimiters {
-    policies: HashMap<String, Policy>,
+    policies: HashMap<String, Arc<Policy>>,
 }
 
 impl RateLimiters {
     pub fn new<'a>(configs: impl Iterator<Item = &'a RateLimitPolicyConfig>) -> Self {
-        Self { policies: configs.map(|c| (c.name.clone(), Policy::new(c.clone()))).collect() }
+        Self::carried_over(configs, None)
+    }
+
+    /// The policies of a reloaded config: one left exactly as it was in
+    /// `previous` keeps its buckets, so a reload is not a free burst for
+    /// every client. A changed or new policy starts empty.
+    pub fn carried_over<'a>(
+        configs: impl Iterator<Item = &'a RateLimitPolicyConfig>,
+        previous: Option<&RateLimiters>,
+    ) -> Self {
+        let policies = configs
+            .map(|config| {
+                let kept = previous.and_then(|p| p.policies.get(&config.name)).filter(|p| p.config == *config);
+                (config.name.clone(), kept.cloned().unwrap_or_else(|| Arc::new(Policy::new(config.clone()))))
+            })
+            .collect();
+        Self { policies }
     }
 
     pub fn check(&self, policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
@@ -187,6 +204,22 @@ mod tests {
         }
         // At most max_keys own buckets, plus the shared overflow bucket.
         assert!(p.tracked_keys() <= 11, "{} keys tracked", p.tracked_keys());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_an_unchanged_policy() {
+        let config = |name: &str, burst: u32| RateLimitPolicyConfig {
+            name: name.into(),
+            burst,
+            interval: Duration::from_secs(3600),
+            max_keys: 100,
+        };
+        let before = RateLimiters::new([config("same", 1), config("changed", 1)].iter());
+        assert!(before.check("same", "k", 1).unwrap().allowed);
+        assert!(before.check("changed", "k", 1).unwrap().allowed);
+        let after = RateLimiters::carried_over([config("same", 1), config("changed", 2)].iter(), Some(&before));
+        assert!(!after.check("same", "k", 1).unwrap().allowed, "the spent bucket is kept");
+        assert_eq!(after.check("changed", "k", 1).unwrap().remaining, 1, "a changed policy starts afresh");
     }
 
     #[test]
