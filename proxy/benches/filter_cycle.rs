@@ -147,6 +147,7 @@ impl Bench {
             route_name: self.route.clone(),
             upstream: "origin".into(),
             upstreams: self.upstreams.clone(),
+            replay: false,
         }
     }
 

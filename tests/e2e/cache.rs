@@ -247,6 +247,30 @@ fn stale_while_revalidate_refreshes_an_http2_request_through_its_filters() {
     assert!(fresh.contains("\"path\":\"/page\""), "{fresh}");
 }
 
+// A background refresh is not a client's request: it takes no rate-limit
+// tokens (nginx's limit_req skips subrequests too), so a client that spent its
+// last token on the stale answer still gets the entry refreshed.
+#[test]
+fn a_background_refresh_takes_no_rate_limit_tokens() {
+    let origin = EchoOrigin::start().unwrap();
+    let routes = "[[route]]\nname = \"site\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"rate_limit\"\nconfig = { policy = \"two\", key = \"header:x-client\" }\n";
+    let config = ProxyConfig::over(origin.addr(), routes)
+        .with_node_id("edge")
+        .with_module("rate_limit", std::fs::read(wasm("rate_limit")).unwrap())
+        .with_main("\n[rate_limits.two]\nrate = 1\nper = \"hour\"\nburst = 2\n");
+    let proxy = Proxy::start(&config);
+    let headers = "cache-control: max-age=1, stale-while-revalidate=60";
+    let client = [("x-client", "c")];
+    assert_eq!(get_with(&proxy, "/r", headers, &client).status, 200);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let stale = get_with(&proxy, "/r", headers, &client);
+    assert!(stale.status == 200 && cache_status(&stale).contains("hit"), "{stale:?}");
+    eventually("the background refresh reaching the origin", Duration::from_secs(10), || origin.requests() == 2);
+    // The client's own requests did count: its third is refused.
+    assert_eq!(proxy.get("/r", &[("x-echo-header", headers), ("x-client", "c")]).status, 429);
+}
+
 // Per route: caching off, a TTL override, and a key that ignores some query
 // parameters.
 #[test]

@@ -40,6 +40,9 @@ pub struct RequestHead {
     pub upstream: String,
     /// The groups a filter may choose from.
     pub upstreams: Arc<Upstreams>,
+    /// A background cache refresh that Pingora replays, not a client's
+    /// request: the client's own request already took its rate-limit tokens.
+    pub replay: bool,
 }
 
 /// Which module, route and request a log line or failure belongs to.
@@ -391,7 +394,13 @@ impl rate_limit::Host for FilterHost {
         key: String,
         cost: u32,
     ) -> Result<rate_limit::Decision, rate_limit::CheckError> {
-        match self.caps.rate_limits.check(&policy, &key, cost) {
+        let replay = self.request.as_ref().is_some_and(|r| r.replay);
+        let decision = if replay {
+            self.caps.rate_limits.check_without_taking(&policy, cost)
+        } else {
+            self.caps.rate_limits.check(&policy, &key, cost)
+        };
+        match decision {
             Ok(d) => Ok(rate_limit::Decision {
                 allowed: d.allowed,
                 limit: d.limit,

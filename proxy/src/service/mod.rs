@@ -219,6 +219,7 @@ impl CascadeProxy {
             route_name: route.name.clone(),
             upstream: ctx.upstream.clone(),
             upstreams: snapshot.upstreams.clone(),
+            replay: session.subrequest_ctx.is_some(),
         };
         let (head, chain, outcome) = route.chain.run_request(&self.runtime, head).await;
         *session.req_header_mut() = head.header;

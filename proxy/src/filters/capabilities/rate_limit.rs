@@ -76,9 +76,13 @@ impl Policy {
         }
     }
 
+    fn valid_cost(&self, cost: u32) -> Result<NonZeroU32, CheckError> {
+        NonZeroU32::new(cost).filter(|n| n.get() <= self.config.burst).ok_or(CheckError::InvalidCost(cost))
+    }
+
     /// Take `cost` from `key`'s bucket.
     pub fn check(&self, key: &str, cost: u32) -> Result<Decision, CheckError> {
-        let n = NonZeroU32::new(cost).filter(|n| n.get() <= self.config.burst).ok_or(CheckError::InvalidCost(cost))?;
+        let n = self.valid_cost(cost)?;
         let key = if self.has_room() { key } else { OVERFLOW_KEY };
         let burst = self.config.burst;
         let interval = self.config.interval;
@@ -160,7 +164,27 @@ impl RateLimiters {
     }
 
     pub fn check(&self, policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
-        self.policies.get(policy).ok_or_else(|| CheckError::UnknownPolicy(policy.to_string()))?.check(key, cost)
+        self.policy(policy)?.check(key, cost)
+    }
+
+    /// A check that takes nothing and allows, for a request no client sent
+    /// (a background cache refresh). The bucket is reported full.
+    pub fn check_without_taking(&self, policy: &str, cost: u32) -> Result<Decision, CheckError> {
+        let policy = self.policy(policy)?;
+        policy.valid_cost(cost)?;
+        let (burst, interval) = (policy.config.burst, policy.config.interval);
+        Ok(Decision {
+            allowed: true,
+            limit: burst,
+            remaining: burst,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+            window: interval * burst,
+        })
+    }
+
+    fn policy(&self, name: &str) -> Result<&Policy, CheckError> {
+        self.policies.get(name).map(Arc::as_ref).ok_or_else(|| CheckError::UnknownPolicy(name.to_string()))
     }
 }
 
@@ -220,6 +244,18 @@ mod tests {
         let after = RateLimiters::carried_over([config("same", 1), config("changed", 2)].iter(), Some(&before));
         assert!(!after.check("same", "k", 1).unwrap().allowed, "the spent bucket is kept");
         assert_eq!(after.check("changed", "k", 1).unwrap().remaining, 1, "a changed policy starts afresh");
+    }
+
+    #[test]
+    fn a_check_without_taking_leaves_the_bucket_alone() {
+        let config =
+            RateLimitPolicyConfig { name: "p".into(), burst: 1, interval: Duration::from_secs(3600), max_keys: 10 };
+        let limiters = RateLimiters::new([config].iter());
+        assert!(limiters.check("p", "k", 1).unwrap().allowed);
+        assert!(limiters.check_without_taking("p", 1).unwrap().allowed);
+        assert_eq!(limiters.check_without_taking("p", 2), Err(CheckError::InvalidCost(2)));
+        assert!(!limiters.check("p", "k", 1).unwrap().allowed, "still spent");
+        assert!(limiters.check("p", "other", 1).unwrap().allowed, "nothing taken from other keys either");
     }
 
     #[test]
