@@ -212,12 +212,8 @@ fn stale_while_revalidate_refreshes_an_http2_request_through_its_filters() {
                   [[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/swr\" }\n";
     let config = ProxyConfig::over(origin.addr(), routes)
         .with_node_id("edge")
-        .with_module("rewrite", std::fs::read(wasm("rewrite")).unwrap())
-        .with_main(&format!(
-            "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            fixtures.join("cert.pem").display(),
-            fixtures.join("key.pem").display()
-        ));
+        .with_built_module("rewrite")
+        .with_tls(tls_port, &fixtures);
     let _proxy = Proxy::start(&config);
     let url = format!("https://localhost:{tls_port}/swr/page");
     // The response head and body, then the HTTP version, over HTTP/2.
@@ -257,7 +253,7 @@ fn a_background_refresh_takes_no_rate_limit_tokens() {
                   [[route.filters]]\nmodule = \"rate_limit\"\nconfig = { policy = \"two\", key = \"header:x-client\" }\n";
     let config = ProxyConfig::over(origin.addr(), routes)
         .with_node_id("edge")
-        .with_module("rate_limit", std::fs::read(wasm("rate_limit")).unwrap())
+        .with_built_module("rate_limit")
         .with_main("\n[rate_limits.two]\nrate = 1\nper = \"hour\"\nburst = 2\n");
     let proxy = Proxy::start(&config);
     let headers = "cache-control: max-age=1, stale-while-revalidate=60";

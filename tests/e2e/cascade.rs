@@ -161,11 +161,8 @@ fn upstream_tls_verifies_the_certificate() {
     let origin = EchoOrigin::start().unwrap();
     let tls_port = free_port();
     let regional = Proxy::start(
-        &ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"origin\"\n").with_main(&format!(
-            "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            fixtures.join("cert.pem").display(),
-            fixtures.join("key.pem").display()
-        )),
+        &ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"origin\"\n")
+            .with_tls(tls_port, &fixtures),
     );
     let pop = |sni: &str| {
         let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"secure\"\n");
@@ -301,7 +298,7 @@ fn a_failing_response_filter_does_not_fail_over() {
     config.routes = "[[route]]\nname = \"site\"\nupstream = \"edge\"\n[[route.filters]]\nmodule = \"misbehave\"\n\
                      config = { on_response = \"panic\" }\n"
         .into();
-    let config = config.with_module("misbehave", std::fs::read(wasm("misbehave")).unwrap());
+    let config = config.with_built_module("misbehave");
     let proxy = Proxy::start(&config);
     let reply = proxy.get("/x", &[("x-echo-header", "cache-control: max-age=60")]);
     assert_eq!(reply.status, 500, "{reply:?}");

@@ -145,11 +145,7 @@ fn filter_reply_skips_the_upstream_and_passes_earlier_response_filters() {
 fn http2_over_tls() {
     let fixtures = root().join("tests/fixtures/tls");
     let tls_port = free_port();
-    let config = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).with_main(&format!(
-        "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-        fixtures.join("cert.pem").display(),
-        fixtures.join("key.pem").display()
-    ));
+    let config = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).with_tls(tls_port, &fixtures);
     let _proxy = Proxy::start(&config);
     let url = format!("https://localhost:{tls_port}/api/h2");
     let out = std::process::Command::new("curl")

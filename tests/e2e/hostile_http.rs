@@ -8,12 +8,16 @@ const ROUTES: &str = "[[route]]\nname = \"api\"\npath_prefix = \"/api\"\nupstrea
                       [[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/api\", add_prefix = \"/v2\" }\n\n\
                       [[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
 
+/// An echo origin, and a proxy in front of it with [`ROUTES`].
+fn proxy() -> (EchoOrigin, Proxy) {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), ROUTES).with_built_module("rewrite"));
+    (origin, proxy)
+}
+
 #[test]
 fn hostile_requests_get_a_4xx_and_the_proxy_keeps_serving() {
-    let origin = EchoOrigin::start().unwrap();
-    let config = ProxyConfig::over(origin.addr(), ROUTES);
-    let config = config.with_module("rewrite", std::fs::read(wasm("rewrite")).unwrap());
-    let proxy = Proxy::start(&config);
+    let (origin, proxy) = proxy();
     let long = "a".repeat(128 * 1024);
     let many_headers: String = (0..2_000).map(|i| format!("x-h{i}: v\r\n")).collect();
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -60,10 +64,7 @@ fn hostile_requests_get_a_4xx_and_the_proxy_keeps_serving() {
 
 #[test]
 fn no_path_trick_reaches_another_route_without_its_filters() {
-    let origin = EchoOrigin::start().unwrap();
-    let config = ProxyConfig::over(origin.addr(), ROUTES);
-    let config = config.with_module("rewrite", std::fs::read(wasm("rewrite")).unwrap());
-    let proxy = Proxy::start(&config);
+    let (_origin, proxy) = proxy();
     let get =
         |path: &str| send_raw(proxy.port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
     // Each of these means /api/users; each must go through the api route's

@@ -65,13 +65,7 @@ impl ProxyConfig {
     /// Routes over the shared echo origin as upstream group `origin`, with
     /// these filter modules available.
     pub fn new(routes: &str, modules: &[&str]) -> Self {
-        Self {
-            main_extra: format!("[upstreams.origin]\nservers = [\"{}\"]\n", origin()),
-            routes: routes.to_string(),
-            modules: modules.iter().map(|m| (m.to_string(), std::fs::read(wasm(m)).unwrap())).collect(),
-            admin: false,
-            server_extra: String::new(),
-        }
+        modules.iter().fold(Self::over(origin(), routes), |config, m| config.with_built_module(m))
     }
 
     /// Routes over `origin` as upstream group `origin`, with no modules.
@@ -99,6 +93,21 @@ impl ProxyConfig {
     pub fn with_main(mut self, extra: &str) -> Self {
         self.main_extra.push_str(extra);
         self
+    }
+
+    /// Also serve TLS (and HTTP/2) on `port`, with `cert.pem` and `key.pem` from `dir`.
+    pub fn with_tls(self, port: u16, dir: &Path) -> Self {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        self.with_main(&format!(
+            "\n[server.tls]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ))
+    }
+
+    /// Add the built filter or fixture `name` (see [`wasm`]).
+    pub fn with_built_module(self, name: &str) -> Self {
+        self.with_module(name, std::fs::read(wasm(name)).unwrap())
     }
 
     pub fn with_module(mut self, name: &str, bytes: Vec<u8>) -> Self {
