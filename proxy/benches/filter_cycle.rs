@@ -107,7 +107,7 @@ impl Bench {
         Self {
             runtime,
             modules,
-            upstreams: Arc::new(Upstreams::new(&groups)),
+            upstreams: Upstreams::start(&groups, None),
             caps: Arc::new(caps),
             route: Arc::from("bench"),
             token,

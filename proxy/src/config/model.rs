@@ -182,7 +182,7 @@ impl BreakerConfig {
 }
 
 /// A named upstream group: a tier of servers, or an ordered list of tiers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     /// The servers of a tier; empty when `tiers` is set.
@@ -202,14 +202,14 @@ pub struct UpstreamConfig {
 
 pub use super::file::Balance;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTls {
     pub sni: String,
     /// DER of a CA to trust instead of the system roots.
     pub ca_der: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
     pub path: String,
     pub interval: Duration,

@@ -120,16 +120,22 @@ impl Upstreams {
     /// Build the groups and start health checks for those that ask for them.
     /// The checkers stop once these groups are dropped (after a reload).
     ///
-    /// On a reload, `previous` holds the groups serving until now: a server
-    /// that is still health-checked in a group of the same name shares its
+    /// On a reload, `previous` holds the groups serving until now. A group
+    /// the reload leaves unchanged is kept whole, checker and all. In a
+    /// changed group, a server that is still health-checked shares its
     /// verdict with the old group (whose checker runs on until the old
     /// config's last request ends), so a reload never puts a dead server back
     /// into rotation.
     pub fn start(configs: &BTreeMap<String, UpstreamConfig>, previous: Option<&Upstreams>) -> Arc<Self> {
         let mut groups = BTreeMap::new();
         for (name, config) in configs {
+            let before = previous.and_then(|p| p.0.get(name));
+            if let Some(unchanged) = before.filter(|b| b.config == *config) {
+                groups.insert(name.clone(), unchanged.clone());
+                continue;
+            }
             let mut group = UpstreamGroup::new(config.clone());
-            if let Some(before) = previous.and_then(|p| p.get(name)).filter(|_| config.health_check.is_some()) {
+            if let Some(before) = before.filter(|_| config.health_check.is_some()) {
                 for server in &mut group.servers {
                     if let Some(old) = before.servers.iter().find(|old| old.addr == server.addr) {
                         server.healthy = old.healthy.clone();
@@ -143,13 +149,6 @@ impl Upstreams {
             groups.insert(name.clone(), group);
         }
         Arc::new(Self(groups))
-    }
-
-    /// The groups without health checks (for tests and benchmarks).
-    pub fn new(configs: &BTreeMap<String, UpstreamConfig>) -> Self {
-        Self(
-            configs.iter().map(|(name, config)| (name.clone(), Arc::new(UpstreamGroup::new(config.clone())))).collect(),
-        )
     }
 
     pub fn get(&self, name: &str) -> Option<&UpstreamGroup> {
@@ -220,7 +219,7 @@ mod tests {
         before.get("g").unwrap().servers[0].healthy.store(false, Ordering::Relaxed);
 
         // The down server stays down; a server new to the group starts up.
-        let after = Upstreams::start(&groups(&servers, Some(check)), Some(&before));
+        let after = Upstreams::start(&groups(&servers, Some(check.clone())), Some(&before));
         assert_eq!(health(&after), [false, true, true]);
         // A verdict the old checker reaches while the reload is still being
         // built (filters check their configs) reaches the new groups too.
@@ -229,6 +228,9 @@ mod tests {
         // Without a checker nothing could bring it back, so nothing is kept.
         let unchecked = Upstreams::start(&groups(&servers, None), Some(&before));
         assert_eq!(health(&unchecked), [true, true, true]);
+        // A group the reload leaves as it was is kept whole, checker and all.
+        let same = Upstreams::start(&groups(&servers, Some(check)), Some(&after));
+        assert!(Arc::ptr_eq(&same.0["g"], &after.0["g"]));
     }
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
