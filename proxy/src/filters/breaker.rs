@@ -9,7 +9,7 @@
 //! A module swap or reload builds new chains, so a new version starts closed.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::config::BreakerConfig;
@@ -57,18 +57,21 @@ struct Window {
 pub struct Breaker {
     config: BreakerConfig,
     window: Mutex<Window>,
+    /// Whether `window.phase` is `Closed`, readable without the lock: the
+    /// common case of `admit` takes neither the lock nor the clock.
+    closed: AtomicBool,
     opened: AtomicU64,
 }
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
         let window = Window { phase: Phase::Closed, started: Instant::now(), calls: 0, failures: 0 };
-        Self { config, window: Mutex::new(window), opened: AtomicU64::new(0) }
+        Self { config, window: Mutex::new(window), closed: AtomicBool::new(true), opened: AtomicU64::new(0) }
     }
 
     /// Whether this request may run the filter.
     pub fn admit(&self) -> bool {
-        if !self.config.enabled {
+        if !self.config.enabled || self.closed.load(Ordering::Acquire) {
             return true;
         }
         let mut w = self.window.lock().expect("breaker lock");
@@ -98,6 +101,7 @@ impl Breaker {
             Phase::HalfOpen { .. } if failed => self.open(&mut w, now),
             Phase::HalfOpen { .. } => {
                 *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0 };
+                self.closed.store(true, Ordering::Release);
             }
             Phase::Closed => {
                 if now.duration_since(w.started) > self.config.window {
@@ -118,6 +122,7 @@ impl Breaker {
 
     fn open(&self, w: &mut Window, now: Instant) {
         w.phase = Phase::Open { until: now + self.config.cooldown };
+        self.closed.store(false, Ordering::Release);
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 

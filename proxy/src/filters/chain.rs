@@ -23,11 +23,11 @@ use super::runtime::FilterRuntime;
 use crate::config::{FilterEntry, Location, OnError, OutputLimits};
 
 /// One configured link: a module and its settings on this route.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ChainLink {
     pub module: Arc<FilterModule>,
     pub entry: FilterEntry,
-    pub breaker: Arc<Breaker>,
+    pub breaker: Breaker,
     module_name: Arc<str>,
 }
 
@@ -152,7 +152,7 @@ impl FilterChain {
             let link = ChainLink {
                 module: module.clone(),
                 entry: entry.clone(),
-                breaker: Arc::new(Breaker::new(entry.limits.breaker)),
+                breaker: Breaker::new(entry.limits.breaker),
                 module_name: Arc::from(entry.module.as_str()),
             };
             let bad_config =
@@ -195,47 +195,25 @@ impl FilterChain {
             timings: Vec::with_capacity(self.links.len() * 2),
         };
         for (index, link) in self.links.iter().enumerate() {
-            let started = std::time::Instant::now();
-            let tag = InstanceTag {
-                module: link.module_name.clone(),
-                route: head.route_name.clone(),
-                request_id: head.id.clone(),
-            };
             // While the breaker is open the filter is not run: its policy applies.
             let failure = if !link.breaker.admit() {
                 link.breaker_open()
             } else {
-                let failure = match link.instantiate(runtime, &self.caps, tag).await {
-                    Err(failure) => failure,
-                    Ok((mut store, filter)) => {
-                        arm_deadline(&mut store, link);
-                        store.data_mut().request = Some(head);
-                        let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
-                        // The host still holds the head after a trap, so it is never lost.
-                        head = store.data_mut().request.take().expect("request returned to host");
-                        run.timings.push(FilterTiming {
-                            module: link.module_name.clone(),
-                            phase: "on-request",
-                            elapsed: started.elapsed(),
-                        });
+                let (edited, outcome) = link.run_on_request(runtime, &self.caps, head, &mut run.timings).await;
+                head = edited;
+                match outcome {
+                    Ok((store, filter, verdict)) => {
+                        run.instances.push(LiveInstance { store, filter, link: index });
                         match verdict {
-                            Ok(Verdict::Respond(reply)) => match oversized(&reply, &link.entry.limits.output) {
-                                Some(detail) => link.failure("on-request", FailureKind::BadReturn, detail),
-                                None => {
-                                    run.instances.push(LiveInstance { store, filter, link: index });
-                                    return (head, run, RequestOutcome::Respond(reply));
-                                }
-                            },
-                            Ok(Verdict::Continue) => {
-                                run.instances.push(LiveInstance { store, filter, link: index });
-                                continue;
-                            }
-                            Err(e) => classify(link, "on-request", &store, e),
+                            Verdict::Continue => continue,
+                            Verdict::Respond(reply) => return (head, run, RequestOutcome::Respond(reply)),
                         }
                     }
-                };
-                link.breaker.record(true);
-                failure
+                    Err(failure) => {
+                        link.breaker.record(true);
+                        failure
+                    }
+                }
             };
             match link.entry.on_error {
                 OnError::FailOpen => {
@@ -312,6 +290,45 @@ impl ChainLink {
             config.cooldown
         );
         self.failure("on-request", FailureKind::BreakerOpen, detail)
+    }
+
+    /// One `on-request` call on a fresh instance. The head comes back, edited,
+    /// even when the filter fails: the host holds it, never the guest.
+    async fn run_on_request(
+        &self,
+        runtime: &FilterRuntime,
+        caps: &Arc<Capabilities>,
+        head: RequestHead,
+        timings: &mut Vec<FilterTiming>,
+    ) -> (RequestHead, Result<(Store<FilterHost>, Filter, Verdict), FilterFailure>) {
+        let started = std::time::Instant::now();
+        let tag = InstanceTag {
+            module: self.module_name.clone(),
+            route: head.route_name.clone(),
+            request_id: head.id.clone(),
+        };
+        let (mut store, filter) = match self.instantiate(runtime, caps, tag).await {
+            Ok(instance) => instance,
+            Err(failure) => return (head, Err(failure)),
+        };
+        arm_deadline(&mut store, self);
+        store.data_mut().request = Some(head);
+        let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
+        let head = store.data_mut().request.take().expect("request returned to host");
+        timings.push(FilterTiming {
+            module: self.module_name.clone(),
+            phase: "on-request",
+            elapsed: started.elapsed(),
+        });
+        let outcome = match verdict {
+            Ok(Verdict::Respond(reply)) => match oversized(&reply, &self.entry.limits.output) {
+                Some(detail) => Err(self.failure("on-request", FailureKind::BadReturn, detail)),
+                None => Ok((store, filter, Verdict::Respond(reply))),
+            },
+            Ok(Verdict::Continue) => Ok((store, filter, Verdict::Continue)),
+            Err(e) => Err(classify(self, "on-request", &store, e)),
+        };
+        (head, outcome)
     }
 
     async fn instantiate(

@@ -1,7 +1,7 @@
 //! The one `Engine` and `Linker` every filter shares, and the epoch ticker.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -30,26 +30,21 @@ pub struct FilterRuntime {
     compilations: std::sync::atomic::AtomicU64,
     linker: Linker<FilterHost>,
     max_memory_bytes: u64,
-    live: Arc<LiveInstances>,
-}
-
-/// The instances alive in one runtime, and its epoch ticker. Ticks only
-/// matter while some instance exists (there is nothing to interrupt
-/// otherwise), so the ticker parks when the count is zero and the first new
-/// instance wakes it: an idle proxy, or one serving only routes without
-/// filters, pays for no wake-ups at 1 kHz.
-#[derive(Default)]
-struct LiveInstances {
-    count: AtomicI64,
-    ticker: OnceLock<Thread>,
+    /// Instances alive in this runtime. Ticks only matter while some
+    /// instance exists (there is nothing to interrupt otherwise), so the
+    /// ticker parks when the count is zero and the first new instance wakes
+    /// it: an idle proxy, or one serving only routes without filters, pays
+    /// for no wake-ups at 1 kHz.
+    live: Arc<AtomicI64>,
+    ticker: Thread,
 }
 
 /// Held by each instance's store; counts it live until the store drops.
-pub struct LiveInstance(Arc<LiveInstances>);
+pub struct LiveInstance(Arc<AtomicI64>);
 
 impl Drop for LiveInstance {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -100,7 +95,7 @@ impl FilterRuntime {
             host
         })?;
 
-        let live = Arc::new(LiveInstances::default());
+        let live = Arc::new(AtomicI64::new(0));
         let (weak_engine, ticker_live) = (engine.weak(), live.clone());
         let ticker = std::thread::Builder::new()
             .name("cascade-epoch".into())
@@ -110,7 +105,7 @@ impl FilterRuntime {
                     drop(engine);
                     // A wake-up between this load and the park is not lost:
                     // it leaves the park token set.
-                    if ticker_live.count.load(Ordering::Acquire) == 0 {
+                    if ticker_live.load(Ordering::Acquire) == 0 {
                         std::thread::park_timeout(IDLE_RECHECK);
                     } else {
                         std::thread::sleep(EPOCH_TICK);
@@ -118,24 +113,22 @@ impl FilterRuntime {
                 }
             })
             .map_err(wasmtime::Error::from)?;
-        let _ = live.ticker.set(ticker.thread().clone());
+        let ticker = ticker.thread().clone();
 
-        Ok(Arc::new(Self { engine, linker, max_memory_bytes, compilations: Default::default(), live }))
+        Ok(Arc::new(Self { engine, linker, max_memory_bytes, compilations: Default::default(), live, ticker }))
     }
 
     /// Count a new instance live, waking the epoch ticker if it was the only one.
     pub fn instance_opened(&self) -> LiveInstance {
-        if self.live.count.fetch_add(1, Ordering::AcqRel) == 0
-            && let Some(ticker) = self.live.ticker.get()
-        {
-            ticker.unpark();
+        if self.live.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.ticker.unpark();
         }
         LiveInstance(self.live.clone())
     }
 
     /// How many filter instances are alive; each holds a pool slot.
     pub fn live_instances(&self) -> i64 {
-        self.live.count.load(Ordering::Relaxed)
+        self.live.load(Ordering::Relaxed)
     }
 
     pub fn count_compilation(&self) {

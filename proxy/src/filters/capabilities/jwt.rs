@@ -11,14 +11,13 @@
 //! `jwt_cache_config`): a repeat costs a lookup and an expiry check instead
 //! of the signature, base64 and JSON work.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 
+use super::BoundedMap;
 use crate::config::{KeysetConfig, SecretSource};
 
 /// Why a token was refused; mirrors the WIT `verify-error`.
@@ -74,7 +73,6 @@ pub struct Keyset {
     /// The allow-list, each with its validation rules, built once.
     algorithms: Vec<(Algorithm, Validation)>,
     keys: Vec<Key>,
-    leeway_secs: u64,
     verified: VerifiedTokens,
 }
 
@@ -85,10 +83,7 @@ pub struct Keyset {
 /// Memory is bounded by `capacity` entries of a token of at most
 /// [`MAX_CACHED_TOKEN`] bytes and its claims, re-serialized from the token's
 /// payload (so of the same order).
-struct VerifiedTokens {
-    capacity: usize,
-    entries: RwLock<HashMap<Box<str>, VerifiedToken>>,
-}
+struct VerifiedTokens(BoundedMap<Box<str>, VerifiedToken>);
 
 struct VerifiedToken {
     claims: Box<str>,
@@ -101,36 +96,31 @@ const MAX_CACHED_TOKEN: usize = 4096;
 
 impl VerifiedTokens {
     fn new(capacity: usize) -> Self {
-        Self { capacity, entries: RwLock::default() }
+        Self(BoundedMap::new(capacity))
     }
 
     /// The remembered outcome for `token` at `now`: its claims, or `Expired`
     /// once it has run out (as a fresh check would say).
     fn lookup(&self, token: &str, now: u64) -> Option<Result<String, VerifyError>> {
-        let entries = self.entries.read().expect("token cache lock");
-        let hit = entries.get(token)?;
-        Some(if now > hit.expires_after { Err(VerifyError::Expired) } else { Ok(hit.claims.to_string()) })
+        self.0.get(
+            token,
+            |hit| {
+                if now > hit.expires_after { Err(VerifyError::Expired) } else { Ok(hit.claims.to_string()) }
+            },
+        )
     }
 
     fn remember(&self, token: &str, claims: &str, expires_after: u64, now: u64) {
-        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
-            return;
+        if token.len() <= MAX_CACHED_TOKEN {
+            let entry = VerifiedToken { claims: claims.into(), expires_after };
+            // Expired tokens go first when the cache is full.
+            self.0.insert(token.into(), entry, |_, t| t.expires_after >= now);
         }
-        let mut entries = self.entries.write().expect("token cache lock");
-        if entries.len() >= self.capacity {
-            entries.retain(|_, t| t.expires_after >= now);
-            // Still nearly full of live tokens: start over rather than track
-            // recency, and rather than scan again on the next insert.
-            if entries.len() >= self.capacity - self.capacity / 10 {
-                entries.clear();
-            }
-        }
-        entries.insert(token.into(), VerifiedToken { claims: claims.into(), expires_after });
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.read().expect("token cache lock").len()
+        self.0.len()
     }
 }
 
@@ -222,13 +212,7 @@ impl Keyset {
             }
         }
         let algorithms = algorithms.into_iter().map(|alg| (alg, validation(config, alg))).collect();
-        Ok(Self {
-            name: config.name.clone(),
-            algorithms,
-            keys,
-            leeway_secs: config.leeway.as_secs(),
-            verified: VerifiedTokens::new(config.cache_size),
-        })
+        Ok(Self { name: config.name.clone(), algorithms, keys, verified: VerifiedTokens::new(config.cache_size) })
     }
 
     /// Verify `token`; on success, its claims as JSON text.
@@ -242,16 +226,17 @@ impl Keyset {
         if let Some(outcome) = self.verified.lookup(token, now) {
             return outcome;
         }
-        let (claims, exp) = self.check(token)?;
+        let (claims, expires_after) = self.check(token)?;
         let claims_text = claims.to_string();
         // `exp` is required, so a verified token has one.
-        if let Some(exp) = exp {
-            self.verified.remember(token, &claims_text, exp.saturating_add(self.leeway_secs), now);
+        if let Some(expires_after) = expires_after {
+            self.verified.remember(token, &claims_text, expires_after, now);
         }
         Ok(claims_text)
     }
 
-    /// The full check: the claims and the `exp` of a valid token.
+    /// The full check: the claims of a valid token, and when it expires
+    /// (its `exp` plus the leeway).
     fn check(&self, token: &str) -> Result<(serde_json::Value, Option<u64>), VerifyError> {
         let header = decode_header(token).map_err(|e| VerifyError::Malformed(describe(e.kind())))?;
         let Some((_, validation)) = self.algorithms.iter().find(|(alg, _)| *alg == header.alg) else {
@@ -272,7 +257,7 @@ impl Keyset {
                         .claims
                         .get("exp")
                         .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f.round() as u64)));
-                    return Ok((data.claims, exp));
+                    return Ok((data.claims, exp.map(|exp| exp.saturating_add(validation.leeway))));
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
                 Err(e) => return Err(map_error(e.kind())),

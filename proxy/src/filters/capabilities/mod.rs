@@ -49,3 +49,50 @@ impl Capabilities {
         })
     }
 }
+
+/// A map every request shares, bounded without tracking recency: when full,
+/// `prune` drops what it can, and if that frees less than a tenth the map
+/// starts over (rather than scan again on the very next insert).
+#[derive(Debug)]
+pub struct BoundedMap<K, V> {
+    capacity: usize,
+    entries: std::sync::RwLock<std::collections::HashMap<K, V>>,
+}
+
+impl<K: Eq + std::hash::Hash, V> BoundedMap<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, entries: Default::default() }
+    }
+
+    /// `read` of the entry for `key`, if there is one.
+    pub fn get<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + std::hash::Hash + ?Sized,
+    {
+        self.entries.read().expect("bounded map lock").get(key).map(read)
+    }
+
+    /// Insert, making room first when full; a capacity of 0 keeps nothing.
+    pub fn insert(&self, key: K, value: V, prune: impl FnMut(&K, &mut V) -> bool) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.write().expect("bounded map lock");
+        if entries.len() >= self.capacity {
+            entries.retain(prune);
+            if entries.len() >= self.capacity - self.capacity / 10 {
+                entries.clear();
+            }
+        }
+        entries.insert(key, value);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().expect("bounded map lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

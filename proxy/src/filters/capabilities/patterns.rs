@@ -2,10 +2,11 @@
 //! Compiling a pattern costs far more than a filter's whole request, and a
 //! fresh instance per request could never keep one itself.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use regex::{Regex, RegexBuilder};
+
+use super::BoundedMap;
 
 /// Patterns kept at once; past this the cache starts over.
 const MAX_PATTERNS: usize = 4096;
@@ -13,27 +14,30 @@ const MAX_PATTERNS: usize = 4096;
 /// exhaust memory or time.
 const MAX_COMPILED_BYTES: usize = 1 << 20;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PatternCache {
-    compiled: RwLock<HashMap<String, Arc<Regex>>>,
+    compiled: BoundedMap<String, Arc<Regex>>,
+}
+
+impl Default for PatternCache {
+    fn default() -> Self {
+        Self { compiled: BoundedMap::new(MAX_PATTERNS) }
+    }
 }
 
 impl PatternCache {
     /// The compiled `pattern`, or why it does not compile.
     pub fn get(&self, pattern: &str) -> Result<Arc<Regex>, String> {
-        if let Some(regex) = self.compiled.read().expect("pattern cache lock").get(pattern) {
-            return Ok(regex.clone());
+        if let Some(regex) = self.compiled.get(pattern, Arc::clone) {
+            return Ok(regex);
         }
         let regex = RegexBuilder::new(pattern)
             .size_limit(MAX_COMPILED_BYTES)
             .build()
             .map(Arc::new)
             .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
-        let mut compiled = self.compiled.write().expect("pattern cache lock");
-        if compiled.len() >= MAX_PATTERNS {
-            compiled.clear();
-        }
-        compiled.insert(pattern.to_string(), regex.clone());
+        // Every pattern is as good as another: a full cache starts over.
+        self.compiled.insert(pattern.to_string(), regex.clone(), |_, _| false);
         Ok(regex)
     }
 

@@ -88,17 +88,7 @@ impl Policy {
         let interval = self.config.interval;
         let outcome = self.limiter.check_key_n(&key.to_string(), n).map_err(|_| CheckError::InvalidCost(cost))?;
         Ok(match outcome {
-            Ok(snapshot) => {
-                let remaining = snapshot.remaining_burst_capacity();
-                Decision {
-                    allowed: true,
-                    limit: burst,
-                    remaining,
-                    reset_after: interval * (burst - remaining.min(burst)),
-                    retry_after: Duration::ZERO,
-                    window: interval * burst,
-                }
-            }
+            Ok(snapshot) => self.allowed(snapshot.remaining_burst_capacity()),
             Err(not_until) => {
                 let retry_after = not_until.wait_time_from(self.limiter.clock().now());
                 Decision {
@@ -111,6 +101,19 @@ impl Policy {
                 }
             }
         })
+    }
+
+    /// An allowed check that leaves `remaining` in the bucket.
+    fn allowed(&self, remaining: u32) -> Decision {
+        let (burst, interval) = (self.config.burst, self.config.interval);
+        Decision {
+            allowed: true,
+            limit: burst,
+            remaining,
+            reset_after: interval * (burst - remaining.min(burst)),
+            retry_after: Duration::ZERO,
+            window: interval * burst,
+        }
     }
 
     /// Whether a new key may get its own bucket, evicting idle keys when due.
@@ -172,15 +175,7 @@ impl RateLimiters {
     pub fn check_without_taking(&self, policy: &str, cost: u32) -> Result<Decision, CheckError> {
         let policy = self.policy(policy)?;
         policy.valid_cost(cost)?;
-        let (burst, interval) = (policy.config.burst, policy.config.interval);
-        Ok(Decision {
-            allowed: true,
-            limit: burst,
-            remaining: burst,
-            reset_after: Duration::ZERO,
-            retry_after: Duration::ZERO,
-            window: interval * burst,
-        })
+        Ok(policy.allowed(policy.config.burst))
     }
 
     fn policy(&self, name: &str) -> Result<&Policy, CheckError> {
