@@ -3,9 +3,10 @@
 #
 #   scripts/bench.sh            # everything: load, memory, micro
 #   DURATION=20 CONNECTIONS=64 scripts/bench.sh load
-#   PERF_ROW=chain scripts/bench.sh load   # also record a perf profile (with
-#                               # call graphs) of the proxy during that row
-#                               # (nginx, none, noop, chain) into
+#   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
+#                               # (with call graphs) of the proxy during that
+#                               # row (load-nginx, load-none, load-noop,
+#                               # load-chain, cache-nginx, cache-cascade) into
 #                               # target/bench/perf-<row>.data
 #
 # load:   wrk drives HTTP/1.1 keep-alive load, with fixed connections and a
@@ -85,15 +86,16 @@ cpu_ticks() {
 }
 # Drive URL with wrk (a warm-up, then the measured run) and print
 # "req/s p50 p99 cpu-µs-per-request", the CPU read from /proc for PIDS.
-#   measure URL "PIDS" [extra wrk arguments...]
+# ROW names the row, for PERF_ROW.
+#   measure ROW URL "PIDS" [extra wrk arguments...]
 measure() {
-    local url=$1 pidset before after report requests
-    read -r -a pidset <<<"$2"
-    shift 2
+    local row=$1 url=$2 pidset before after report requests
+    read -r -a pidset <<<"$3"
+    shift 3
     wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
     before=$(cpu_ticks "${pidset[@]}")
     local profiler=
-    if [ -n "${PERF_ROW:-}" ] && [[ "$url" == */"${PERF_ROW#nginx}" ]]; then
+    if [ "${PERF_ROW:-}" = "$row" ]; then
         perf record -F 1000 --call-graph dwarf,16384 -o "$out/perf-$PERF_ROW.data" \
             -p "$(tr ' ' , <<<"${pidset[*]}")" -- sleep "$DURATION" 2>/dev/null &
         profiler=$!
@@ -147,6 +149,24 @@ $2
 EOF
 }
 
+# The origin every part uses: nginx serving BODY, with DIRECTIVES added to
+# its location (a Cache-Control header, say).
+start_origin() { # $1 dir, $2 port, $3 body, $4 directives
+    mkdir -p "$1/www"
+    printf '%s\n' "$3" >"$1/www/index.html"
+    nginx_conf "$1" "    server { listen 127.0.0.1:$2; root $1/www; location / { $4 try_files /index.html =404; } }"
+    start_nginx "$1"
+}
+# The nginx peer: a reverse proxy with keepalive to the origin, with
+# HTTP_DIRECTIVES and LOCATION_DIRECTIVES added (a proxy_cache, say).
+start_nginx_proxy() { # $1 dir, $2 port, $3 origin port, $4 http directives, $5 location directives
+    nginx_conf "$1" "$4
+    upstream origin { server 127.0.0.1:$3; keepalive 128; }
+    server { listen 127.0.0.1:$2;
+        location / { $5 proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+    start_nginx "$1"
+}
+
 run_load() {
     local origin_port nginx_port cascade_port
     origin_port=$(free_port)
@@ -154,16 +174,9 @@ run_load() {
     cascade_port=$(free_port)
 
     # The origin: nginx serving a small static body.
-    mkdir -p "$work/origin/www"
-    printf 'hello from the origin\n' >"$work/origin/www/index.html"
-    nginx_conf "$work/origin" "    server { listen 127.0.0.1:$origin_port; root $work/origin/www; location / { try_files /index.html =404; } }"
-    start_nginx "$work/origin"
-
+    start_origin "$work/origin" "$origin_port" "hello from the origin" ""
     # (a) nginx as a reverse proxy with keepalive to the origin.
-    nginx_conf "$work/proxy" "    upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
-    server { listen 127.0.0.1:$nginx_port;
-        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-    start_nginx "$work/proxy"
+    start_nginx_proxy "$work/proxy" "$nginx_port" "$origin_port" "" ""
     local nginx_master=$started
 
     # (b), (c), (d): one Cascade process, one route per row.
@@ -240,7 +253,7 @@ PY
             pidset=("$cascade_pid")
         fi
         local measured
-        measured=$(measure "$url" "${pidset[*]}" "${auth[@]}")
+        measured=$(measure "load-$row" "$url" "${pidset[*]}" "${auth[@]}")
         read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$measured"
     done
 
@@ -270,18 +283,11 @@ run_cache() {
     origin_port=$(free_port)
     nginx_port=$(free_port)
     cascade_port=$(free_port)
-    mkdir -p "$work/corigin/www" "$work/ncache"
-    printf 'hello from the origin, cacheable\n' >"$work/corigin/www/index.html"
-    nginx_conf "$work/corigin" "    server { listen 127.0.0.1:$origin_port; root $work/corigin/www;
-        location / { add_header Cache-Control \"max-age=3600\"; try_files /index.html =404; } }"
-    start_nginx "$work/corigin"
+    mkdir -p "$work/ncache"
+    start_origin "$work/corigin" "$origin_port" "hello from the origin, cacheable" 'add_header Cache-Control "max-age=3600";'
     # nginx proxy_cache, in memory as far as the OS page cache goes.
-    nginx_conf "$work/nproxy" "    proxy_cache_path $work/ncache keys_zone=edge:10m;
-    upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
-    server { listen 127.0.0.1:$nginx_port;
-        location / { proxy_cache edge; proxy_pass http://origin; proxy_http_version 1.1;
-                     proxy_set_header Connection \"\"; add_header X-Cache \$upstream_cache_status; } }"
-    start_nginx "$work/nproxy"
+    start_nginx_proxy "$work/nproxy" "$nginx_port" "$origin_port" "    proxy_cache_path $work/ncache keys_zone=edge:10m;" \
+        'proxy_cache edge; add_header X-Cache $upstream_cache_status;'
     local nginx_master=$started
     mkdir -p "$work/ccache/routes"
     printf 'routes = ["routes/*.toml"]\n[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n[modules]\ndir = "%s"\n[upstreams.origin]\nservers = ["127.0.0.1:%s"]\n' \
@@ -310,7 +316,7 @@ run_cache() {
             pidset=("$cascade_pid")
         fi
         local measured
-        measured=$(measure "$url" "${pidset[*]}")
+        measured=$(measure "cache-$row" "$url" "${pidset[*]}")
         read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$measured"
     done
     {
