@@ -105,3 +105,38 @@ fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
     assert!(!text.contains("smuggled"));
     assert_eq!(origin.requests(), 1, "the smuggled request never reached the origin");
 }
+
+/// A chunked body has no Content-Length to refuse up front: it is counted as
+/// it streams, and the request ends with a 413 once it passes `max_body_mb`.
+#[test]
+fn a_streamed_body_over_the_limit_gets_413() {
+    use std::io::{Read, Write};
+    let origin = EchoOrigin::start().unwrap();
+    let mut config = ProxyConfig::over(origin.addr(), ROUTES).with_built_module("rewrite");
+    config.server_extra.push_str("max_body_mb = 1\n");
+    let proxy = Proxy::start(&config);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    // Read while writing: the answer comes before the body is all sent.
+    let answer = std::thread::spawn(move || {
+        let mut head = [0u8; 12];
+        reader.read_exact(&mut head).map(|_| String::from_utf8_lossy(&head).into_owned())
+    });
+    let _ = stream.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let chunk = [b'a'; 64 * 1024];
+    for _ in 0..32 {
+        // 2 MiB in all; the proxy may stop reading once it has answered.
+        if stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).is_err()
+            || stream.write_all(&chunk).is_err()
+            || stream.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let head = answer.join().unwrap().expect("an answer");
+    assert_eq!(head, "HTTP/1.1 413", "{head}");
+    // The proxy keeps serving.
+    assert_eq!(proxy.get("/other", &[]).status, 200);
+}

@@ -15,10 +15,10 @@ use std::time::SystemTime;
 #[cfg(test)]
 use std::time::Duration;
 
-use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::eviction::simple_lru;
-use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations, resp_cacheable};
+use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durations, request_cacheable};
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
@@ -35,6 +35,10 @@ use store::{EdgeStorage, URL_END};
 /// is stored: caching a dynamic response nobody marked cacheable is the
 /// classic CDN footgun. A route's `ttl_secs` is the way to cache those.
 const ORIGIN_HEADERS_ONLY: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// For a route with `ttl_secs`: every response has some freshness, so
+/// Pingora's answer says only whether storing is allowed at all.
+const ANY_STORABLE: CacheMetaDefaults = CacheMetaDefaults::new(|_| Some(std::time::Duration::ZERO), 0, 0);
 
 /// Statuses a cache may store by default (RFC 9110, section 15.1).
 fn heuristically_cacheable(status: u16) -> bool {
@@ -143,8 +147,7 @@ pub fn key_target<'a>(target: &'a str, policy: &RouteCachePolicy) -> Cow<'a, str
 
 /// Only GET and HEAD use the cache, and not when the client says `no-store`.
 pub fn request_may_use_cache(req: &RequestHeader) -> bool {
-    let method_ok = req.method == http::Method::GET || req.method == http::Method::HEAD;
-    method_ok && !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
+    request_cacheable(req) && !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
 }
 
 /// The cache key: the URL the client asked for (what a purge names), then
@@ -163,23 +166,25 @@ pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorizat
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
     let cc = CacheControl::from_resp_headers(resp);
-    let Some(ttl) = policy.ttl else {
-        // Most proxied responses carry no freshness at all: say so without
-        // copying the header, which `resp_cacheable` takes by value.
-        if calculate_fresh_until(SystemTime::now(), cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY).is_none() {
-            return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-        }
-        return resp_cacheable(cc.as_ref(), resp.clone(), authorization, &ORIGIN_HEADERS_ONLY);
-    };
-    let forbidden = cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
-        || (authorization && !cc.as_ref().is_some_and(|cc| cc.allow_caching_authorized_req()))
-        || !heuristically_cacheable(resp.status.as_u16());
-    if forbidden {
-        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-    }
-    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &ORIGIN_HEADERS_ONLY);
     let now = SystemTime::now();
-    RespCacheable::Cacheable(CacheMeta::new(now + ttl, now, swr, sie, resp.clone()))
+    // Most proxied responses carry no freshness at all: they are turned away
+    // here, before the header is copied.
+    let fresh_until = match policy.ttl {
+        None => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY),
+        Some(ttl) => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ANY_STORABLE)
+            .filter(|_| heuristically_cacheable(resp.status.as_u16()))
+            .map(|_| now + ttl),
+    };
+    let Some(fresh_until) = fresh_until else {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    };
+    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &ORIGIN_HEADERS_ONLY);
+    let mut header = resp.clone();
+    if let Some(cc) = &cc {
+        // Headers named in `private="..."` or `no-cache="..."` are not stored.
+        cc.strip_private_headers(&mut header);
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
 }
 
 /// The `Vary` variant of `req` for a stored response, or `None` if the
@@ -191,8 +196,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         let Ok(value) = value.to_str() else { continue };
         names.extend(value.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()));
     }
-    names.sort();
-    names.dedup();
+    // The builder keeps the names sorted and each once.
     for name in &names {
         let value = req.headers.get(name.as_str()).map(|v| v.as_bytes()).unwrap_or_default();
         builder.add_value(name, value);

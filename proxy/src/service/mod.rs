@@ -97,8 +97,6 @@ pub struct RequestCtx {
     /// upstream attempts it has made.
     tier: usize,
     attempts: usize,
-    /// Request body bytes read so far, against `server.max_body_mb`.
-    body_bytes: u64,
 }
 
 /// Ready an HTTP/2 request for Pingora's background replay, which it makes
@@ -313,7 +311,6 @@ impl ProxyHttp for CascadeProxy {
             filtered_request: None,
             tier: 0,
             attempts: 0,
-            body_bytes: 0,
         }
     }
 
@@ -323,15 +320,16 @@ impl ProxyHttp for CascadeProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
-        body: &mut Option<bytes::Bytes>,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A chunked body has no Content-Length for admission to check.
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        // A chunked body has no Content-Length for admission to check. The
+        // count is Pingora's bytes read from the client, so a body replayed
+        // to the next tier is not counted twice.
         let limit = ctx.snapshot.as_ref().map_or(u64::MAX, |s| s.config.server.request_limits.max_body_bytes);
-        if ctx.body_bytes > limit {
+        if session.body_bytes_read() as u64 > limit {
             return Error::e_explain(ErrorType::HTTPStatus(413), format!("request body exceeds {limit} bytes"));
         }
         Ok(())
