@@ -6,12 +6,15 @@
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
 #                               # (with call graphs) of the proxy during that
 #                               # row (load-nginx, load-none, load-noop,
-#                               # load-chain, cache-nginx, cache-cascade) into
+#                               # load-noop-reused, load-chain, load-chain-fresh,
+#                               # cache-nginx, cache-cascade) into
 #                               # target/bench/perf-<row>.data
 #
 # load:   wrk drives HTTP/1.1 keep-alive load, with fixed connections and a
 #         fixed duration, at (a) nginx as a reverse proxy, and Cascade with
-#         (b) no filters, (c) one no-op filter and (d) the demo chain. All of
+#         (b) no filters, (c) one no-op filter and (d) the demo chain, (c)
+#         and (d) each with a fresh instance per request and with instances
+#         reused (`reuse_instances`; the shipped demo route reuses). All of
 #         them sit in front of the same nginx origin serving a small static
 #         body, and proxy and nginx get the same number of workers. The proxy's
 #         CPU time comes from /proc, so the load generator on the same cores
@@ -23,8 +26,9 @@
 # cache:  cache hits: nginx proxy_cache against Cascade's edge cache, both in
 #         front of the same nginx origin whose response says max-age=3600.
 # micro:  criterion: one full filter cycle (instantiate, on-request,
-#         on-response, drop) per filter and for a chain of four, and one host
-#         call. Medians come from criterion's estimates.
+#         on-response, drop) per filter and for a chain of four, the same
+#         with a reused instance (-reused), and one host call. Medians come
+#         from criterion's estimates.
 #
 # Reports go to stdout and target/bench/*.md.
 set -euo pipefail
@@ -222,12 +226,17 @@ def toml_value(v):
         return '"' + v.replace('\\', '\\\\').replace('"', '\\"') + '"'
     return str(v)
 print('[[route]]\nname = "none"\npath_prefix = "/none"\nupstream = "origin"\n')
-print('[[route]]\nname = "noop"\npath_prefix = "/noop"\nupstream = "origin"\n[[route.filters]]\nmodule = "noop"\n')
-print('[[route]]\nname = "chain"\npath_prefix = "/chain"\nupstream = "origin"')
-for f in demo.get("filters", []):
-    print("[[route.filters]]")
-    for k, v in f.items():
-        print(f"{k} = {toml_value(v)}")
+for name, reuse in [("noop", "false"), ("noop-reused", "true")]:
+    print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"\n'
+          f'[[route.filters]]\nmodule = "noop"\nreuse_instances = {reuse}\n')
+# The shipped demo chain, and the same with a fresh instance per request.
+for name, fresh in [("chain", False), ("chain-fresh", True)]:
+    print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"')
+    for f in demo.get("filters", []):
+        print("[[route.filters]]")
+        for k, v in f.items():
+            if not (fresh and k == "reuse_instances"):
+                print(f"{k} = {toml_value(v)}")
 PY
     start_cascade "$work/cascade"
     local cascade_pid=$started
@@ -242,7 +251,7 @@ PY
     local auth=(-H "authorization: Bearer $token")
 
     declare -A rps p50 p99 cpu
-    rows=(nginx none noop chain)
+    rows=(nginx none noop noop-reused chain chain-fresh)
     for row in "${rows[@]}"; do
         local url pidset
         if [ "$row" = nginx ]; then
@@ -264,16 +273,20 @@ PY
         echo
         echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
-        local -A names=([nginx]="(a) nginx proxy_pass" [none]="(b) Cascade, no filters" [noop]="(c) Cascade, one no-op filter" [chain]="(d) Cascade, demo chain")
+        local -A names=([nginx]="(a) nginx proxy_pass" [none]="(b) Cascade, no filters"
+            [noop]="(c) Cascade, one no-op filter, fresh instance per request"
+            [noop-reused]="(c) Cascade, one no-op filter, instances reused"
+            [chain]="(d) Cascade, demo chain (instances reused, as shipped)"
+            [chain-fresh]="(d) Cascade, demo chain, fresh instances per request")
         for row in "${rows[@]}"; do
             python3 -c "
 a, b, r = ${rps[nginx]}, ${rps[none]}, ${rps[$row]}
 print(f'| ${names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} |')"
         done
-        local delta
-        delta=$(python3 -c "print(f'{${cpu[chain]} - ${cpu[none]}:.1f}')")
         echo
-        echo "The demo chain adds $delta µs of proxy CPU per request over no filters."
+        for row in chain chain-fresh; do
+            python3 -c "print(f'${names[$row]} adds {${cpu[$row]} - ${cpu[none]}:.1f} µs of proxy CPU per request over no filters.')"
+        done
     } | tee "$out/load.md"
     stop_all
 }

@@ -1,9 +1,12 @@
 //! Write Cascade edge filters in Rust.
 //!
 //! A filter is a type that implements [`Filter`], built for `wasm32-wasip2` and
-//! exported with [`export_filter!`]. The host makes a fresh instance for every
-//! request, so the filter value built by [`Filter::new`] lives for exactly one
-//! request: it sees [`Filter::on_request`] and then [`Filter::on_response`].
+//! exported with [`export_filter!`]. The filter value built by [`Filter::new`]
+//! lives for exactly one request: it sees [`Filter::on_request`] and then
+//! [`Filter::on_response`]. The instance around it is fresh for every request,
+//! unless the route's chain entry sets `reuse_instances = true`; then statics
+//! live on from one request to the next, so a filter meant for reuse keeps
+//! nothing in them that belongs to a request.
 //!
 //! ```
 //! use cascade_filter::{export_filter, Filter, Reply, Request, Verdict};

@@ -212,8 +212,8 @@ pub mod regex {
 }
 
 thread_local! {
-    // The filter value for the request this instance serves. The host uses one
-    // instance per request, so this never outlives the request.
+    // The filter value for the request this instance serves, from on-request
+    // to on-response. A reused instance gets a new one on its next request.
     static CURRENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 

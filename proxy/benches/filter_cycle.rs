@@ -1,5 +1,7 @@
 //! The per-request cost of the Wasm host: one full cycle is instantiate,
-//! `on-request`, `on-response`, drop, exactly as the proxy runs it.
+//! `on-request`, `on-response`, drop, exactly as the proxy runs it. The
+//! `-reused` rows take a parked instance and park it again instead
+//! (`reuse_instances = true`).
 //!
 //! Run with `cargo bench -p cascade --bench filter_cycle` after
 //! `scripts/build-filters.sh`; `scripts/bench.sh` runs it as part of the
@@ -114,7 +116,9 @@ impl Bench {
         }
     }
 
-    fn chain(&self, links: &[(&str, &str)]) -> FilterChain {
+    /// A chain of `links`, each a fresh instance per request unless
+    /// `reuse_instances`.
+    fn chain(&self, links: &[(&str, &str)], reuse_instances: bool) -> FilterChain {
         let entries: Vec<FilterEntry> = links
             .iter()
             .map(|(module, config)| FilterEntry {
@@ -128,6 +132,7 @@ impl Bench {
                     breaker: NO_BREAKER,
                     output: Default::default(),
                 },
+                reuse_instances,
                 at: location(),
             })
             .collect();
@@ -155,7 +160,7 @@ impl Bench {
     fn cycle(&self, chain: &FilterChain) {
         let (_head, mut run, _outcome) = block_on(chain.run_request(&self.runtime, self.head()));
         let response = ResponseHeader::build(200, Some(4)).unwrap();
-        let (_response, result) = block_on(run.run_response(response, "0000000000000000"));
+        let (_response, result) = block_on(run.run_response(&self.runtime, response, "0000000000000000"));
         result.expect("filters succeed");
     }
 }
@@ -187,27 +192,26 @@ fn filter_cycle(c: &mut Criterion) {
     // The host's fixed cost with no filter at all: building the request head.
     group.bench_function("no-filter", |b| b.iter(|| bench.cycle(&FilterChain::default())));
 
-    let noop = bench.chain(&[("noop", "{}")]);
-    group.bench_function("noop", |b| b.iter(|| bench.cycle(&noop)));
-
-    let rewrite = bench.chain(&[("rewrite", REWRITE)]);
-    group.bench_function("rewrite", |b| b.iter(|| bench.cycle(&rewrite)));
-
-    for (name, config) in [("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST)] {
-        // auth forwards x-user-id for the others; alone, they key on the IP.
-        let chain = bench.chain(&[(name, config)]);
-        group.bench_function(name, |b| b.iter(|| bench.cycle(&chain)));
-    }
-
+    // auth forwards x-user-id for the others; alone, they key on the IP.
+    let singles =
+        [("noop", "{}"), ("rewrite", REWRITE), ("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST)];
     // The demo chain: auth -> rate_limit -> ab_test -> rewrite.
-    let four = bench.chain(&[("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST), ("rewrite", REWRITE)]);
-    group.bench_function("chain-of-four", |b| b.iter(|| bench.cycle(&four)));
+    let four = [("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST), ("rewrite", REWRITE)];
+    // Each with a fresh instance per request, then with instances reused.
+    for (suffix, reuse) in [("", false), ("-reused", true)] {
+        for (name, config) in singles {
+            let chain = bench.chain(&[(name, config)], reuse);
+            group.bench_function(format!("{name}{suffix}"), |b| b.iter(|| bench.cycle(&chain)));
+        }
+        let chain = bench.chain(&four, reuse);
+        group.bench_function(format!("chain-of-four{suffix}"), |b| b.iter(|| bench.cycle(&chain)));
+    }
     group.finish();
 
     // One guest-to-host call: a filter reading a header 1000 times, minus
     // nothing; criterion reports the time per read through the throughput.
     let mut group = c.benchmark_group("host-call");
-    let reads = bench.chain(&[("misbehave", r#"{"header_reads":1000}"#)]);
+    let reads = bench.chain(&[("misbehave", r#"{"header_reads":1000}"#)], false);
     group.throughput(Throughput::Elements(1000));
     group.bench_function("header-x1000", |b| b.iter(|| bench.cycle(&reads)));
     group.finish();

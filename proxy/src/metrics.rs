@@ -158,8 +158,13 @@ impl Metrics {
         let gauges = [
             (
                 "cascade_filter_instances_live",
-                "Filter instances alive (each holds a pool slot).",
+                "Filter instances serving a request (each holds a pool slot).",
                 runtime.live_instances(),
+            ),
+            (
+                "cascade_filter_instances_idle",
+                "Filter instances parked for reuse (each holds a pool slot).",
+                runtime.idle_instances(),
             ),
             ("cascade_module_versions_live", "Compiled module versions alive, pinned or current.", live_modules()),
             ("cascade_cache_size_bytes", "Bytes held by the edge cache.", cache.size_bytes() as i64),

@@ -9,4 +9,5 @@ mod foundation;
 mod hostile_filters;
 mod hostile_http;
 mod hot_swap;
+mod reuse;
 mod support;

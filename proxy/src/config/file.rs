@@ -382,6 +382,9 @@ pub struct FilterSection {
     pub timeout_ms: Option<u64>,
     /// Overrides `limits.filter_memory_mb` for this entry.
     pub memory_mb: Option<u64>,
+    /// Serve many requests, one at a time, with each instance.
+    #[serde(default)]
+    pub reuse_instances: bool,
     /// Overrides `limits.failure_status` for this entry.
     pub failure_status: Option<Spanned<u16>>,
     /// Overrides fields of `[limits.breaker]` for this entry.

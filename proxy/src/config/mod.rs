@@ -402,6 +402,7 @@ fn route(
                 breaker: entry.breaker.as_ref().map_or(limits.breaker, |b| limits.breaker.merged(b)),
                 output: limits.output.merged((entry.max_header_value_kb, entry.max_headers, entry.max_reply_body_kb)),
             },
+            reuse_instances: entry.reuse_instances,
             at: src.at(&entry.module, "route.filters.module"),
         });
     }

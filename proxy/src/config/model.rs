@@ -248,6 +248,9 @@ pub struct FilterEntry {
     /// The entry's `config` table as JSON, handed to the filter on request.
     pub config_json: Arc<str>,
     pub limits: FilterLimits,
+    /// Keep instances that finished a request cleanly for later requests,
+    /// instead of a fresh instance per request (`filters::reuse`).
+    pub reuse_instances: bool,
     /// Where the entry was declared, for error messages.
     pub at: Location,
 }

@@ -1,7 +1,9 @@
 //! A route's filter chain, and one request's run through it.
 //!
-//! Each link gets a fresh pooled instance in its own `Store`, with its own
-//! deadline and memory cap, so a failing filter can only hurt its own request.
+//! Each link gets a pooled instance in its own `Store`, with its own deadline
+//! and memory cap, so a failing filter can only hurt its own request. The
+//! instance is fresh, or, for an entry that reuses instances, one that served
+//! earlier requests cleanly (`reuse`).
 //! When a link fails, its `on_error` decides: fail-closed ends the request
 //! with its failure status (a 5xx); fail-open drops that instance and goes on
 //! without it. Each link has a circuit breaker (`breaker`): while it is open
@@ -13,12 +15,12 @@ use pingora::http::ResponseHeader;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
-use super::bindings::Filter;
 use super::bindings::cascade::filter::types::{Reply, Verdict};
 use super::breaker::Breaker;
 use super::capabilities::Capabilities;
 use super::host::{FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead};
 use super::module::{FilterModule, ModuleRegistry};
+use super::reuse::{IdleInstances, Instance};
 use super::runtime::FilterRuntime;
 use crate::config::{FilterEntry, Location, OnError, OutputLimits};
 
@@ -29,6 +31,8 @@ pub struct ChainLink {
     pub entry: FilterEntry,
     pub breaker: Breaker,
     module_name: Arc<str>,
+    /// Instances parked for the next request, if the entry reuses them.
+    idle: IdleInstances,
 }
 
 /// A route's filters, in order. Cloning is two reference-count bumps, so a
@@ -106,18 +110,12 @@ pub enum RequestOutcome {
     Failed(FilterFailure),
 }
 
-/// A live filter instance that saw this request.
-struct LiveInstance {
-    store: Store<FilterHost>,
-    filter: Filter,
-    link: usize,
-}
-
 /// The instances of one request, kept from the request phase to the response
-/// phase. Dropping it returns every slot to the pool.
+/// phase, with the index of their link. Dropping it returns every slot to the
+/// pool.
 pub struct InFlightChain {
     chain: FilterChain,
-    instances: Vec<LiveInstance>,
+    instances: Vec<(Instance, usize)>,
     /// Fail-open failures, for logging and metrics.
     pub skipped: Vec<FilterFailure>,
     /// How long each filter took in each phase, for the latency histograms.
@@ -154,6 +152,7 @@ impl FilterChain {
                 entry: entry.clone(),
                 breaker: Breaker::new(entry.limits.breaker),
                 module_name: Arc::from(entry.module.as_str()),
+                idle: IdleInstances::default(),
             };
             let bad_config =
                 |message: String| ChainError::BadConfig { at: entry.at.clone(), module: entry.module.clone(), message };
@@ -162,16 +161,18 @@ impl FilterChain {
                 route: Arc::from(route_name),
                 request_id: Arc::from("config-check"),
             };
-            let (mut store, filter) =
-                link.instantiate(runtime, caps, tag).await.map_err(|f| bad_config(f.to_string()))?;
-            arm_deadline(&mut store, &link);
-            match filter.call_check_config(&mut store).await {
+            let mut instance = link.instantiate(runtime, caps, tag).await.map_err(|f| bad_config(f.to_string()))?;
+            arm_deadline(&mut instance.store, &link);
+            match instance.filter.call_check_config(&mut instance.store).await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
                 Err(e) => {
-                    return Err(bad_config(classify(&link, "check-config", &store, e).to_string()));
+                    return Err(bad_config(classify(&link, "check-config", &instance.store, e).to_string()));
                 }
             }
+            // The checking instance is as good as a fresh one: the first request
+            // gets it warm.
+            link.release(runtime, instance);
             links.push(link);
         }
         Ok(Self { links: links.into(), caps: caps.clone() })
@@ -202,8 +203,8 @@ impl FilterChain {
                 let (edited, outcome) = link.run_on_request(runtime, &self.caps, head, &mut run.timings).await;
                 head = edited;
                 match outcome {
-                    Ok((store, filter, verdict)) => {
-                        run.instances.push(LiveInstance { store, filter, link: index });
+                    Ok((instance, verdict)) => {
+                        run.instances.push((instance, index));
                         match verdict {
                             Verdict::Continue => continue,
                             Verdict::Respond(reply) => return (head, run, RequestOutcome::Respond(reply)),
@@ -235,11 +236,12 @@ impl InFlightChain {
     /// order. Returns the edited head, or the first fail-closed failure.
     pub async fn run_response(
         &mut self,
+        runtime: &FilterRuntime,
         mut response: ResponseHeader,
         request_id: &str,
     ) -> (ResponseHeader, Result<(), FilterFailure>) {
-        while let Some(mut instance) = self.instances.pop() {
-            let link = &self.chain.links[instance.link];
+        while let Some((mut instance, index)) = self.instances.pop() {
+            let link = &self.chain.links[index];
             arm_deadline(&mut instance.store, link);
             instance.store.data_mut().response = Some(response);
             let started = std::time::Instant::now();
@@ -254,14 +256,17 @@ impl InFlightChain {
             // are over. (An instance dropped before its response phase, say
             // after an upstream error, is not counted either way.)
             link.breaker.record(result.is_err());
-            if let Err(e) = result {
-                let failure = classify(link, "on-response", &instance.store, e);
-                match link.entry.on_error {
-                    OnError::FailOpen => {
-                        log::warn!("request {request_id}: {failure}; fail-open, skipping it");
-                        self.skipped.push(failure);
+            match result {
+                Ok(()) => link.release(runtime, instance),
+                Err(e) => {
+                    let failure = classify(link, "on-response", &instance.store, e);
+                    match link.entry.on_error {
+                        OnError::FailOpen => {
+                            log::warn!("request {request_id}: {failure}; fail-open, skipping it");
+                            self.skipped.push(failure);
+                        }
+                        OnError::FailClosed => return (response, Err(failure)),
                     }
-                    OnError::FailClosed => return (response, Err(failure)),
                 }
             }
         }
@@ -292,28 +297,33 @@ impl ChainLink {
         self.failure("on-request", FailureKind::BreakerOpen, detail)
     }
 
-    /// One `on-request` call on a fresh instance. The head comes back, edited,
-    /// even when the filter fails: the host holds it, never the guest.
+    /// One `on-request` call. The head comes back, edited, even when the
+    /// filter fails: the host holds it, never the guest.
     async fn run_on_request(
         &self,
         runtime: &FilterRuntime,
         caps: &Arc<Capabilities>,
         head: RequestHead,
         timings: &mut Vec<FilterTiming>,
-    ) -> (RequestHead, Result<(Store<FilterHost>, Filter, Verdict), FilterFailure>) {
+    ) -> (RequestHead, Result<(Instance, Verdict), FilterFailure>) {
         let started = std::time::Instant::now();
         let tag = InstanceTag {
             module: self.module_name.clone(),
             route: head.route_name.clone(),
             request_id: head.id.clone(),
         };
-        let (mut store, filter) = match self.instantiate(runtime, caps, tag).await {
-            Ok(instance) => instance,
-            Err(failure) => return (head, Err(failure)),
+        let reused = if self.entry.reuse_instances { self.idle.take(runtime, tag.clone()) } else { None };
+        let mut instance = match reused {
+            Some(instance) => instance,
+            None => match self.instantiate(runtime, caps, tag).await {
+                Ok(instance) => instance,
+                Err(failure) => return (head, Err(failure)),
+            },
         };
-        arm_deadline(&mut store, self);
+        let store = &mut instance.store;
+        arm_deadline(store, self);
         store.data_mut().request = Some(head);
-        let verdict = filter.call_on_request(&mut store, Resource::new_borrow(0)).await;
+        let verdict = instance.filter.call_on_request(&mut *store, Resource::new_borrow(0)).await;
         let head = store.data_mut().request.take().expect("request returned to host");
         timings.push(FilterTiming {
             module: self.module_name.clone(),
@@ -323,12 +333,25 @@ impl ChainLink {
         let outcome = match verdict {
             Ok(Verdict::Respond(reply)) => match oversized(&reply, &self.entry.limits.output) {
                 Some(detail) => Err(self.failure("on-request", FailureKind::BadReturn, detail)),
-                None => Ok((store, filter, Verdict::Respond(reply))),
+                None => Ok((instance, Verdict::Respond(reply))),
             },
-            Ok(Verdict::Continue) => Ok((store, filter, Verdict::Continue)),
-            Err(e) => Err(classify(self, "on-request", &store, e)),
+            Ok(Verdict::Continue) => Ok((instance, Verdict::Continue)),
+            Err(e) => Err(classify(self, "on-request", &instance.store, e)),
         };
         (head, outcome)
+    }
+
+    /// Hand back an instance that finished cleanly: parked for the next
+    /// request if the entry reuses instances, dropped otherwise.
+    fn release(&self, runtime: &FilterRuntime, instance: Instance) {
+        if self.entry.reuse_instances {
+            self.idle.park(runtime, instance, self.memory_cap(runtime));
+        }
+    }
+
+    /// This entry's memory cap, within the runtime's largest.
+    fn memory_cap(&self, runtime: &FilterRuntime) -> u64 {
+        self.entry.limits.memory_bytes.min(runtime.max_memory_bytes())
     }
 
     async fn instantiate(
@@ -336,8 +359,8 @@ impl ChainLink {
         runtime: &FilterRuntime,
         caps: &Arc<Capabilities>,
         tag: InstanceTag,
-    ) -> Result<(Store<FilterHost>, Filter), FilterFailure> {
-        let memory = self.entry.limits.memory_bytes.min(runtime.max_memory_bytes());
+    ) -> Result<Instance, FilterFailure> {
+        let memory = self.memory_cap(runtime);
         let output = self.entry.limits.output;
         let live = runtime.instance_opened();
         let host = FilterHost::new(tag, live, self.entry.config_json.clone(), caps.clone(), memory, output);
@@ -346,7 +369,7 @@ impl ChainLink {
         // Start functions run guest code too, so they get the same deadline.
         arm_deadline(&mut store, self);
         match self.module.pre.instantiate_async(&mut store).await {
-            Ok(filter) => Ok((store, filter)),
+            Ok(filter) => Ok(Instance { store, filter, served: 0 }),
             Err(e) => {
                 let mut failure = classify(self, "instantiate", &store, e);
                 if failure.kind == FailureKind::Trap {

@@ -1,9 +1,10 @@
 //! The host side of one filter instance: its `Store` data and the
 //! implementations of the `cascade:filter` imports.
 //!
-//! A store serves exactly one request. The request (or response) head is moved
-//! into the store for the duration of one call and moved back out after it, so
-//! the guest edits the real message and nothing is copied up front.
+//! A store serves one request at a time (one in all, unless its chain entry
+//! reuses instances). The request (or response) head is moved into the store
+//! for the duration of one call and moved back out after it, so the guest
+//! edits the real message and nothing is copied up front.
 
 use crate::config::OutputLimits;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::bindings::cascade::filter::{config, jwt, log, rate_limit, regex, type
 use super::capabilities::Capabilities;
 use super::capabilities::jwt::VerifyError;
 use super::capabilities::rate_limit::CheckError;
-use super::runtime::LiveInstance;
+use super::runtime::InstanceCount;
 use crate::upstream::Upstreams;
 
 use types::EditError;
@@ -58,6 +59,9 @@ pub struct InstanceLimiter {
     memory_bytes: usize,
     /// Set when the memory cap refused a growth, so the failure can say so.
     pub memory_cap_hit: bool,
+    /// The largest size any of the instance's memories has grown to (the
+    /// limiter also sees each memory's initial size).
+    pub largest_memory: usize,
 }
 
 /// The longest header name a filter may set. Value sizes, header counts and
@@ -80,6 +84,7 @@ impl ResourceLimiter for InstanceLimiter {
                 self.memory_bytes
             )));
         }
+        self.largest_memory = self.largest_memory.max(desired);
         Ok(true)
     }
 
@@ -115,26 +120,27 @@ pub struct FilterHost {
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
-    /// Counts this instance live (see `FilterRuntime::instance_opened`).
-    _live: LiveInstance,
+    /// Counts this instance live while it serves a request (see
+    /// `FilterRuntime::instance_opened`); `None` while it is parked for reuse.
+    pub live: Option<InstanceCount>,
 }
 
 impl FilterHost {
     pub fn new(
         tag: InstanceTag,
-        live: LiveInstance,
+        live: InstanceCount,
         config_json: Arc<str>,
         caps: Arc<Capabilities>,
         memory_bytes: u64,
         output: OutputLimits,
     ) -> Self {
         Self {
-            _live: live,
+            live: Some(live),
             tag,
             config_json,
             caps,
             output,
-            limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false },
+            limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, largest_memory: 0 },
             request: None,
             response: None,
             wasi: None,

@@ -6,9 +6,10 @@
 //!  *.wasm ─► ModuleRegistry                 FilterChain::run_request
 //!            (validate, compile once,         for each link, in chain order:
 //!             InstancePre per module)           fresh Store + pooled instance
+//!                      │                        (or a parked one, if reused)
 //!                      │                        deadline ─► on-request ─► verdict
 //!                      ▼                    FilterChain::run_response (reverse order,
-//!            FilterChain per route            same instances) ─► instances dropped
+//!            FilterChain per route            same instances) ─► dropped or parked
 //! ```
 //!
 //! * [`runtime`] owns the single `Engine` (pooling allocator, copy-on-write
@@ -16,6 +17,7 @@
 //! * [`module`] validates and compiles components.
 //! * [`host`] implements the `cascade:filter` imports for one instance.
 //! * [`chain`] runs a route's chain and applies each link's failure policy.
+//! * [`reuse`] keeps instances between requests for entries that opt in.
 //! * [`breaker`] switches off a chain entry that keeps failing.
 
 pub mod breaker;
@@ -23,6 +25,7 @@ pub mod capabilities;
 pub mod chain;
 pub mod host;
 pub mod module;
+pub mod reuse;
 pub mod runtime;
 pub mod store;
 

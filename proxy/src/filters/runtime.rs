@@ -30,19 +30,24 @@ pub struct FilterRuntime {
     compilations: std::sync::atomic::AtomicU64,
     linker: Linker<FilterHost>,
     max_memory_bytes: u64,
-    /// Instances alive in this runtime. Ticks only matter while some
-    /// instance exists (there is nothing to interrupt otherwise), so the
-    /// ticker parks when the count is zero and the first new instance wakes
-    /// it: an idle proxy, or one serving only routes without filters, pays
+    /// Instances serving a request. Ticks only matter while some instance
+    /// runs (there is nothing to interrupt otherwise), so the ticker parks
+    /// when the count is zero and the first instance to open wakes it: an idle proxy, or one serving only routes without filters, pays
     /// for no wake-ups at 1 kHz.
     live: Arc<AtomicI64>,
     ticker: Thread,
+    /// Instances parked between requests for reuse (`filters::reuse`).
+    idle: Arc<AtomicI64>,
+    /// Each idle instance holds a pool slot, so at most this many may sit
+    /// idle, a quarter of `max_instances`: parked instances can never take
+    /// the slots that requests on other routes need.
+    idle_budget: i64,
 }
 
-/// Held by each instance's store; counts it live until the store drops.
-pub struct LiveInstance(Arc<AtomicI64>);
+/// Counts one instance in a gauge (live or idle) until it is dropped.
+pub struct InstanceCount(Arc<AtomicI64>);
 
-impl Drop for LiveInstance {
+impl Drop for InstanceCount {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -115,20 +120,44 @@ impl FilterRuntime {
             .map_err(wasmtime::Error::from)?;
         let ticker = ticker.thread().clone();
 
-        Ok(Arc::new(Self { engine, linker, max_memory_bytes, compilations: Default::default(), live, ticker }))
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            max_memory_bytes,
+            compilations: Default::default(),
+            live,
+            ticker,
+            idle: Default::default(),
+            idle_budget: i64::from(instances / 4),
+        }))
     }
 
-    /// Count a new instance live, waking the epoch ticker if it was the only one.
-    pub fn instance_opened(&self) -> LiveInstance {
+    /// Count an instance live while it serves a request, waking the epoch
+    /// ticker if it was the only one.
+    pub fn instance_opened(&self) -> InstanceCount {
         if self.live.fetch_add(1, Ordering::AcqRel) == 0 {
             self.ticker.unpark();
         }
-        LiveInstance(self.live.clone())
+        InstanceCount(self.live.clone())
     }
 
-    /// How many filter instances are alive; each holds a pool slot.
+    /// Count an instance idle, or `None` when the idle budget is spent (the
+    /// instance is then dropped and its slot returned).
+    pub fn instance_parked(&self) -> Option<InstanceCount> {
+        self.idle
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |idle| (idle < self.idle_budget).then_some(idle + 1))
+            .ok()
+            .map(|_| InstanceCount(self.idle.clone()))
+    }
+
+    /// How many filter instances are serving a request.
     pub fn live_instances(&self) -> i64 {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// How many filter instances are parked for reuse; each holds a pool slot.
+    pub fn idle_instances(&self) -> i64 {
+        self.idle.load(Ordering::Relaxed)
     }
 
     pub fn count_compilation(&self) {

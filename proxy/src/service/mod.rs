@@ -229,7 +229,7 @@ impl CascadeProxy {
                 Ok(false)
             }
             RequestOutcome::Respond(filter_reply) => {
-                let sent = reply::send_filter_reply(session, ctx, chain.get_mut(), filter_reply).await;
+                let sent = reply::send_filter_reply(session, ctx, &self.runtime, chain.get_mut(), filter_reply).await;
                 ctx.collect(chain.get_mut());
                 sent
             }
@@ -530,7 +530,7 @@ impl ProxyHttp for CascadeProxy {
         if let Some(mut chain) = ctx.chain.take() {
             let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
             let response = std::mem::replace(upstream_response, placeholder);
-            let (response, result) = chain.get_mut().run_response(response, &ctx.id).await;
+            let (response, result) = chain.get_mut().run_response(&self.runtime, response, &ctx.id).await;
             *upstream_response = response;
             ctx.collect(chain.get_mut());
             // Returning the instances to the pool now, not at the end of the body.

@@ -7,7 +7,7 @@ use pingora::prelude::*;
 use super::{REQUEST_ID_HEADER, RequestCtx};
 use crate::cache;
 use crate::filters::bindings::cascade::filter::types::Reply;
-use crate::filters::{FilterFailure, InFlightChain};
+use crate::filters::{FilterFailure, FilterRuntime, InFlightChain};
 
 /// An error answer: a status and a message, sent as JSON with the request id.
 pub struct ErrorReply {
@@ -65,6 +65,7 @@ pub async fn send_error(session: &mut Session, ctx: &RequestCtx, error: ErrorRep
 pub async fn send_filter_reply(
     session: &mut Session,
     ctx: &mut RequestCtx,
+    runtime: &FilterRuntime,
     chain: &mut InFlightChain,
     reply: Reply,
 ) -> Result<bool> {
@@ -82,7 +83,7 @@ pub async fn send_filter_reply(
             log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
         }
     }
-    let (header, result) = chain.run_response(header, &ctx.id).await;
+    let (header, result) = chain.run_response(runtime, header, &ctx.id).await;
     if let Err(failure) = result {
         let error = ErrorReply::filter_failed(&failure);
         ctx.failure = Some(failure);

@@ -29,7 +29,13 @@ pub enum Behaviour {
     Respond,
     /// Answer with a 2 MiB body, past the host's reply limit (request phase only).
     GiantReply,
+    /// Leak 1 MiB and carry on: harmless in a fresh instance, fatal in time
+    /// to one that is reused without limit.
+    Leak,
 }
+
+/// Requests this instance has seen: always 1 in a fresh instance.
+static REQUESTS_SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +46,9 @@ pub struct Config {
     only_when_triggered: bool,
     /// Read the `host` header this many times (to measure one host call).
     header_reads: u32,
+    /// Report on the response, as `x-instance-requests`, how many requests
+    /// this instance has seen.
+    count_requests: bool,
 }
 
 pub struct Misbehave {
@@ -94,6 +103,9 @@ fn act(behaviour: Behaviour, set: impl Fn(&str, &str) -> Result<(), cascade_filt
             let _ = set("bad header name", "value");
             let _ = set("x-ok", "bad\r\nvalue");
         }
+        Behaviour::Leak => {
+            std::hint::black_box(Vec::leak(vec![1u8; 1 << 20]));
+        }
         Behaviour::Pass | Behaviour::Respond | Behaviour::GiantReply => {}
     }
 }
@@ -109,6 +121,7 @@ impl Filter for Misbehave {
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
+        REQUESTS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for _ in 0..self.config.header_reads {
             std::hint::black_box(req.header("host"));
         }
@@ -134,6 +147,10 @@ impl Filter for Misbehave {
     }
 
     fn on_response(&mut self, resp: &Response) {
+        if self.config.count_requests {
+            let seen = REQUESTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
+            resp.set_header("x-instance-requests", &seen.to_string()).expect("a short header");
+        }
         if self.triggered {
             act(self.config.on_response, |name, value| resp.set_header(name, value));
             if let Err(e) = resp.add_header("x-misbehave", "response")
