@@ -2,10 +2,10 @@
 # The benchmark harness: one command, one machine, one run.
 #
 #   scripts/bench.sh            # everything: load, memory, micro
-#   DURATION=20 CONNECTIONS=64 scripts/bench.sh load
+#   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
 #                               # (with call graphs) of the proxy during that
-#                               # row (load-nginx, load-none, load-noop,
+#                               # row (load-nginx, load-none, load-none-cache-on, load-noop,
 #                               # load-noop-reused, load-chain, load-chain-fresh,
 #                               # cache-nginx, cache-cascade) into
 #                               # target/bench/perf-<row>.data
@@ -39,6 +39,10 @@ DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 WORKERS=${WORKERS:-1}
 WARMUP=${WARMUP:-2}
+# Each row of the load and cache parts is measured ROUNDS times, round-robin,
+# and reported by its median run: drift on a shared machine hits every row
+# alike, and one noisy run does not decide a ratio.
+ROUNDS=${ROUNDS:-3}
 parts=("${@:-load cache memory swap micro}")
 parts=(${parts[*]})
 
@@ -99,7 +103,7 @@ measure() {
     wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
     before=$(cpu_ticks "${pidset[@]}")
     local profiler=
-    if [ "${PERF_ROW:-}" = "$row" ]; then
+    if [ "${PERF_ROW:-}" = "$row" ] && [ "${round:-1}" = 1 ]; then
         perf record -F 1000 --call-graph dwarf,16384 -o "$out/perf-$PERF_ROW.data" \
             -p "$(tr ' ' , <<<"${pidset[*]}")" -- sleep "$DURATION" 2>/dev/null &
         profiler=$!
@@ -117,6 +121,27 @@ measure() {
         "$(awk '$1 == "50%" {print $2}' <<<"$report")" \
         "$(awk '$1 == "99%" {print $2}' <<<"$report")" \
         "$(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $requests:.1f}')")"
+}
+
+# Measure every row of PART (in the array rows, with its URL in url[row] and
+# its proxy's PIDs in pids_of[row]) ROUNDS times, round-robin, and leave each
+# row's median run (by req/s) in the arrays rps, p50, p99 and cpu.
+#   measure_rows PART [extra wrk arguments...]
+measure_rows() {
+    local part=$1 round row
+    shift
+    local -A runs=()
+    for round in $(seq 1 "$ROUNDS"); do
+        for row in "${rows[@]}"; do
+            runs[$row]+="$(measure "$part-$row" "${url[$row]}" "${pids_of[$row]}" "$@");"
+        done
+    done
+    for row in "${rows[@]}"; do
+        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$(python3 -c '
+import sys
+runs = sorted((r.split() for r in sys.argv[1].split(";") if r.strip()), key=lambda r: float(r[0]))
+print(" ".join(runs[len(runs) // 2]))' "${runs[$row]}")"
+    done
 }
 
 machine() {
@@ -194,6 +219,11 @@ threads = $WORKERS
 dir = "$root/target/wasm32-wasip2/release"
 [upstreams.origin]
 servers = ["127.0.0.1:$origin_port"]
+# nginx's proxy_pass has no proxy_cache here, so Cascade does not cache
+# either: both do the same job. Row "none-cache-on" shows what the edge cache
+# (on by default) costs on a response it cannot keep.
+[cache]
+enabled = false
 
 # The demo chain's policies, but one that never refuses: every request does
 # the same work, and wrk sees no 429.
@@ -226,6 +256,7 @@ def toml_value(v):
         return '"' + v.replace('\\', '\\\\').replace('"', '\\"') + '"'
     return str(v)
 print('[[route]]\nname = "none"\npath_prefix = "/none"\nupstream = "origin"\n')
+print('[[route]]\nname = "none-cache-on"\npath_prefix = "/none-cache-on"\nupstream = "origin"\ncache = { enabled = true }\n')
 for name, reuse in [("noop", "false"), ("noop-reused", "true")]:
     print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"\n'
           f'[[route.filters]]\nmodule = "noop"\nreuse_instances = {reuse}\n')
@@ -250,30 +281,25 @@ PY
     token=$("$CASCADE" token --config "$root/conf/cascade.toml" --sub bench 2>/dev/null)
     local auth=(-H "authorization: Bearer $token")
 
-    declare -A rps p50 p99 cpu
-    rows=(nginx none noop noop-reused chain chain-fresh)
+    local -A rps p50 p99 cpu url pids_of
+    local rows=(nginx none none-cache-on noop noop-reused chain chain-fresh) row
     for row in "${rows[@]}"; do
-        local url pidset
-        if [ "$row" = nginx ]; then
-            url="http://127.0.0.1:$nginx_port/"
-            pidset=("${nginx_pids[@]}")
-        else
-            url="http://127.0.0.1:$cascade_port/$row"
-            pidset=("$cascade_pid")
-        fi
-        local measured
-        measured=$(measure "load-$row" "$url" "${pidset[*]}" "${auth[@]}")
-        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$measured"
+        url[$row]="http://127.0.0.1:$cascade_port/$row"
+        pids_of[$row]=$cascade_pid
     done
+    url[nginx]="http://127.0.0.1:$nginx_port/"
+    pids_of[nginx]="${nginx_pids[*]}"
+    measure_rows load "${auth[@]}"
 
     {
-        echo "### Load: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each"
+        echo "### Load: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each, median of $ROUNDS rounds"
         echo
         machine
         echo
         echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
         local -A names=([nginx]="(a) nginx proxy_pass" [none]="(b) Cascade, no filters"
+            [none-cache-on]="(b) Cascade, no filters, edge cache on (uncacheable response)"
             [noop]="(c) Cascade, one no-op filter, fresh instance per request"
             [noop-reused]="(c) Cascade, one no-op filter, instances reused"
             [chain]="(d) Cascade, demo chain (instances reused, as shipped)"
@@ -318,22 +344,13 @@ run_cache() {
     curl -sI "http://127.0.0.1:$nginx_port/" | grep -qi "x-cache: HIT" || { echo "bench: nginx is not caching" >&2; exit 1; }
     curl -sI "http://127.0.0.1:$cascade_port/" | grep -qi "cache-status: .*; hit" || { echo "bench: Cascade is not caching" >&2; exit 1; }
 
-    declare -A rps p50 p99 cpu
-    for row in nginx cascade; do
-        local url pidset
-        if [ "$row" = nginx ]; then
-            url="http://127.0.0.1:$nginx_port/"
-            pidset=("${nginx_pids[@]}")
-        else
-            url="http://127.0.0.1:$cascade_port/"
-            pidset=("$cascade_pid")
-        fi
-        local measured
-        measured=$(measure "cache-$row" "$url" "${pidset[*]}")
-        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$measured"
-    done
+    local -A rps p50 p99 cpu
+    local -A url=([nginx]="http://127.0.0.1:$nginx_port/" [cascade]="http://127.0.0.1:$cascade_port/")
+    local -A pids_of=([nginx]="${nginx_pids[*]}" [cascade]=$cascade_pid)
+    local rows=(nginx cascade) row
+    measure_rows cache
     {
-        echo "### Cache hits: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each"
+        echo "### Cache hits: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each, median of $ROUNDS rounds"
         echo
         echo "| row | req/s | p50 | p99 | × nginx proxy_cache | proxy CPU µs/req |"
         echo "|---|---:|---:|---:|---:|---:|"
