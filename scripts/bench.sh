@@ -5,7 +5,7 @@
 #   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
 #                               # (with call graphs) of the proxy during that
-#                               # row (load-nginx, load-none, load-none-cache-on, load-noop,
+#                               # row (load-nginx, load-bare, load-none, load-none-cache-on, load-noop,
 #                               # load-noop-reused, load-chain, load-chain-fresh,
 #                               # cache-nginx, cache-cascade) into
 #                               # target/bench/perf-<row>.data
@@ -55,8 +55,9 @@ fi
 NGINX=$(command -v nginx)
 
 scripts/build-filters.sh
-cargo build --release -p cascade
+cargo build --release -p cascade --bin cascade --example bare_pingora
 CASCADE=$root/target/release/cascade
+BARE_PINGORA=$root/target/release/examples/bare_pingora
 
 out=$root/target/bench
 mkdir -p "$out"
@@ -271,6 +272,13 @@ for name, fresh in [("chain", False), ("chain-fresh", True)]:
 PY
     start_cascade "$work/cascade"
     local cascade_pid=$started
+    # Pingora with none of Cascade's work: the floor under row (b).
+    local bare_port
+    bare_port=$(free_port)
+    "$BARE_PINGORA" "127.0.0.1:$bare_port" "127.0.0.1:$origin_port" "$WORKERS" >"$work/bare.log" 2>&1 &
+    local bare_pid=$!
+    pids+=("$bare_pid")
+    wait_port "$bare_port"
 
     wait_port "$origin_port"
     wait_port "$nginx_port"
@@ -282,13 +290,15 @@ PY
     local auth=(-H "authorization: Bearer $token")
 
     local -A rps p50 p99 cpu url pids_of
-    local rows=(nginx none none-cache-on noop noop-reused chain chain-fresh) row
+    local rows=(nginx bare none none-cache-on noop noop-reused chain chain-fresh) row
     for row in "${rows[@]}"; do
         url[$row]="http://127.0.0.1:$cascade_port/$row"
         pids_of[$row]=$cascade_pid
     done
     url[nginx]="http://127.0.0.1:$nginx_port/"
     pids_of[nginx]="${nginx_pids[*]}"
+    url[bare]="http://127.0.0.1:$bare_port/"
+    pids_of[bare]=$bare_pid
     measure_rows load "${auth[@]}"
 
     {
@@ -298,7 +308,8 @@ PY
         echo
         echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
-        local -A names=([nginx]="(a) nginx proxy_pass" [none]="(b) Cascade, no filters"
+        local -A names=([nginx]="(a) nginx proxy_pass" [bare]="Pingora alone (examples/bare_pingora.rs), for reference"
+            [none]="(b) Cascade, no filters"
             [none-cache-on]="(b) Cascade, no filters, edge cache on (uncacheable response)"
             [noop]="(c) Cascade, one no-op filter, fresh instance per request"
             [noop-reused]="(c) Cascade, one no-op filter, instances reused"
