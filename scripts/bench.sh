@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh            # everything: load, memory, micro
 #   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
+#   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
 #                               # (with call graphs) of the proxy during that
 #                               # row (load-nginx, load-bare, load-none, load-none-cache-on, load-noop,
@@ -290,7 +291,7 @@ PY
     local auth=(-H "authorization: Bearer $token")
 
     local -A rps p50 p99 cpu url pids_of
-    local rows=(nginx bare none none-cache-on noop noop-reused chain chain-fresh) row
+    local rows=(${ROWS:-nginx bare none none-cache-on noop noop-reused chain chain-fresh}) row
     for row in "${rows[@]}"; do
         url[$row]="http://127.0.0.1:$cascade_port/$row"
         pids_of[$row]=$cascade_pid

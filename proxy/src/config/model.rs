@@ -73,8 +73,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// This node's name in `CDN-Loop` and `Via`.
     pub node_id: String,
-    /// This node's `Via` member, `1.1 <node_id>`.
-    pub via: String,
+    /// Made once, not per request: this node's `CDN-Loop` member (the node
+    /// id) and its `Via` member, `1.1 <node_id>`.
+    pub cdn_loop: http::HeaderValue,
+    pub via: http::HeaderValue,
     pub request_limits: RequestLimits,
 }
 

@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, RangeType, range_header_filter};
@@ -68,6 +69,8 @@ impl CascadeProxy {
 /// Per-request state, from the first phase to the log line.
 pub struct RequestCtx {
     id: Arc<str>,
+    /// The id as a header value, made once for the upstream and the client.
+    id_header: HeaderValue,
     started: Instant,
     /// The snapshot this request pinned at its start.
     snapshot: Option<Arc<Snapshot>>,
@@ -244,11 +247,16 @@ impl CascadeProxy {
     }
 }
 
-/// The value of list-valued header `name` with `member` appended.
-fn with_member(headers: &http::HeaderMap, name: &str, member: &str) -> String {
-    match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {member}"),
-        None => member.to_string(),
+/// The value of list-valued header `name` with `member` appended. Usually
+/// the header is absent and `member` is the value as it is: no copy.
+fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderValue) -> HeaderValue {
+    match headers.get(name) {
+        None => member,
+        Some(earlier) => {
+            let joined = [earlier.as_bytes(), b", ", member.as_bytes()].concat();
+            // Both parts are valid values, and so is the two joined by ", ".
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(member)
+        }
     }
 }
 
@@ -295,8 +303,10 @@ impl ProxyHttp for CascadeProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let id = self.ids.next();
         RequestCtx {
-            id: self.ids.next(),
+            id_header: HeaderValue::from_str(&id).expect("hex digits are a valid header value"),
+            id,
             started: Instant::now(),
             snapshot: None,
             route: None,
@@ -477,16 +487,17 @@ impl ProxyHttp for CascadeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id_header.clone())?;
         if let Some(snapshot) = &ctx.snapshot {
             let server = &snapshot.config.server;
-            let cdn_loop = with_member(&upstream_request.headers, "cdn-loop", &server.node_id);
+            let cdn_loop = with_member(&upstream_request.headers, "cdn-loop", server.cdn_loop.clone());
             upstream_request.insert_header("cdn-loop", cdn_loop)?;
-            let via = with_member(&upstream_request.headers, "via", &server.via);
+            let via = with_member(&upstream_request.headers, "via", server.via.clone());
             upstream_request.insert_header("via", via)?;
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", &ip.to_string());
+            let ip = HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value");
+            let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", ip);
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         Ok(())
@@ -521,10 +532,11 @@ impl ProxyHttp for CascadeProxy {
         restore_filtered_request(session, ctx);
         if let Some(snapshot) = &ctx.snapshot {
             let server = &snapshot.config.server;
-            let member = cache::status_member(&server.node_id, &session.cache);
-            let cache_status = with_member(&upstream_response.headers, "cache-status", &member);
+            let member = HeaderValue::try_from(cache::status_member(&server.node_id, &session.cache))
+                .expect("a node id and cache outcome make a valid header value");
+            let cache_status = with_member(&upstream_response.headers, "cache-status", member);
             upstream_response.insert_header("cache-status", cache_status)?;
-            let via = with_member(&upstream_response.headers, "via", &server.via);
+            let via = with_member(&upstream_response.headers, "via", server.via.clone());
             upstream_response.insert_header("via", via)?;
         }
         if let Some(mut chain) = ctx.chain.take() {
@@ -541,7 +553,7 @@ impl ProxyHttp for CascadeProxy {
                 return Error::e_explain(ErrorType::HTTPStatus(500), message);
             }
         }
-        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+        upstream_response.insert_header(REQUEST_ID_HEADER, ctx.id_header.clone())?;
         Ok(())
     }
 

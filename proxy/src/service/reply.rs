@@ -94,7 +94,7 @@ pub async fn send_filter_reply(
 
 async fn write(session: &mut Session, ctx: &RequestCtx, mut header: ResponseHeader, body: Bytes) -> Result<bool> {
     header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header(REQUEST_ID_HEADER, ctx.id.as_ref())?;
+    header.insert_header(REQUEST_ID_HEADER, ctx.id_header.clone())?;
     if let Some(snapshot) = &ctx.snapshot {
         // The proxy answered itself, before or after consulting the cache.
         header.insert_header("cache-status", cache::status_member(&snapshot.config.server.node_id, &session.cache))?;
