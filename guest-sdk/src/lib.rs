@@ -1,19 +1,22 @@
 //! Write Cascade edge filters in Rust.
 //!
 //! A filter is a type that implements [`Filter`], built for `wasm32-wasip2` and
-//! exported with [`export_filter!`]. The filter value built by [`Filter::new`]
-//! lives for exactly one request: it sees [`Filter::on_request`] and then
-//! [`Filter::on_response`]. The instance around it is fresh for every request,
-//! unless the route's chain entry sets `reuse_instances = true`; then statics
-//! live on from one request to the next, so a filter meant for reuse keeps
-//! nothing in them that belongs to a request.
+//! exported with [`export_filter!`]. [`Filter::new`] builds the filter from its
+//! config once per instance, before any request; every request gets its own
+//! clone of that value, which sees [`Filter::on_request`] and then
+//! [`Filter::on_response`] and is dropped. What a request changes in its
+//! clone never reaches another request. The instance around it is fresh for
+//! every request, unless the route's chain entry sets `reuse_instances =
+//! true`; then statics live on from one request to the next, so a filter
+//! meant for reuse keeps nothing in them that belongs to a request.
 //!
 //! ```
 //! use cascade_filter::{export_filter, Filter, Reply, Request, Verdict};
 //!
-//! #[derive(serde::Deserialize)]
+//! #[derive(Clone, serde::Deserialize)]
 //! struct Config { header: String }
 //!
+//! #[derive(Clone)]
 //! struct RequireHeader(Config);
 //!
 //! impl Filter for RequireHeader {
@@ -56,15 +59,17 @@ pub use mock::{Request, Response, jwt, log, rate_limit, regex};
 /// A filter: per-route policy that runs on every request of its routes.
 ///
 /// Every method but [`Filter::new`] has a default, so a filter overrides only
-/// the phases it cares about.
-pub trait Filter: Sized + 'static {
+/// the phases it cares about. A filter is `Clone` because each request gets a
+/// clone of the value `new` built: the config is parsed and checked once per
+/// instance, not once per request.
+pub trait Filter: Sized + Clone + 'static {
     /// This filter's settings: the chain entry's `config` table in the route
     /// file. Use `#[serde(default)]` for optional keys.
     type Config: DeserializeOwned;
 
-    /// Build the filter from its config, once per request. Return an error
-    /// for a config that parses but makes no sense; the host reports it when
-    /// the route is loaded.
+    /// Build the filter from its config, once per instance; each request
+    /// starts from a clone of the result. Return an error for a config that
+    /// parses but makes no sense; the host reports it when the route is loaded.
     fn new(config: Self::Config) -> Result<Self, String>;
 
     /// Inspect or edit the request, then continue or answer it.

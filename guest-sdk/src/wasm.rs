@@ -212,23 +212,37 @@ pub mod regex {
 }
 
 thread_local! {
+    // The filter as `Filter::new` built it from this instance's config, before
+    // any request saw it. An instance's config never changes (a reused
+    // instance stays with its chain entry), so it is parsed and checked once
+    // per instance, and every request starts from a clone of this value.
+    static BUILT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     // The filter value for the request this instance serves, from on-request
     // to on-response. A reused instance gets a new one on its next request.
     static CURRENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
-fn build<F: Filter>() -> Result<F, String> {
-    crate::instantiate::<F>(&config::get())
+/// A filter for one request: a clone of the one built from the config.
+fn for_request<F: Filter>() -> Result<F, String> {
+    BUILT.with(|built| {
+        let mut built = built.borrow_mut();
+        if let Some(filter) = built.as_ref().and_then(|f| f.downcast_ref::<F>()) {
+            return Ok(filter.clone());
+        }
+        let filter = crate::instantiate::<F>(&config::get())?;
+        *built = Some(Box::new(filter.clone()));
+        Ok(filter)
+    })
 }
 
 pub fn check_config<F: Filter>() -> Result<(), String> {
-    build::<F>().map(drop)
+    for_request::<F>().map(drop)
 }
 
 pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {
     // A config that fails here was accepted by check-config at load time, so
     // this is a bug in the filter: trap and let the route's on_error decide.
-    let mut filter = build::<F>().unwrap_or_else(|e| panic!("{e}"));
+    let mut filter = for_request::<F>().unwrap_or_else(|e| panic!("{e}"));
     let verdict = filter.on_request(&Request(request));
     CURRENT.with(|current| *current.borrow_mut() = Some(Box::new(filter)));
     match verdict {
@@ -243,7 +257,7 @@ pub fn on_response<F: Filter>(response: &types::Response) {
     let current = CURRENT.with(|current| current.borrow_mut().take());
     let mut filter = match current.and_then(|f| f.downcast::<F>().ok()) {
         Some(filter) => *filter,
-        None => build::<F>().unwrap_or_else(|e| panic!("{e}")),
+        None => for_request::<F>().unwrap_or_else(|e| panic!("{e}")),
     };
     filter.on_response(&Response(response));
 }

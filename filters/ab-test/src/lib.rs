@@ -7,7 +7,7 @@ use cascade_filter::client::{ClientKey, cookie};
 use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The experiment's name; it seeds the hash and names the cookie.
@@ -26,7 +26,7 @@ pub struct Config {
     cookie_max_age_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Variant {
     name: String,
@@ -47,6 +47,7 @@ fn thirty_days() -> u64 {
     30 * 24 * 3600
 }
 
+#[derive(Clone)]
 pub struct AbTest {
     config: Config,
     cookie: String,

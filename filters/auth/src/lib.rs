@@ -10,7 +10,7 @@ use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The host keyset (`[jwt.keysets.<name>]`) that verifies tokens.
@@ -48,6 +48,7 @@ fn default_realm() -> String {
     "cascade".into()
 }
 
+#[derive(Clone)]
 pub struct Auth(Config);
 
 impl Filter for Auth {

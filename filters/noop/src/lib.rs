@@ -3,6 +3,7 @@
 
 use cascade_filter::{Filter, export_filter};
 
+#[derive(Clone)]
 pub struct Noop;
 
 impl Filter for Noop {

@@ -9,7 +9,7 @@ use cascade_filter::client::ClientKey;
 use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The host policy (`[rate_limits.<name>]`) to use by default.
@@ -26,7 +26,7 @@ pub struct Config {
     cost: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tiers {
     header: String,
@@ -37,6 +37,7 @@ fn one() -> u32 {
     1
 }
 
+#[derive(Clone)]
 pub struct RateLimit {
     config: Config,
     /// The policy and decision for this request, for the response headers.

@@ -7,7 +7,7 @@ use cascade_filter::path::strip_segment_prefix;
 use cascade_filter::{EditError, Filter, Reply, Request, Response, Verdict, export_filter, regex};
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Remove this path prefix (on a segment boundary) when present.
@@ -30,7 +30,7 @@ pub struct Config {
 
 /// Replace the first match of `pattern` in the path with `replacement`
 /// (`$1`, `${name}` expand captures).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PathRewrite {
     pattern: String,
@@ -39,7 +39,7 @@ struct PathRewrite {
 
 /// Answer with a redirect when `pattern` matches the path. `to` may use
 /// captures; the query string is kept unless `keep_query` is false.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Redirect {
     pattern: String,
@@ -59,7 +59,7 @@ fn keep_query_default() -> bool {
 }
 
 /// Header edits, applied in the order remove, set, add.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeaderRules {
     #[serde(default)]
@@ -70,6 +70,7 @@ struct HeaderRules {
     add: BTreeMap<String, String>,
 }
 
+#[derive(Clone)]
 pub struct Rewrite(Config);
 
 impl Filter for Rewrite {

@@ -37,7 +37,7 @@ pub enum Behaviour {
 /// Requests this instance has seen: always 1 in a fresh instance.
 static REQUESTS_SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     on_request: Behaviour,
@@ -51,6 +51,7 @@ pub struct Config {
     count_requests: bool,
 }
 
+#[derive(Clone)]
 pub struct Misbehave {
     config: Config,
     triggered: bool,

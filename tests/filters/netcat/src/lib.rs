@@ -4,6 +4,7 @@
 
 use cascade_filter::{Filter, Request, Verdict, export_filter};
 
+#[derive(Clone)]
 pub struct Netcat;
 
 impl Filter for Netcat {
