@@ -23,6 +23,9 @@ impl ProxyHttp for Bare {
 
     fn new_ctx(&self) {}
 
+    // As Cascade: no (disabled) compression module on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
