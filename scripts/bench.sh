@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark harness: one command, one machine, one run.
 #
-#   scripts/bench.sh            # everything: load, memory, micro
+#   scripts/bench.sh            # load, cache, memory, swap, micro and instructions
 #   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
-#   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows
+#   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows (the
+#                               # ratios need nginx and none among them)
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
 #                               # (with call graphs) of the proxy during that
 #                               # row (load-nginx, load-bare, load-none, load-none-cache-on, load-noop,
@@ -26,6 +27,9 @@
 #         and restart time with 100 and 1,000 cached modules.
 # cache:  cache hits: nginx proxy_cache against Cascade's edge cache, both in
 #         front of the same nginx origin whose response says max-age=3600.
+# instructions: the load rows under valgrind's callgrind: user-space
+#         instructions per request, a count that does not move with the noise
+#         of a shared machine (see run_instructions).
 # micro:  criterion: one full filter cycle (instantiate, on-request,
 #         on-response, drop) per filter and for a chain of four, the same
 #         with a reused instance (-reused), and one host call. Medians come
@@ -44,11 +48,11 @@ WARMUP=${WARMUP:-2}
 # and reported by its median run: drift on a shared machine hits every row
 # alike, and one noisy run does not decide a ratio.
 ROUNDS=${ROUNDS:-3}
-parts=("${@:-load cache memory swap micro}")
+parts=("${@:-load cache memory swap micro instructions}")
 parts=(${parts[*]})
 
 PATH="$PATH:/usr/sbin"   # nginx lives here on Debian
-scripts/setup.sh nginx wrk
+scripts/setup.sh nginx wrk valgrind
 if [ -n "${PERF_ROW:-}" ] && ! command -v perf >/dev/null; then
     echo "bench: PERF_ROW needs perf (Debian package linux-perf)" >&2
     exit 1
@@ -78,8 +82,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 300); do
+wait_port() { # PORT [TRIES of 0.1 s, 300 by default]
+    for _ in $(seq 1 "${2:-300}"); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
@@ -159,7 +163,8 @@ start_nginx() { # $1 dir holding nginx.conf
     pids+=("$started")
 }
 start_cascade() { # $1 dir holding cascade.toml; the log goes to $1/log
-    RUST_LOG=warn "$CASCADE" serve --config "$1/cascade.toml" >"$1/log" 2>&1 &
+    # With PERF_ROW, perf names the guests' JIT-compiled functions too.
+    RUST_LOG=warn CASCADE_PERF_MAP=${PERF_ROW:+1} "$CASCADE" serve --config "$1/cascade.toml" >"$1/log" 2>&1 &
     started=$!
     pids+=("$started")
 }
@@ -191,36 +196,30 @@ start_origin() { # $1 dir, $2 port, $3 body, $4 directives
 # The nginx peer: a reverse proxy with keepalive to the origin, with
 # HTTP_DIRECTIVES and LOCATION_DIRECTIVES added (a proxy_cache, say).
 start_nginx_proxy() { # $1 dir, $2 port, $3 origin port, $4 http directives, $5 location directives
+    nginx_proxy_conf "$@"
+    start_nginx "$1"
+}
+nginx_proxy_conf() { # as start_nginx_proxy, without starting it
     nginx_conf "$1" "$4
     upstream origin { server 127.0.0.1:$3; keepalive 128; }
     server { listen 127.0.0.1:$2;
         location / { $5 proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-    start_nginx "$1"
 }
 
-run_load() {
-    local origin_port nginx_port cascade_port
-    origin_port=$(free_port)
-    nginx_port=$(free_port)
-    cascade_port=$(free_port)
-
-    # The origin: nginx serving a small static body.
-    start_origin "$work/origin" "$origin_port" "hello from the origin" ""
-    # (a) nginx as a reverse proxy with keepalive to the origin.
-    start_nginx_proxy "$work/proxy" "$nginx_port" "$origin_port" "" ""
-    local nginx_master=$started
-
-    # (b), (c), (d): one Cascade process, one route per row.
-    mkdir -p "$work/cascade/routes"
-    cat >"$work/cascade/cascade.toml" <<EOF
+# Cascade's config for the load rows (b) to (d): one process, one route per
+# row, in front of the origin, with EXTRA appended to cascade.toml.
+#   cascade_bench_config DIR PORT ORIGIN_PORT [EXTRA]
+cascade_bench_config() {
+    mkdir -p "$1/routes"
+    cat >"$1/cascade.toml" <<EOF
 routes = ["routes/*.toml"]
 [server]
-listen = "127.0.0.1:$cascade_port"
+listen = "127.0.0.1:$2"
 threads = $WORKERS
 [modules]
 dir = "$root/target/wasm32-wasip2/release"
 [upstreams.origin]
-servers = ["127.0.0.1:$origin_port"]
+servers = ["127.0.0.1:$3"]
 # nginx's proxy_pass has no proxy_cache here, so Cascade does not cache
 # either: both do the same job. Row "none-cache-on" shows what the edge cache
 # (on by default) costs on a response it cannot keep.
@@ -242,9 +241,10 @@ algorithms = ["HS256"]
 secret_file = "$root/conf/demo-jwt-secret"
 issuer = "cascade-demo"
 audience = ["demo-api"]
+${4:-}
 EOF
     # The demo chain is the chain of conf/routes/demo.toml's first route.
-    python3 - "$root/conf/routes/demo.toml" >"$work/cascade/routes/bench.toml" <<'PY'
+    python3 - "$root/conf/routes/demo.toml" >"$1/routes/bench.toml" <<'PY'
 import sys, tomllib
 demo = tomllib.load(open(sys.argv[1], "rb"))["route"][0]
 def toml_value(v):
@@ -271,6 +271,31 @@ for name, fresh in [("chain", False), ("chain-fresh", True)]:
             if not (fresh and k == "reuse_instances"):
                 print(f"{k} = {toml_value(v)}")
 PY
+}
+
+# What each load row is, for the reports.
+declare -A row_names=([nginx]="(a) nginx proxy_pass" [bare]="Pingora alone (examples/bare_pingora.rs), for reference"
+    [none]="(b) Cascade, no filters"
+    [none-cache-on]="(b) Cascade, no filters, edge cache on (uncacheable response)"
+    [noop]="(c) Cascade, one no-op filter, fresh instance per request"
+    [noop-reused]="(c) Cascade, one no-op filter, instances reused"
+    [chain]="(d) Cascade, demo chain (instances reused, as shipped)"
+    [chain-fresh]="(d) Cascade, demo chain, fresh instances per request")
+
+run_load() {
+    local origin_port nginx_port cascade_port
+    origin_port=$(free_port)
+    nginx_port=$(free_port)
+    cascade_port=$(free_port)
+
+    # The origin: nginx serving a small static body.
+    start_origin "$work/origin" "$origin_port" "hello from the origin" ""
+    # (a) nginx as a reverse proxy with keepalive to the origin.
+    start_nginx_proxy "$work/proxy" "$nginx_port" "$origin_port" "" ""
+    local nginx_master=$started
+
+    # (b), (c), (d): one Cascade process, one route per row.
+    cascade_bench_config "$work/cascade" "$cascade_port" "$origin_port"
     start_cascade "$work/cascade"
     local cascade_pid=$started
     # Pingora with none of Cascade's work: the floor under row (b).
@@ -309,23 +334,103 @@ PY
         echo
         echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req |"
         echo "|---|---:|---:|---:|---:|---:|---:|"
-        local -A names=([nginx]="(a) nginx proxy_pass" [bare]="Pingora alone (examples/bare_pingora.rs), for reference"
-            [none]="(b) Cascade, no filters"
-            [none-cache-on]="(b) Cascade, no filters, edge cache on (uncacheable response)"
-            [noop]="(c) Cascade, one no-op filter, fresh instance per request"
-            [noop-reused]="(c) Cascade, one no-op filter, instances reused"
-            [chain]="(d) Cascade, demo chain (instances reused, as shipped)"
-            [chain-fresh]="(d) Cascade, demo chain, fresh instances per request")
         for row in "${rows[@]}"; do
             python3 -c "
 a, b, r = ${rps[nginx]}, ${rps[none]}, ${rps[$row]}
-print(f'| ${names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} |')"
+print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} |')"
         done
         echo
         for row in chain chain-fresh; do
-            python3 -c "print(f'${names[$row]} adds {${cpu[$row]} - ${cpu[none]}:.1f} µs of proxy CPU per request over no filters.')"
+            [ -n "${cpu[$row]:-}" ] || continue
+            python3 -c "print(f'${row_names[$row]} adds {${cpu[$row]} - ${cpu[none]}:.1f} µs of proxy CPU per request over no filters.')"
         done
     } | tee "$out/load.md"
+    stop_all
+}
+
+# Run a proxy under callgrind, then for each ROW=URL pair: drive URL with wrk
+# and print "ROW instructions-per-request", counted between a zero and a dump
+# of callgrind's counters, so start-up and warm-up are left out.
+#   count_instructions PORT "ROW=URL ..." CMD...
+count_instructions() {
+    local port=$1 row url requests total dumps=0
+    local -a targets
+    read -r -a targets <<<"$2"
+    shift 2
+    local out
+    out=$(mktemp -d "$work/callgrind.XXXX")
+    RUST_LOG=warn valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$out/cg" "$@" >"$out/log" 2>&1 &
+    local vpid=$!
+    pids+=("$vpid")
+    # Start-up under valgrind is slow (Cascade deserializes its modules).
+    wait_port "$port" 3000 || { cat "$out/log" >&2; return 1; }
+    for target in "${targets[@]}"; do
+        row=${target%%=*} url=${target#*=}
+        wrk -t1 -c8 -d3s "${auth[@]}" "$url" >/dev/null
+        callgrind_control -z "$vpid" >/dev/null 2>&1
+        requests=$(wrk -t1 -c8 -d"${DURATION}s" "${auth[@]}" "$url" | awk '/requests in/ {print $1}')
+        callgrind_control -d "$vpid" >/dev/null 2>&1
+        dumps=$((dumps + 1))
+        total=$(awk '/^(summary|totals):/ {t = $2} END {print t}' "$out/cg.$dumps")
+        echo "$row $((total / requests))"
+    done
+    kill -INT "$vpid" 2>/dev/null
+    wait "$vpid" 2>/dev/null || true
+}
+
+# instructions: the load rows again, each proxy under valgrind's callgrind,
+# which counts the user-space instructions it executes per request. Unlike
+# req/s and CPU time, the count does not move with whatever else a shared
+# machine is doing, so the ratios repeat from run to run. It leaves out the
+# kernel, whose work is about the same for nginx and Pingora (the same system
+# calls per request); the load part shows the whole.
+run_instructions() {
+    local origin_port nginx_port bare_port cascade_port
+    origin_port=$(free_port)
+    nginx_port=$(free_port)
+    bare_port=$(free_port)
+    cascade_port=$(free_port)
+    start_origin "$work/iorigin" "$origin_port" "hello from the origin" ""
+    wait_port "$origin_port"
+    local token
+    token=$("$CASCADE" token --config "$root/conf/cascade.toml" --sub bench 2>/dev/null)
+    local auth=(-H "authorization: Bearer $token")
+
+    # nginx as one process, so callgrind sees the worker.
+    nginx_proxy_conf "$work/iproxy" "$nginx_port" "$origin_port" "" ""
+    sed -i '1i master_process off;' "$work/iproxy/nginx.conf"
+    # valgrind cannot reserve address space for ten thousand instance slots;
+    # a native start first fills the compiled-artifact cache, so that nothing
+    # is compiled under valgrind.
+    cascade_bench_config "$work/icascade" "$cascade_port" "$origin_port" $'[limits]\nmax_instances = 200'
+    start_cascade "$work/icascade"
+    wait_port "$cascade_port"
+    kill -INT "$started"
+    wait "$started" 2>/dev/null || true
+
+    local -A count
+    local row n
+    local cascade_rows=() target
+    for row in ${ROWS:-none noop noop-reused chain chain-fresh}; do
+        case $row in nginx | bare) ;; *) cascade_rows+=("$row=http://127.0.0.1:$cascade_port/$row") ;; esac
+    done
+    while read -r row n; do count[$row]=$n; done < <(
+        count_instructions "$nginx_port" "nginx=http://127.0.0.1:$nginx_port/" "$NGINX" -p "$work/iproxy" -c "$work/iproxy/nginx.conf"
+        count_instructions "$bare_port" "bare=http://127.0.0.1:$bare_port/" "$BARE_PINGORA" "127.0.0.1:$bare_port" "127.0.0.1:$origin_port" 1
+        count_instructions "$cascade_port" "${cascade_rows[*]}" "$CASCADE" serve --config "$work/icascade/cascade.toml"
+    )
+    {
+        echo "### User-space instructions per request (callgrind), HTTP/1.1 keep-alive, 8 connections, ${DURATION}s per row"
+        echo
+        echo "| row | instructions per request | × nginx (a) | × no filters (b) |"
+        echo "|---|---:|---:|---:|"
+        for row in nginx bare ${ROWS:-none noop noop-reused chain chain-fresh}; do
+            [ -n "${count[$row]:-}" ] || continue
+            python3 -c "
+a, b, r = ${count[nginx]}, ${count[none]:-0} or float('nan'), ${count[$row]}
+print(f'| ${row_names[$row]} | {r:,} | {r / a:.2f} | {r / b:.2f} |')"
+        done
+    } | tee "$out/instructions.md"
     stop_all
 }
 
@@ -540,6 +645,7 @@ for part in "${parts[@]}"; do
     memory) run_memory ;;
     swap) run_swap ;;
     micro) run_micro ;;
-    *) echo "bench: unknown part $part (load, cache, memory, swap, micro)" >&2; exit 2 ;;
+    instructions) run_instructions ;;
+    *) echo "bench: unknown part $part (load, cache, memory, swap, micro, instructions)" >&2; exit 2 ;;
     esac
 done

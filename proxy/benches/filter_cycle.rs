@@ -20,10 +20,17 @@ use cascade::config::{
 };
 use cascade::filters::capabilities::jwt::{Keyset, sign_with_secret};
 use cascade::filters::capabilities::rate_limit::RateLimiters;
-use cascade::filters::{Capabilities, FilterChain, FilterModule, FilterRuntime, ModuleRegistry, RequestHead};
+use cascade::filters::{
+    Capabilities, FilterChain, FilterModule, FilterRuntime, ModuleRegistry, ModuleStore, RequestHead,
+};
 use cascade::upstream::Upstreams;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pingora::http::{RequestHeader, ResponseHeader};
+
+// The proxy's allocator (src/main.rs), so the host's allocations cost here
+// what they cost in the proxy.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Drive a future that (almost) never waits: filter calls run to completion
 /// on their fiber unless a guest blocks on WASI I/O.
@@ -56,12 +63,19 @@ impl Bench {
         fn build_first<T>(e: cascade::filters::ModuleError) -> T {
             panic!("{e}; build the filters first with scripts/build-filters.sh")
         }
-        let mut modules = ModuleRegistry::load_dir(&runtime, &dir, None).unwrap_or_else(build_first);
+        // Compiled artifacts are cached as on a restart, so a run (or one
+        // under valgrind, where Cranelift would take minutes) compiles only
+        // what changed.
+        let artifacts = dir.join("../../bench/artifacts");
+        let store =
+            ModuleStore::open(&artifacts, runtime.engine()).unwrap_or_else(|e| panic!("{}: {e}", artifacts.display()));
+        let mut modules = ModuleRegistry::load_dir(&runtime, &dir, Some(&store)).unwrap_or_else(build_first);
         // One fixture, for the host-call benchmark; the others are
         // deliberately invalid.
         let misbehave = dir.join("../../fixtures/wasm32-wasip2/release/misbehave.wasm");
         let bytes = std::fs::read(&misbehave).unwrap_or_else(|e| panic!("{}: {e}", misbehave.display()));
-        modules.insert(FilterModule::compile(&runtime, "misbehave", &bytes, None).unwrap_or_else(build_first));
+        let misbehave = FilterModule::compile(&runtime, "misbehave", &bytes, Some(&store));
+        modules.insert(misbehave.unwrap_or_else(build_first));
         let mut groups = std::collections::BTreeMap::new();
         groups.insert(
             "origin".to_string(),

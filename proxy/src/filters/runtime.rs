@@ -90,6 +90,11 @@ impl FilterRuntime {
             .memory_reservation_for_growth(0)
             .max_wasm_stack(512 << 10)
             .async_stack_size(1 << 20);
+        // `perf` names JIT-compiled guest functions through /tmp/perf-<pid>.map
+        // (scripts/bench.sh sets this for PERF_ROW profiles).
+        if std::env::var("CASCADE_PERF_MAP").is_ok_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
