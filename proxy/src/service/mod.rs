@@ -212,9 +212,8 @@ impl CascadeProxy {
 
         let client_ip: Arc<str> =
             session.client_addr().and_then(|a| a.as_inet()).map(|a| ip_text(a.ip())).unwrap_or_default().into();
-        let placeholder = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0))?;
         let head = RequestHead {
-            header: std::mem::replace(session.req_header_mut(), placeholder),
+            header: std::mem::replace(session.req_header_mut(), empty_request()),
             id: ctx.id.clone(),
             client_ip,
             route_name: route.name.clone(),
@@ -245,6 +244,18 @@ impl CascadeProxy {
             }
         }
     }
+}
+
+/// What the session holds while a filter has its request head: built from
+/// `http`'s defaults, which allocate and parse nothing (`build_no_case` did
+/// both, on every request with filters).
+fn empty_request() -> RequestHeader {
+    http::Request::new(()).into_parts().0.into()
+}
+
+/// What the session holds while the filters have the response head.
+fn empty_response() -> ResponseHeader {
+    http::Response::new(()).into_parts().0.into()
 }
 
 /// `ip` as text. IPv4 is written by hand: `Display` goes through the
@@ -565,8 +576,7 @@ impl ProxyHttp for CascadeProxy {
             upstream_response.insert_header("via", via)?;
         }
         if let Some(mut chain) = ctx.chain.take() {
-            let placeholder = ResponseHeader::build_no_case(200, Some(0))?;
-            let response = std::mem::replace(upstream_response, placeholder);
+            let response = std::mem::replace(upstream_response, empty_response());
             let (response, result) = chain.get_mut().run_response(&self.runtime, response, &ctx.id).await;
             *upstream_response = response;
             ctx.collect(chain.get_mut());
