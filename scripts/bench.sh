@@ -94,6 +94,8 @@ wait_port() { # PORT [TRIES of 0.1 s, 300 by default]
 cpu_ticks() {
     local total=0 pid
     for pid in "$@"; do
+        # nginx's cache loader exits a minute after start; its share is nil.
+        [ -r "/proc/$pid/stat" ] || continue
         total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
     done
     echo "$total"

@@ -2,9 +2,10 @@
 //! `reuse_instances = true`.
 //!
 //! Creating and dropping a pooled instance is most of a small filter's cost
-//! (about 7 µs of a 7.4 µs no-op cycle; docs/BENCHMARKS.md). An entry that
-//! opts in parks each instance that finished both phases of a request cleanly
-//! and hands it to a later request, as proxy-wasm keeps one VM per worker.
+//! (about 15 µs of a 19 µs no-op cycle on the CI machine;
+//! docs/BENCHMARKS.md). An entry that opts in parks each instance that
+//! finished both phases of a request cleanly and hands it to a later
+//! request, as proxy-wasm keeps one VM per worker.
 //! What still holds:
 //! - an instance serves one request at a time, both of its phases;
 //! - an instance that failed in any way (trap, deadline, memory cap, bad

@@ -47,7 +47,8 @@ pub struct Config {
     /// Read the `host` header this many times (to measure one host call).
     header_reads: u32,
     /// Report on the response, as `x-instance-requests`, how many requests
-    /// this instance has seen.
+    /// this instance has seen, and as `x-value-requests`, how many its
+    /// filter value has seen.
     count_requests: bool,
 }
 
@@ -55,6 +56,9 @@ pub struct Config {
 pub struct Misbehave {
     config: Config,
     triggered: bool,
+    /// Requests this filter value has seen: 1, since every request gets its
+    /// own clone of the value `new` built, even in a reused instance.
+    requests_seen_by_value: u32,
 }
 
 /// Recurse until the stack runs out. The base case is unreachable in
@@ -118,11 +122,12 @@ impl Filter for Misbehave {
         if matches!(config.on_response, Behaviour::Respond | Behaviour::GiantReply) {
             return Err("on_response cannot answer the request".into());
         }
-        Ok(Self { config, triggered: true })
+        Ok(Self { config, triggered: true, requests_seen_by_value: 0 })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
         REQUESTS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests_seen_by_value += 1;
         for _ in 0..self.config.header_reads {
             std::hint::black_box(req.header("host"));
         }
@@ -151,6 +156,8 @@ impl Filter for Misbehave {
         if self.config.count_requests {
             let seen = REQUESTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
             resp.set_header("x-instance-requests", &seen.to_string()).expect("a short header");
+            let by_value = self.requests_seen_by_value.to_string();
+            resp.set_header("x-value-requests", &by_value).expect("a short header");
         }
         if self.triggered {
             act(self.config.on_response, |name, value| resp.set_header(name, value));
