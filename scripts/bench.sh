@@ -351,30 +351,41 @@ print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.
 }
 
 # Run a proxy under callgrind, then for each ROW=URL pair: drive URL with wrk
-# and print "ROW instructions-per-request", counted between a zero and a dump
-# of callgrind's counters, so start-up and warm-up are left out.
+# and set count[ROW] to its instructions per request, counted between a zero
+# and a dump of callgrind's counters, so start-up and warm-up are left out.
 #   count_instructions PORT "ROW=URL ..." CMD...
 count_instructions() {
-    local port=$1 row url requests total dumps=0
+    local port=$1 target row url report requests total dumps=0
     local -a targets
     read -r -a targets <<<"$2"
     shift 2
-    local out
-    out=$(mktemp -d "$work/callgrind.XXXX")
-    RUST_LOG=warn valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$out/cg" "$@" >"$out/log" 2>&1 &
+    local cg_dir
+    cg_dir=$(mktemp -d "$work/callgrind.XXXX")
+    RUST_LOG=warn valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file="$cg_dir/cg" "$@" \
+        >"$cg_dir/log" 2>&1 &
     local vpid=$!
     pids+=("$vpid")
+    fail() {
+        echo "bench: $*; valgrind's log:" >&2
+        tail -20 "$cg_dir/log" >&2
+        return 1
+    }
     # Start-up under valgrind is slow (Cascade deserializes its modules).
-    wait_port "$port" 3000 || { cat "$out/log" >&2; return 1; }
+    wait_port "$port" 3000 || fail "$1 did not start under valgrind" || return 1
     for target in "${targets[@]}"; do
         row=${target%%=*} url=${target#*=}
         wrk -t1 -c8 -d3s "${auth[@]}" "$url" >/dev/null
-        callgrind_control -z "$vpid" >/dev/null 2>&1
-        requests=$(wrk -t1 -c8 -d"${DURATION}s" "${auth[@]}" "$url" | awk '/requests in/ {print $1}')
-        callgrind_control -d "$vpid" >/dev/null 2>&1
+        callgrind_control -z "$vpid" >/dev/null 2>&1 || fail "callgrind_control could not zero the counters" || return 1
+        report=$(wrk -t1 -c8 -d"${DURATION}s" "${auth[@]}" "$url")
+        callgrind_control -d "$vpid" >/dev/null 2>&1 || fail "callgrind_control could not dump the counters" || return 1
         dumps=$((dumps + 1))
-        total=$(awk '/^(summary|totals):/ {t = $2} END {print t}' "$out/cg.$dumps")
-        echo "$row $((total / requests))"
+        requests=$(awk '/requests in/ {print $1}' <<<"$report")
+        if grep -q "Non-2xx" <<<"$report" || [ "${requests:-0}" -eq 0 ]; then
+            fail "$url answered errors or nothing: $report" || return 1
+        fi
+        [ -s "$cg_dir/cg.$dumps" ] || fail "no callgrind dump $cg_dir/cg.$dumps" || return 1
+        total=$(awk '/^(summary|totals):/ {t = $2} END {print t}' "$cg_dir/cg.$dumps")
+        count[$row]=$((total / requests))
     done
     kill -INT "$vpid" 2>/dev/null
     wait "$vpid" 2>/dev/null || true
@@ -401,33 +412,37 @@ run_instructions() {
     # nginx as one process, so callgrind sees the worker.
     nginx_proxy_conf "$work/iproxy" "$nginx_port" "$origin_port" "" ""
     sed -i '1i master_process off;' "$work/iproxy/nginx.conf"
-    # valgrind cannot reserve address space for ten thousand instance slots;
-    # a native start first fills the compiled-artifact cache, so that nothing
-    # is compiled under valgrind.
-    cascade_bench_config "$work/icascade" "$cascade_port" "$origin_port" $'[limits]\nmax_instances = 200'
-    start_cascade "$work/icascade"
-    wait_port "$cascade_port"
-    kill -INT "$started"
-    wait "$started" 2>/dev/null || true
-
     local -A count
-    local row n
-    local cascade_rows=() target
+    count_instructions "$nginx_port" "nginx=http://127.0.0.1:$nginx_port/" \
+        "$NGINX" -p "$work/iproxy" -c "$work/iproxy/nginx.conf"
+    count_instructions "$bare_port" "bare=http://127.0.0.1:$bare_port/" \
+        "$BARE_PINGORA" "127.0.0.1:$bare_port" "127.0.0.1:$origin_port" "$WORKERS"
+
+    local rows=() row cascade_rows=()
     for row in ${ROWS:-none noop noop-reused chain chain-fresh}; do
-        case $row in nginx | bare) ;; *) cascade_rows+=("$row=http://127.0.0.1:$cascade_port/$row") ;; esac
+        case $row in nginx | bare) ;; *)
+            rows+=("$row")
+            cascade_rows+=("$row=http://127.0.0.1:$cascade_port/$row")
+            ;;
+        esac
     done
-    while read -r row n; do count[$row]=$n; done < <(
-        count_instructions "$nginx_port" "nginx=http://127.0.0.1:$nginx_port/" "$NGINX" -p "$work/iproxy" -c "$work/iproxy/nginx.conf"
-        count_instructions "$bare_port" "bare=http://127.0.0.1:$bare_port/" "$BARE_PINGORA" "127.0.0.1:$bare_port" "127.0.0.1:$origin_port" 1
+    if ((${#cascade_rows[@]})); then
+        # valgrind cannot reserve address space for ten thousand instance
+        # slots; a native start first fills the compiled-artifact cache, so
+        # that nothing is compiled under valgrind.
+        cascade_bench_config "$work/icascade" "$cascade_port" "$origin_port" $'[limits]\nmax_instances = 200'
+        start_cascade "$work/icascade"
+        wait_port "$cascade_port"
+        kill -INT "$started"
+        wait "$started" 2>/dev/null || true
         count_instructions "$cascade_port" "${cascade_rows[*]}" "$CASCADE" serve --config "$work/icascade/cascade.toml"
-    )
+    fi
     {
         echo "### User-space instructions per request (callgrind), HTTP/1.1 keep-alive, 8 connections, ${DURATION}s per row"
         echo
         echo "| row | instructions per request | × nginx (a) | × no filters (b) |"
         echo "|---|---:|---:|---:|"
-        for row in nginx bare ${ROWS:-none noop noop-reused chain chain-fresh}; do
-            [ -n "${count[$row]:-}" ] || continue
+        for row in nginx bare "${rows[@]}"; do
             python3 -c "
 a, b, r = ${count[nginx]}, ${count[none]:-0} or float('nan'), ${count[$row]}
 print(f'| ${row_names[$row]} | {r:,} | {r / a:.2f} | {r / b:.2f} |')"
