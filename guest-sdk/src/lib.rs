@@ -5,10 +5,12 @@
 //! config once per instance, before any request; every request gets its own
 //! clone of that value, which sees [`Filter::on_request`] and then
 //! [`Filter::on_response`] and is dropped. What a request changes in its
-//! clone never reaches another request. The instance around it is fresh for
-//! every request, unless the route's chain entry sets `reuse_instances =
-//! true`; then statics live on from one request to the next, so a filter
-//! meant for reuse keeps nothing in them that belongs to a request.
+//! clone never reaches another request, unless the clone shares it: an `Rc`
+//! or `Arc` field with interior mutability is the same cell in every clone.
+//! The instance around it is fresh for every request, unless the route's
+//! chain entry sets `reuse_instances = true`; then statics (and shared cells)
+//! live on from one request to the next, so a filter meant for reuse keeps
+//! nothing in them that belongs to a request.
 //!
 //! ```
 //! use cascade_filter::{export_filter, Filter, Reply, Request, Verdict};
@@ -81,8 +83,9 @@ pub trait Filter: Sized + Clone + 'static {
     fn on_response(&mut self, _resp: &Response) {}
 }
 
-/// Build a filter from config JSON exactly as the host does: parse into
-/// `F::Config`, then [`Filter::new`]. The error names the config problem.
+/// Build a filter from config JSON as the host does: parse into
+/// `F::Config`, then [`Filter::new`]. (In the host each request then gets a
+/// clone of the result.) The error names the config problem.
 pub fn instantiate<F: Filter>(config_json: &str) -> Result<F, String> {
     let config: F::Config = serde_json::from_str(config_json).map_err(|e| format!("invalid config: {e}"))?;
     F::new(config)

@@ -222,21 +222,28 @@ thread_local! {
     static CURRENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
-/// A filter for one request: a clone of the one built from the config.
-fn for_request<F: Filter>() -> Result<F, String> {
+/// Run `with` on the filter built from this instance's config, building it
+/// (parse, then `Filter::new`) on first use. A failed build is not kept.
+fn with_built<F: Filter, R>(with: impl FnOnce(&F) -> R) -> Result<R, String> {
     BUILT.with(|built| {
         let mut built = built.borrow_mut();
         if let Some(filter) = built.as_ref().and_then(|f| f.downcast_ref::<F>()) {
-            return Ok(filter.clone());
+            return Ok(with(filter));
         }
         let filter = crate::instantiate::<F>(&config::get())?;
-        *built = Some(Box::new(filter.clone()));
-        Ok(filter)
+        let result = with(&filter);
+        *built = Some(Box::new(filter));
+        Ok(result)
     })
 }
 
+/// A filter for one request: its own clone of the built one.
+fn for_request<F: Filter>() -> Result<F, String> {
+    with_built::<F, F>(F::clone)
+}
+
 pub fn check_config<F: Filter>() -> Result<(), String> {
-    for_request::<F>().map(drop)
+    with_built::<F, ()>(|_| ())
 }
 
 pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {

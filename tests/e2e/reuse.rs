@@ -2,8 +2,9 @@
 //! requests in turn, but never one that failed, never past its retirement,
 //! and never across a reload. Entries without it get a fresh instance per
 //! request. The `misbehave` fixture counts, in a static, the requests its
-//! instance has seen and reports it as `x-instance-requests`, and the requests
-//! its filter value has seen as `x-value-requests`.
+//! instance has seen and reports it as `x-instance-requests`, the requests
+//! its filter value has seen as `x-value-requests`, and how often `new` ran in
+//! the instance as `x-value-builds`.
 
 use std::time::Duration;
 
@@ -56,10 +57,12 @@ fn an_entry_reuses_instances_only_when_it_opts_in() {
     assert_eq!(fresh, [1; 5], "a fresh instance per request by default");
     let reused: Vec<u32> = (0..5).map(|_| seen(&proxy, "/reused", &[])).collect();
     assert_eq!(reused, [1, 2, 3, 4, 5], "one instance serves requests one after another");
-    // ... but each request gets its own clone of the filter value.
+    // ... but each request gets its own clone of the filter value, which
+    // `new` built once, when the config was checked.
     for _ in 0..3 {
         let reply = proxy.get("/reused", &[]);
         assert_eq!(reply.header("x-value-requests"), Some("1"), "a filter value seen by one request only: {reply:?}");
+        assert_eq!(reply.header("x-value-builds"), Some("1"), "new ran once in the instance: {reply:?}");
     }
 
     // Concurrent requests each get an instance of their own; afterwards the

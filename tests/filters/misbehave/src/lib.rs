@@ -37,6 +37,9 @@ pub enum Behaviour {
 /// Requests this instance has seen: always 1 in a fresh instance.
 static REQUESTS_SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// Times `Filter::new` ran in this instance: once, however many requests.
+static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -47,8 +50,8 @@ pub struct Config {
     /// Read the `host` header this many times (to measure one host call).
     header_reads: u32,
     /// Report on the response, as `x-instance-requests`, how many requests
-    /// this instance has seen, and as `x-value-requests`, how many its
-    /// filter value has seen.
+    /// this instance has seen, as `x-value-requests`, how many its filter
+    /// value has seen, and as `x-value-builds`, how often `new` ran in it.
     count_requests: bool,
 }
 
@@ -122,6 +125,7 @@ impl Filter for Misbehave {
         if matches!(config.on_response, Behaviour::Respond | Behaviour::GiantReply) {
             return Err("on_response cannot answer the request".into());
         }
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { config, triggered: true, requests_seen_by_value: 0 })
     }
 
@@ -158,6 +162,8 @@ impl Filter for Misbehave {
             resp.set_header("x-instance-requests", &seen.to_string()).expect("a short header");
             let by_value = self.requests_seen_by_value.to_string();
             resp.set_header("x-value-requests", &by_value).expect("a short header");
+            let builds = BUILDS.load(std::sync::atomic::Ordering::Relaxed).to_string();
+            resp.set_header("x-value-builds", &builds).expect("a short header");
         }
         if self.triggered {
             act(self.config.on_response, |name, value| resp.set_header(name, value));
