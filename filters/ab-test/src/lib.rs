@@ -3,6 +3,8 @@
 //! header such as a user id) picks it, and the cookie is set on the way out.
 //! The config is documented in this crate's README.
 
+use std::rc::Rc;
+
 use cascade_filter::client::{ClientKey, cookie};
 use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
 use serde::Deserialize;
@@ -49,8 +51,9 @@ fn thirty_days() -> u64 {
 
 #[derive(Clone)]
 pub struct AbTest {
-    config: Config,
-    cookie: String,
+    /// The config and cookie name are shared, not copied, by each request's clone.
+    config: Rc<Config>,
+    cookie: Rc<str>,
     /// The variant assigned on this request when the client had none.
     newly_assigned: Option<usize>,
 }
@@ -107,7 +110,7 @@ impl Filter for AbTest {
             }
         }
         let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
-        Ok(Self { config, cookie, newly_assigned: None })
+        Ok(Self { config: Rc::new(config), cookie: Rc::from(cookie), newly_assigned: None })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {

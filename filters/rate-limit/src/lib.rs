@@ -4,6 +4,7 @@
 //! documented in this crate's README.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use cascade_filter::client::ClientKey;
 use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
@@ -39,7 +40,8 @@ fn one() -> u32 {
 
 #[derive(Clone)]
 pub struct RateLimit {
-    config: Config,
+    /// Shared, not copied, by each request's clone.
+    config: Rc<Config>,
     /// The policy and decision for this request, for the response headers.
     outcome: Option<(String, Decision)>,
 }
@@ -48,7 +50,7 @@ impl Filter for RateLimit {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { config, outcome: None })
+        Ok(Self { config: Rc::new(config), outcome: None })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {

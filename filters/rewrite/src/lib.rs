@@ -2,6 +2,7 @@
 //! The config is documented in this crate's README.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use cascade_filter::path::strip_segment_prefix;
 use cascade_filter::{EditError, Filter, Reply, Request, Response, Verdict, export_filter, regex};
@@ -70,8 +71,9 @@ struct HeaderRules {
     add: BTreeMap<String, String>,
 }
 
+/// The config is shared, not copied, by each request's clone.
 #[derive(Clone)]
-pub struct Rewrite(Config);
+pub struct Rewrite(Rc<Config>);
 
 impl Filter for Rewrite {
     type Config = Config;
@@ -93,7 +95,7 @@ impl Filter for Rewrite {
         for pattern in redirects.chain(config.path_rewrites.iter().map(|r| &r.pattern)) {
             regex::is_match(pattern, "")?;
         }
-        Ok(Self(config))
+        Ok(Self(Rc::new(config)))
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
