@@ -3,6 +3,7 @@
 //! The config is documented in this crate's README.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use cascade_filter::client::cookie;
 use cascade_filter::path::has_segment_prefix;
@@ -48,8 +49,9 @@ fn default_realm() -> String {
     "cascade".into()
 }
 
+/// The config is shared, not copied, by each request's clone.
 #[derive(Clone)]
-pub struct Auth(Config);
+pub struct Auth(Rc<Config>);
 
 impl Filter for Auth {
     type Config = Config;
@@ -58,46 +60,49 @@ impl Filter for Auth {
         if config.keyset.is_empty() {
             return Err("`keyset` must name a [jwt.keysets] entry".into());
         }
-        Ok(Self(config))
+        Ok(Self(Rc::new(config)))
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
-        let config = &self.0;
-        // Identity headers come from us only: never trust a client's copy.
-        for header in config.forward_claims.values() {
-            req.remove_header(header);
-        }
+        let config = &*self.0;
         let path = req.path();
         if config.public_prefixes.iter().any(|p| has_segment_prefix(&path, p)) {
+            // Identity headers come from us only: never trust a client's copy.
+            for header in config.forward_claims.values() {
+                req.remove_header(header);
+            }
             return Verdict::Continue;
         }
         let Some(token) = bearer_token(req).or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c))) else {
             return self.challenge(401, None);
         };
-        let claims: Value = match jwt::verify(&token, &config.keyset) {
-            Ok(json) => serde_json::from_str(&json).unwrap_or(Value::Null),
+        let claims = match jwt::verify(&token, &config.keyset) {
+            Ok(json) => Claims::parse(&json, config),
             Err(VerifyError::UnknownKeyset(k)) => {
                 panic!("auth: keyset {k:?} is not configured in the host")
             }
             Err(e) => return self.challenge(401, Some(("invalid_token", e.to_string()))),
         };
         if let Some(iss) = &config.issuer
-            && claims["iss"].as_str() != Some(iss)
+            && claims.get("iss").as_str() != Some(iss)
         {
             return self.challenge(401, Some(("invalid_token", "wrong issuer".into())));
         }
         if let Some(aud) = &config.audience
-            && !audiences(&claims).any(|a| a == aud)
+            && !audiences(claims.get("aud")).any(|a| a == aud)
         {
             return self.challenge(401, Some(("invalid_token", "wrong audience".into())));
         }
         let granted = scopes(&claims);
-        if config.required_scopes.iter().any(|s| !granted.contains(s)) {
+        if config.required_scopes.iter().any(|s| !granted.contains(&s.as_str())) {
             return self.challenge(403, Some(("insufficient_scope", "missing a required scope".into())));
         }
+        // Set replaces a client's copy of an identity header; one the token
+        // has no claim for is removed, so it never comes from the client.
         for (claim, header) in &config.forward_claims {
-            if let Some(value) = claim_text(&claims[claim.as_str()]) {
-                req.set_header(header, &value).unwrap_or_else(|e| panic!("auth: {e}"));
+            match claim_text(claims.get(claim)) {
+                Some(value) => req.set_header(header, &value).unwrap_or_else(|e| panic!("auth: {e}")),
+                None => req.remove_header(header),
             }
         }
         if config.strip_authorization {
@@ -136,8 +141,70 @@ fn bearer_token(req: &Request) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim().to_string())
 }
 
-fn audiences(claims: &Value) -> impl Iterator<Item = &str> {
-    let list: Vec<&str> = match &claims["aud"] {
+/// The claims this filter reads (`iss`, `aud`, the scopes and the forwarded
+/// ones), out of a verified token's claims JSON. Other claims are skipped
+/// without being built: this runs on every request.
+struct Claims(Vec<(String, Value)>);
+
+/// No such claim.
+static ABSENT: Value = Value::Null;
+
+impl Claims {
+    fn parse(json: &str, config: &Config) -> Self {
+        let mut de = serde_json::Deserializer::from_str(json);
+        // The host verified and parsed this JSON, so it cannot fail here;
+        // if it somehow did, no claim is present and the checks refuse.
+        Self(serde::de::DeserializeSeed::deserialize(ReadClaims(config), &mut de).unwrap_or_default())
+    }
+
+    fn get(&self, name: &str) -> &Value {
+        self.0.iter().find(|(n, _)| n == name).map_or(&ABSENT, |(_, v)| v)
+    }
+}
+
+/// A claim's name, borrowed from the JSON unless it has escapes.
+#[derive(Deserialize)]
+struct ClaimName<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// Deserializes a claims object, keeping only the claims `Config` reads.
+struct ReadClaims<'a>(&'a Config);
+
+impl ReadClaims<'_> {
+    fn wanted(&self, claim: &str) -> bool {
+        matches!(claim, "iss" | "aud" | "scope" | "scp") || self.0.forward_claims.contains_key(claim)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ReadClaims<'_> {
+    type Value = Vec<(String, Value)>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ReadClaims<'_> {
+    type Value = Vec<(String, Value)>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+        let mut claims = Vec::new();
+        while let Some(ClaimName(name)) = map.next_key()? {
+            if self.wanted(&name) {
+                claims.push((name.into_owned(), map.next_value()?));
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(claims)
+    }
+}
+
+fn audiences(aud: &Value) -> impl Iterator<Item = &str> {
+    let list: Vec<&str> = match aud {
         Value::String(s) => vec![s.as_str()],
         Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
         _ => vec![],
@@ -146,12 +213,12 @@ fn audiences(claims: &Value) -> impl Iterator<Item = &str> {
 }
 
 /// Scopes from `scope` (space-separated) or `scp` (a list or a string).
-fn scopes(claims: &Value) -> Vec<String> {
+fn scopes(claims: &Claims) -> Vec<&str> {
     let mut out = Vec::new();
     for claim in ["scope", "scp"] {
-        match &claims[claim] {
-            Value::String(s) => out.extend(s.split_whitespace().map(str::to_string)),
-            Value::Array(items) => out.extend(items.iter().filter_map(Value::as_str).map(str::to_string)),
+        match claims.get(claim) {
+            Value::String(s) => out.extend(s.split_whitespace()),
+            Value::Array(items) => out.extend(items.iter().filter_map(Value::as_str)),
             _ => {}
         }
     }
@@ -206,6 +273,20 @@ mod tests {
         assert_eq!(req.header("x-user-id").as_deref(), Some("alice"));
         assert_eq!(req.header("x-user-plan").as_deref(), Some("gold"));
         assert_eq!(req.header("authorization"), None);
+    }
+
+    #[test]
+    fn a_claim_the_token_lacks_removes_the_clients_header() {
+        // Claims the filter does not read (nested or not) are skipped; an
+        // escaped claim name still counts.
+        let claims = r#"{"s\u0075b": "carol", "scope": "read", "ctx": {"a": [1, {"b": null}]}, "n": 1.5}"#;
+        set_token("demo", "no-plan", Ok(claims));
+        let req = Request::new("GET", "/api")
+            .with_header("authorization", "Bearer no-plan")
+            .with_header("x-user-plan", "gold");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        assert_eq!(req.header("x-user-id").as_deref(), Some("carol"));
+        assert_eq!(req.header("x-user-plan"), None, "a spoofed plan must not reach the origin");
     }
 
     #[test]
