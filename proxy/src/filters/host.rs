@@ -117,6 +117,8 @@ pub struct FilterHost {
     pub request: Option<RequestHead>,
     /// Present only during `on-response`.
     pub response: Option<ResponseHeader>,
+    /// The filter said its `on-response` does nothing (`config.skip-on-response`).
+    pub skips_on_response: bool,
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -143,6 +145,7 @@ impl FilterHost {
             limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, largest_memory: 0 },
             request: None,
             response: None,
+            skips_on_response: false,
             wasi: None,
             table: ResourceTable::new(),
         }
@@ -198,11 +201,21 @@ fn checked_header(
 }
 
 fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    headers.get(name).map(value_text)
 }
 
 fn all_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
-    headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+    headers.get_all(name).iter().map(value_text).collect()
+}
+
+/// A header value as text; bytes that are not UTF-8 become U+FFFD. The
+/// strict check first: it runs a word at a time over ASCII, the lossy one
+/// a byte at a time, and a bearer token is a long header.
+fn value_text(value: &HeaderValue) -> String {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+    }
 }
 
 fn names(headers: &http::HeaderMap) -> Vec<String> {
@@ -391,6 +404,10 @@ impl config::Host for FilterHost {
     fn get(&mut self) -> String {
         self.config_json.to_string()
     }
+
+    fn skip_on_response(&mut self) {
+        self.skips_on_response = true;
+    }
 }
 
 impl rate_limit::Host for FilterHost {
@@ -448,5 +465,18 @@ impl regex::Host for FilterHost {
 
     fn replace(&mut self, pattern: String, text: String, replacement: String) -> Result<Option<String>, String> {
         self.caps.patterns.replace(&pattern, &text, &replacement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_text_keeps_utf8_and_replaces_other_bytes() {
+        let token = HeaderValue::from_static("Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig");
+        assert_eq!(value_text(&token), "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig");
+        let latin1 = HeaderValue::from_bytes(b"caf\xe9 ok").expect("obs-text is a valid value");
+        assert_eq!(value_text(&latin1), "caf\u{fffd} ok");
     }
 }
