@@ -79,8 +79,12 @@ pub trait Filter: Sized + Clone + 'static {
         Verdict::Continue
     }
 
-    /// Inspect or edit the response head on its way to the client.
-    fn on_response(&mut self, _resp: &Response) {}
+    /// Inspect or edit the response head on its way to the client. Without
+    /// it, the host stops calling the filter on responses.
+    fn on_response(&mut self, _resp: &Response) {
+        #[cfg(target_arch = "wasm32")]
+        wasm::skip_on_response();
+    }
 }
 
 /// Build a filter from config JSON as the host does: parse into

@@ -260,6 +260,12 @@ pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {
     }
 }
 
+/// Tell the host this filter's `on-response` does nothing (see
+/// `Filter::on_response`), so it can skip the call.
+pub(crate) fn skip_on_response() {
+    config::skip_on_response();
+}
+
 pub fn on_response<F: Filter>(response: &types::Response) {
     let current = CURRENT.with(|current| current.borrow_mut().take());
     let mut filter = match current.and_then(|f| f.downcast::<F>().ok()) {

@@ -218,3 +218,48 @@ fn non_filter_wasm_is_refused_at_start_naming_it() {
         assert!(failure.stderr.contains(expected), "{}", failure.stderr);
     }
 }
+
+/// `noop` has no `on_response`: after its first response the host stops
+/// calling it there, fresh or reused. `rewrite`, in the same chain, edits
+/// every response.
+#[test]
+fn a_filter_without_a_response_phase_is_called_on_one_response_only() {
+    let routes = r#"
+[[route]]
+name = "fresh"
+path_prefix = "/fresh"
+upstream = "origin"
+[[route.filters]]
+module = "noop"
+[[route.filters]]
+module = "rewrite"
+config = { response_headers = { set = { "x-served-by" = "cascade" } } }
+
+[[route]]
+name = "reused"
+path_prefix = "/reused"
+upstream = "origin"
+[[route.filters]]
+module = "noop"
+reuse_instances = true
+"#;
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &["noop", "rewrite"]).with_admin());
+    for path in ["/fresh", "/reused"] {
+        for _ in 0..5 {
+            let reply = proxy.get(path, &[]);
+            assert_eq!(reply.status, 200, "{reply:?}");
+            if path == "/fresh" {
+                assert_eq!(reply.header("x-served-by"), Some("cascade"), "rewrite's on_response ran: {reply:?}");
+            }
+        }
+    }
+    // A request's timings are recorded together, so once all ten requests
+    // show, so do all their response calls.
+    let metrics = proxy.wait_for_metrics(&[
+        "cascade_filter_duration_seconds_count{module=\"noop\",phase=\"on-request\"} 10\n",
+        "cascade_filter_duration_seconds_count{module=\"rewrite\",phase=\"on-response\"} 5\n",
+    ]);
+    // Once per chain entry: one route's entry does not tell another's.
+    let line = "cascade_filter_duration_seconds_count{module=\"noop\",phase=\"on-response\"} 2\n";
+    assert!(metrics.contains(line), "noop's on-response ran more than once per entry:\n{metrics}");
+}

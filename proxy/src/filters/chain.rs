@@ -10,6 +10,7 @@
 //! the link is not instantiated and `on_error` applies at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pingora::http::ResponseHeader;
 use wasmtime::component::Resource;
@@ -33,6 +34,10 @@ pub struct ChainLink {
     module_name: Arc<str>,
     /// Instances parked for the next request, if the entry reuses them.
     idle: IdleInstances,
+    /// Cleared once the filter says its `on-response` does nothing: from
+    /// then on the call (a few microseconds) is skipped. A link belongs to
+    /// one module version, so a swap starts over with a new link.
+    calls_on_response: AtomicBool,
 }
 
 /// A route's filters, in order. Cloning is two reference-count bumps, so a
@@ -153,6 +158,7 @@ impl FilterChain {
                 breaker: Breaker::new(entry.limits.breaker),
                 module_name: Arc::from(entry.module.as_str()),
                 idle: IdleInstances::default(),
+                calls_on_response: AtomicBool::new(true),
             };
             let bad_config =
                 |message: String| ChainError::BadConfig { at: entry.at.clone(), module: entry.module.clone(), message };
@@ -242,6 +248,12 @@ impl InFlightChain {
     ) -> (ResponseHeader, Result<(), FilterFailure>) {
         while let Some((mut instance, index)) = self.instances.pop() {
             let link = &self.chain.links[index];
+            if !link.calls_on_response.load(Ordering::Relaxed) {
+                // A skipped call is a clean one: both phases are over.
+                link.breaker.record(false);
+                link.release(runtime, instance);
+                continue;
+            }
             arm_deadline(&mut instance.store, link);
             instance.store.data_mut().response = Some(response);
             let started = std::time::Instant::now();
@@ -252,6 +264,9 @@ impl InFlightChain {
                 elapsed: started.elapsed(),
             });
             response = instance.store.data_mut().response.take().expect("response returned to host");
+            if result.is_ok() && instance.store.data().skips_on_response {
+                link.calls_on_response.store(false, Ordering::Relaxed);
+            }
             // The breaker counts an instance once, when both of its phases
             // are over. (An instance dropped before its response phase, say
             // after an upstream error, is not counted either way.)
