@@ -4,6 +4,8 @@
 //! and memory cap, so a failing filter can only hurt its own request. The
 //! instance is fresh, or, for an entry that reuses instances, one that served
 //! earlier requests cleanly (`reuse`).
+//! A link whose filter said its `on-response` does nothing releases its
+//! instance right after `on-request`, and is not called on the response.
 //! When a link fails, its `on_error` decides: fail-closed ends the request
 //! with its failure status (a 5xx); fail-open drops that instance and goes on
 //! without it. Each link has a circuit breaker (`breaker`): while it is open
@@ -210,7 +212,14 @@ impl FilterChain {
                 head = edited;
                 match outcome {
                     Ok((instance, verdict)) => {
-                        run.instances.push((instance, index));
+                        if link.calls_on_response.load(Ordering::Relaxed) {
+                            run.instances.push((instance, index));
+                        } else {
+                            // Its response phase is skipped, so the instance is
+                            // done: back to the idle list for the next request,
+                            // rather than held while this one goes upstream.
+                            link.finished(runtime, instance);
+                        }
                         match verdict {
                             Verdict::Continue => continue,
                             Verdict::Respond(reply) => return (head, run, RequestOutcome::Respond(reply)),
@@ -249,9 +258,8 @@ impl InFlightChain {
         while let Some((mut instance, index)) = self.instances.pop() {
             let link = &self.chain.links[index];
             if !link.calls_on_response.load(Ordering::Relaxed) {
-                // A skipped call is a clean one: both phases are over.
-                link.breaker.record(false);
-                link.release(runtime, instance);
+                // It said so after this request's on-request ran.
+                link.finished(runtime, instance);
                 continue;
             }
             arm_deadline(&mut instance.store, link);
@@ -354,6 +362,13 @@ impl ChainLink {
             Err(e) => Err(classify(self, "on-request", &instance.store, e)),
         };
         (head, outcome)
+    }
+
+    /// An instance whose response phase is skipped is done once its request
+    /// phase went well: the breaker counts it clean, and it is released.
+    fn finished(&self, runtime: &FilterRuntime, instance: Instance) {
+        self.breaker.record(false);
+        self.release(runtime, instance);
     }
 
     /// Hand back an instance that finished cleanly: parked for the next
