@@ -54,6 +54,8 @@ pub struct AbTest {
     /// The config and cookie name are shared, not copied, by each request's clone.
     config: Rc<Config>,
     cookie: Rc<str>,
+    /// What follows `name=variant` in the cookie, the same on every response.
+    cookie_attributes: Rc<str>,
     /// The variant assigned on this request when the client had none.
     newly_assigned: Option<usize>,
 }
@@ -110,7 +112,13 @@ impl Filter for AbTest {
             }
         }
         let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
-        Ok(Self { config: Rc::new(config), cookie: Rc::from(cookie), newly_assigned: None })
+        let cookie_attributes = format!("; Path=/; Max-Age={}; SameSite=Lax; HttpOnly", config.cookie_max_age_secs);
+        Ok(Self {
+            config: Rc::new(config),
+            cookie: Rc::from(cookie),
+            cookie_attributes: Rc::from(cookie_attributes),
+            newly_assigned: None,
+        })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
@@ -137,10 +145,8 @@ impl Filter for AbTest {
 
     fn on_response(&mut self, resp: &Response) {
         if let Some(index) = self.newly_assigned {
-            let cookie = format!(
-                "{}={}; Path=/; Max-Age={}; SameSite=Lax; HttpOnly",
-                self.cookie, self.config.variants[index].name, self.config.cookie_max_age_secs
-            );
+            let name = &self.config.variants[index].name;
+            let cookie = [&self.cookie, "=", name, &self.cookie_attributes].concat();
             resp.add_header("set-cookie", &cookie).expect("valid header");
         }
     }
@@ -183,7 +189,8 @@ mod tests {
             let resp = Response::new(200);
             first.on_response(&resp);
             let set_cookie = resp.header("set-cookie").unwrap();
-            assert!(set_cookie.starts_with(&format!("ab-checkout={variant};")), "{set_cookie}");
+            let expected = format!("ab-checkout={variant}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly");
+            assert_eq!(set_cookie, expected);
 
             // Same key again: same variant.
             let again = request(&user);

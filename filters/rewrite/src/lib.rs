@@ -180,7 +180,7 @@ fn rewrite_path(path: &str, config: &Config) -> Option<String> {
         None => path,
     };
     let joined = match &config.add_prefix {
-        Some(prefix) => format!("{}{}", prefix.trim_end_matches('/'), rest),
+        Some(prefix) => [prefix.trim_end_matches('/'), rest].concat(),
         None => rest.to_string(),
     };
     Some(if joined.is_empty() { "/".into() } else { joined })
