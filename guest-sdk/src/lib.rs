@@ -4,7 +4,8 @@
 //! exported with [`export_filter!`]. [`Filter::new`] builds the filter from its
 //! config once per instance, before any request; every request gets its own
 //! clone of that value, which sees [`Filter::on_request`] and then
-//! [`Filter::on_response`] and is dropped. What a request changes in its
+//! [`Filter::on_response`] (unless the filter has none: see there) and is
+//! dropped. What a request changes in its
 //! clone never reaches another request, unless the clone shares it: an `Rc`
 //! or `Arc` field with interior mutability is the same cell in every clone.
 //! The instance around it is fresh for every request, unless the route's
@@ -80,10 +81,12 @@ pub trait Filter: Sized + Clone + 'static {
     }
 
     /// Inspect or edit the response head on its way to the client. Without
-    /// it, the host stops calling the filter on responses.
+    /// it, the host stops calling the filter on responses after the first.
+    /// (So does an `on_response` that only calls this default and makes no
+    /// host call: it has nothing to do.)
     fn on_response(&mut self, _resp: &Response) {
         #[cfg(target_arch = "wasm32")]
-        wasm::skip_on_response();
+        wasm::default_on_response_ran();
     }
 }
 

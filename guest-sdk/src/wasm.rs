@@ -2,7 +2,7 @@
 //! that the export macro calls.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use crate::{EditError, Filter, Reply, Verdict};
 
@@ -45,26 +45,32 @@ macro_rules! header_methods {
     () => {
         /// The first value of a header.
         pub fn header(&self, name: &str) -> Option<String> {
+            acted();
             self.0.header(name)
         }
         /// Every value of a header.
         pub fn header_values(&self, name: &str) -> Vec<String> {
+            acted();
             self.0.header_values(name)
         }
         /// The names of all headers, lower-case.
         pub fn header_names(&self) -> Vec<String> {
+            acted();
             self.0.header_names()
         }
         /// Set a header, replacing existing values.
         pub fn set_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+            acted();
             self.0.set_header(name, value).map_err(edit_error)
         }
         /// Append a header value.
         pub fn add_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+            acted();
             self.0.add_header(name, value).map_err(edit_error)
         }
         /// Remove every value of a header.
         pub fn remove_header(&self, name: &str) {
+            acted();
             self.0.remove_header(name)
         }
     };
@@ -121,10 +127,12 @@ impl Request<'_> {
 impl Response<'_> {
     /// The status code.
     pub fn status(&self) -> u16 {
+        acted();
         self.0.status()
     }
     /// Replace the status code.
     pub fn set_status(&self, status: u16) -> Result<(), EditError> {
+        acted();
         self.0.set_status(status).map_err(edit_error)
     }
     header_methods!();
@@ -135,18 +143,22 @@ pub mod log {
     use super::host_log::{Level, log};
     /// Log at debug level.
     pub fn debug(message: &str) {
+        super::acted();
         log(Level::Debug, message)
     }
     /// Log at info level.
     pub fn info(message: &str) {
+        super::acted();
         log(Level::Info, message)
     }
     /// Log at warn level.
     pub fn warn(message: &str) {
+        super::acted();
         log(Level::Warn, message)
     }
     /// Log at error level.
     pub fn error(message: &str) {
+        super::acted();
         log(Level::Error, message)
     }
 }
@@ -159,6 +171,7 @@ pub mod rate_limit {
 
     /// Take `cost` from the bucket of `key` under the configured `policy`.
     pub fn check(policy: &str, key: &str, cost: u32) -> Result<Decision, CheckError> {
+        super::acted();
         match host::check(policy, key, cost) {
             Ok(d) => Ok(Decision {
                 allowed: d.allowed,
@@ -181,6 +194,7 @@ pub mod jwt {
 
     /// Verify `token` with `keyset`; on success, its claims as JSON text.
     pub fn verify(token: &str, keyset: &str) -> Result<String, VerifyError> {
+        super::acted();
         host::verify(token, keyset).map_err(|e| match e {
             host::VerifyError::UnknownKeyset(k) => VerifyError::UnknownKeyset(k),
             host::VerifyError::Malformed(m) => VerifyError::Malformed(m),
@@ -201,12 +215,14 @@ pub mod regex {
 
     /// Whether `pattern` matches anywhere in `text`.
     pub fn is_match(pattern: &str, text: &str) -> Result<bool, String> {
+        super::acted();
         host::is_match(pattern, text)
     }
 
     /// Replace the first match, expanding `$1` and `${name}`; `None` when
     /// nothing matches.
     pub fn replace(pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
+        super::acted();
         host::replace(pattern, text, replacement)
     }
 }
@@ -220,6 +236,22 @@ thread_local! {
     // The filter value for the request this instance serves, from on-request
     // to on-response. A reused instance gets a new one on its next request.
     static CURRENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    // Whether the SDK's default `Filter::on_response` ran in this call, and
+    // whether the call did anything the host can see (a response edit or
+    // read, a log line, a capability). Only a call with the first and not
+    // the second tells the host to skip `on-response`: a filter that wraps
+    // another and edits responses itself keeps its calls.
+    static DEFAULT_ON_RESPONSE_RAN: Cell<bool> = const { Cell::new(false) };
+    static ACTED: Cell<bool> = const { Cell::new(false) };
+    // Set once this filter told the host to skip `on-response`: a request's
+    // clone is then dropped with its `on-request`, not kept for a call that
+    // never comes.
+    static SKIPS_ON_RESPONSE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Note a call the host can see (see `ACTED`).
+fn acted() {
+    ACTED.with(|acted| acted.set(true));
 }
 
 /// Run `with` on the filter built from this instance's config, building it
@@ -251,7 +283,9 @@ pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {
     // this is a bug in the filter: trap and let the route's on_error decide.
     let mut filter = for_request::<F>().unwrap_or_else(|e| panic!("{e}"));
     let verdict = filter.on_request(&Request(request));
-    CURRENT.with(|current| *current.borrow_mut() = Some(Box::new(filter)));
+    if !SKIPS_ON_RESPONSE.with(Cell::get) {
+        CURRENT.with(|current| *current.borrow_mut() = Some(Box::new(filter)));
+    }
     match verdict {
         Verdict::Continue => types::Verdict::Continue,
         Verdict::Respond(Reply { status, headers, body }) => {
@@ -260,10 +294,9 @@ pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {
     }
 }
 
-/// Tell the host this filter's `on-response` does nothing (see
-/// `Filter::on_response`), so it can skip the call.
-pub(crate) fn skip_on_response() {
-    config::skip_on_response();
+/// The SDK's default `Filter::on_response` ran (see `ACTED`).
+pub(crate) fn default_on_response_ran() {
+    DEFAULT_ON_RESPONSE_RAN.with(|ran| ran.set(true));
 }
 
 pub fn on_response<F: Filter>(response: &types::Response) {
@@ -272,5 +305,11 @@ pub fn on_response<F: Filter>(response: &types::Response) {
         Some(filter) => *filter,
         None => for_request::<F>().unwrap_or_else(|e| panic!("{e}")),
     };
+    DEFAULT_ON_RESPONSE_RAN.with(|ran| ran.set(false));
+    ACTED.with(|acted| acted.set(false));
     filter.on_response(&Response(response));
+    if DEFAULT_ON_RESPONSE_RAN.with(Cell::get) && !ACTED.with(Cell::get) {
+        SKIPS_ON_RESPONSE.with(|skips| skips.set(true));
+        config::skip_on_response();
+    }
 }

@@ -65,12 +65,14 @@ impl Filter for Auth {
 
     fn on_request(&mut self, req: &Request) -> Verdict {
         let config = &*self.0;
+        // Identity headers come from us only: never trust a client's copy.
+        // Removed first, so that a trap further on (with `fail-open`) cannot
+        // let one through.
+        for header in config.forward_claims.values() {
+            req.remove_header(header);
+        }
         let path = req.path();
         if config.public_prefixes.iter().any(|p| has_segment_prefix(&path, p)) {
-            // Identity headers come from us only: never trust a client's copy.
-            for header in config.forward_claims.values() {
-                req.remove_header(header);
-            }
             return Verdict::Continue;
         }
         let Some(token) = bearer_token(req).or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c))) else {
@@ -97,12 +99,9 @@ impl Filter for Auth {
         if config.required_scopes.iter().any(|s| !granted.contains(&s.as_str())) {
             return self.challenge(403, Some(("insufficient_scope", "missing a required scope".into())));
         }
-        // Set replaces a client's copy of an identity header; one the token
-        // has no claim for is removed, so it never comes from the client.
         for (claim, header) in &config.forward_claims {
-            match claim_text(claims.get(claim)) {
-                Some(value) => req.set_header(header, &value).unwrap_or_else(|e| panic!("auth: {e}")),
-                None => req.remove_header(header),
+            if let Some(value) = claim_text(claims.get(claim)) {
+                req.set_header(header, &value).unwrap_or_else(|e| panic!("auth: {e}"));
             }
         }
         if config.strip_authorization {
@@ -154,11 +153,14 @@ impl Claims {
         let mut de = serde_json::Deserializer::from_str(json);
         // The host verified and parsed this JSON, so it cannot fail here;
         // if it somehow did, no claim is present and the checks refuse.
-        Self(serde::de::DeserializeSeed::deserialize(ReadClaims(config), &mut de).unwrap_or_default())
+        let claims =
+            serde::de::DeserializeSeed::deserialize(ReadClaims(config), &mut de).and_then(|c| de.end().map(|()| c));
+        Self(claims.unwrap_or_default())
     }
 
+    /// A claim's value; with a repeated name the last one wins, as in a JSON map.
     fn get(&self, name: &str) -> &Value {
-        self.0.iter().find(|(n, _)| n == name).map_or(&ABSENT, |(_, v)| v)
+        self.0.iter().rev().find(|(n, _)| n == name).map_or(&ABSENT, |(_, v)| v)
     }
 }
 
@@ -287,6 +289,19 @@ mod tests {
         assert_eq!(auth().on_request(&req), Verdict::Continue);
         assert_eq!(req.header("x-user-id").as_deref(), Some("carol"));
         assert_eq!(req.header("x-user-plan"), None, "a spoofed plan must not reach the origin");
+    }
+
+    #[test]
+    fn a_trap_leaves_no_spoofed_identity_header() {
+        // With `fail-open` the request goes on after a trap, with the edits
+        // made before it: the client's identity headers must be gone by then.
+        set_token("demo", "misconfigured", Err(VerifyError::UnknownKeyset("demo".into())));
+        let req = Request::new("GET", "/api")
+            .with_header("authorization", "Bearer misconfigured")
+            .with_header("x-user-id", "mallory");
+        let trapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| auth().on_request(&req)));
+        assert!(trapped.is_err(), "an unknown keyset is a config bug: it traps");
+        assert_eq!(req.header("x-user-id"), None);
     }
 
     #[test]

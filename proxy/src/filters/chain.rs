@@ -275,13 +275,14 @@ impl InFlightChain {
             if result.is_ok() && instance.store.data().skips_on_response {
                 link.calls_on_response.store(false, Ordering::Relaxed);
             }
-            // The breaker counts an instance once, when both of its phases
-            // are over. (An instance dropped before its response phase, say
+            // The breaker counts an instance once, when it is done: here,
+            // after both phases; for a link that skips on-response, after
+            // on-request. (An instance dropped before its response phase, say
             // after an upstream error, is not counted either way.)
-            link.breaker.record(result.is_err());
             match result {
-                Ok(()) => link.release(runtime, instance),
+                Ok(()) => link.finished(runtime, instance),
                 Err(e) => {
+                    link.breaker.record(true);
                     let failure = classify(link, "on-response", &instance.store, e);
                     match link.entry.on_error {
                         OnError::FailOpen => {
@@ -364,8 +365,8 @@ impl ChainLink {
         (head, outcome)
     }
 
-    /// An instance whose response phase is skipped is done once its request
-    /// phase went well: the breaker counts it clean, and it is released.
+    /// An instance done cleanly (after on-response, or after on-request when
+    /// the link skips on-response): the breaker counts it, and it is released.
     fn finished(&self, runtime: &FilterRuntime, instance: Instance) {
         self.breaker.record(false);
         self.release(runtime, instance);

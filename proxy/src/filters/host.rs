@@ -406,7 +406,10 @@ impl config::Host for FilterHost {
     }
 
     fn skip_on_response(&mut self) {
-        self.skips_on_response = true;
+        // Only an `on-response` can say it has nothing to do.
+        if self.response.is_some() {
+            self.skips_on_response = true;
+        }
     }
 }
 
