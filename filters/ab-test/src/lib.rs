@@ -9,7 +9,7 @@ use cascade_filter::client::{ClientKey, cookie};
 use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The experiment's name; it seeds the hash and names the cookie.
@@ -28,7 +28,7 @@ pub struct Config {
     cookie_max_age_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Variant {
     name: String,

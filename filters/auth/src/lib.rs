@@ -11,7 +11,7 @@ use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter
 use serde::Deserialize;
 use serde_json::Value;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The host keyset (`[jwt.keysets.<name>]`) that verifies tokens.

@@ -10,7 +10,7 @@ use cascade_filter::client::ClientKey;
 use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The host policy (`[rate_limits.<name>]`) to use by default.
@@ -27,7 +27,7 @@ pub struct Config {
     cost: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tiers {
     header: String,

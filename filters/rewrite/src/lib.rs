@@ -8,7 +8,7 @@ use cascade_filter::path::strip_segment_prefix;
 use cascade_filter::{EditError, Filter, Reply, Request, Response, Verdict, export_filter, regex};
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Remove this path prefix (on a segment boundary) when present.
@@ -31,7 +31,7 @@ pub struct Config {
 
 /// Replace the first match of `pattern` in the path with `replacement`
 /// (`$1`, `${name}` expand captures).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PathRewrite {
     pattern: String,
@@ -40,7 +40,7 @@ struct PathRewrite {
 
 /// Answer with a redirect when `pattern` matches the path. `to` may use
 /// captures; the query string is kept unless `keep_query` is false.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Redirect {
     pattern: String,
@@ -60,7 +60,7 @@ fn keep_query_default() -> bool {
 }
 
 /// Header edits, applied in the order remove, set, add.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeaderRules {
     #[serde(default)]
