@@ -42,6 +42,7 @@
 
 use serde::de::DeserializeOwned;
 
+pub mod allocator;
 mod capabilities;
 pub mod client;
 pub mod path;
@@ -51,6 +52,11 @@ pub use verdict::{EditError, Reply, Verdict};
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[global_allocator]
+static ALLOCATOR: allocator::SizeClasses = allocator::SizeClasses::new();
+
 #[cfg(target_arch = "wasm32")]
 pub use wasm::{Request, Response, jwt, log, rate_limit, regex};
 
