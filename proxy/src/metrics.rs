@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use crate::cache::EdgeCache;
 use crate::control::BreakerReport;
-use crate::filters::FilterRuntime;
 use crate::filters::breaker::BreakerState;
 use crate::filters::module::live_modules;
+use crate::filters::{FilterRuntime, FilterTiming};
 
 /// Series keyed by a name label (route or module) and a second label. The
 /// name is looked up by `&str`, so recording allocates only for a new series.
@@ -27,12 +27,24 @@ impl<K, V> Default for Series<K, V> {
 
 impl<K: Ord + Copy, V: Default> Series<K, V> {
     fn update(&self, name: &str, label: K, f: impl FnOnce(&mut V)) {
+        f(Self::value(&mut self.0.lock().expect("metrics lock"), name, label));
+    }
+
+    /// `update` for several values under one lock (a request's filter
+    /// timings, say, rather than a lock for each).
+    fn update_each<'a, T: 'a>(&self, items: impl IntoIterator<Item = (&'a str, K, T)>, mut f: impl FnMut(&mut V, T)) {
         let mut series = self.0.lock().expect("metrics lock");
-        let by_label = match series.get_mut(name) {
-            Some(by_label) => by_label,
-            None => series.entry(name.to_string()).or_default(),
-        };
-        f(by_label.entry(label).or_default());
+        for (name, label, item) in items {
+            f(Self::value(&mut series, name, label), item);
+        }
+    }
+
+    fn value<'s>(series: &'s mut BTreeMap<String, BTreeMap<K, V>>, name: &str, label: K) -> &'s mut V {
+        // Looked up by `&str` first, so only a new series allocates its name.
+        if !series.contains_key(name) {
+            series.insert(name.to_string(), BTreeMap::new());
+        }
+        series.get_mut(name).expect("inserted above").entry(label).or_default()
     }
 
     /// Every (name, label, value), sorted.
@@ -65,8 +77,10 @@ impl Metrics {
         self.filter_failures.update(module, kind, |n| *n += 1);
     }
 
-    pub fn record_filter_latency(&self, module: &str, phase: &'static str, elapsed: Duration) {
-        self.filter_latency.update(module, phase, |h| h.observe(elapsed));
+    /// One request's filter timings, under one lock.
+    pub fn record_filter_latencies(&self, timings: &[FilterTiming]) {
+        let items = timings.iter().map(|t| (&*t.module, t.phase, t.elapsed));
+        self.filter_latency.update_each(items, Histogram::observe);
     }
 
     /// How a request on `route` used the cache (`cache::outcome`).

@@ -612,9 +612,7 @@ impl ProxyHttp for CascadeProxy {
         if let Some(mut chain) = ctx.chain.take() {
             ctx.collect(chain.get_mut());
         }
-        for timing in &ctx.timings {
-            self.metrics.record_filter_latency(&timing.module, timing.phase, timing.elapsed);
-        }
+        self.metrics.record_filter_latencies(&ctx.timings);
         for failure in ctx.skipped.iter().chain(&ctx.failure) {
             self.metrics.record_filter_failure(&failure.module, failure.kind.as_str());
         }
