@@ -7,10 +7,11 @@
 //! dlmalloc, which spends a few hundred instructions on each allocation and
 //! free; here a small block is a free-list pop or push, a few dozen. Blocks
 //! of up to 1 KiB come in seven power-of-two classes; a freed block goes onto
-//! its class's list, never back to dlmalloc, so it serves the next request.
-//! (A reused instance's memory stays as large as its busiest request made
-//! it, which the chain entry's memory cap bounds.) Larger blocks go straight
-//! to dlmalloc.
+//! its class's list, not back to dlmalloc, so it serves the next request.
+//! Larger blocks go straight to dlmalloc. When dlmalloc has no room left
+//! (the chain entry's memory cap), the free lists go back to it and it is
+//! asked again, so blocks one class holds idle never make a request fail
+//! that dlmalloc alone would have served.
 //!
 //! A component runs one thread, so the lists need no lock. The SDK installs
 //! this as the global allocator in `wasm32` builds with its default
@@ -41,9 +42,11 @@ struct State {
     free: [*mut u8; CLASSES],
 }
 
-// Safety: a component instance runs one thread, and the native tests use an
-// allocator from one thread only.
-unsafe impl<B: GlobalAlloc> Sync for SizeClasses<B> {}
+// Safety: a component instance without the threads proposal runs one
+// thread. (Elsewhere the type is not `Sync`, so it cannot be a global
+// allocator; the native tests use one from a single thread.)
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+unsafe impl<B: GlobalAlloc + Sync> Sync for SizeClasses<B> {}
 
 impl SizeClasses<System> {
     pub const fn new() -> Self {
@@ -73,6 +76,35 @@ impl<B: GlobalAlloc> SizeClasses<B> {
         Some((rounded.trailing_zeros() - MIN_CLASS_SHIFT) as usize)
     }
 
+    /// A block from the backing allocator. When it has no room, the free
+    /// blocks go back to it and it is asked again: memory one class holds
+    /// idle must not make another request fail under the memory cap.
+    unsafe fn backing_alloc(&self, layout: Layout) -> *mut u8 {
+        let block = unsafe { self.backing.alloc(layout) };
+        if !block.is_null() || !unsafe { self.release_free_blocks() } {
+            return block;
+        }
+        unsafe { self.backing.alloc(layout) }
+    }
+
+    /// Hand every free block back to the backing allocator; whether there
+    /// were any.
+    unsafe fn release_free_blocks(&self) -> bool {
+        let mut released = false;
+        for class in 0..CLASSES {
+            // Safety: one thread; each list is taken whole before the
+            // backing allocator runs.
+            let mut block = std::mem::replace(unsafe { &mut (*self.state.get()).free[class] }, ptr::null_mut());
+            while !block.is_null() {
+                let next = unsafe { *block.cast::<*mut u8>() };
+                unsafe { self.backing.dealloc(block, Self::block_layout(class)) };
+                block = next;
+                released = true;
+            }
+        }
+        released
+    }
+
     /// The layout of every block of `class`.
     fn block_layout(class: usize) -> Layout {
         let size = 1usize << (class as u32 + MIN_CLASS_SHIFT);
@@ -84,20 +116,20 @@ impl<B: GlobalAlloc> SizeClasses<B> {
 unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = Self::class(layout) else {
-            return unsafe { self.backing.alloc(layout) };
+            return unsafe { self.backing_alloc(layout) };
         };
         // Safety: one thread, and no reference to the state outlives a call.
-        let state = unsafe { &mut *self.state.get() };
-        let block = state.free[class];
+        let free = unsafe { &mut (*self.state.get()).free[class] };
+        let block = *free;
         if block.is_null() {
             // A class's first blocks come from the backing allocator one at a
             // time (not in chunks): a fresh instance's heap then grows no
             // more than it would without this allocator, and the pooling
             // allocator's reset pays for every page it grows.
-            return unsafe { self.backing.alloc(Self::block_layout(class)) };
+            return unsafe { self.backing_alloc(Self::block_layout(class)) };
         }
         // Safety: a free block holds the link to the next one.
-        state.free[class] = unsafe { *block.cast::<*mut u8>() };
+        *free = unsafe { *block.cast::<*mut u8>() };
         block
     }
 
@@ -105,10 +137,10 @@ unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
         let Some(class) = Self::class(layout) else {
             return unsafe { self.backing.dealloc(block, layout) };
         };
-        let state = unsafe { &mut *self.state.get() };
+        let free = unsafe { &mut (*self.state.get()).free[class] };
         // Safety: the block is at least 16 bytes and aligned for a pointer.
-        unsafe { *block.cast::<*mut u8>() = state.free[class] };
-        state.free[class] = block;
+        unsafe { *block.cast::<*mut u8>() = *free };
+        *free = block;
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -117,7 +149,13 @@ unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
         match (Self::class(layout), Self::class(new_layout)) {
             // The block already has room (or is only a little too big).
             (Some(old), Some(new)) if old == new => block,
-            (None, None) => unsafe { self.backing.realloc(block, layout, new_size) },
+            (None, None) => {
+                let moved = unsafe { self.backing.realloc(block, layout, new_size) };
+                if !moved.is_null() || !unsafe { self.release_free_blocks() } {
+                    return moved;
+                }
+                unsafe { self.backing.realloc(block, layout, new_size) }
+            }
             _ => {
                 let moved = unsafe { self.alloc(new_layout) };
                 if !moved.is_null() {
@@ -135,14 +173,35 @@ unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
 
     fn layout(size: usize, align: usize) -> Layout {
         Layout::from_size_align(size, align).unwrap()
     }
 
+    /// The system allocator with a byte budget, like a filter's memory cap.
+    struct Budget {
+        left: Cell<usize>,
+    }
+
+    unsafe impl GlobalAlloc for Budget {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if layout.size() > self.left.get() {
+                return ptr::null_mut();
+            }
+            self.left.set(self.left.get() - layout.size());
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+            self.left.set(self.left.get() + layout.size());
+            unsafe { System.dealloc(block, layout) }
+        }
+    }
+
     #[test]
     fn sizes_map_to_power_of_two_classes() {
         let class = SizeClasses::<System>::class;
+        assert_eq!(class(layout(0, 1)), Some(0));
         assert_eq!(class(layout(1, 1)), Some(0));
         assert_eq!(class(layout(16, 8)), Some(0));
         assert_eq!(class(layout(17, 1)), Some(1));
@@ -152,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn blocks_are_aligned_distinct_and_reused_after_free() {
+    fn blocks_are_aligned_and_distinct() {
         let heap = SizeClasses::new();
         unsafe {
             let sizes = [1, 7, 16, 24, 100, 255, 1000, 1024, 4096, 70_000];
@@ -171,43 +230,82 @@ mod tests {
             for (i, (block, l)) in blocks.iter().enumerate() {
                 assert!((0..l.size()).all(|at| *block.add(at) == i as u8), "block {i} was overwritten");
             }
-            let (small, small_layout) = blocks[4];
-            for (block, l) in blocks {
-                heap.dealloc(block, l);
-            }
-            assert_eq!(heap.alloc(small_layout), small, "a freed block serves the next request of its class");
+            blocks.into_iter().for_each(|(block, l)| heap.dealloc(block, l));
         }
     }
 
     #[test]
-    fn realloc_keeps_the_contents_across_classes_and_to_the_backing_allocator() {
+    fn freed_blocks_serve_their_class_again_and_only_once() {
+        let heap = SizeClasses::new();
+        let small = layout(40, 8);
+        unsafe {
+            let mut first: Vec<*mut u8> = (0..8).map(|_| heap.alloc(small)).collect();
+            first.iter().for_each(|&b| heap.dealloc(b, small));
+            // Another class does not take them.
+            let other = heap.alloc(layout(100, 8));
+            assert!(!first.contains(&other));
+            let mut again: Vec<*mut u8> = (0..8).map(|_| heap.alloc(small)).collect();
+            let fresh = heap.alloc(small);
+            assert!(!first.contains(&fresh) && !again.contains(&fresh), "the ninth block is a new one");
+            first.sort();
+            again.sort();
+            assert_eq!(first, again, "the eight freed blocks, each handed out once");
+        }
+    }
+
+    #[test]
+    fn zeroed_blocks_are_zero_even_when_reused() {
+        let heap = SizeClasses::new();
+        let l = layout(64, 8);
+        unsafe {
+            let dirty = heap.alloc(l);
+            ptr::write_bytes(dirty, 0xAB, 64);
+            heap.dealloc(dirty, l);
+            let zeroed = heap.alloc_zeroed(l);
+            assert_eq!(zeroed, dirty);
+            assert!((0..64).all(|at| *zeroed.add(at) == 0));
+        }
+    }
+
+    #[test]
+    fn realloc_keeps_the_contents_between_classes_and_the_backing_allocator() {
         let heap = SizeClasses::new();
         unsafe {
-            let mut size = 3;
-            let mut block = heap.alloc(layout(size, 1));
-            ptr::copy_nonoverlapping(b"abc".as_ptr(), block, 3);
-            for new_size in [10, 200, 1024, 9000, 20_000, 50] {
-                block = heap.realloc(block, layout(size, 1), new_size);
+            let mut size = 5;
+            let mut block = heap.alloc(layout(size, 8));
+            for new_size in [12, 16, 200, 1024, 9000, 20_000, 600, 50, 3] {
+                (0..size).for_each(|at| *block.add(at) = (at % 251) as u8);
+                block = heap.realloc(block, layout(size, 8), new_size);
                 assert!(!block.is_null());
-                assert_eq!(std::slice::from_raw_parts(block, 3), b"abc", "after growing to {new_size}");
+                let kept = size.min(new_size);
+                assert!((0..kept).all(|at| *block.add(at) == (at % 251) as u8), "{size} to {new_size} bytes");
                 size = new_size;
             }
-            heap.dealloc(block, layout(size, 1));
+            heap.dealloc(block, layout(size, 8));
         }
     }
 
     #[test]
-    fn many_blocks_are_distinct() {
-        let heap = SizeClasses::new();
-        let l = layout(MAX_SMALL, 8);
+    fn idle_free_blocks_go_back_when_the_backing_allocator_is_full() {
+        let heap = SizeClasses::over(Budget { left: Cell::new(64 * 1024) });
+        let small = layout(32, 8);
         unsafe {
-            let blocks: Vec<*mut u8> = (0..64).map(|_| heap.alloc(l)).collect();
-            let mut sorted = blocks.clone();
-            sorted.sort();
-            sorted.dedup();
-            assert_eq!(sorted.len(), blocks.len(), "every block is distinct");
-            assert!(sorted.windows(2).all(|w| w[1] as usize - w[0] as usize >= MAX_SMALL), "blocks do not overlap");
-            blocks.into_iter().for_each(|b| heap.dealloc(b, l));
+            // Fill the budget with small blocks, then free them all: they sit
+            // idle on their class's list.
+            let mut blocks = Vec::new();
+            loop {
+                let block = heap.alloc(small);
+                if block.is_null() {
+                    break;
+                }
+                blocks.push(block);
+            }
+            assert!(blocks.len() > 1000);
+            blocks.into_iter().for_each(|b| heap.dealloc(b, small));
+            // A large block still fits: the idle ones went back first.
+            let large = heap.alloc(layout(32 * 1024, 8));
+            assert!(!large.is_null(), "idle small blocks kept a large one from fitting");
+            heap.dealloc(large, layout(32 * 1024, 8));
         }
     }
 }

@@ -53,7 +53,7 @@ pub use verdict::{EditError, Reply, Verdict};
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
-#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics"), feature = "allocator"))]
 #[global_allocator]
 static ALLOCATOR: allocator::SizeClasses = allocator::SizeClasses::new();
 
