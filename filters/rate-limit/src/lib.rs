@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use cascade_filter::client::ClientKey;
 use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
@@ -83,24 +84,45 @@ impl Filter for RateLimit {
         };
         // draft-ietf-httpapi-ratelimit-headers: q is the quota, w the window
         // in which it refills, r what is left, t seconds until it is full.
-        let window = d.window.as_millis().div_ceil(1000).max(1);
-        let policy_header = structured(policy, [("q", u128::from(d.limit)), ("w", window)]);
-        let reset = d.reset_after.as_millis().div_ceil(1000);
-        let state_header = structured(policy, [("r", u128::from(d.remaining)), ("t", reset)]);
+        let window = seconds_up(d.window).max(1);
+        let policy_header = structured(policy, [("q", u64::from(d.limit)), ("w", window)]);
+        let state_header = structured(policy, [("r", u64::from(d.remaining)), ("t", seconds_up(d.reset_after))]);
         resp.set_header("ratelimit-policy", &policy_header).expect("valid header");
         resp.set_header("ratelimit", &state_header).expect("valid header");
     }
 }
 
+/// Whole seconds, rounding up a part of a second that has a millisecond.
+fn seconds_up(duration: Duration) -> u64 {
+    let millis = duration.as_secs().saturating_mul(1000).saturating_add(u64::from(duration.subsec_millis()));
+    millis.div_ceil(1000)
+}
+
 /// `"policy";k1=v1;k2=v2`, a structured-field item with its parameters.
-/// (Built by hand: `format!` costs about 2,000 instructions in a guest.)
-fn structured(policy: &str, params: [(&str, u128); 2]) -> String {
-    let mut out = String::with_capacity(policy.len() + 32);
+/// (Built by hand: `format!` costs about 2,000 instructions in a guest, and
+/// an integer's `to_string` several hundred.)
+fn structured(policy: &str, params: [(&str, u64); 2]) -> String {
+    let mut out = String::with_capacity(policy.len() + 48);
     out.extend(["\"", policy, "\""]);
     for (key, value) in params {
-        out.extend([";", key, "=", &value.to_string()]);
+        out.extend([";", key, "="]);
+        push_decimal(&mut out, value);
     }
     out
+}
+
+fn push_decimal(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 export_filter!(RateLimit);
@@ -110,6 +132,21 @@ mod tests {
     use super::*;
     use cascade_filter::instantiate;
     use cascade_filter::mock::rate_limit::set_policy;
+
+    #[test]
+    fn numbers_and_seconds_are_written_as_they_should() {
+        let mut out = String::new();
+        for n in [0, 7, 10, 1234, u64::MAX] {
+            out.clear();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        assert_eq!(seconds_up(Duration::ZERO), 0);
+        assert_eq!(seconds_up(Duration::from_millis(1)), 1);
+        assert_eq!(seconds_up(Duration::from_millis(1000)), 1);
+        assert_eq!(seconds_up(Duration::from_millis(1001)), 2);
+        assert_eq!(seconds_up(Duration::from_micros(1_000_500)), 1, "below a millisecond is not counted");
+    }
 
     fn filter(config: &str) -> RateLimit {
         instantiate::<RateLimit>(config).unwrap()
