@@ -171,33 +171,45 @@ impl WasiView for FilterHost {
     }
 }
 
-fn header_name(name: &str) -> Result<HeaderName, EditError> {
-    if name.len() > MAX_HEADER_NAME_BYTES {
-        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
-    }
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name.to_string()))
+/// Whether `name` is an HTTP field name: an RFC 9110 token.
+fn is_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A header edit checked against the entry's limits: the name and value, and
-/// whether it would take the message past its header count.
+/// whether it would take the message past its header count. The value is
+/// handed back ready to insert; it keeps the guest's bytes without a copy.
 fn checked_header(
     limits: &OutputLimits,
     headers: &http::HeaderMap,
     name: &str,
-    value: &str,
+    value: String,
     appending: bool,
-) -> Result<(HeaderName, HeaderValue), EditError> {
-    let header = header_name(name)?;
+) -> Result<HeaderValue, EditError> {
+    if name.len() > MAX_HEADER_NAME_BYTES {
+        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
+    }
+    if !is_token(name) {
+        return Err(EditError::InvalidHeaderName(name.to_string()));
+    }
     if value.len() > limits.header_value_bytes {
         let max = limits.header_value_bytes;
         return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {max} bytes")));
     }
-    let value =
-        HeaderValue::from_bytes(value.as_bytes()).map_err(|_| EditError::InvalidHeaderValue(name.to_string()))?;
-    if headers.len() >= limits.header_count && (appending || !headers.contains_key(&header)) {
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .map_err(|_| EditError::InvalidHeaderValue(name.to_string()))?;
+    // Only a message at its header count looks the name up.
+    if headers.len() >= limits.header_count && (appending || !headers.contains_key(name)) {
         return Err(EditError::LimitExceeded(format!("more than {} headers", limits.header_count)));
     }
-    Ok((header, value))
+    Ok(value)
+}
+
+/// Pingora takes the name as the filter wrote it, so an HTTP/1 peer sees
+/// that case (as nginx sends a `proxy_set_header` name), and parses it once;
+/// `checked_header` made sure it can, so this error is only a safeguard.
+fn refused_name(error: Box<pingora::Error>) -> EditError {
+    EditError::InvalidHeaderName(error.to_string())
 }
 
 fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -295,14 +307,14 @@ impl types::HostRequest for FilterHost {
 
     fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
-        let (n, v) = checked_header(&output, &self.request().header.headers, &name, &value, false)?;
-        self.request().header.insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
+        let value = checked_header(&output, &self.request().header.headers, &name, value, false)?;
+        self.request().header.insert_header(name, value).map_err(refused_name)
     }
 
     fn add_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
-        let (n, v) = checked_header(&output, &self.request().header.headers, &name, &value, true)?;
-        self.request().header.append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
+        let value = checked_header(&output, &self.request().header.headers, &name, value, true)?;
+        self.request().header.append_header(name, value).map(drop).map_err(refused_name)
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
@@ -365,14 +377,14 @@ impl types::HostResponse for FilterHost {
 
     fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
-        let (n, v) = checked_header(&output, &self.response().headers, &name, &value, false)?;
-        self.response().insert_header(n, v).map_err(|_| EditError::InvalidHeaderValue(name))
+        let value = checked_header(&output, &self.response().headers, &name, value, false)?;
+        self.response().insert_header(name, value).map_err(refused_name)
     }
 
     fn add_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
-        let (n, v) = checked_header(&output, &self.response().headers, &name, &value, true)?;
-        self.response().append_header(n, v).map(drop).map_err(|_| EditError::InvalidHeaderValue(name))
+        let value = checked_header(&output, &self.response().headers, &name, value, true)?;
+        self.response().append_header(name, value).map(drop).map_err(refused_name)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
@@ -481,5 +493,39 @@ mod tests {
         assert_eq!(value_text(&token), "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig");
         let latin1 = HeaderValue::from_bytes(b"caf\xe9 ok").expect("obs-text is a valid value");
         assert_eq!(value_text(&latin1), "caf\u{fffd} ok");
+    }
+
+    #[test]
+    fn header_edits_are_checked_before_pingora_sees_them() {
+        let limits = OutputLimits { header_value_bytes: 8, header_count: 2, reply_body_bytes: 0 };
+        let mut headers = http::HeaderMap::new();
+        let check = |headers: &http::HeaderMap, name: &str, value: &str, appending| {
+            checked_header(&limits, headers, name, value.to_string(), appending)
+        };
+        assert!(matches!(check(&headers, "X-Edge", "ok", false), Ok(v) if v == "ok"));
+        assert!(
+            matches!(check(&headers, "bad name", "ok", false), Err(EditError::InvalidHeaderName(n)) if n == "bad name")
+        );
+        assert!(matches!(check(&headers, "", "ok", false), Err(EditError::InvalidHeaderName(_))));
+        assert!(matches!(check(&headers, "x-a", "a\r\nb", false), Err(EditError::InvalidHeaderValue(n)) if n == "x-a"));
+        assert!(matches!(check(&headers, "x-a", "123456789", false), Err(EditError::LimitExceeded(_))));
+        let long = "x".repeat(MAX_HEADER_NAME_BYTES + 1);
+        assert!(matches!(check(&headers, &long, "1", false), Err(EditError::LimitExceeded(_))));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert("x-b", HeaderValue::from_static("2"));
+        // At the count: replacing one that is there is fine, a third is not.
+        assert!(check(&headers, "X-A", "3", false).is_ok());
+        assert!(matches!(check(&headers, "x-a", "3", true), Err(EditError::LimitExceeded(_))));
+        assert!(matches!(check(&headers, "x-c", "3", false), Err(EditError::LimitExceeded(_))));
+    }
+
+    #[test]
+    fn pingora_keeps_the_case_of_a_name_given_as_text() {
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        request.insert_header("x-edge", "old").unwrap();
+        request.insert_header(String::from("X-Edge"), HeaderValue::from_static("cascade")).unwrap();
+        let mut wire = Vec::new();
+        request.header_to_h1_wire(&mut wire);
+        assert_eq!(String::from_utf8(wire).unwrap(), "X-Edge: cascade\r\n");
     }
 }
