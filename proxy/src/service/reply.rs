@@ -77,7 +77,8 @@ pub async fn send_filter_reply(
         }
     };
     for (name, value) in reply.headers {
-        let name_bytes = Bytes::from(name.to_ascii_lowercase());
+        // As written, like the names of the filters' header edits.
+        let name_bytes = Bytes::copy_from_slice(name.as_bytes());
         let valid = http::HeaderName::from_bytes(&name_bytes).is_ok();
         if !valid || header.append_header(name_bytes, value.as_str()).is_err() {
             log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
