@@ -19,6 +19,7 @@
 //! ```
 
 mod admission;
+mod headers;
 mod reply;
 mod request_id;
 
@@ -39,6 +40,7 @@ use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;
+use headers::{empty_request, empty_response, ip_text, with_member};
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -242,51 +244,6 @@ impl CascadeProxy {
                 ctx.failure = Some(failure);
                 reply::send_error(session, ctx, error).await
             }
-        }
-    }
-}
-
-/// What the session holds while a filter has its request head: built from
-/// `http`'s defaults, which allocate and parse nothing (`build_no_case` did
-/// both, on every request with filters).
-fn empty_request() -> RequestHeader {
-    http::Request::new(()).into_parts().0.into()
-}
-
-/// What the session holds while the filters have the response head.
-fn empty_response() -> ResponseHeader {
-    http::Response::new(()).into_parts().0.into()
-}
-
-/// `ip` as text. IPv4 is written by hand: `Display` goes through the
-/// formatting machinery, about 1,300 instructions on every request.
-fn ip_text(ip: std::net::IpAddr) -> String {
-    let std::net::IpAddr::V4(v4) = ip else { return ip.to_string() };
-    let mut text = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text.push('.');
-        }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
-    }
-    text
-}
-
-/// The value of list-valued header `name` with `member` appended. Usually
-/// the header is absent and `member` is the value as it is: no copy.
-fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderValue) -> HeaderValue {
-    match headers.get(name) {
-        None => member,
-        Some(earlier) => {
-            let joined = [earlier.as_bytes(), b", ", member.as_bytes()].concat();
-            // Both parts are valid values, and so is the two joined by ", ".
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(member)
         }
     }
 }
@@ -640,18 +597,5 @@ impl ProxyHttp for CascadeProxy {
             "error": e.map(|e| e.to_string()),
         });
         log::info!(target: "cascade::access", "{line}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::IpAddr;
-
-    #[test]
-    fn ip_text_matches_display() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.100.255", "9.99.199.200", "::1", "2001:db8::8a2e:370:7334"] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(super::ip_text(ip), ip.to_string());
-        }
     }
 }
