@@ -7,11 +7,11 @@
 //! dlmalloc, which spends a few hundred instructions on each allocation and
 //! free; here a small block is a free-list pop or push, a few dozen. Blocks
 //! of up to 1 KiB come in seven power-of-two classes; a freed block goes onto
-//! its class's list, not back to dlmalloc, so it serves the next request.
-//! Larger blocks go straight to dlmalloc. When dlmalloc has no room left
-//! (the chain entry's memory cap), the free lists go back to it and it is
-//! asked again, so blocks one class holds idle never make a request fail
-//! that dlmalloc alone would have served.
+//! its class's list, so it serves the next request, until the lists hold
+//! [`MAX_IDLE_BYTES`]; past that, freed blocks go back to dlmalloc. So a
+//! reused instance's heap is at most that much larger than with dlmalloc
+//! alone, besides small blocks being rounded up to their class's size.
+//! Larger blocks go straight to dlmalloc.
 //!
 //! A component runs one thread, so the lists need no lock. The SDK installs
 //! this as the global allocator in `wasm32` builds with its default
@@ -29,6 +29,8 @@ const BLOCK_ALIGN: usize = 1 << MIN_CLASS_SHIFT;
 /// backing allocator.
 const MAX_SMALL: usize = 1024;
 const CLASSES: usize = (MAX_SMALL.trailing_zeros() - MIN_CLASS_SHIFT + 1) as usize;
+/// The most the free lists hold, in bytes: several busy requests' worth.
+pub const MAX_IDLE_BYTES: usize = 256 * 1024;
 
 /// A size-class allocator over `B` (the standard allocator in a filter).
 pub struct SizeClasses<B: GlobalAlloc = System> {
@@ -36,10 +38,11 @@ pub struct SizeClasses<B: GlobalAlloc = System> {
     backing: B,
 }
 
-/// The first free block of each class; a free block's first word links to
-/// the next.
+/// The first free block of each class (a free block's first word links to
+/// the next), and the bytes all the lists hold.
 struct State {
     free: [*mut u8; CLASSES],
+    idle_bytes: usize,
 }
 
 // Safety: a component instance without the threads proposal runs one
@@ -62,7 +65,7 @@ impl Default for SizeClasses<System> {
 
 impl<B: GlobalAlloc> SizeClasses<B> {
     pub const fn over(backing: B) -> Self {
-        let state = State { free: [ptr::null_mut(); CLASSES] };
+        let state = State { free: [ptr::null_mut(); CLASSES], idle_bytes: 0 };
         Self { state: UnsafeCell::new(state), backing }
     }
 
@@ -76,35 +79,6 @@ impl<B: GlobalAlloc> SizeClasses<B> {
         Some((rounded.trailing_zeros() - MIN_CLASS_SHIFT) as usize)
     }
 
-    /// A block from the backing allocator. When it has no room, the free
-    /// blocks go back to it and it is asked again: memory one class holds
-    /// idle must not make another request fail under the memory cap.
-    unsafe fn backing_alloc(&self, layout: Layout) -> *mut u8 {
-        let block = unsafe { self.backing.alloc(layout) };
-        if !block.is_null() || !unsafe { self.release_free_blocks() } {
-            return block;
-        }
-        unsafe { self.backing.alloc(layout) }
-    }
-
-    /// Hand every free block back to the backing allocator; whether there
-    /// were any.
-    unsafe fn release_free_blocks(&self) -> bool {
-        let mut released = false;
-        for class in 0..CLASSES {
-            // Safety: one thread; each list is taken whole before the
-            // backing allocator runs.
-            let mut block = std::mem::replace(unsafe { &mut (*self.state.get()).free[class] }, ptr::null_mut());
-            while !block.is_null() {
-                let next = unsafe { *block.cast::<*mut u8>() };
-                unsafe { self.backing.dealloc(block, Self::block_layout(class)) };
-                block = next;
-                released = true;
-            }
-        }
-        released
-    }
-
     /// The layout of every block of `class`.
     fn block_layout(class: usize) -> Layout {
         let size = 1usize << (class as u32 + MIN_CLASS_SHIFT);
@@ -116,20 +90,21 @@ impl<B: GlobalAlloc> SizeClasses<B> {
 unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = Self::class(layout) else {
-            return unsafe { self.backing_alloc(layout) };
+            return unsafe { self.backing.alloc(layout) };
         };
         // Safety: one thread, and no reference to the state outlives a call.
-        let free = unsafe { &mut (*self.state.get()).free[class] };
-        let block = *free;
+        let state = unsafe { &mut *self.state.get() };
+        let block = state.free[class];
         if block.is_null() {
             // A class's first blocks come from the backing allocator one at a
-            // time (not in chunks): a fresh instance's heap then grows no
-            // more than it would without this allocator, and the pooling
-            // allocator's reset pays for every page it grows.
-            return unsafe { self.backing_alloc(Self::block_layout(class)) };
+            // time (not in chunks): a fresh instance's heap then grows page
+            // by page as before, and the pooling allocator's reset pays for
+            // every page it grows.
+            return unsafe { self.backing.alloc(Self::block_layout(class)) };
         }
         // Safety: a free block holds the link to the next one.
-        *free = unsafe { *block.cast::<*mut u8>() };
+        state.free[class] = unsafe { *block.cast::<*mut u8>() };
+        state.idle_bytes -= Self::block_layout(class).size();
         block
     }
 
@@ -137,25 +112,24 @@ unsafe impl<B: GlobalAlloc> GlobalAlloc for SizeClasses<B> {
         let Some(class) = Self::class(layout) else {
             return unsafe { self.backing.dealloc(block, layout) };
         };
-        let free = unsafe { &mut (*self.state.get()).free[class] };
+        let size = Self::block_layout(class).size();
+        let state = unsafe { &mut *self.state.get() };
+        if state.idle_bytes + size > MAX_IDLE_BYTES {
+            return unsafe { self.backing.dealloc(block, Self::block_layout(class)) };
+        }
         // Safety: the block is at least 16 bytes and aligned for a pointer.
-        unsafe { *block.cast::<*mut u8>() = *free };
-        *free = block;
+        unsafe { *block.cast::<*mut u8>() = state.free[class] };
+        state.free[class] = block;
+        state.idle_bytes += size;
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Safety: the caller guarantees `new_size` with this alignment is valid.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (Self::class(layout), Self::class(new_layout)) {
-            // The block already has room (or is only a little too big).
+            // The new size is in the same class: the block already fits it.
             (Some(old), Some(new)) if old == new => block,
-            (None, None) => {
-                let moved = unsafe { self.backing.realloc(block, layout, new_size) };
-                if !moved.is_null() || !unsafe { self.release_free_blocks() } {
-                    return moved;
-                }
-                unsafe { self.backing.realloc(block, layout, new_size) }
-            }
+            (None, None) => unsafe { self.backing.realloc(block, layout, new_size) },
             _ => {
                 let moved = unsafe { self.alloc(new_layout) };
                 if !moved.is_null() {
@@ -179,21 +153,18 @@ mod tests {
         Layout::from_size_align(size, align).unwrap()
     }
 
-    /// The system allocator with a byte budget, like a filter's memory cap.
-    struct Budget {
-        left: Cell<usize>,
+    /// The system allocator, counting the bytes it has handed out.
+    struct Counting {
+        held: Cell<usize>,
     }
 
-    unsafe impl GlobalAlloc for Budget {
+    unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            if layout.size() > self.left.get() {
-                return ptr::null_mut();
-            }
-            self.left.set(self.left.get() - layout.size());
+            self.held.set(self.held.get() + layout.size());
             unsafe { System.alloc(layout) }
         }
         unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-            self.left.set(self.left.get() + layout.size());
+            self.held.set(self.held.get() - layout.size());
             unsafe { System.dealloc(block, layout) }
         }
     }
@@ -286,26 +257,19 @@ mod tests {
     }
 
     #[test]
-    fn idle_free_blocks_go_back_when_the_backing_allocator_is_full() {
-        let heap = SizeClasses::over(Budget { left: Cell::new(64 * 1024) });
+    fn the_free_lists_hold_at_most_max_idle_bytes() {
+        let heap = SizeClasses::over(Counting { held: Cell::new(0) });
+        let held = || heap.backing.held.get();
         let small = layout(32, 8);
         unsafe {
-            // Fill the budget with small blocks, then free them all: they sit
-            // idle on their class's list.
-            let mut blocks = Vec::new();
-            loop {
-                let block = heap.alloc(small);
-                if block.is_null() {
-                    break;
-                }
-                blocks.push(block);
-            }
-            assert!(blocks.len() > 1000);
+            let blocks: Vec<*mut u8> = (0..2 * MAX_IDLE_BYTES / 32).map(|_| heap.alloc(small)).collect();
+            assert_eq!(held(), 2 * MAX_IDLE_BYTES);
             blocks.into_iter().for_each(|b| heap.dealloc(b, small));
-            // A large block still fits: the idle ones went back first.
-            let large = heap.alloc(layout(32 * 1024, 8));
-            assert!(!large.is_null(), "idle small blocks kept a large one from fitting");
-            heap.dealloc(large, layout(32 * 1024, 8));
+            assert_eq!(held(), MAX_IDLE_BYTES, "the lists keep MAX_IDLE_BYTES, the rest went back");
+            // The kept blocks serve the next allocations without the backing allocator.
+            let again: Vec<*mut u8> = (0..MAX_IDLE_BYTES / 32).map(|_| heap.alloc(small)).collect();
+            assert_eq!(held(), MAX_IDLE_BYTES);
+            again.into_iter().for_each(|b| heap.dealloc(b, small));
         }
     }
 }
