@@ -286,13 +286,18 @@ pub struct OutputLimits {
     pub reply_body_bytes: usize,
 }
 
+/// The most headers a filter may leave on a message, whatever the config
+/// says: the `http` header map holds at most 32,768 entries and panics
+/// past that.
+pub const MAX_FILTER_HEADERS: usize = 10_000;
+
 impl OutputLimits {
     /// These limits with the ones set: (`max_header_value_kb`,
     /// `max_headers`, `max_reply_body_kb`).
     pub fn merged(&self, (value_kb, headers, body_kb): (Option<usize>, Option<usize>, Option<usize>)) -> Self {
         Self {
             header_value_bytes: value_kb.map_or(self.header_value_bytes, |kb| kb.max(1) << 10),
-            header_count: headers.map_or(self.header_count, |n| n.max(1)),
+            header_count: headers.map_or(self.header_count, |n| n.clamp(1, MAX_FILTER_HEADERS)),
             reply_body_bytes: body_kb.map_or(self.reply_body_bytes, |kb| kb << 10),
         }
     }

@@ -172,7 +172,7 @@ impl WasiView for FilterHost {
 }
 
 /// Whether `name` is an HTTP field name: an RFC 9110 token.
-fn is_token(name: &str) -> bool {
+pub fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
@@ -205,11 +205,12 @@ fn checked_header(
     Ok(value)
 }
 
-/// Pingora takes the name as the filter wrote it, so an HTTP/1 peer sees
-/// that case (as nginx sends a `proxy_set_header` name), and parses it once;
-/// `checked_header` made sure it can, so this error is only a safeguard.
-fn refused_name(error: Box<pingora::Error>) -> EditError {
-    EditError::InvalidHeaderName(error.to_string())
+/// Pingora takes the name as the filter wrote it (for a message that came
+/// over HTTP/1 it keeps that case for the peer) and parses it once;
+/// `checked_header` made sure it parses, and the header count keeps the map
+/// far below its size limit, so this error is only a safeguard.
+fn refused_edit(error: Box<pingora::Error>) -> EditError {
+    EditError::LimitExceeded(format!("header map refused the edit: {error}"))
 }
 
 fn first_value(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -308,13 +309,13 @@ impl types::HostRequest for FilterHost {
     fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.request().header.headers, &name, value, false)?;
-        self.request().header.insert_header(name, value).map_err(refused_name)
+        self.request().header.insert_header(name, value).map_err(refused_edit)
     }
 
     fn add_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.request().header.headers, &name, value, true)?;
-        self.request().header.append_header(name, value).map(drop).map_err(refused_name)
+        self.request().header.append_header(name, value).map(drop).map_err(refused_edit)
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
@@ -378,13 +379,13 @@ impl types::HostResponse for FilterHost {
     fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.response().headers, &name, value, false)?;
-        self.response().insert_header(name, value).map_err(refused_name)
+        self.response().insert_header(name, value).map_err(refused_edit)
     }
 
     fn add_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.response().headers, &name, value, true)?;
-        self.response().append_header(name, value).map(drop).map_err(refused_name)
+        self.response().append_header(name, value).map(drop).map_err(refused_edit)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {

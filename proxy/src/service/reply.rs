@@ -7,6 +7,7 @@ use pingora::prelude::*;
 use super::{REQUEST_ID_HEADER, RequestCtx};
 use crate::cache;
 use crate::filters::bindings::cascade::filter::types::Reply;
+use crate::filters::host::is_token;
 use crate::filters::{FilterFailure, FilterRuntime, InFlightChain};
 
 /// An error answer: a status and a message, sent as JSON with the request id.
@@ -78,9 +79,8 @@ pub async fn send_filter_reply(
     };
     for (name, value) in reply.headers {
         // As written, like the names of the filters' header edits.
-        let name_bytes = Bytes::copy_from_slice(name.as_bytes());
-        let valid = http::HeaderName::from_bytes(&name_bytes).is_ok();
-        if !valid || header.append_header(name_bytes, value.as_str()).is_err() {
+        let valid = is_token(&name);
+        if !valid || header.append_header(Bytes::copy_from_slice(name.as_bytes()), value.as_str()).is_err() {
             log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
         }
     }
