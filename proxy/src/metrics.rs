@@ -27,7 +27,7 @@ impl<K, V> Default for Series<K, V> {
 
 impl<K: Ord + Copy, V: Default> Series<K, V> {
     fn update(&self, name: &str, label: K, f: impl FnOnce(&mut V)) {
-        f(Self::value(&mut self.0.lock().expect("metrics lock"), name, label));
+        Self::with_value(&mut self.0.lock().expect("metrics lock"), name, label, f);
     }
 
     /// `update` for several values under one lock (a request's filter
@@ -35,16 +35,17 @@ impl<K: Ord + Copy, V: Default> Series<K, V> {
     fn update_each<'a, T: 'a>(&self, items: impl IntoIterator<Item = (&'a str, K, T)>, mut f: impl FnMut(&mut V, T)) {
         let mut series = self.0.lock().expect("metrics lock");
         for (name, label, item) in items {
-            f(Self::value(&mut series, name, label), item);
+            Self::with_value(&mut series, name, label, |value| f(value, item));
         }
     }
 
-    fn value<'s>(series: &'s mut BTreeMap<String, BTreeMap<K, V>>, name: &str, label: K) -> &'s mut V {
-        // Looked up by `&str` first, so only a new series allocates its name.
-        if !series.contains_key(name) {
-            series.insert(name.to_string(), BTreeMap::new());
+    /// Run `f` on one value. The name is looked up by `&str`, so only a new
+    /// series allocates it.
+    fn with_value(series: &mut BTreeMap<String, BTreeMap<K, V>>, name: &str, label: K, f: impl FnOnce(&mut V)) {
+        match series.get_mut(name) {
+            Some(by_label) => f(by_label.entry(label).or_default()),
+            None => f(series.entry(name.to_string()).or_default().entry(label).or_default()),
         }
-        series.get_mut(name).expect("inserted above").entry(label).or_default()
     }
 
     /// Every (name, label, value), sorted.
