@@ -92,7 +92,7 @@ impl Filter for RateLimit {
     }
 }
 
-/// Whole seconds, rounding up a part of a second that has a millisecond.
+/// Whole seconds, rounded up; less than a millisecond is ignored.
 fn seconds_up(duration: Duration) -> u64 {
     let millis = duration.as_secs().saturating_mul(1000).saturating_add(u64::from(duration.subsec_millis()));
     millis.div_ceil(1000)
