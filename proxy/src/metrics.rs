@@ -32,7 +32,7 @@ impl<K: Ord + Copy, V: Default> Series<K, V> {
 
     /// `update` for several values under one lock (a request's filter
     /// timings, say, rather than a lock for each).
-    fn update_each<'a, T: 'a>(&self, items: impl IntoIterator<Item = (&'a str, K, T)>, mut f: impl FnMut(&mut V, T)) {
+    fn update_each<'a, T>(&self, items: impl IntoIterator<Item = (&'a str, K, T)>, mut f: impl FnMut(&mut V, T)) {
         let mut series = self.0.lock().expect("metrics lock");
         for (name, label, item) in items {
             Self::with_value(&mut series, name, label, |value| f(value, item));
