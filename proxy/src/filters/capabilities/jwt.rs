@@ -2,7 +2,9 @@
 //!
 //! A token is checked in this order: well-formed header, `alg` on the
 //! keyset's allow-list, a key of the matching type (and `kid`, when both
-//! sides have one), signature, then `exp`/`nbf` with leeway, `iss` and `aud`.
+//! sides have one; a JWKS key also only for its own `alg`, and never one
+//! published for encryption), signature, then `exp`/`nbf` with leeway, `iss`
+//! and `aud` (both required in the token when the keyset configures them).
 //! An HMAC token is never checked against an RSA or EC key (no algorithm
 //! confusion), and `alg: none` is not an algorithm at all.
 //!
@@ -14,7 +16,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 
 use super::BoundedMap;
@@ -64,6 +66,8 @@ fn kind_of(alg: Algorithm) -> KeyKind {
 struct Key {
     kid: Option<String>,
     kind: KeyKind,
+    /// The one algorithm a JWKS entry names in its `alg`, if it names one.
+    alg: Option<Algorithm>,
     key: DecodingKey,
 }
 
@@ -173,7 +177,7 @@ impl Keyset {
             if secret.len() < 32 {
                 return Err("an HMAC secret must be at least 32 bytes".into());
             }
-            keys.push(Key { kid: None, kind: KeyKind::Hmac, key: DecodingKey::from_secret(&secret) });
+            keys.push(Key { kid: None, kind: KeyKind::Hmac, alg: None, key: DecodingKey::from_secret(&secret) });
         }
         for path in &config.public_key_files {
             let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -186,13 +190,27 @@ impl Keyset {
             } else {
                 return Err(format!("{} is not an RSA, EC or Ed25519 public key in PEM", path.display()));
             };
-            keys.push(Key { kid: None, kind, key });
+            keys.push(Key { kid: None, kind, alg: None, key });
         }
         if let Some(path) = &config.jwks_file {
             let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let set: JwkSet =
                 serde_json::from_str(&text).map_err(|e| format!("{} is not a JWKS document: {e}", path.display()))?;
             for jwk in &set.keys {
+                // A key published for encryption (`use: enc`) never verifies
+                // a signature (RFC 7517, 4.2).
+                if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+                    continue;
+                }
+                // A key that names its algorithm verifies only that one
+                // (RFC 7517, 4.4); an encryption algorithm rules it out.
+                let alg = match &jwk.common.key_algorithm {
+                    Some(named) => match named.to_string().parse::<Algorithm>() {
+                        Ok(alg) => Some(alg),
+                        Err(_) => continue,
+                    },
+                    None => None,
+                };
                 let kind = match jwk.algorithm {
                     AlgorithmParameters::RSA(_) => KeyKind::Rsa,
                     AlgorithmParameters::EllipticCurve(_) => KeyKind::Ec,
@@ -200,14 +218,14 @@ impl Keyset {
                     AlgorithmParameters::OctetKey(_) => KeyKind::Hmac,
                 };
                 let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: bad key: {e}", path.display()))?;
-                keys.push(Key { kid: jwk.common.key_id.clone(), kind, key });
+                keys.push(Key { kid: jwk.common.key_id.clone(), kind, alg, key });
             }
         }
         if keys.is_empty() {
             return Err("a keyset needs a secret, public_key_files or a jwks_file".into());
         }
         for alg in &algorithms {
-            if !keys.iter().any(|k| k.kind == kind_of(*alg)) {
+            if !keys.iter().any(|k| k.kind == kind_of(*alg) && k.alg.is_none_or(|a| a == *alg)) {
                 return Err(format!("algorithm {alg:?} is allowed but the keyset has no key for it"));
             }
         }
@@ -246,7 +264,8 @@ impl Keyset {
         let candidates = self
             .keys
             .iter()
-            .filter(|k| k.kind == kind && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid));
+            .filter(|k| k.kind == kind && k.alg.is_none_or(|alg| alg == header.alg))
+            .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
         let mut tried = false;
         for key in candidates {
             tried = true;
@@ -293,21 +312,29 @@ pub fn sign_with_secret(config: &KeysetConfig, mut claims: serde_json::Value) ->
 
 /// The checks for tokens signed with `alg`: only that algorithm, `exp`
 /// required, `exp` and `nbf` with leeway, and the keyset's issuer and audience.
+/// A configured issuer or audience is also a required claim: jsonwebtoken
+/// checks `iss` and `aud` only when the token has them, and a token that
+/// leaves them out must not pass for one that names the right ones.
 fn validation(config: &KeysetConfig, alg: Algorithm) -> Validation {
     let mut validation = Validation::new(alg);
     validation.algorithms = vec![alg];
     validation.leeway = config.leeway.as_secs();
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    let mut required = vec!["exp"];
     match &config.issuer {
-        Some(iss) => validation.set_issuer(&[iss]),
+        Some(iss) => {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
         None => validation.iss = None,
     }
     if config.audience.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&config.audience);
+        required.push("aud");
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
@@ -317,6 +344,8 @@ fn map_error(kind: &ErrorKind) -> VerifyError {
         ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
         ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
         ErrorKind::InvalidAudience => VerifyError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => VerifyError::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => VerifyError::WrongAudience,
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => VerifyError::BadSignature,
         other => VerifyError::Malformed(describe(other)),
     }
@@ -358,6 +387,90 @@ mod tests {
 
     fn token(config: &KeysetConfig, sub: &str, exp: u64) -> String {
         sign_with_secret(config, serde_json::json!({"sub": sub, "exp": exp})).unwrap()
+    }
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jwt").join(name)
+    }
+
+    fn rsa_signed(private_pem: &str, kid: Option<&str>, claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture(private_pem)).unwrap()).unwrap();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(str::to_string);
+        encode(&header, &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn a_configured_issuer_or_audience_must_be_in_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = keyset_config(dir.path(), 0);
+        config.issuer = Some("https://issuer.example".into());
+        config.audience = vec!["api".into()];
+        let keyset = Keyset::build(&config).unwrap();
+        let secret = EncodingKey::from_secret(b"a-test-secret-that-is-long-enough-for-hs256");
+        let exp = unix_now() + 60;
+        let signed = |claims: serde_json::Value| encode(&Header::default(), &claims, &secret).unwrap();
+
+        let both = signed(serde_json::json!({"exp": exp, "iss": "https://issuer.example", "aud": "api"}));
+        assert!(keyset.verify(&both).is_ok());
+        let no_issuer = signed(serde_json::json!({"exp": exp, "aud": "api"}));
+        assert_eq!(keyset.verify(&no_issuer), Err(VerifyError::WrongIssuer));
+        let no_audience = signed(serde_json::json!({"exp": exp, "iss": "https://issuer.example"}));
+        assert_eq!(keyset.verify(&no_audience), Err(VerifyError::WrongAudience));
+        // An audience that is not a string or a list of strings is no audience.
+        let odd_audience = signed(serde_json::json!({"exp": exp, "iss": "https://issuer.example", "aud": 5}));
+        assert_eq!(keyset.verify(&odd_audience), Err(VerifyError::WrongAudience));
+
+        // Without an issuer or audience configured, neither is required.
+        let plain = Keyset::build(&keyset_config(dir.path(), 0)).unwrap();
+        assert!(plain.verify(&signed(serde_json::json!({"exp": exp}))).is_ok());
+    }
+
+    #[test]
+    fn leeway_lets_a_token_just_past_exp_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = keyset_config(dir.path(), 0);
+        let just_expired = token(&config, "alice", unix_now() - 5);
+        assert_eq!(Keyset::build(&config).unwrap().verify(&just_expired), Err(VerifyError::Expired));
+        config.leeway = Duration::from_secs(30);
+        assert!(Keyset::build(&config).unwrap().verify(&just_expired).is_ok());
+        let long_expired = token(&config, "alice", unix_now() - 120);
+        assert_eq!(Keyset::build(&config).unwrap().verify(&long_expired), Err(VerifyError::Expired));
+    }
+
+    #[test]
+    fn a_jwks_key_verifies_by_kid_for_its_own_algorithm_and_only_for_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = keyset_config(dir.path(), 0);
+        config.secret = None;
+        config.algorithms = vec!["RS256".into()];
+        config.jwks_file = Some(fixture("jwks.json"));
+        let keyset = Keyset::build(&config).unwrap();
+        let claims = serde_json::json!({"sub": "alice", "exp": unix_now() + 60});
+
+        // The signing key, named by its kid or found without one.
+        assert!(keyset.verify(&rsa_signed("rsa-private.pem", Some("signing-2026"), claims.clone())).is_ok());
+        assert!(keyset.verify(&rsa_signed("rsa-private.pem", None, claims.clone())).is_ok());
+        assert_eq!(
+            keyset.verify(&rsa_signed("rsa-private.pem", Some("retired-2025"), claims.clone())),
+            Err(VerifyError::UnknownKey)
+        );
+        // The JWKS also publishes the other key, for encryption only: a token
+        // signed with its private half finds no key to verify it.
+        assert_eq!(
+            keyset.verify(&rsa_signed("other-rsa-private.pem", Some("encryption-2026"), claims.clone())),
+            Err(VerifyError::UnknownKey)
+        );
+        assert_eq!(
+            keyset.verify(&rsa_signed("other-rsa-private.pem", None, claims.clone())),
+            Err(VerifyError::BadSignature)
+        );
+
+        // A key whose `alg` is RS256 is no key for RS384: allowing RS384 is
+        // a configuration error, not a keyset that refuses every RS384 token.
+        config.algorithms = vec!["RS256".into(), "RS384".into()];
+        let error = Keyset::build(&config).unwrap_err();
+        assert!(error.contains("RS384") && error.contains("no key"), "{error}");
     }
 
     #[test]
