@@ -4,8 +4,10 @@
 //! Memory stays bounded. Keys whose bucket has refilled completely carry no
 //! information and are evicted (at most once per second, when the table is
 //! full, and every ten seconds otherwise). If the table is still full after
-//! that, checks go to one shared overflow bucket until room frees up: a flood
-//! of new keys is still limited, and memory never passes `max_keys`.
+//! that, a key that has no bucket yet is checked against one shared overflow
+//! bucket until room frees up: a flood of new keys is still limited, memory
+//! never passes `max_keys`, and the keys already in the table keep their own
+//! buckets (a flood neither drains them nor refills them).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -14,13 +16,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimitPolicyConfig;
 
-type KeyedLimiter = RateLimiter<String, DashMapStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedLimiter = RateLimiter<String, KeyTable, DefaultClock, StateInformationMiddleware>;
+
+/// The limiter's buckets by key, shared with its [`Policy`], which asks
+/// whether a key already has one (the limiter itself cannot say).
+#[derive(Clone, Default)]
+struct KeyTable(Arc<DashMapStateStore<String>>);
+
+impl StateStore for KeyTable {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for KeyTable {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.0);
+    }
+
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
 
 /// The key every check uses while the key table is full.
 const OVERFLOW_KEY: &str = "\u{0}cascade-overflow";
@@ -51,6 +89,7 @@ pub enum CheckError {
 pub struct Policy {
     config: RateLimitPolicyConfig,
     limiter: KeyedLimiter,
+    keys: KeyTable,
     created: Instant,
     /// Nanoseconds since `created`, of the last eviction.
     last_housekeeping: AtomicU64,
@@ -68,8 +107,11 @@ impl Policy {
         let quota = Quota::with_period(config.interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(burst);
+        let keys = KeyTable::default();
         Self {
-            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            limiter: RateLimiter::<_, _, _, NoOpMiddleware<_>>::new(quota, keys.clone(), DefaultClock::default())
+                .with_middleware::<StateInformationMiddleware>(),
+            keys,
             config,
             created: Instant::now(),
             last_housekeeping: AtomicU64::new(0),
@@ -83,7 +125,7 @@ impl Policy {
     /// Take `cost` from `key`'s bucket.
     pub fn check(&self, key: &str, cost: u32) -> Result<Decision, CheckError> {
         let n = self.valid_cost(cost)?;
-        let key = if self.has_room() { key } else { OVERFLOW_KEY };
+        let key = if self.has_room() || self.keys.0.contains_key(key) { key } else { OVERFLOW_KEY };
         let burst = self.config.burst;
         let interval = self.config.interval;
         let outcome = self.limiter.check_key_n(&key.to_string(), n).map_err(|_| CheckError::InvalidCost(cost))?;
@@ -223,6 +265,35 @@ mod tests {
         }
         // At most max_keys own buckets, plus the shared overflow bucket.
         assert!(p.tracked_keys() <= 11, "{} keys tracked", p.tracked_keys());
+    }
+
+    #[test]
+    fn a_full_table_still_serves_the_keys_it_holds() {
+        let p = policy(1, Duration::from_secs(3600), 2);
+        assert!(p.check("a", 1).unwrap().allowed);
+        assert!(p.check("b", 1).unwrap().allowed);
+        // The table is full: "a" is still checked against its own, spent,
+        // bucket, not handed the overflow bucket's fresh one.
+        assert!(!p.check("a", 1).unwrap().allowed);
+        // New keys share the overflow bucket: the first takes it, the next
+        // is refused, and neither touches "b".
+        assert!(p.check("c", 1).unwrap().allowed);
+        assert!(!p.check("d", 1).unwrap().allowed);
+        assert!(!p.check("b", 1).unwrap().allowed);
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_to_make_room() {
+        // Buckets refill in a millisecond, so every key is idle soon after.
+        let p = policy(1, Duration::from_millis(1), 10);
+        for i in 0..10 {
+            assert!(p.check(&format!("key-{i}"), 1).unwrap().allowed);
+        }
+        assert_eq!(p.tracked_keys(), 10);
+        // A full table evicts idle keys at most once a second.
+        std::thread::sleep(FULL_TABLE_HOUSEKEEPING_EVERY + Duration::from_millis(100));
+        assert!(p.check("new", 1).unwrap().allowed);
+        assert_eq!(p.tracked_keys(), 1, "the idle keys are gone, and the new key has its own bucket");
     }
 
     #[test]
