@@ -8,6 +8,7 @@
 
 use crate::config::OutputLimits;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -444,14 +445,20 @@ impl rate_limit::Host for FilterHost {
                 allowed: d.allowed,
                 limit: d.limit,
                 remaining: d.remaining,
-                reset_after_ms: d.reset_after.as_millis() as u64,
-                retry_after_ms: d.retry_after.as_millis() as u64,
-                window_ms: d.window.as_millis() as u64,
+                reset_after_ms: millis_up(d.reset_after),
+                retry_after_ms: millis_up(d.retry_after),
+                window_ms: millis_up(d.window),
             }),
             Err(CheckError::UnknownPolicy(p)) => Err(rate_limit::CheckError::UnknownPolicy(p)),
             Err(CheckError::InvalidCost(c)) => Err(rate_limit::CheckError::InvalidCost(c)),
         }
     }
+}
+
+/// Whole milliseconds, rounded up: a client told to wait 2,000 ms after a
+/// wait of 2,000.7 ms would be refused again.
+fn millis_up(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 impl jwt::Host for FilterHost {
@@ -494,6 +501,14 @@ mod tests {
         assert_eq!(value_text(&token), "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig");
         let latin1 = HeaderValue::from_bytes(b"caf\xe9 ok").expect("obs-text is a valid value");
         assert_eq!(value_text(&latin1), "caf\u{fffd} ok");
+    }
+
+    #[test]
+    fn waits_are_given_in_whole_milliseconds_rounded_up() {
+        assert_eq!(millis_up(Duration::from_micros(2_000_700)), 2_001);
+        assert_eq!(millis_up(Duration::from_nanos(1)), 1);
+        assert_eq!(millis_up(Duration::from_secs(2)), 2_000);
+        assert_eq!(millis_up(Duration::ZERO), 0);
     }
 
     #[test]
