@@ -115,8 +115,8 @@ impl Auth {
     /// A 401 or 403 with an RFC 6750 `WWW-Authenticate` challenge.
     fn challenge(&self, status: u16, error: Option<(&str, String)>) -> Verdict {
         let mut value = format!("Bearer realm=\"{}\"", self.0.realm);
+        let error = error.map(|(code, description)| (code, error_description(&description)));
         if let Some((code, description)) = &error {
-            let description = description.replace(['"', '\\'], "'");
             value.push_str(&format!(", error=\"{code}\", error_description=\"{description}\""));
             if *code == "insufficient_scope" {
                 value.push_str(&format!(", scope=\"{}\"", self.0.required_scopes.join(" ")));
@@ -132,6 +132,22 @@ impl Auth {
             Reply::new(status).header("www-authenticate", value).header("content-type", "application/json").body(body),
         )
     }
+}
+
+/// RFC 6750's `error_description`: printable ASCII without `"` or `\`, so
+/// that it fits a quoted header parameter and, through `{:?}`, a JSON string.
+/// A description can quote the token (a parse error), so anything else is
+/// replaced and the length is capped.
+fn error_description(text: &str) -> String {
+    const MAX_CHARS: usize = 200;
+    text.chars()
+        .take(MAX_CHARS)
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 fn bearer_token(req: &Request) -> Option<String> {
@@ -324,6 +340,25 @@ mod tests {
         assert_eq!(r.status, 403);
         let challenge = r.header_value("www-authenticate").unwrap();
         assert!(challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"read\""));
+    }
+
+    #[test]
+    fn an_error_description_is_printable_ascii_whatever_the_token_held() {
+        let hostile = "bad JSON: unknown variant `\u{7}é\"\\\r\nx-injected: 1`".to_string() + &"a".repeat(500);
+        set_token("demo", "hostile", Err(VerifyError::Malformed(hostile)));
+        let r = reply(auth().on_request(&Request::new("GET", "/").with_header("authorization", "Bearer hostile")));
+        assert_eq!(r.status, 401);
+        let challenge = r.header_value("www-authenticate").unwrap();
+        let description = challenge.split("error_description=\"").nth(1).unwrap().trim_end_matches('"');
+        assert!(description.chars().all(|c| matches!(c, ' '..='~') && c != '"' && c != '\\'), "{challenge}");
+        assert!(
+            description.starts_with("malformed token: bad JSON: unknown variant `??''??x-injected: 1`"),
+            "{description}"
+        );
+        assert_eq!(description.len(), 200);
+        // The body is JSON, with the same description.
+        let body: serde_json::Value = serde_json::from_slice(r.body.as_ref()).expect("the body is JSON");
+        assert_eq!(body["error_description"], description);
     }
 
     #[test]
