@@ -26,6 +26,9 @@ pub struct Config {
     header: String,
     #[serde(default = "thirty_days")]
     cookie_max_age_secs: u64,
+    /// Mark the cookie `Secure`, for a site served only over HTTPS.
+    #[serde(default)]
+    cookie_secure: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,9 +93,12 @@ impl AbTest {
         unreachable!("point < total weight")
     }
 
+    /// The variant the cookie names, if it is one that still takes traffic:
+    /// a variant set to weight 0 is switched off, for clients it already has
+    /// as well as for new ones.
     fn variant_in_cookie(&self, req: &Request) -> Option<usize> {
         let value = cookie(req, &self.cookie)?;
-        self.config.variants.iter().position(|v| v.name == value)
+        self.config.variants.iter().position(|v| v.name == value && v.weight > 0)
     }
 }
 
@@ -112,7 +118,13 @@ impl Filter for AbTest {
             }
         }
         let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
-        let cookie_attributes = format!("; Path=/; Max-Age={}; SameSite=Lax; HttpOnly", config.cookie_max_age_secs);
+        // A cookie's name is an HTTP token (RFC 6265, 4.1.1).
+        if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+            return Err(format!("cookie name {cookie:?} must be an HTTP token (set `cookie`, or rename `experiment`)"));
+        }
+        let secure = if config.cookie_secure { "; Secure" } else { "" };
+        let cookie_attributes =
+            format!("; Path=/; Max-Age={}; SameSite=Lax; HttpOnly{secure}", config.cookie_max_age_secs);
         Ok(Self {
             config: Rc::new(config),
             cookie: Rc::from(cookie),
@@ -215,6 +227,34 @@ mod tests {
         f.on_request(&req);
         assert_eq!(req.upstream(), "canary");
         assert_eq!(req.path(), "/b/cart");
+    }
+
+    #[test]
+    fn a_cookie_for_a_switched_off_variant_is_reassigned() {
+        let config = r#"{"experiment": "checkout", "variants": [
+            {"name": "control", "weight": 1}, {"name": "new", "weight": 0}]}"#;
+        let mut f = instantiate::<AbTest>(config).unwrap();
+        let req = request("x").with_header("cookie", "ab-checkout=new");
+        f.on_request(&req);
+        assert_eq!(req.header("x-ab-variant").as_deref(), Some("control"));
+        let resp = Response::new(200);
+        f.on_response(&resp);
+        assert!(resp.header("set-cookie").unwrap().starts_with("ab-checkout=control;"));
+    }
+
+    #[test]
+    fn the_cookie_name_must_be_a_token_and_secure_is_an_option() {
+        let bad_experiment = r#"{"experiment": "check out", "variants": [{"name": "a", "weight": 1}]}"#;
+        assert!(instantiate::<AbTest>(bad_experiment).err().unwrap().contains("HTTP token"));
+        let bad_cookie = r#"{"experiment": "e", "cookie": "ab;x", "variants": [{"name": "a", "weight": 1}]}"#;
+        assert!(instantiate::<AbTest>(bad_cookie).err().unwrap().contains("HTTP token"));
+
+        let secure = r#"{"experiment": "e", "cookie_secure": true, "variants": [{"name": "a", "weight": 1}]}"#;
+        let mut f = instantiate::<AbTest>(secure).unwrap();
+        f.on_request(&request("x"));
+        let resp = Response::new(200);
+        f.on_response(&resp);
+        assert!(resp.header("set-cookie").unwrap().ends_with("; HttpOnly; Secure"));
     }
 
     #[test]
