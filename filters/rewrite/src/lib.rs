@@ -49,6 +49,10 @@ struct Redirect {
     status: u16,
     #[serde(default = "keep_query_default")]
     keep_query: bool,
+    /// `pattern` within one that matches the whole path, so that the
+    /// location is `to` alone, with the captures expanded. Built at load.
+    #[serde(skip)]
+    whole_path_pattern: String,
 }
 
 fn default_redirect_status() -> u16 {
@@ -78,7 +82,7 @@ pub struct Rewrite(Rc<Config>);
 impl Filter for Rewrite {
     type Config = Config;
 
-    fn new(config: Config) -> Result<Self, String> {
+    fn new(mut config: Config) -> Result<Self, String> {
         for prefix in [&config.strip_prefix, &config.add_prefix].into_iter().flatten() {
             if !prefix.starts_with('/') {
                 return Err(format!("path prefix {prefix:?} must start with '/'"));
@@ -89,11 +93,20 @@ impl Filter for Rewrite {
                 return Err(format!("redirect status {} is not 301, 302, 307 or 308", redirect.status));
             }
         }
+        for redirect in &mut config.redirects {
+            redirect.whole_path_pattern = format!("^(?s:.*?)(?:{})(?s:.*)$", redirect.pattern);
+        }
         // The host compiles (and caches) each pattern here, so a bad one is
-        // reported when the route is loaded.
-        let redirects = config.redirects.iter().map(|r| &r.pattern);
-        for pattern in redirects.chain(config.path_rewrites.iter().map(|r| &r.pattern)) {
-            regex::is_match(pattern, "")?;
+        // reported when the route is loaded. A redirect's pattern is checked
+        // alone too: wrapped, an unbalanced `a)(b` would pass.
+        for redirect in &config.redirects {
+            regex::is_match(&redirect.pattern, "")?;
+            regex::is_match(&redirect.whole_path_pattern, "")?;
+            check_references(&redirect.to)?;
+        }
+        for rule in &config.path_rewrites {
+            regex::is_match(&rule.pattern, "")?;
+            check_references(&rule.replacement)?;
         }
         Ok(Self(Rc::new(config)))
     }
@@ -101,10 +114,8 @@ impl Filter for Rewrite {
     fn on_request(&mut self, req: &Request) -> Verdict {
         let original = req.path();
         for redirect in &self.0.redirects {
-            // Match the whole path so that the location is `to` alone, with
-            // the captures expanded.
-            let whole = format!("^(?s:.*?)(?:{})(?s:.*)$", redirect.pattern);
-            if let Some(mut location) = regex::replace(&whole, &original, &redirect.to).expect("checked at load") {
+            let expanded = regex::replace(&redirect.whole_path_pattern, &original, &redirect.to);
+            if let Some(mut location) = expanded.expect("checked at load") {
                 if let (true, Some(query)) = (redirect.keep_query, req.query()) {
                     location.push(if location.contains('?') { '&' } else { '?' });
                     location.push_str(&query);
@@ -167,6 +178,34 @@ impl HeaderRules {
             add(name, value).unwrap_or_else(|e| panic!("{e}"));
         }
     }
+}
+
+/// Refuse a capture reference that the regex crate would read otherwise than
+/// it looks: `$1_x` names a group `1_x` (not group 1, then `_x`), which
+/// matches nothing and expands to nothing. Written `${1}_x`, it is clear.
+fn check_references(replacement: &str) -> Result<(), String> {
+    let mut rest = replacement;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        if let Some(escaped) = rest.strip_prefix('$') {
+            rest = escaped;
+            continue;
+        }
+        let name_len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+        let name = &rest[..name_len];
+        if name.starts_with(|c: char| c.is_ascii_digit()) && !name.bytes().all(|b| b.is_ascii_digit()) {
+            let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+            return Err(format!(
+                "{replacement:?}: `${name}` names a group {name:?}; write `${{{}}}{}` for group {} followed by {:?}",
+                &name[..digits],
+                &name[digits..],
+                &name[..digits],
+                &name[digits..]
+            ));
+        }
+        rest = &rest[name_len..];
+    }
+    Ok(())
 }
 
 /// The new path, or `None` to leave it alone. With both prefixes set this is
@@ -289,5 +328,41 @@ mod tests {
         assert!(unknown.contains("unknown field `strip`"), "{unknown}");
         let relative = instantiate::<Rewrite>(r#"{"add_prefix": "v2"}"#).err().unwrap();
         assert!(relative.contains("must start with '/'"), "{relative}");
+        // Balanced only once wrapped to match the whole path: still refused.
+        let unbalanced = instantiate::<Rewrite>(r#"{"redirects": [{"pattern": "a)(b", "to": "/"}]}"#);
+        assert!(unbalanced.err().unwrap().contains("invalid pattern"));
+    }
+
+    #[test]
+    fn a_reference_that_reads_as_another_group_is_refused() {
+        let rule = |replacement: &str| {
+            let config =
+                format!(r#"{{"path_rewrites": [{{"pattern": "^/u/(\\d+)$", "replacement": "{replacement}"}}]}}"#);
+            instantiate::<Rewrite>(&config)
+        };
+        let ambiguous = rule("/users/$1_profile").err().unwrap();
+        assert!(ambiguous.contains("write `${1}_profile`"), "{ambiguous}");
+        let redirect = r#"{"redirects": [{"pattern": "^/u/(\\d+)$", "to": "/v/$1a"}]}"#;
+        assert!(instantiate::<Rewrite>(redirect).err().unwrap().contains("write `${1}a`"));
+
+        // Braced, numbered, named and escaped references are fine.
+        let mut braced = rule("/users/${1}_profile/$1/$$1_x").unwrap();
+        let req = Request::new("GET", "/u/42");
+        braced.on_request(&req);
+        assert_eq!(req.path(), "/users/42_profile/42/$1_x");
+    }
+
+    #[test]
+    fn every_redirect_status_and_dropping_the_query() {
+        for status in [301, 302, 307, 308] {
+            let config = format!(
+                r#"{{"redirects": [{{"pattern": "^/a$", "to": "/b", "status": {status}, "keep_query": false}}]}}"#
+            );
+            let Verdict::Respond(reply) = rewrite(&config).on_request(&Request::new("GET", "/a?x=1")) else {
+                panic!("expected a {status} redirect");
+            };
+            assert_eq!(reply.status, status);
+            assert_eq!(reply.header_value("location"), Some("/b"));
+        }
     }
 }
