@@ -170,7 +170,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
     let mut jwt_keysets = std::collections::BTreeMap::new();
     for (name, section) in &file.jwt.keysets {
-        jwt_keysets.insert(name.clone(), keyset(&main, &base, name, section));
+        jwt_keysets.insert(name.clone(), keyset(&main, &base, name, section)?);
     }
 
     let mut routes = Vec::new();
@@ -219,14 +219,23 @@ fn rate_limit(
     Ok(RateLimitPolicyConfig { name: name.to_string(), burst, interval: period / s.rate, max_keys: s.max_keys.max(1) })
 }
 
-fn keyset(src: &Source, base: &Path, name: &str, section: &Spanned<file::KeysetSection>) -> KeysetConfig {
+fn keyset(
+    src: &Source,
+    base: &Path,
+    name: &str,
+    section: &Spanned<file::KeysetSection>,
+) -> Result<KeysetConfig, ConfigError> {
     let s = section.get_ref();
     let secret = match (&s.secret_env, &s.secret_file) {
-        (Some(var), _) => Some(SecretSource::Env(var.clone())),
+        (Some(_), Some(_)) => {
+            let key = format!("jwt.keysets.{name}");
+            return Err(src.invalid(section, &key, "set `secret_env` or `secret_file`, not both".into()));
+        }
+        (Some(var), None) => Some(SecretSource::Env(var.clone())),
         (None, Some(file)) => Some(SecretSource::File(base.join(file))),
         (None, None) => None,
     };
-    KeysetConfig {
+    Ok(KeysetConfig {
         name: name.to_string(),
         algorithms: s.algorithms.clone(),
         secret,
@@ -237,7 +246,7 @@ fn keyset(src: &Source, base: &Path, name: &str, section: &Spanned<file::KeysetS
         leeway: Duration::from_secs(s.leeway_secs),
         cache_size: s.cache_size,
         at: src.at(section, &format!("jwt.keysets.{name}")),
-    }
+    })
 }
 
 fn socket_addr(src: &Source, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
@@ -540,6 +549,22 @@ servers = ["127.0.0.1:9000"]
             let err = load(&main).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{}:2: key `routes`", main.display())), "{err}");
         }
+    }
+
+    #[test]
+    fn a_keyset_takes_one_secret_source() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"origin\"\n");
+        let keyset = "\n[jwt.keysets.k]\nalgorithms = [\"HS256\"]\nsecret_file = \"secret\"\n";
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{keyset}"));
+        let config = load(&main).unwrap();
+        let secret = &config.jwt_keysets["k"].secret;
+        assert!(matches!(secret, Some(SecretSource::File(path)) if *path == dir.path().join("secret")), "{secret:?}");
+
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{keyset}secret_env = \"JWT_SECRET\"\n"));
+        let err = load(&main).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}:8: key `jwt.keysets.k`", main.display())), "{err}");
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]
