@@ -427,6 +427,16 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_comes_from_the_environment_or_says_which_variable_is_missing() {
+        // PATH is set wherever tests run; setting a variable here would race
+        // with the other tests' threads.
+        let path = std::env::var("PATH").expect("PATH is set");
+        assert_eq!(read_secret(&SecretSource::Env("PATH".into())), Ok(path.into_bytes()));
+        let missing = read_secret(&SecretSource::Env("CASCADE_TEST_UNSET_JWT_SECRET".into())).unwrap_err();
+        assert_eq!(missing, "environment variable CASCADE_TEST_UNSET_JWT_SECRET is not set");
+    }
+
+    #[test]
     fn leeway_lets_a_token_just_past_exp_through() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = keyset_config(dir.path(), 0);
