@@ -179,6 +179,11 @@ fn auth_accepts_good_tokens_and_refuses_every_bad_one() {
         merged.as_object_mut().unwrap().extend(claims.as_object().unwrap().clone());
         sign(Algorithm::RS256, &key, merged)
     };
+    let without = |claim: &str| {
+        let mut fewer = good_claims.clone();
+        fewer.as_object_mut().unwrap().remove(claim);
+        sign(Algorithm::RS256, &key, fewer)
+    };
     let rsa_public_pem = std::fs::read(fixture("rsa-public.pem")).unwrap();
     let alg_none =
         format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), b64url(good_claims.to_string().as_bytes()));
@@ -187,6 +192,9 @@ fn auth_accepts_good_tokens_and_refuses_every_bad_one() {
         ("not yet valid", with(json!({ "nbf": now() + 3600 })), "not valid yet"),
         ("wrong audience", with(json!({ "aud": "other" })), "wrong audience"),
         ("wrong issuer", with(json!({ "iss": "https://evil.test" })), "wrong issuer"),
+        // The keyset names an issuer and an audience, so a token must too.
+        ("no audience", without("aud"), "wrong audience"),
+        ("no issuer", without("iss"), "wrong issuer"),
         ("alg none", alg_none, "malformed"),
         (
             "another key",
