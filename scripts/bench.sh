@@ -19,8 +19,10 @@
 #         reused (`reuse_instances`; the shipped demo route reuses). All of
 #         them sit in front of the same nginx origin serving a small static
 #         body, and proxy and nginx get the same number of workers. The proxy's
-#         CPU time comes from /proc, so the load generator on the same cores
-#         does not skew it.
+#         CPU time comes from /proc, so the load generator does not skew it,
+#         and each proxy runs on a core of its own (PIN). A filter row's
+#         added CPU is the median of its differences from row (b), round by
+#         round.
 # memory: Cascade's resident memory with 1, 10 and 100 distinct modules.
 # swap:   upload to first served request, for a ~100 KB and a >1 MB
 #         component (the admin API, fresh versions so each one compiles),
@@ -48,6 +50,14 @@ WARMUP=${WARMUP:-2}
 # and reported by its median run: drift on a shared machine hits every row
 # alike, and one noisy run does not decide a ratio.
 ROUNDS=${ROUNDS:-3}
+# With PIN=1 (the default on two or more cores) every proxy under load runs
+# on the last core and wrk and the origin on the others, as a PoP pins its
+# workers: the proxy's CPU time is then its own work, not also the cache
+# misses of sharing a core with the load generator.
+PIN=${PIN:-1}
+if [ "$(nproc)" -lt 2 ]; then PIN=0; fi
+PROXY_CPU=$(($(nproc) - 1))
+LOAD_CPUS=$( [ "$(nproc)" -gt 2 ] && echo "0-$(($(nproc) - 2))" || echo 0)
 parts=("${@:-load cache memory swap micro instructions}")
 parts=(${parts[*]})
 
@@ -90,6 +100,18 @@ wait_port() { # PORT [TRIES of 0.1 s, 300 by default]
     echo "bench: nothing listens on port $1" >&2
     return 1
 }
+# Pin processes (all their threads) to CPUS, when PIN=1.
+#   pin CPUS PID...
+pin() {
+    [ "$PIN" = 1 ] || return 0
+    local cpus=$1 pid
+    shift
+    for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done
+}
+# wrk, on the load generator's cores when PIN=1.
+load_wrk() {
+    if [ "$PIN" = 1 ]; then taskset -c "$LOAD_CPUS" wrk "$@"; else wrk "$@"; fi
+}
 # utime + stime of a process and its children threads, in clock ticks.
 cpu_ticks() {
     local total=0 pid
@@ -108,7 +130,8 @@ measure() {
     local row=$1 url=$2 pidset before after report requests
     read -r -a pidset <<<"$3"
     shift 3
-    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
+    pin "$PROXY_CPU" "${pidset[@]}"
+    load_wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
     before=$(cpu_ticks "${pidset[@]}")
     local profiler=
     if [ "${PERF_ROW:-}" = "$row" ] && [ "${round:-1}" = 1 ]; then
@@ -116,7 +139,7 @@ measure() {
             -p "$(tr ' ' , <<<"${pidset[*]}")" -- sleep "$DURATION" 2>/dev/null &
         profiler=$!
     fi
-    report=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
+    report=$(load_wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
     [ -z "$profiler" ] || wait "$profiler"
     after=$(cpu_ticks "${pidset[@]}")
     if grep -q "Non-2xx" <<<"$report"; then
@@ -132,8 +155,10 @@ measure() {
 }
 
 # Measure every row of PART (in the array rows, with its URL in url[row] and
-# its proxy's PIDs in pids_of[row]) ROUNDS times, round-robin, and leave each
-# row's median run (by req/s) in the arrays rps, p50, p99 and cpu.
+# its proxy's PIDs in pids_of[row]) ROUNDS times, round-robin. Leave each
+# row's median run (by req/s) in the arrays rps, p50 and p99, the median of
+# its CPU per request over the rounds in cpu, and that CPU round by round
+# (comma-separated, in order) in cpu_rounds, for differences paired by round.
 #   measure_rows PART [extra wrk arguments...]
 measure_rows() {
     local part=$1 round row
@@ -145,17 +170,35 @@ measure_rows() {
         done
     done
     for row in "${rows[@]}"; do
-        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" <<<"$(python3 -c '
-import sys
-runs = sorted((r.split() for r in sys.argv[1].split(";") if r.strip()), key=lambda r: float(r[0]))
-print(" ".join(runs[len(runs) // 2]))' "${runs[$row]}")"
+        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" "cpu_rounds[$row]" <<<"$(python3 -c '
+import statistics, sys
+runs = [r.split() for r in sys.argv[1].split(";") if r.strip()]
+median_run = sorted(runs, key=lambda r: float(r[0]))[len(runs) // 2]
+cpus = [float(r[3]) for r in runs]
+print(*median_run[:3], f"{statistics.median(cpus):.1f}", ",".join(f"{c:.1f}" for c in cpus))' "${runs[$row]}")"
     done
+}
+
+# "MEDIAN (LOW to HIGH)" of ROW's CPU per request minus BASE's, round by
+# round: both rows ran in each round, minutes apart at most, so drift on a
+# shared machine cancels out of each difference.
+#   paired_difference ROW BASE
+paired_difference() {
+    python3 -c '
+import statistics, sys
+row, base = ([float(c) for c in a.split(",")] for a in sys.argv[1:3])
+d = sorted(r - b for r, b in zip(row, base))
+print(f"{statistics.median(d):.1f} µs (rounds: {d[0]:.1f} to {d[-1]:.1f})")' "${cpu_rounds[$1]}" "${cpu_rounds[$2]}"
 }
 
 machine() {
     echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(nproc) cores)"
     echo "- Memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
     echo "- $($NGINX -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(rustc --version)"
+    if [ "$PIN" = 1 ]; then
+        echo "- Pinned: each proxy on CPU $PROXY_CPU; wrk and the origin on CPUs $LOAD_CPUS"
+    fi
+    echo "- req/s, p50 and p99 come from each row's median round by req/s; CPU per request is the median over the rounds"
 }
 
 # Start a background process and remember it; its PID is left in $started.
@@ -292,6 +335,7 @@ run_load() {
 
     # The origin: nginx serving a small static body.
     start_origin "$work/origin" "$origin_port" "hello from the origin" ""
+    local origin_master=$started
     # (a) nginx as a reverse proxy with keepalive to the origin.
     start_nginx_proxy "$work/proxy" "$nginx_port" "$origin_port" "" ""
     local nginx_master=$started
@@ -312,12 +356,13 @@ run_load() {
     wait_port "$nginx_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    pin "$LOAD_CPUS" "$origin_master" $(pgrep -P "$origin_master")
     # Every row gets the same request, with the token the demo chain's auth needs.
     local token
     token=$("$CASCADE" token --config "$root/conf/cascade.toml" --sub bench 2>/dev/null)
     local auth=(-H "authorization: Bearer $token")
 
-    local -A rps p50 p99 cpu url pids_of
+    local -A rps p50 p99 cpu cpu_rounds url pids_of
     local rows=(${ROWS:-nginx bare none none-cache-on noop noop-reused chain chain-fresh}) row
     for row in "${rows[@]}"; do
         url[$row]="http://127.0.0.1:$cascade_port/$row"
@@ -344,7 +389,7 @@ print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.
         echo
         for row in chain chain-fresh; do
             [ -n "${cpu[$row]:-}" ] || continue
-            python3 -c "print(f'${row_names[$row]} adds {${cpu[$row]} - ${cpu[none]}:.1f} µs of proxy CPU per request over no filters.')"
+            echo "${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences)."
         done
     } | tee "$out/load.md"
     stop_all
@@ -458,6 +503,7 @@ run_cache() {
     cascade_port=$(free_port)
     mkdir -p "$work/ncache"
     start_origin "$work/corigin" "$origin_port" "hello from the origin, cacheable" 'add_header Cache-Control "max-age=3600";'
+    local origin_master=$started
     # nginx proxy_cache, in memory as far as the OS page cache goes.
     start_nginx_proxy "$work/nproxy" "$nginx_port" "$origin_port" "    proxy_cache_path $work/ncache keys_zone=edge:10m;" \
         'proxy_cache edge; add_header X-Cache $upstream_cache_status;'
@@ -472,13 +518,14 @@ run_cache() {
     wait_port "$nginx_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    pin "$LOAD_CPUS" "$origin_master" $(pgrep -P "$origin_master")
     # Both must answer from the cache, or the comparison means nothing.
     curl -s -o /dev/null "http://127.0.0.1:$nginx_port/"
     curl -s -o /dev/null "http://127.0.0.1:$cascade_port/"
     curl -sI "http://127.0.0.1:$nginx_port/" | grep -qi "x-cache: HIT" || { echo "bench: nginx is not caching" >&2; exit 1; }
     curl -sI "http://127.0.0.1:$cascade_port/" | grep -qi "cache-status: .*; hit" || { echo "bench: Cascade is not caching" >&2; exit 1; }
 
-    local -A rps p50 p99 cpu
+    local -A rps p50 p99 cpu cpu_rounds
     local -A url=([nginx]="http://127.0.0.1:$nginx_port/" [cascade]="http://127.0.0.1:$cascade_port/")
     local -A pids_of=([nginx]="${nginx_pids[*]}" [cascade]=$cascade_pid)
     local rows=(nginx cascade) row
