@@ -37,6 +37,18 @@ impl ClientKey {
     }
 }
 
+/// Whether `text` is an HTTP token (RFC 9110, 5.6.2): the syntax of a header
+/// name, and of a cookie name (RFC 6265, 4.1.1).
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Check a cookie name from a filter's config, so a typo fails at load
+/// instead of never matching.
+pub fn check_cookie_name(name: &str) -> Result<(), String> {
+    if is_token(name) { Ok(()) } else { Err(format!("cookie name {name:?} must be an HTTP token")) }
+}
+
 /// The value of cookie `name`, if the request carries it (and it is not empty).
 pub fn cookie(req: &Request, name: &str) -> Option<String> {
     req.header_values("cookie").iter().find_map(|header| {
@@ -50,6 +62,15 @@ pub fn cookie(req: &Request, name: &str) -> Option<String> {
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_what_a_header_or_cookie_name_may_be() {
+        assert!(is_token("x-user-id") && is_token("ab-checkout") && is_token("__Host-id"));
+        for bad in ["", "a b", "a;b", "a=b", "é", "a\"b"] {
+            assert!(!is_token(bad), "{bad:?}");
+            assert!(check_cookie_name(bad).unwrap_err().contains("HTTP token"), "{bad:?}");
+        }
+    }
 
     #[test]
     fn keys_parse_and_resolve() {

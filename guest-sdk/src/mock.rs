@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 
 use crate::EditError;
+use crate::client::is_token;
 
 #[derive(Debug, Clone, Default)]
 struct Headers(Vec<(String, String)>);
@@ -40,10 +41,6 @@ impl Headers {
     fn remove(&mut self, name: &str) {
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn check_header(name: &str, value: &str) -> Result<(), EditError> {

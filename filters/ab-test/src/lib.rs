@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use cascade_filter::client::{ClientKey, cookie};
+use cascade_filter::client::{ClientKey, check_cookie_name, cookie};
 use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
 use serde::Deserialize;
 
@@ -118,9 +118,10 @@ impl Filter for AbTest {
             }
         }
         let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
-        // A cookie's name is an HTTP token (RFC 6265, 4.1.1).
-        if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
-            return Err(format!("cookie name {cookie:?} must be an HTTP token (set `cookie`, or rename `experiment`)"));
+        check_cookie_name(&cookie).map_err(|e| format!("{e} (set `cookie`, or rename `experiment`)"))?;
+        // Browsers drop a cookie with either prefix unless it is `Secure`.
+        if (cookie.starts_with("__Secure-") || cookie.starts_with("__Host-")) && !config.cookie_secure {
+            return Err(format!("cookie {cookie:?} needs `cookie_secure = true`, or browsers drop it"));
         }
         let secure = if config.cookie_secure { "; Secure" } else { "" };
         let cookie_attributes =
@@ -248,6 +249,9 @@ mod tests {
         assert!(instantiate::<AbTest>(bad_experiment).err().unwrap().contains("HTTP token"));
         let bad_cookie = r#"{"experiment": "e", "cookie": "ab;x", "variants": [{"name": "a", "weight": 1}]}"#;
         assert!(instantiate::<AbTest>(bad_cookie).err().unwrap().contains("HTTP token"));
+
+        let prefixed = r#"{"experiment": "e", "cookie": "__Host-ab", "variants": [{"name": "a", "weight": 1}]}"#;
+        assert!(instantiate::<AbTest>(prefixed).err().unwrap().contains("cookie_secure"));
 
         let secure = r#"{"experiment": "e", "cookie_secure": true, "variants": [{"name": "a", "weight": 1}]}"#;
         let mut f = instantiate::<AbTest>(secure).unwrap();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use cascade_filter::client::cookie;
+use cascade_filter::client::{check_cookie_name, cookie};
 use cascade_filter::path::has_segment_prefix;
 use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter, jwt};
 use serde::Deserialize;
@@ -59,6 +59,9 @@ impl Filter for Auth {
     fn new(config: Config) -> Result<Self, String> {
         if config.keyset.is_empty() {
             return Err("`keyset` must name a [jwt.keysets] entry".into());
+        }
+        if let Some(name) = &config.cookie {
+            check_cookie_name(name)?;
         }
         Ok(Self(Rc::new(config)))
     }
@@ -318,6 +321,12 @@ mod tests {
         let trapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| auth().on_request(&req)));
         assert!(trapped.is_err(), "an unknown keyset is a config bug: it traps");
         assert_eq!(req.header("x-user-id"), None);
+    }
+
+    #[test]
+    fn the_token_cookie_name_is_checked_at_load() {
+        let bad = r#"{"keyset": "demo", "cookie": "session id"}"#;
+        assert!(instantiate::<Auth>(bad).err().unwrap().contains("HTTP token"));
     }
 
     #[test]
