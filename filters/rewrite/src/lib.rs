@@ -180,9 +180,11 @@ impl HeaderRules {
     }
 }
 
-/// Refuse a capture reference that the regex crate would read otherwise than
-/// it looks: `$1_x` names a group `1_x` (not group 1, then `_x`), which
-/// matches nothing and expands to nothing. Written `${1}_x`, it is clear.
+/// Refuse a capture reference that can never name a group: the regex crate
+/// reads `$1_x` as a group named `1_x` (not group 1, then `_x`), and a group
+/// name cannot start with a digit, so it would always expand to nothing.
+/// Written `${1}_x`, it means what it looks like. (References follow the
+/// regex crate's `Captures::expand`: `$$` is a `$`, `${...}` runs to `}`.)
 fn check_references(replacement: &str) -> Result<(), String> {
     let mut rest = replacement;
     while let Some(at) = rest.find('$') {
@@ -191,19 +193,22 @@ fn check_references(replacement: &str) -> Result<(), String> {
             rest = escaped;
             continue;
         }
-        let name_len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
-        let name = &rest[..name_len];
-        if name.starts_with(|c: char| c.is_ascii_digit()) && !name.bytes().all(|b| b.is_ascii_digit()) {
-            let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+        let (name, after) = match rest.strip_prefix('{').and_then(|braced| braced.split_once('}')) {
+            Some((name, after)) => (name, after),
+            None => {
+                let len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+                rest.split_at(len)
+            }
+        };
+        let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && digits < name.len() {
+            let (number, tail) = name.split_at(digits);
             return Err(format!(
-                "{replacement:?}: `${name}` names a group {name:?}; write `${{{}}}{}` for group {} followed by {:?}",
-                &name[..digits],
-                &name[digits..],
-                &name[..digits],
-                &name[digits..]
+                "{replacement:?}: the reference `{name}` names no group (a group name cannot start with a digit); \
+                 write `${{{number}}}{tail}` for group {number} followed by {tail:?}"
             ));
         }
-        rest = &rest[name_len..];
+        rest = after;
     }
     Ok(())
 }
@@ -345,7 +350,12 @@ mod tests {
         let redirect = r#"{"redirects": [{"pattern": "^/u/(\\d+)$", "to": "/v/$1a"}]}"#;
         assert!(instantiate::<Rewrite>(redirect).err().unwrap().contains("write `${1}a`"));
 
-        // Braced, numbered, named and escaped references are fine.
+        let braced_digit = rule("/users/${1_profile}").err().unwrap();
+        assert!(braced_digit.contains("write `${1}_profile`"), "{braced_digit}");
+
+        // Braced, numbered, named and escaped references are fine, and so is
+        // a `$` within a braced name.
+        assert!(rule("/users/${a$1b}").is_ok());
         let mut braced = rule("/users/${1}_profile/$1/$$1_x").unwrap();
         let req = Request::new("GET", "/u/42");
         braced.on_request(&req);
