@@ -16,11 +16,15 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 
 use super::BoundedMap;
 use crate::config::{KeysetConfig, SecretSource};
+
+/// The shortest HMAC key accepted, from a secret or a JWKS (RFC 7518 3.2:
+/// at least the hash's size, 256 bits for HS256).
+const MIN_HMAC_SECRET_BYTES: usize = 32;
 
 /// Why a token was refused; mirrors the WIT `verify-error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,7 +178,7 @@ impl Keyset {
         let mut keys = Vec::new();
         if let Some(source) = &config.secret {
             let secret = read_secret(source)?;
-            if secret.len() < 32 {
+            if secret.len() < MIN_HMAC_SECRET_BYTES {
                 return Err("an HMAC secret must be at least 32 bytes".into());
             }
             keys.push(Key { kid: None, kind: KeyKind::Hmac, alg: None, key: DecodingKey::from_secret(&secret) });
@@ -193,33 +197,7 @@ impl Keyset {
             keys.push(Key { kid: None, kind, alg: None, key });
         }
         if let Some(path) = &config.jwks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let set: JwkSet =
-                serde_json::from_str(&text).map_err(|e| format!("{} is not a JWKS document: {e}", path.display()))?;
-            for jwk in &set.keys {
-                // A key published for encryption (`use: enc`) never verifies
-                // a signature (RFC 7517, 4.2).
-                if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
-                    continue;
-                }
-                // A key that names its algorithm verifies only that one
-                // (RFC 7517, 4.4); an encryption algorithm rules it out.
-                let alg = match &jwk.common.key_algorithm {
-                    Some(named) => match named.to_string().parse::<Algorithm>() {
-                        Ok(alg) => Some(alg),
-                        Err(_) => continue,
-                    },
-                    None => None,
-                };
-                let kind = match jwk.algorithm {
-                    AlgorithmParameters::RSA(_) => KeyKind::Rsa,
-                    AlgorithmParameters::EllipticCurve(_) => KeyKind::Ec,
-                    AlgorithmParameters::OctetKeyPair(_) => KeyKind::Ed,
-                    AlgorithmParameters::OctetKey(_) => KeyKind::Hmac,
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: bad key: {e}", path.display()))?;
-                keys.push(Key { kid: jwk.common.key_id.clone(), kind, alg, key });
-            }
+            keys.extend(jwks_keys(path)?);
         }
         if keys.is_empty() {
             return Err("a keyset needs a secret, public_key_files or a jwks_file".into());
@@ -271,6 +249,15 @@ impl Keyset {
             tried = true;
             match decode::<serde_json::Value>(token, &key.key, validation) {
                 Ok(data) => {
+                    // A configured issuer or audience must be in the token:
+                    // jsonwebtoken checks them only when they are present.
+                    // Checked here, after the signature, in a fixed order.
+                    if validation.iss.is_some() && !data.claims.get("iss").is_some_and(serde_json::Value::is_string) {
+                        return Err(VerifyError::WrongIssuer);
+                    }
+                    if validation.aud.is_some() && !has_audience(&data.claims) {
+                        return Err(VerifyError::WrongAudience);
+                    }
                     // A fractional `exp` is rounded, as jsonwebtoken does.
                     let exp = data
                         .claims
@@ -284,6 +271,63 @@ impl Keyset {
         }
         Err(if tried { VerifyError::BadSignature } else { VerifyError::UnknownKey })
     }
+}
+
+/// The signing keys of the JWKS document at `path`. The keys are filtered
+/// on their JSON before jsonwebtoken reads them, so that a key it has no type
+/// for, published for encryption, does not make the whole document unreadable.
+/// Skipped: a key published for encryption (`use` other than `sig`, RFC 7517
+/// 4.2), one whose `key_ops` leave out `verify` (4.3), and one that names an
+/// algorithm that is not a signature algorithm (4.4). A key that names its
+/// algorithm verifies only that one.
+fn jwks_keys(path: &std::path::Path) -> Result<Vec<Key>, String> {
+    let where_ = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {where_}: {e}"))?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{where_} is not a JWKS document: {e}"))?;
+    let entries = document
+        .get("keys")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| format!("{where_} is not a JWKS document: no \"keys\" list"))?;
+    let mut keys = Vec::new();
+    for entry in entries {
+        let field = |name: &str| entry.get(name).and_then(serde_json::Value::as_str);
+        if field("use").is_some_and(|u| u != "sig") {
+            continue;
+        }
+        if let Some(ops) = entry.get("key_ops").and_then(serde_json::Value::as_array)
+            && !ops.iter().any(|op| op == "verify")
+        {
+            continue;
+        }
+        let alg = match field("alg") {
+            Some(name) => match name.parse::<Algorithm>() {
+                Ok(alg) => Some(alg),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let name = field("kid").map_or_else(|| "a key without kid".to_string(), |kid| format!("key {kid:?}"));
+        let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|e| format!("{where_}: {name}: {e}"))?;
+        let kind = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => KeyKind::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => KeyKind::Ed,
+            AlgorithmParameters::OctetKey(octets) => {
+                // The same floor as a configured secret: base64url, 4 chars per 3 bytes.
+                if octets.value.trim_end_matches('=').len() * 3 / 4 < MIN_HMAC_SECRET_BYTES {
+                    return Err(format!("{where_}: {name}: an HMAC key must be at least 32 bytes"));
+                }
+                KeyKind::Hmac
+            }
+        };
+        if alg.is_some_and(|alg| kind_of(alg) != kind) {
+            return Err(format!("{where_}: {name}: its alg does not fit its key type"));
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("{where_}: {name}: bad key: {e}"))?;
+        keys.push(Key { kid: jwk.common.key_id.clone(), kind, alg, key });
+    }
+    Ok(keys)
 }
 
 /// Sign `claims` with the keyset's HMAC secret (for `cascade token`, which
@@ -311,31 +355,35 @@ pub fn sign_with_secret(config: &KeysetConfig, mut claims: serde_json::Value) ->
 }
 
 /// The checks for tokens signed with `alg`: only that algorithm, `exp`
-/// required, `exp` and `nbf` with leeway, and the keyset's issuer and audience.
-/// A configured issuer or audience is also a required claim: jsonwebtoken
-/// checks `iss` and `aud` only when the token has them, and a token that
-/// leaves them out must not pass for one that names the right ones.
+/// required, `exp` and `nbf` with leeway, and the keyset's issuer and audience
+/// (whose presence [`Keyset::check`] adds: only one missing claim could be
+/// reported, and jsonwebtoken would pick which at random).
 fn validation(config: &KeysetConfig, alg: Algorithm) -> Validation {
     let mut validation = Validation::new(alg);
     validation.algorithms = vec![alg];
     validation.leeway = config.leeway.as_secs();
     validation.validate_nbf = true;
-    let mut required = vec!["exp"];
+    validation.set_required_spec_claims(&["exp"]);
     match &config.issuer {
-        Some(iss) => {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
+        Some(iss) => validation.set_issuer(&[iss]),
         None => validation.iss = None,
     }
     if config.audience.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&config.audience);
-        required.push("aud");
     }
-    validation.set_required_spec_claims(&required);
     validation
+}
+
+/// Whether `claims` has an `aud` jsonwebtoken could check: a string, or a
+/// list of strings.
+fn has_audience(claims: &serde_json::Value) -> bool {
+    match claims.get("aud") {
+        Some(serde_json::Value::String(_)) => true,
+        Some(serde_json::Value::Array(list)) => list.iter().all(serde_json::Value::is_string),
+        _ => false,
+    }
 }
 
 fn map_error(kind: &ErrorKind) -> VerifyError {
@@ -344,8 +392,6 @@ fn map_error(kind: &ErrorKind) -> VerifyError {
         ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
         ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
         ErrorKind::InvalidAudience => VerifyError::WrongAudience,
-        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => VerifyError::WrongIssuer,
-        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => VerifyError::WrongAudience,
         ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => VerifyError::BadSignature,
         other => VerifyError::Malformed(describe(other)),
     }
@@ -415,6 +461,12 @@ mod tests {
         assert!(keyset.verify(&both).is_ok());
         let no_issuer = signed(serde_json::json!({"exp": exp, "aud": "api"}));
         assert_eq!(keyset.verify(&no_issuer), Err(VerifyError::WrongIssuer));
+        // Both missing: always the issuer first, in every keyset built (not
+        // whichever of the two each keyset's hash set of required claims yields).
+        let neither = signed(serde_json::json!({"exp": exp}));
+        for _ in 0..20 {
+            assert_eq!(Keyset::build(&config).unwrap().verify(&neither), Err(VerifyError::WrongIssuer));
+        }
         let no_audience = signed(serde_json::json!({"exp": exp, "iss": "https://issuer.example"}));
         assert_eq!(keyset.verify(&no_audience), Err(VerifyError::WrongAudience));
         // An audience that is not a string or a list of strings is no audience.
@@ -465,12 +517,14 @@ mod tests {
             keyset.verify(&rsa_signed("rsa-private.pem", Some("retired-2025"), claims.clone())),
             Err(VerifyError::UnknownKey)
         );
-        // The JWKS also publishes the other key, for encryption only: a token
-        // signed with its private half finds no key to verify it.
-        assert_eq!(
-            keyset.verify(&rsa_signed("other-rsa-private.pem", Some("encryption-2026"), claims.clone())),
-            Err(VerifyError::UnknownKey)
-        );
+        // The JWKS also publishes the other key, for encryption (`use: enc`)
+        // and for wrapping keys (`key_ops` without `verify`), and an X25519
+        // key that jsonwebtoken cannot read (skipped, not a load error): a
+        // token signed with the other key's private half finds no key.
+        for kid in ["encryption-2026", "wrapping-2026"] {
+            let token = rsa_signed("other-rsa-private.pem", Some(kid), claims.clone());
+            assert_eq!(keyset.verify(&token), Err(VerifyError::UnknownKey), "{kid}");
+        }
         assert_eq!(
             keyset.verify(&rsa_signed("other-rsa-private.pem", None, claims.clone())),
             Err(VerifyError::BadSignature)
@@ -481,6 +535,35 @@ mod tests {
         config.algorithms = vec!["RS256".into(), "RS384".into()];
         let error = Keyset::build(&config).unwrap_err();
         assert!(error.contains("RS384") && error.contains("no key"), "{error}");
+    }
+
+    #[test]
+    fn a_jwks_key_that_cannot_be_right_is_a_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = keyset_config(dir.path(), 0);
+        config.secret = None;
+        config.jwks_file = Some(dir.path().join("jwks.json"));
+        let cases = [
+            (r#"{"kty": "oct", "kid": "short", "k": "c2hvcnQtc2VjcmV0"}"#, "at least 32 bytes"),
+            (
+                r#"{"kty": "oct", "kid": "mixed", "alg": "RS256", "k": "YS1qd2tzLWhtYWMta2V5LXRoYXQtaXMtbG9uZy1lbm91Z2gtZm9yLWhzMjU2"}"#,
+                "does not fit",
+            ),
+        ];
+        for (key, expected) in cases {
+            std::fs::write(dir.path().join("jwks.json"), format!(r#"{{"keys": [{key}]}}"#)).unwrap();
+            let error = Keyset::build(&config).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        // "a-jwks-hmac-key-that-is-long-enough-for-hs256", base64url-encoded.
+        let long =
+            r#"{"kty": "oct", "kid": "long", "k": "YS1qd2tzLWhtYWMta2V5LXRoYXQtaXMtbG9uZy1lbm91Z2gtZm9yLWhzMjU2"}"#;
+        std::fs::write(dir.path().join("jwks.json"), format!(r#"{{"keys": [{long}]}}"#)).unwrap();
+        let keyset = Keyset::build(&config).unwrap();
+        let header = Header { kid: Some("long".into()), ..Header::default() };
+        let secret = EncodingKey::from_secret(b"a-jwks-hmac-key-that-is-long-enough-for-hs256");
+        let token = encode(&header, &serde_json::json!({"exp": unix_now() + 60}), &secret).unwrap();
+        assert!(keyset.verify(&token).is_ok());
     }
 
     #[test]
