@@ -5,9 +5,11 @@
 //! information and are evicted (at most once per second, when the table is
 //! full, and every ten seconds otherwise). If the table is still full after
 //! that, a key that has no bucket yet is checked against one shared overflow
-//! bucket until room frees up: a flood of new keys is still limited, memory
-//! never passes `max_keys`, and the keys already in the table keep their own
-//! buckets (a flood neither drains them nor refills them).
+//! bucket until room frees up: a flood of new keys is still limited, the
+//! table holds about `max_keys` keys at most (past it by the overflow key,
+//! and for a moment by one key per check running at once), and the keys
+//! already in the table keep their own buckets (a flood neither drains them
+//! nor refills them).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
