@@ -50,14 +50,23 @@ WARMUP=${WARMUP:-2}
 # and reported by its median run: drift on a shared machine hits every row
 # alike, and one noisy run does not decide a ratio.
 ROUNDS=${ROUNDS:-3}
-# With PIN=1 (the default on two or more cores) every proxy under load runs
-# on the last core and wrk and the origin on the others, as a PoP pins its
-# workers: the proxy's CPU time is then its own work, not also the cache
-# misses of sharing a core with the load generator.
+# With PIN=1 (the default when there are more CPUs than WORKERS) every proxy
+# under load runs on the last WORKERS of the CPUs this script may use, and
+# wrk and the origin on the others, as a PoP pins its workers: the proxy's CPU
+# time is then its own work, not also the cache misses of sharing a core with
+# the load generator.
 PIN=${PIN:-1}
-if [ "$(nproc)" -lt 2 ]; then PIN=0; fi
-PROXY_CPU=$(($(nproc) - 1))
-LOAD_CPUS=$( [ "$(nproc)" -gt 2 ] && echo "0-$(($(nproc) - 2))" || echo 0)
+read -r PROXY_CPUS LOAD_CPUS < <(python3 - "$WORKERS" <<'CPUS'
+import os, sys
+cpus = sorted(os.sched_getaffinity(0))
+workers = int(sys.argv[1])
+if len(cpus) <= workers:
+    print("- -")
+else:
+    print(",".join(map(str, cpus[-workers:])), ",".join(map(str, cpus[:-workers])))
+CPUS
+)
+if [ "$PROXY_CPUS" = - ]; then PIN=0; fi
 parts=("${@:-load cache memory swap micro instructions}")
 parts=(${parts[*]})
 
@@ -100,13 +109,17 @@ wait_port() { # PORT [TRIES of 0.1 s, 300 by default]
     echo "bench: nothing listens on port $1" >&2
     return 1
 }
-# Pin processes (all their threads) to CPUS, when PIN=1.
+# Pin processes (all their threads) to CPUS, when PIN=1. A process that has
+# exited (nginx's cache loader, after a minute) is left out.
 #   pin CPUS PID...
 pin() {
     [ "$PIN" = 1 ] || return 0
     local cpus=$1 pid
     shift
-    for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done
+    for pid in "$@"; do
+        [ -d "/proc/$pid" ] || continue
+        taskset -a -p -c "$cpus" "$pid" >/dev/null 2>&1 || true
+    done
 }
 # wrk, on the load generator's cores when PIN=1.
 load_wrk() {
@@ -130,7 +143,7 @@ measure() {
     local row=$1 url=$2 pidset before after report requests
     read -r -a pidset <<<"$3"
     shift 3
-    pin "$PROXY_CPU" "${pidset[@]}"
+    pin "$PROXY_CPUS" "${pidset[@]}"
     load_wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
     before=$(cpu_ticks "${pidset[@]}")
     local profiler=
@@ -196,7 +209,7 @@ machine() {
     echo "- Memory: $(free -g | awk '/Mem:/ {print $2}') GiB; kernel $(uname -r)"
     echo "- $($NGINX -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(rustc --version)"
     if [ "$PIN" = 1 ]; then
-        echo "- Pinned: each proxy on CPU $PROXY_CPU; wrk and the origin on CPUs $LOAD_CPUS"
+        echo "- Pinned: each proxy on CPU $PROXY_CPUS; wrk and the origin on CPU $LOAD_CPUS (with one CPU for both, they may cap the lightest row's req/s: its CPU per request is still its own)"
     fi
     echo "- req/s, p50 and p99 come from each row's median round by req/s; CPU per request is the median over the rounds"
 }
