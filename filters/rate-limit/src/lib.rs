@@ -20,7 +20,8 @@ pub struct Config {
     /// header falls back to the client IP.
     #[serde(default)]
     key: ClientKey,
-    /// Quota tiers: the value of `header` picks the policy.
+    /// Quota tiers: the value of `header` (a plan claim `auth` forwarded,
+    /// say), or without one the client's key itself, picks the policy.
     #[serde(default)]
     tiers: Option<Tiers>,
     /// Units one request takes.
@@ -31,7 +32,8 @@ pub struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Tiers {
-    header: String,
+    #[serde(default)]
+    header: Option<String>,
     policies: BTreeMap<String, String>,
 }
 
@@ -56,12 +58,11 @@ impl Filter for RateLimit {
 
     fn on_request(&mut self, req: &Request) -> Verdict {
         let key = self.config.key.resolve(req);
-        let policy = self
-            .config
-            .tiers
-            .as_ref()
-            .and_then(|t| req.header(&t.header).and_then(|v| t.policies.get(&v).cloned()))
-            .unwrap_or_else(|| self.config.policy.clone());
+        let tier = |t: &Tiers| match &t.header {
+            Some(header) => req.header(header).and_then(|value| t.policies.get(&value).cloned()),
+            None => t.policies.get(&key).cloned(),
+        };
+        let policy = self.config.tiers.as_ref().and_then(tier).unwrap_or_else(|| self.config.policy.clone());
         // A policy the host does not know is a config bug: trap, and let the
         // route's on_error decide.
         let decision = rate_limit::check(&policy, &key, self.config.cost).unwrap_or_else(|e| panic!("rate-limit: {e}"));
@@ -191,6 +192,21 @@ mod tests {
         assert_eq!(filter(config).on_request(&free), Verdict::Continue);
         let free = Request::new("GET", "/").with_header("x-user-id", "bob");
         assert!(matches!(filter(config).on_request(&free), Verdict::Respond(_)));
+    }
+
+    #[test]
+    fn tiers_by_the_key_itself() {
+        set_policy("anonymous", 1);
+        set_policy("partner", 3);
+        let config = r#"{"policy": "anonymous", "tiers": {"policies": {"203.0.113.7": "partner"}}}"#;
+        let partner = || Request::new("GET", "/").with_client_ip("203.0.113.7");
+        for _ in 0..3 {
+            assert_eq!(filter(config).on_request(&partner()), Verdict::Continue);
+        }
+        assert!(matches!(filter(config).on_request(&partner()), Verdict::Respond(_)));
+        let other = || Request::new("GET", "/").with_client_ip("198.51.100.1");
+        assert_eq!(filter(config).on_request(&other()), Verdict::Continue);
+        assert!(matches!(filter(config).on_request(&other()), Verdict::Respond(_)));
     }
 
     #[test]
