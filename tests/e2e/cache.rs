@@ -294,6 +294,30 @@ fn route_policy_turns_caching_off_overrides_ttl_and_shapes_the_key() {
     assert_eq!(origin.requests(), 6);
 }
 
+// An A/B test in front of the cache: the variant header the filter sets is
+// part of the key (`key_headers`), so each variant is cached once and no
+// client is served the other variant's page.
+#[test]
+fn key_headers_keep_ab_variants_apart() {
+    let routes = "[[route]]\nname = \"ab\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\nkey_headers = [\"x-ab-variant\"]\n\
+                  [[route.filters]]\nmodule = \"ab_test\"\n\
+                  config = { experiment = \"home\", key = \"header:x-user-id\", variants = [{ name = \"a\", weight = 1 }, { name = \"b\", weight = 1 }] }\n";
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), routes).with_built_module("ab_test"));
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let reply = proxy.get("/page", &[("x-user-id", &format!("user-{user}"))]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let cookie = reply.header("set-cookie").expect("a first assignment sets the cookie");
+        let assigned = cookie.strip_prefix("ab-home=").and_then(|c| c.split(';').next()).unwrap().to_string();
+        // What the origin saw for the page this client got, cached or not.
+        assert_eq!(reply.json()["headers"]["x-ab-variant"], assigned.as_str(), "user-{user}: {reply:?}");
+        seen.insert(assigned);
+    }
+    assert_eq!(seen.len(), 2, "20 users should meet both variants");
+    assert_eq!(origin.requests(), 2, "one origin request per variant");
+}
+
 #[test]
 fn purge_by_url_and_by_prefix() {
     let (origin, proxy) = cached(ROUTE);

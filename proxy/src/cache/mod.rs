@@ -94,8 +94,8 @@ impl EdgeCache {
     }
 
     /// The cache key for a request starting now (see `cache_key`).
-    pub fn key(&self, client_url: &str, upstream: &str, upstream_target: &str) -> CacheKey {
-        let mut key = cache_key(client_url, upstream, upstream_target);
+    pub fn key(&self, client_url: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
+        let mut key = cache_key(client_url, upstream, upstream_target, headers);
         key.extensions.insert(self.storage.purges_seen());
         key
     }
@@ -152,9 +152,37 @@ pub fn request_may_use_cache(req: &RequestHeader) -> bool {
 
 /// The cache key: the URL the client asked for (what a purge names), then
 /// where the request went after the filters (upstream group and target), so
-/// an A/B variant routed elsewhere gets its own entry.
-fn cache_key(client_url: &str, upstream: &str, upstream_target: &str) -> CacheKey {
-    CacheKey::new(format!("{client_url}{URL_END}{upstream}{URL_END}{upstream_target}"), "")
+/// an A/B variant routed elsewhere gets its own entry, then the route's
+/// `key_headers` ([`key_headers`]).
+fn cache_key(client_url: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
+    CacheKey::new(format!("{client_url}{URL_END}{upstream}{URL_END}{upstream_target}{headers}"), "")
+}
+
+/// The values of the route's `key_headers` in `req`, as the filters left
+/// them, for the cache key; empty when the route names none. Each name
+/// follows a NUL and each value a line feed (or, as hex, a carriage
+/// return): none of them can be in a header, so an absent header and an
+/// empty one, or two values and one that holds both, never give one key.
+pub fn key_headers(req: &RequestHeader, policy: &RouteCachePolicy) -> String {
+    let mut out = String::new();
+    for name in &policy.key_headers {
+        out.push(URL_END);
+        out.push_str(name.as_str());
+        for value in req.headers.get_all(name) {
+            match value.to_str() {
+                Ok(text) => {
+                    out.push('\n');
+                    out.push_str(text);
+                }
+                // obs-text, which a String cannot hold as it is.
+                Err(_) => {
+                    out.push('\r');
+                    value.as_bytes().iter().for_each(|b| out.push_str(&format!("{b:02x}")));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// May this response be stored, and until when? The origin's headers decide,
@@ -249,6 +277,36 @@ mod tests {
 
     fn policy() -> RouteCachePolicy {
         RouteCachePolicy { enabled: true, ..Default::default() }
+    }
+
+    #[test]
+    fn key_headers_tell_absent_empty_and_run_together_values_apart() {
+        let mut p = policy();
+        let req = |headers: &[(&str, &[u8])]| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            for (name, value) in headers {
+                req.append_header(name.to_string(), http::HeaderValue::from_bytes(value).unwrap()).unwrap();
+            }
+            req
+        };
+        assert_eq!(key_headers(&req(&[("x-v", b"a")]), &p), "", "no key_headers, no change to the key");
+        p.key_headers = vec![http::HeaderName::from_static("x-v"), http::HeaderName::from_static("x-w")];
+        let keys = [
+            key_headers(&req(&[]), &p),
+            key_headers(&req(&[("x-v", b"")]), &p),
+            key_headers(&req(&[("x-v", b"a")]), &p),
+            key_headers(&req(&[("x-v", b"a"), ("x-v", b"b")]), &p),
+            key_headers(&req(&[("x-v", b"a:b")]), &p),
+            key_headers(&req(&[("x-v", b"a"), ("x-w", b"b")]), &p),
+            key_headers(&req(&[("x-v", b"\xe9")]), &p),
+            key_headers(&req(&[("x-v", b"e9")]), &p),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(keys[2], key_headers(&req(&[("X-V", b"a")]), &p), "names are case-insensitive");
     }
 
     fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {

@@ -359,6 +359,10 @@ pub struct RouteCacheSection {
     /// Leave these query parameters out of the cache key.
     #[serde(default)]
     pub ignore_query_params: Vec<String>,
+    /// Add these request headers, as the filters left them, to the cache key
+    /// (the variant header of an A/B test, say).
+    #[serde(default)]
+    pub key_headers: Vec<String>,
 }
 
 fn any_host() -> Spanned<String> {

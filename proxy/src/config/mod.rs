@@ -417,6 +417,16 @@ fn route(
             at: src.at(&entry.module, "route.filters.module"),
         });
     }
+    let key_headers = section
+        .cache
+        .key_headers
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                src.invalid(&section.name, "route.cache.key_headers", format!("{name:?} is not a header name"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(RouteConfig {
         at: src.at(&section.name, "route.name"),
         name,
@@ -429,6 +439,7 @@ fn route(
             ttl: section.cache.ttl_secs.map(Duration::from_secs),
             ignore_query: section.cache.ignore_query,
             ignore_query_params: section.cache.ignore_query_params,
+            key_headers,
         },
     })
 }
@@ -549,6 +560,20 @@ servers = ["127.0.0.1:9000"]
             let err = load(&main).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{}:2: key `routes`", main.display())), "{err}");
         }
+    }
+
+    #[test]
+    fn cache_key_headers_must_be_header_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "cascade.toml", MAIN);
+        let route = "[[route]]\nname = \"a\"\nupstream = \"origin\"\n[route.cache]\nkey_headers = ";
+        write(dir.path(), "routes/a.toml", &format!("{route}[\"X-AB-Variant\"]\n"));
+        let config = load(&main).unwrap();
+        assert_eq!(config.routes[0].cache.key_headers, vec![http::HeaderName::from_static("x-ab-variant")]);
+        write(dir.path(), "routes/a.toml", &format!("{route}[\"bad header\"]\n"));
+        let err = load(&main).unwrap_err().to_string();
+        assert!(err.contains("a.toml:2: key `route.cache.key_headers`"), "{err}");
+        assert!(err.contains("\"bad header\" is not a header name"), "{err}");
     }
 
     #[test]

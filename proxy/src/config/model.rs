@@ -228,6 +228,8 @@ pub struct RouteCachePolicy {
     pub ttl: Option<Duration>,
     pub ignore_query: bool,
     pub ignore_query_params: Vec<String>,
+    /// Request headers whose values, as the filters left them, join the key.
+    pub key_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug, Clone)]

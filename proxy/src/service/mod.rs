@@ -350,7 +350,9 @@ impl ProxyHttp for CascadeProxy {
             return Error::e_explain(ErrorType::InternalError, "cache enabled without a cache URL");
         };
         let target = session.req_header().uri.path_and_query().map_or("/", |pq| pq.as_str());
-        Ok(self.cache.key(url, &ctx.upstream, &cache::key_target(target, &route.config.cache)))
+        let policy = &route.config.cache;
+        let headers = cache::key_headers(session.req_header(), policy);
+        Ok(self.cache.key(url, &ctx.upstream, &cache::key_target(target, policy), &headers))
     }
 
     fn response_cache_filter(
