@@ -75,6 +75,14 @@ struct Key {
     key: DecodingKey,
 }
 
+impl Key {
+    /// Whether this key may verify a token signed with `alg`: a key of the
+    /// algorithm's type, and that algorithm if the key names one.
+    fn verifies(&self, alg: Algorithm) -> bool {
+        self.kind == kind_of(alg) && self.alg.is_none_or(|own| own == alg)
+    }
+}
+
 /// A keyset ready to verify tokens.
 pub struct Keyset {
     pub name: String,
@@ -203,7 +211,7 @@ impl Keyset {
             return Err("a keyset needs a secret, public_key_files or a jwks_file".into());
         }
         for alg in &algorithms {
-            if !keys.iter().any(|k| k.kind == kind_of(*alg) && k.alg.is_none_or(|a| a == *alg)) {
+            if !keys.iter().any(|k| k.verifies(*alg)) {
                 return Err(format!("algorithm {alg:?} is allowed but the keyset has no key for it"));
             }
         }
@@ -238,11 +246,10 @@ impl Keyset {
         let Some((_, validation)) = self.algorithms.iter().find(|(alg, _)| *alg == header.alg) else {
             return Err(VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         };
-        let kind = kind_of(header.alg);
         let candidates = self
             .keys
             .iter()
-            .filter(|k| k.kind == kind && k.alg.is_none_or(|alg| alg == header.alg))
+            .filter(|k| k.verifies(header.alg))
             .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
         let mut tried = false;
         for key in candidates {
