@@ -103,6 +103,7 @@ impl ControlPlane {
         let store = ModuleStore::open(&config.modules.store, runtime.engine())?;
         let cache = EdgeCache::new(&config.cache);
         let snapshot = snapshot_of(&runtime, config, &store, None).await?;
+        runtime.fit_tick_to(snapshot.shortest_filter_timeout());
         Ok(Self {
             runtime,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -128,8 +129,13 @@ impl ControlPlane {
 
     /// Make `snapshot` the one new requests see.
     fn activate(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+        self.serve(snapshot);
         self.metrics.record_swap();
+    }
+
+    fn serve(&self, snapshot: Snapshot) {
+        self.runtime.fit_tick_to(snapshot.shortest_filter_timeout());
+        self.current.store(Arc::new(snapshot));
     }
 
     // Each change below builds and checks the new snapshot first, then
@@ -200,7 +206,7 @@ impl ControlPlane {
         let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
         let previous = self.current.load_full();
         let snapshot = snapshot_of(&self.runtime, config, &self.store, Some(&previous)).await?;
-        self.current.store(Arc::new(snapshot));
+        self.serve(snapshot);
         self.metrics.record_reload();
         Ok(())
     }

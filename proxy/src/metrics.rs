@@ -188,6 +188,10 @@ impl Metrics {
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        let name = "cascade_filter_epoch_tick_seconds";
+        let help = "How often filter deadlines are checked: a tenth of the shortest one configured, 1 to 10 ms.";
+        let tick = runtime.tick().get().as_secs_f64();
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {tick}");
         out
     }
 }

@@ -57,4 +57,11 @@ impl Snapshot {
         }
         Ok(Self { routes: RouteTable::build(routes)?, upstreams, modules, caps, config: Arc::new(config) })
     }
+
+    /// The shortest deadline of any filter this config runs (the default
+    /// deadline if it runs none): the epoch tick is fitted to it.
+    pub fn shortest_filter_timeout(&self) -> std::time::Duration {
+        let entries = self.config.routes.iter().flat_map(|route| &route.filters);
+        entries.map(|entry| entry.limits.timeout).min().unwrap_or(self.config.limits.filter_timeout)
+    }
 }

@@ -108,6 +108,37 @@ fn endless_loop_is_stopped_by_the_deadline() {
     assert_eq!(proxy.get("/plain", &[]).status, 200);
 }
 
+/// Deadlines are instants; the epoch tick, a tenth of the shortest deadline
+/// configured, only says how often they are checked. A reload that adds a
+/// 10 ms deadline, and so a finer tick, while a call with a 5 s deadline
+/// spins does not stop that call early: armed in ticks of the old 10 ms and
+/// counted in the new 1 ms ones, it would stop after about half a second.
+#[test]
+fn a_finer_tick_after_a_reload_stops_no_running_call_early() {
+    let mut routes = misbehave_route("slow", "/slow", "fail-closed", r#"{ on_request = "spin", spin_ms = 1500 }"#);
+    routes.push_str("timeout_ms = 5000\n");
+    let proxy = std::sync::Arc::new(Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]).with_admin()));
+    proxy.wait_for_metrics(&["cascade_filter_epoch_tick_seconds 0.01\n"]);
+    let slow = {
+        let proxy = proxy.clone();
+        std::thread::spawn(move || proxy.get("/slow", &[]))
+    };
+    proxy.wait_for_metrics(&["cascade_filter_instances_live 1\n"]);
+
+    routes.push_str(&misbehave_route("loop", "/loop", "fail-closed", r#"{ on_request = "loop" }"#));
+    routes.push_str("timeout_ms = 10\n");
+    std::fs::write(proxy.dir.path().join("routes/test.toml"), routes).unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    proxy.wait_for_metrics(&["cascade_filter_epoch_tick_seconds 0.001\n"]);
+
+    let reply = slow.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["headers"]["x-misbehave"], "request", "{}", reply.body);
+    let reply = proxy.get("/loop", &[]);
+    assert_eq!(reply.status, 500, "the new route's loop is stopped: {reply:?}");
+    assert!(reply.json()["error"].as_str().unwrap().contains("timeout"), "{}", reply.body);
+}
+
 #[test]
 fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let mut routes = misbehave_route("alloc", "/", "fail-closed", r#"{ on_request = "alloc" }"#);

@@ -13,10 +13,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use pingora::http::ResponseHeader;
 use wasmtime::component::Resource;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::cascade::filter::types::{Reply, Verdict};
 use super::breaker::Breaker;
@@ -170,7 +171,7 @@ impl FilterChain {
                 request_id: Arc::from("config-check"),
             };
             let mut instance = link.instantiate(runtime, caps, tag).await.map_err(|f| bad_config(f.to_string()))?;
-            arm_deadline(&mut instance.store, &link);
+            arm_deadline(&mut instance.store, &link, runtime, Instant::now());
             match instance.filter.call_check_config(&mut instance.store).await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
@@ -262,9 +263,9 @@ impl InFlightChain {
                 link.finished(runtime, instance);
                 continue;
             }
-            arm_deadline(&mut instance.store, link);
+            let started = Instant::now();
+            arm_deadline(&mut instance.store, link, runtime, started);
             instance.store.data_mut().response = Some(response);
-            let started = std::time::Instant::now();
             let result = instance.filter.call_on_response(&mut instance.store, Resource::new_borrow(0)).await;
             self.timings.push(FilterTiming {
                 module: link.module_name.clone(),
@@ -330,7 +331,7 @@ impl ChainLink {
         head: RequestHead,
         timings: &mut Vec<FilterTiming>,
     ) -> (RequestHead, Result<(Instance, Verdict), FilterFailure>) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let tag = InstanceTag {
             module: self.module_name.clone(),
             route: head.route_name.clone(),
@@ -345,7 +346,7 @@ impl ChainLink {
             },
         };
         let store = &mut instance.store;
-        arm_deadline(store, self);
+        arm_deadline(store, self, runtime, started);
         store.data_mut().request = Some(head);
         let verdict = instance.filter.call_on_request(&mut *store, Resource::new_borrow(0)).await;
         let head = store.data_mut().request.take().expect("request returned to host");
@@ -397,8 +398,16 @@ impl ChainLink {
         let host = FilterHost::new(tag, live, self.entry.config_json.clone(), caps.clone(), memory, output);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
+        let tick = runtime.tick().clone();
+        store.epoch_deadline_callback(move |store| {
+            let left = store.data().deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            Ok(match left {
+                Some(left) if !left.is_zero() => UpdateDeadline::Continue(tick.ticks_for(left)),
+                _ => UpdateDeadline::Interrupt,
+            })
+        });
         // Start functions run guest code too, so they get the same deadline.
-        arm_deadline(&mut store, self);
+        arm_deadline(&mut store, self, runtime, Instant::now());
         match self.module.pre.instantiate_async(&mut store).await {
             Ok(filter) => Ok(Instance { store, filter, served: 0 }),
             Err(e) => {
@@ -427,9 +436,15 @@ fn oversized(reply: &Reply, limits: &OutputLimits) -> Option<String> {
         .map(|(n, _)| format!("reply header {:?} exceeds the size limit", n.chars().take(64).collect::<String>()))
 }
 
-fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink) {
-    store.set_epoch_deadline(FilterRuntime::deadline_ticks(link.entry.limits.timeout));
-    store.epoch_deadline_trap();
+/// Give the next call `link`'s timeout from `now`. The deadline is an
+/// instant, and the epoch deadline only says when to check it next: if the
+/// tick changed since (a reload fitted it to another config), the check
+/// finds time left and counts the ticks again (the store's callback, set in
+/// `instantiate`), so no call is stopped early or much late.
+fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink, runtime: &FilterRuntime, now: Instant) {
+    let timeout = link.entry.limits.timeout;
+    store.data_mut().deadline = Some(now + timeout);
+    store.set_epoch_deadline(runtime.tick().ticks_for(timeout));
 }
 
 fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, error: wasmtime::Error) -> FilterFailure {

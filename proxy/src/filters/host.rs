@@ -114,6 +114,8 @@ pub struct FilterHost {
     /// What this chain entry's filter may hand back.
     output: OutputLimits,
     pub limiter: InstanceLimiter,
+    /// When the running call must stop (`chain::arm_deadline`).
+    pub deadline: Option<std::time::Instant>,
     /// Present only during `on-request`.
     pub request: Option<RequestHead>,
     /// Present only during `on-response`.
@@ -144,6 +146,7 @@ impl FilterHost {
             caps,
             output,
             limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, largest_memory: 0 },
+            deadline: None,
             request: None,
             response: None,
             skips_on_response: false,

@@ -1,7 +1,7 @@
 //! The one `Engine` and `Linker` every filter shares, and the epoch ticker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -12,9 +12,15 @@ use super::bindings;
 use super::host::FilterHost;
 use crate::config::Limits;
 
-/// How often the epoch advances. A filter deadline is a whole number of ticks,
-/// so a call is stopped at most one tick after its deadline.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// The epoch advances every tick; a call that runs past its deadline is
+/// stopped at the next tick. The tick is a tenth of the shortest filter
+/// deadline in the serving config, within these bounds, so a call overruns
+/// by at most 10% of that deadline (or 1 ms), and the ticker wakes no more
+/// often than that needs: each wake-up is a context switch, on a busy proxy
+/// on a core the workers use (about 1 µs per request at a 1 ms tick;
+/// docs/BENCHMARKS.md, session 9).
+const FINEST_TICK: Duration = Duration::from_millis(1);
+const COARSEST_TICK: Duration = Duration::from_millis(10);
 
 /// How often a parked ticker wakes on its own, to notice that its engine is
 /// gone and exit (a wake-up for a new instance is never lost: see below).
@@ -27,7 +33,7 @@ const MAX_MEMORY_BYTES: u64 = 256 << 20;
 pub struct FilterRuntime {
     engine: Engine,
     /// Components compiled by Cranelift since start (not loaded from cache).
-    compilations: std::sync::atomic::AtomicU64,
+    compilations: AtomicU64,
     linker: Linker<FilterHost>,
     max_memory_bytes: u64,
     /// Instances serving a request. Ticks only matter while some instance
@@ -36,12 +42,38 @@ pub struct FilterRuntime {
     /// for no wake-ups at 1 kHz.
     live: Arc<AtomicI64>,
     ticker: Thread,
+    tick: EpochTick,
     /// Instances parked between requests for reuse (`filters::reuse`).
     idle: Arc<AtomicI64>,
     /// Each idle instance holds a pool slot, so at most this many may sit
     /// idle, a quarter of `max_instances`: parked instances can never take
     /// the slots that requests on other routes need.
     idle_budget: i64,
+}
+
+/// The current epoch tick, shared by the ticker and the stores' deadline
+/// checks.
+#[derive(Clone)]
+pub struct EpochTick(Arc<AtomicU64>);
+
+impl EpochTick {
+    fn for_deadline(shortest: Duration) -> Duration {
+        (shortest / 10).clamp(FINEST_TICK, COARSEST_TICK)
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, tick: Duration) {
+        self.0.store(tick.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Ticks until `left` has passed. One tick is added because the next
+    /// tick may come right after the count starts.
+    pub fn ticks_for(&self, left: Duration) -> u64 {
+        (left.as_micros() / self.get().as_micros().max(1)) as u64 + 1
+    }
 }
 
 /// Counts one instance in a gauge (live or idle) until it is dropped.
@@ -106,7 +138,9 @@ impl FilterRuntime {
         })?;
 
         let live = Arc::new(AtomicI64::new(0));
-        let (weak_engine, ticker_live) = (engine.weak(), live.clone());
+        let tick = EpochTick(Arc::new(AtomicU64::new(0)));
+        tick.set(EpochTick::for_deadline(limits.filter_timeout));
+        let (weak_engine, ticker_live, ticker_tick) = (engine.weak(), live.clone(), tick.clone());
         let ticker = std::thread::Builder::new()
             .name("cascade-epoch".into())
             .spawn(move || {
@@ -118,7 +152,7 @@ impl FilterRuntime {
                     if ticker_live.load(Ordering::Acquire) == 0 {
                         std::thread::park_timeout(IDLE_RECHECK);
                     } else {
-                        std::thread::sleep(EPOCH_TICK);
+                        std::thread::sleep(ticker_tick.get());
                     }
                 }
             })
@@ -132,6 +166,7 @@ impl FilterRuntime {
             compilations: Default::default(),
             live,
             ticker,
+            tick,
             idle: Default::default(),
             idle_budget: i64::from(instances / 4),
         }))
@@ -166,12 +201,12 @@ impl FilterRuntime {
     }
 
     pub fn count_compilation(&self) {
-        self.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.compilations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Components compiled since start; cached artifacts do not count.
     pub fn compilations(&self) -> u64 {
-        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
+        self.compilations.load(Ordering::Relaxed)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -187,9 +222,33 @@ impl FilterRuntime {
         self.max_memory_bytes
     }
 
-    /// A deadline of `timeout`, in epoch ticks. One tick is added because the
-    /// next tick may land right after the deadline is set.
-    pub fn deadline_ticks(timeout: Duration) -> u64 {
-        (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+    pub fn tick(&self) -> &EpochTick {
+        &self.tick
+    }
+
+    /// Fit the tick to the shortest filter deadline of the config that
+    /// now serves. A call armed under the previous tick is still stopped on
+    /// time: deadlines are instants, and the tick only says how often they
+    /// are checked (`chain::arm_deadline`).
+    pub fn fit_tick_to(&self, shortest_deadline: Duration) {
+        self.tick.set(EpochTick::for_deadline(shortest_deadline));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_is_a_tenth_of_the_shortest_deadline_within_bounds() {
+        assert_eq!(EpochTick::for_deadline(Duration::from_millis(50)), Duration::from_millis(5));
+        assert_eq!(EpochTick::for_deadline(Duration::from_millis(5)), FINEST_TICK);
+        assert_eq!(EpochTick::for_deadline(Duration::from_secs(30)), COARSEST_TICK);
+
+        let tick = EpochTick(Arc::new(AtomicU64::new(0)));
+        tick.set(Duration::from_millis(5));
+        // Ten whole ticks, and one for the tick that may come right away.
+        assert_eq!(tick.ticks_for(Duration::from_millis(50)), 11);
+        assert_eq!(tick.ticks_for(Duration::from_millis(3)), 1);
     }
 }

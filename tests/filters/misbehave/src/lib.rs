@@ -14,6 +14,8 @@ pub enum Behaviour {
     Panic,
     /// Spin forever; only the CPU deadline stops it.
     Loop,
+    /// Spin for `spin_ms` of wall-clock time, then carry on.
+    Spin,
     /// Allocate without bound; only the memory cap stops it.
     Alloc,
     /// Recurse without bound; only the stack limit stops it.
@@ -47,6 +49,8 @@ pub struct Config {
     on_response: Behaviour,
     /// Only misbehave when the request carries `x-misbehave-trigger`.
     only_when_triggered: bool,
+    /// How long `spin` spins.
+    spin_ms: u64,
     /// Read the `host` header this many times (to measure one host call).
     header_reads: u32,
     /// Report on the response, as `x-instance-requests`, how many requests
@@ -75,13 +79,19 @@ fn recurse(depth: u64) -> u64 {
 }
 
 /// Misbehave in a way that needs no message; `set` edits the message's headers.
-fn act(behaviour: Behaviour, set: impl Fn(&str, &str) -> Result<(), cascade_filter::EditError>) {
+fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<(), cascade_filter::EditError>) {
     match behaviour {
         Behaviour::Panic => panic!("misbehave: asked to panic"),
         Behaviour::Loop => {
             let mut n = 0u64;
             loop {
                 n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        Behaviour::Spin => {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(spin_ms);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
             }
         }
         Behaviour::Alloc => {
@@ -139,7 +149,7 @@ impl Filter for Misbehave {
         if !self.triggered {
             return Verdict::Continue;
         }
-        act(self.config.on_request, |name, value| req.set_header(name, value));
+        act(self.config.on_request, self.config.spin_ms, |name, value| req.set_header(name, value));
         match self.config.on_request {
             Behaviour::Respond => {
                 return Verdict::Respond(Reply::new(418).header("x-misbehave", "responded").body("short and stout"));
@@ -166,7 +176,7 @@ impl Filter for Misbehave {
             resp.set_header("x-value-builds", &builds).expect("a short header");
         }
         if self.triggered {
-            act(self.config.on_response, |name, value| resp.set_header(name, value));
+            act(self.config.on_response, self.config.spin_ms, |name, value| resp.set_header(name, value));
             if let Err(e) = resp.add_header("x-misbehave", "response")
                 && self.config.on_response != Behaviour::ManyHeaders
             {
