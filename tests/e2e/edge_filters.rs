@@ -131,9 +131,14 @@ config = { redirects = [{ pattern = "^/old/moved/(.*)$", to = "/new/$1", status 
 "#;
 
 fn config() -> ProxyConfig {
+    config_with("", "")
+}
+
+/// The shared config, with more routes and more of the main file.
+fn config_with(routes: &str, main: &str) -> ProxyConfig {
     let canary = canary_origin();
-    ProxyConfig::new(ROUTES, &["auth", "rate_limit", "ab_test", "rewrite"])
-        .with_main(&format!("\n[upstreams.canary]\nservers = [\"{canary}\"]\n{}", main_sections()))
+    ProxyConfig::new(&format!("{ROUTES}{routes}"), &["auth", "rate_limit", "ab_test", "rewrite"])
+        .with_main(&format!("\n[upstreams.canary]\nservers = [\"{canary}\"]\n{}{main}", main_sections()))
 }
 
 fn proxy() -> Proxy {
@@ -300,6 +305,20 @@ fn concurrent_requests_share_one_bucket() {
     }
     // Another key has its own bucket.
     assert_eq!(proxy.get("/limited/x", &[("x-client", "other")]).status, 200);
+}
+
+/// `RateLimit` goes on every response, the proxy's own 502 included: the
+/// filters' response phase runs on it as on the upstream's answer.
+#[test]
+fn an_upstream_error_carries_the_rate_limit_headers() {
+    let routes = "\n[[route]]\nname = \"dead\"\npath_prefix = \"/dead\"\nupstream = \"dead\"\n[[route.filters]]\n\
+                  module = \"rate_limit\"\nconfig = { policy = \"tight\", key = \"header:x-client\" }\n";
+    let dead = format!("\n[upstreams.dead]\nservers = [\"127.0.0.1:{}\"]\nconnect_timeout_ms = 500\n", free_port());
+    let proxy = Proxy::start(&config_with(routes, &dead));
+    let reply = proxy.get("/dead/x", &[("x-client", "unlucky")]);
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(reply.header("ratelimit-policy"), Some("\"tight\";q=20;w=72000"), "{reply:?}");
+    assert!(reply.header("ratelimit").unwrap().starts_with("\"tight\";r=19;"), "{reply:?}");
 }
 
 #[test]

@@ -42,22 +42,36 @@ fn unknown_route_gets_404_with_request_id() {
     assert_eq!(body["request_id"], reply.header("x-request-id").unwrap());
 }
 
+/// The proxy's own answer to a failed upstream goes through the filters'
+/// response phase, as the upstream's answer would have.
 #[test]
 fn unreachable_origin_gets_502() {
+    let mut routes = String::from(
+        "[[route]]\nname = \"dead\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\n[[route.filters]]\n\
+         module = \"rewrite\"\nconfig = { response_headers = { set = { \"x-served-by\" = \"cascade\" } } }\n",
+    );
+    routes.push_str(&misbehave_route("trap", "/trap", "fail-closed", r#"{ on_response = "panic" }"#));
     let config = ProxyConfig {
         main_extra: format!(
             "[upstreams.origin]\nservers = [\"127.0.0.1:{}\"]\nconnect_timeout_ms = 500\n",
             free_port()
         ),
-        routes: "[[route]]\nname = \"dead\"\nupstream = \"origin\"\n".into(),
+        routes,
         modules: vec![],
         admin: false,
         server_extra: String::new(),
     };
-    let proxy = Proxy::start(&config);
+    let proxy = Proxy::start(&config.with_built_module("rewrite").with_built_module("misbehave"));
     let reply = proxy.get("/", &[]);
     assert_eq!(reply.status, 502, "{reply:?}");
     assert!(reply.header("x-request-id").is_some());
+    assert!(reply.json()["error"].as_str().unwrap().contains("upstream unavailable"), "{}", reply.body);
+    assert_eq!(reply.header("x-served-by"), Some("cascade"), "the response phase ran: {reply:?}");
+    // A filter failing closed on that answer fails the request, as it would
+    // on the upstream's.
+    let reply = proxy.get("/trap", &[]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(reply.json()["error"].as_str().unwrap().contains("on-response"), "{}", reply.body);
     // The proxy keeps serving after the failure.
     assert_eq!(proxy.get("/again", &[]).status, 502);
 }

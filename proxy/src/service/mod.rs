@@ -15,6 +15,7 @@
 //! response_cache_filter ──► cache::cacheability, cache_vary_filter
 //! response_filter ────────► InFlightChain::run_response (reverse order),
 //!                           Cache-Status, Via
+//! fail_to_proxy ──────────► reply: 502 / 504, through run_response too
 //! logging ────────────────► metrics, access log
 //! ```
 
@@ -552,19 +553,29 @@ impl ProxyHttp for CascadeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        // Return the pool slots now, keeping what the chain observed for the log.
-        if let Some(mut chain) = ctx.chain.take() {
-            ctx.collect(chain.get_mut());
-        }
+        let mut chain = ctx.chain.take();
         let error = match &ctx.failure {
             Some(failure) => ErrorReply::filter_failed(failure),
             None => ErrorReply::from_proxy_error(e),
         };
-        let code = error.status;
-        if code > 0 {
-            let _ = reply::send_error(session, ctx, error).await;
+        let mut error_code = error.status;
+        if error_code > 0 {
+            // The upstream failed after the request phase went through: the
+            // filters see the error answer as they would the upstream's.
+            let _ = match chain.as_mut() {
+                Some(chain) if ctx.failure.is_none() => {
+                    reply::send_error_through(session, ctx, &self.runtime, chain.get_mut(), error).await
+                }
+                _ => reply::send_error(session, ctx, error).await,
+            };
+            // Unless a filter failed closed on it, and answered instead.
+            error_code = ctx.failure.as_ref().map_or(error_code, |failure| failure.status);
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        // Return the pool slots now, keeping what the chain observed for the log.
+        if let Some(mut chain) = chain {
+            ctx.collect(chain.get_mut());
+        }
+        FailToProxy { error_code, can_reuse_downstream: false }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -50,6 +50,26 @@ impl ErrorReply {
 
 /// Send an error reply. Always `Ok(true)`: the request is answered.
 pub async fn send_error(session: &mut Session, ctx: &RequestCtx, error: ErrorReply) -> Result<bool> {
+    let (header, body) = error_message(ctx, &error)?;
+    write(session, ctx, header, body).await
+}
+
+/// Send an error reply about the upstream (a 502 or 504) after the response
+/// phase of the filters that saw the request, as a filter's reply goes: the
+/// client then gets their headers on it too, such as `RateLimit`.
+pub async fn send_error_through(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    runtime: &FilterRuntime,
+    chain: &mut InFlightChain,
+    error: ErrorReply,
+) -> Result<bool> {
+    let (header, body) = error_message(ctx, &error)?;
+    write_through(session, ctx, runtime, chain, header, body).await
+}
+
+/// An error reply's head and JSON body, which names the request.
+fn error_message(ctx: &RequestCtx, error: &ErrorReply) -> Result<(ResponseHeader, Bytes)> {
     let body = serde_json::json!({
         "error": error.message,
         "status": error.status,
@@ -58,7 +78,7 @@ pub async fn send_error(session: &mut Session, ctx: &RequestCtx, error: ErrorRep
     .to_string();
     let mut header = ResponseHeader::build(error.status, Some(4))?;
     header.insert_header("content-type", "application/json")?;
-    write(session, ctx, header, Bytes::from(body)).await
+    Ok((header, Bytes::from(body)))
 }
 
 /// Send a filter's reply, after the response phase of the filters that saw
@@ -84,13 +104,26 @@ pub async fn send_filter_reply(
             log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
         }
     }
+    write_through(session, ctx, runtime, chain, header, Bytes::from(reply.body)).await
+}
+
+/// Run the response phase of `chain` on an answer the proxy made, then send
+/// it; if a filter fails closed there, its failure is sent instead.
+async fn write_through(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    runtime: &FilterRuntime,
+    chain: &mut InFlightChain,
+    header: ResponseHeader,
+    body: Bytes,
+) -> Result<bool> {
     let (header, result) = chain.run_response(runtime, header, &ctx.id).await;
     if let Err(failure) = result {
         let error = ErrorReply::filter_failed(&failure);
         ctx.failure = Some(failure);
         return send_error(session, ctx, error).await;
     }
-    write(session, ctx, header, Bytes::from(reply.body)).await
+    write(session, ctx, header, body).await
 }
 
 async fn write(session: &mut Session, ctx: &RequestCtx, mut header: ResponseHeader, body: Bytes) -> Result<bool> {
