@@ -228,6 +228,19 @@ fn auth_accepts_good_tokens_and_refuses_every_bad_one() {
     let challenge = reply.header("www-authenticate").unwrap();
     assert!(challenge.contains("insufficient_scope") && challenge.contains("scope=\"read\""), "{challenge}");
 
+    // A repeated Authorization header, or a token outside b64token syntax,
+    // makes the request malformed: 400 with error="invalid_request".
+    let twice = format!(
+        "GET /rs/data HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nAuthorization: Bearer {good}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let (status, body) = send_raw(proxy.port, &twice);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"error\":\"invalid_request\"") && body.contains("more than one"), "{body}");
+    let reply = proxy.get("/rs/data", &[("authorization", "Bearer two words")]);
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(reply.header("www-authenticate").unwrap().contains("error=\"invalid_request\""), "{reply:?}");
+
     // ES256 works with an EC keyset, and an RS token does not.
     let ec = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-private.pem")).unwrap()).unwrap();
     let es_token = sign(Algorithm::ES256, &ec, json!({ "sub": "carol", "exp": now() + 600 }));

@@ -78,7 +78,11 @@ impl Filter for Auth {
         if config.public_prefixes.iter().any(|p| has_segment_prefix(&path, p)) {
             return Verdict::Continue;
         }
-        let Some(token) = bearer_token(req).or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c))) else {
+        let token = match bearer_token(req) {
+            Ok(token) => token,
+            Err(malformed) => return self.challenge(400, Some(("invalid_request", malformed.into()))),
+        };
+        let Some(token) = token.or_else(|| config.cookie.as_deref().and_then(|c| cookie(req, c))) else {
             return self.challenge(401, None);
         };
         let claims = match jwt::verify(&token, &config.keyset) {
@@ -153,10 +157,35 @@ fn error_description(text: &str) -> String {
         .collect()
 }
 
-fn bearer_token(req: &Request) -> Option<String> {
-    let value = req.header("authorization")?;
-    let (scheme, token) = value.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()).then(|| token.trim().to_string())
+/// The token of an `Authorization: Bearer` header, if there is one, or why
+/// the header makes the request malformed (RFC 6750 `invalid_request`): it
+/// is repeated, or its token is empty or not `b64token` syntax. Another
+/// scheme (`Basic`, say) is no bearer token, and leaves the cookie to look at.
+fn bearer_token(req: &Request) -> Result<Option<String>, &'static str> {
+    let values = req.header_values("authorization");
+    let value = match values.as_slice() {
+        [] => return Ok(None),
+        [value] => value,
+        _ => return Err("more than one Authorization header"),
+    };
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() {
+        return Err("the Bearer credentials hold no token");
+    }
+    if !is_b64token(token) {
+        return Err("the bearer token has characters b64token does not allow");
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// RFC 6750's `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
 }
 
 /// The claims this filter reads (`iss`, `aud`, the scopes and the forwarded
@@ -335,6 +364,36 @@ mod tests {
         let req = Request::new("GET", "/api").with_header("cookie", "a=1; session=cookie-token");
         assert_eq!(auth().on_request(&req), Verdict::Continue);
         assert_eq!(req.header("x-user-id").as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn a_malformed_authorization_header_is_an_invalid_request() {
+        set_token("demo", "good", Ok(r#"{"sub": "alice", "scope": "read"}"#));
+        let cases = [
+            (vec!["Bearer good", "Bearer good"], "more than one Authorization header"),
+            (vec!["Bearer"], "hold no token"),
+            (vec!["Bearer    "], "hold no token"),
+            (vec!["Bearer go od"], "b64token"),
+            (vec!["Bearer g\u{f6}od"], "b64token"),
+            (vec!["Bearer =="], "b64token"),
+        ];
+        for (values, words) in cases {
+            let req = values.iter().fold(Request::new("GET", "/api"), |req, v| req.with_header("authorization", v));
+            let r = reply(auth().on_request(&req));
+            assert_eq!(r.status, 400, "{values:?}");
+            let challenge = r.header_value("www-authenticate").unwrap();
+            assert!(challenge.contains("error=\"invalid_request\"") && challenge.contains(words), "{challenge}");
+        }
+        // Padding, and every b64token character, make a well-formed token;
+        // another scheme is not a bearer token, and the cookie still counts.
+        set_token("demo", "aZ09-._~+/==", Ok(r#"{"sub": "bob", "scope": "read"}"#));
+        let req = Request::new("GET", "/api").with_header("authorization", "bearer  aZ09-._~+/==");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        let req = Request::new("GET", "/api")
+            .with_header("authorization", "Basic YTpi")
+            .with_header("cookie", "session=good");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        assert_eq!(req.header("x-user-id").as_deref(), Some("alice"));
     }
 
     #[test]
