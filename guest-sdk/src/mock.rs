@@ -350,16 +350,23 @@ pub mod jwt {
 
 /// Real regular expressions, with the host's semantics.
 pub mod regex {
+    fn compile(pattern: &str) -> Result<::regex::Regex, String> {
+        ::regex::Regex::new(pattern).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))
+    }
+
     /// Whether `pattern` matches anywhere in `text`.
     pub fn is_match(pattern: &str, text: &str) -> Result<bool, String> {
-        let re = ::regex::Regex::new(pattern).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
-        Ok(re.is_match(text))
+        Ok(compile(pattern)?.is_match(text))
+    }
+
+    /// Each capture group's name (`None` for an unnamed one), group 0 first.
+    pub fn capture_names(pattern: &str) -> Result<Vec<Option<String>>, String> {
+        Ok(compile(pattern)?.capture_names().map(|name| name.map(str::to_string)).collect())
     }
 
     /// Replace the first match, expanding `$1` and `${name}`.
     pub fn replace(pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
-        let re = ::regex::Regex::new(pattern).map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
-        Ok(re.captures(text).map(|caps| {
+        Ok(compile(pattern)?.captures(text).map(|caps| {
             let whole = caps.get(0).expect("group 0 always matches");
             let mut out = String::new();
             out.push_str(&text[..whole.start()]);

@@ -225,6 +225,12 @@ pub mod regex {
         super::acted();
         host::replace(pattern, text, replacement)
     }
+
+    /// Each capture group's name (`None` for an unnamed one), group 0 first.
+    pub fn capture_names(pattern: &str) -> Result<Vec<Option<String>>, String> {
+        super::acted();
+        host::capture_names(pattern)
+    }
 }
 
 thread_local! {

@@ -131,13 +131,13 @@ config = { redirects = [{ pattern = "^/old/moved/(.*)$", to = "/new/$1", status 
 "#;
 
 fn config() -> ProxyConfig {
-    config_with("", "")
+    config_with(ROUTES, "")
 }
 
-/// The shared config, with more routes and more of the main file.
+/// The shared main file with more in it, over these routes.
 fn config_with(routes: &str, main: &str) -> ProxyConfig {
     let canary = canary_origin();
-    ProxyConfig::new(&format!("{ROUTES}{routes}"), &["auth", "rate_limit", "ab_test", "rewrite"])
+    ProxyConfig::new(routes, &["auth", "rate_limit", "ab_test", "rewrite"])
         .with_main(&format!("\n[upstreams.canary]\nservers = [\"{canary}\"]\n{}{main}", main_sections()))
 }
 
@@ -324,10 +324,11 @@ fn concurrent_requests_share_one_bucket() {
 /// filters' response phase runs on it as on the upstream's answer.
 #[test]
 fn an_upstream_error_carries_the_rate_limit_headers() {
-    let routes = "\n[[route]]\nname = \"dead\"\npath_prefix = \"/dead\"\nupstream = \"dead\"\n[[route.filters]]\n\
+    let routes = ROUTES.to_string()
+        + "\n[[route]]\nname = \"dead\"\npath_prefix = \"/dead\"\nupstream = \"dead\"\n[[route.filters]]\n\
                   module = \"rate_limit\"\nconfig = { policy = \"tight\", key = \"header:x-client\" }\n";
     let dead = format!("\n[upstreams.dead]\nservers = [\"127.0.0.1:{}\"]\nconnect_timeout_ms = 500\n", free_port());
-    let proxy = Proxy::start(&config_with(routes, &dead));
+    let proxy = Proxy::start(&config_with(&routes, &dead));
     let reply = proxy.get("/dead/x", &[("x-client", "unlucky")]);
     assert_eq!(reply.status, 502, "{reply:?}");
     assert_eq!(reply.header("ratelimit-policy"), Some("\"tight\";q=20;w=72000"), "{reply:?}");
@@ -409,6 +410,16 @@ fn rewrite_redirects_and_regex_rewrites() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["path"], "/catalog/item");
     assert_eq!(reply.json()["query"], "id=42");
+
+    // A misspelt group name would expand to nothing: the host names the
+    // pattern's groups, and the filter refuses the route at load.
+    let misspelt = ROUTES.replace("?id=${id}", "?id=${idd}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with(&misspelt, "").write(dir.path(), free_port());
+    let out = run_cascade(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("`idd` names no group") && stderr.contains("names [id]"), "{stderr}");
 }
 
 /// The README's walk-through, on the shipped demo route file and keyset:

@@ -153,6 +153,19 @@ fn a_finer_tick_after_a_reload_stops_no_running_call_early() {
     assert!(reply.json()["error"].as_str().unwrap().contains("timeout"), "{}", reply.body);
 }
 
+/// The contract is versioned: a filter built against `cascade:filter@0.1.0`,
+/// before the edge capabilities, still loads and runs on a 0.1.1 host.
+#[test]
+fn a_filter_built_against_an_earlier_contract_still_runs() {
+    let routes = "[[route]]\nname = \"old\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\n\
+                  [[route.filters]]\nmodule = \"contract_0_1_0\"\n";
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &["contract_0_1_0"]));
+    let reply = proxy.get("/x", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["headers"]["x-contract"], "0.1.0", "{}", reply.body);
+    assert_eq!(reply.header("x-contract"), Some("0.1.0"), "{reply:?}");
+}
+
 #[test]
 fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let mut routes = misbehave_route("alloc", "/", "fail-closed", r#"{ on_request = "alloc" }"#);

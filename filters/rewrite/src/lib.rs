@@ -100,13 +100,11 @@ impl Filter for Rewrite {
         // reported when the route is loaded. A redirect's pattern is checked
         // alone too: wrapped, an unbalanced `a)(b` would pass.
         for redirect in &config.redirects {
-            regex::is_match(&redirect.pattern, "")?;
+            check_references(&redirect.pattern, &redirect.to)?;
             regex::is_match(&redirect.whole_path_pattern, "")?;
-            check_references(&redirect.to)?;
         }
         for rule in &config.path_rewrites {
-            regex::is_match(&rule.pattern, "")?;
-            check_references(&rule.replacement)?;
+            check_references(&rule.pattern, &rule.replacement)?;
         }
         Ok(Self(Rc::new(config)))
     }
@@ -180,12 +178,16 @@ impl HeaderRules {
     }
 }
 
-/// Refuse a capture reference that can never name a group: the regex crate
-/// reads `$1_x` as a group named `1_x` (not group 1, then `_x`), and a group
-/// name cannot start with a digit, so it would always expand to nothing.
-/// Written `${1}_x`, it means what it looks like. (References follow the
-/// regex crate's `Captures::expand`: `$$` is a `$`, `${...}` runs to `}`.)
-fn check_references(replacement: &str) -> Result<(), String> {
+/// Refuse a capture reference that names no group of `pattern`, since the
+/// regex crate expands it to nothing: a misspelt `${idd}`, a `$3` of a
+/// pattern with two groups, or `$1_x`, which the regex crate reads as a group
+/// named `1_x` (not group 1, then `_x`), though no group name starts with a
+/// digit. Written `${1}_x`, it means what it looks like. (References follow
+/// the regex crate's `Captures::expand`: `$$` is a `$`, `${...}` runs to
+/// `}`.) The host compiles `pattern` to name its groups, so a bad pattern is
+/// refused here too.
+fn check_references(pattern: &str, replacement: &str) -> Result<(), String> {
+    let groups = regex::capture_names(pattern)?;
     let mut rest = replacement;
     while let Some(at) = rest.find('$') {
         rest = &rest[at + 1..];
@@ -200,15 +202,29 @@ fn check_references(replacement: &str) -> Result<(), String> {
                 rest.split_at(len)
             }
         };
+        rest = after;
         let digits = name.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 && digits < name.len() {
-            let (number, tail) = name.split_at(digits);
+        let names_a_group = match name.parse::<usize>() {
+            _ if name.is_empty() => true, // a lone `$` is itself
+            Ok(number) => number < groups.len(),
+            Err(_) if digits > 0 => {
+                let (number, tail) = name.split_at(digits);
+                return Err(format!(
+                    "{replacement:?}: the reference `{name}` names no group (a group name cannot start with a \
+                     digit); write `${{{number}}}{tail}` for group {number} followed by {tail:?}"
+                ));
+            }
+            Err(_) => groups.iter().any(|group| group.as_deref() == Some(name)),
+        };
+        if !names_a_group {
+            let named: Vec<&str> = groups.iter().flatten().map(String::as_str).collect();
             return Err(format!(
-                "{replacement:?}: the reference `{name}` names no group (a group name cannot start with a digit); \
-                 write `${{{number}}}{tail}` for group {number} followed by {tail:?}"
+                "{replacement:?}: the reference `{name}` names no group of {pattern:?}, which has groups 1 to {} \
+                 and names [{}]",
+                groups.len() - 1,
+                named.join(", ")
             ));
         }
-        rest = after;
     }
     Ok(())
 }
@@ -339,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reference_that_reads_as_another_group_is_refused() {
+    fn a_reference_to_no_group_is_refused() {
         let rule = |replacement: &str| {
             let config =
                 format!(r#"{{"path_rewrites": [{{"pattern": "^/u/(\\d+)$", "replacement": "{replacement}"}}]}}"#);
@@ -353,9 +369,17 @@ mod tests {
         let braced_digit = rule("/users/${1_profile}").err().unwrap();
         assert!(braced_digit.contains("write `${1}_profile`"), "{braced_digit}");
 
-        // Braced, numbered, named and escaped references are fine, and so is
-        // a `$` within a braced name.
-        assert!(rule("/users/${a$1b}").is_ok());
+        // A reference to a group the pattern lacks, by number or by name.
+        let beyond = rule("/users/$2").err().unwrap();
+        assert!(beyond.contains("`2` names no group") && beyond.contains("groups 1 to 1 and names []"), "{beyond}");
+        let named = r#"{"path_rewrites": [{"pattern": "^/u/(?P<id>\\d+)$", "replacement": "/users/${idd}"}]}"#;
+        let misspelt = instantiate::<Rewrite>(named).err().unwrap();
+        assert!(misspelt.contains("`idd` names no group") && misspelt.contains("names [id]"), "{misspelt}");
+        assert!(instantiate::<Rewrite>(&named.replace("${idd}", "${id}")).is_ok());
+        assert!(rule("/users/${a$1b}").err().unwrap().contains("`a$1b` names no group"));
+        assert!(rule("/users/$0").is_ok(), "group 0 is the whole match");
+
+        // Braced, numbered, named and escaped references are fine.
         let mut braced = rule("/users/${1}_profile/$1/$$1_x").unwrap();
         let req = Request::new("GET", "/u/42");
         braced.on_request(&req);

@@ -492,6 +492,10 @@ impl regex::Host for FilterHost {
     fn replace(&mut self, pattern: String, text: String, replacement: String) -> Result<Option<String>, String> {
         self.caps.patterns.replace(&pattern, &text, &replacement)
     }
+
+    fn capture_names(&mut self, pattern: String) -> Result<Vec<Option<String>>, String> {
+        self.caps.patterns.capture_names(&pattern)
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,11 @@ impl PatternCache {
         Ok(self.get(pattern)?.is_match(text))
     }
 
+    /// Each capture group's name (`None` for an unnamed one), group 0 first.
+    pub fn capture_names(&self, pattern: &str) -> Result<Vec<Option<String>>, String> {
+        Ok(self.get(pattern)?.capture_names().map(|name| name.map(str::to_string)).collect())
+    }
+
     /// Replace the first match, expanding `$1` and `${name}`; `None` when
     /// nothing matches.
     pub fn replace(&self, pattern: &str, text: &str, replacement: &str) -> Result<Option<String>, String> {
@@ -71,5 +76,7 @@ mod tests {
         assert_eq!(out.as_deref(), Some("/new/a/b"));
         assert_eq!(cache.replace("^/x", "/y", "/z").unwrap(), None);
         assert!(cache.is_match("(", "x").unwrap_err().contains("invalid pattern"));
+        let names = cache.capture_names(r"^/(\d+)/(?P<slug>[a-z]+)(?:/x)?$").unwrap();
+        assert_eq!(names, [None, None, Some("slug".to_string())]);
     }
 }
