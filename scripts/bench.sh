@@ -5,6 +5,8 @@
 #   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
 #   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows (the
 #                               # ratios need nginx and none among them)
+#   RATE=4000 scripts/bench.sh load   # pace wrk to offer about 4,000 req/s
+#                               # to every row (see RATE below)
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
 #                               # (with call graphs) of the proxy during that
 #                               # row (load-nginx, load-bare, load-none, load-none-cache-on, load-noop,
@@ -56,6 +58,15 @@ ROUNDS=${ROUNDS:-3}
 # time is then its own work, not also the cache misses of sharing a core with
 # the load generator.
 PIN=${PIN:-1}
+# With RATE set, the load part paces wrk: each connection waits between its
+# requests, so that all of them together offer about RATE req/s (a little
+# less: the wait is whole milliseconds, and the response time adds to it).
+# Every row then handles the same load, below saturation, and its CPU per
+# request is its own work per request. Saturated, a slower proxy also leaves
+# wrk and the origin idle more often, and the kernel time of waking them is
+# charged to the proxy: that part of a filter row's added CPU is not the
+# filters' work.
+RATE=${RATE:-}
 read -r PROXY_CPUS LOAD_CPUS < <(python3 - "$WORKERS" <<'CPUS'
 import os, sys
 cpus = sorted(os.sched_getaffinity(0))
@@ -125,27 +136,29 @@ pin() {
 load_wrk() {
     if [ "$PIN" = 1 ]; then taskset -c "$LOAD_CPUS" wrk "$@"; else wrk "$@"; fi
 }
-# utime + stime of a process and its children threads, in clock ticks.
+# "UTIME STIME" of processes and their threads, in clock ticks.
 cpu_ticks() {
-    local total=0 pid
+    local user=0 kernel=0 pid u k
     for pid in "$@"; do
         # nginx's cache loader exits a minute after start; its share is nil.
         [ -r "/proc/$pid/stat" ] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        read -r u k < <(awk '{print $14, $15}' "/proc/$pid/stat")
+        user=$((user + u)) kernel=$((kernel + k))
     done
-    echo "$total"
+    echo "$user $kernel"
 }
 # Drive URL with wrk (a warm-up, then the measured run) and print
-# "req/s p50 p99 cpu-µs-per-request", the CPU read from /proc for PIDS.
+# "req/s p50 p99 cpu-µs-per-request kernel-cpu-µs-per-request", the CPU read
+# from /proc for PIDS.
 # ROW names the row, for PERF_ROW.
 #   measure ROW URL "PIDS" [extra wrk arguments...]
 measure() {
-    local row=$1 url=$2 pidset before after report requests
+    local row=$1 url=$2 pidset user_before kernel_before user_after kernel_after report requests
     read -r -a pidset <<<"$3"
     shift 3
     pin "$PROXY_CPUS" "${pidset[@]}"
     load_wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
-    before=$(cpu_ticks "${pidset[@]}")
+    read -r user_before kernel_before <<<"$(cpu_ticks "${pidset[@]}")"
     local profiler=
     if [ "${PERF_ROW:-}" = "$row" ] && [ "${round:-1}" = 1 ]; then
         perf record -F 1000 --call-graph dwarf,16384 -o "$out/perf-$PERF_ROW.data" \
@@ -154,7 +167,7 @@ measure() {
     fi
     report=$(load_wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
     [ -z "$profiler" ] || wait "$profiler"
-    after=$(cpu_ticks "${pidset[@]}")
+    read -r user_after kernel_after <<<"$(cpu_ticks "${pidset[@]}")"
     if grep -q "Non-2xx" <<<"$report"; then
         echo "bench: $url answered errors:" >&2
         echo "$report" >&2
@@ -164,14 +177,18 @@ measure() {
     echo "$(awk '/Requests\/sec/ {print $2}' <<<"$report")" \
         "$(awk '$1 == "50%" {print $2}' <<<"$report")" \
         "$(awk '$1 == "99%" {print $2}' <<<"$report")" \
-        "$(python3 -c "print(f'{($after - $before) * 1e6 / $(getconf CLK_TCK) / $requests:.1f}')")"
+        "$(python3 -c "
+per_request = 1e6 / $(getconf CLK_TCK) / $requests
+user, kernel = ($user_after - $user_before) * per_request, ($kernel_after - $kernel_before) * per_request
+print(f'{user + kernel:.1f} {kernel:.1f}')")"
 }
 
 # Measure every row of PART (in the array rows, with its URL in url[row] and
 # its proxy's PIDs in pids_of[row]) ROUNDS times, round-robin. Leave each
 # row's median run (by req/s) in the arrays rps, p50 and p99, the median of
 # its CPU per request over the rounds in cpu, and that CPU round by round
-# (comma-separated, in order) in cpu_rounds, for differences paired by round.
+# (comma-separated, in order) in cpu_rounds, for differences paired by round;
+# the kernel's share of it likewise in kcpu and kcpu_rounds.
 #   measure_rows PART [extra wrk arguments...]
 measure_rows() {
     local part=$1 round row
@@ -183,25 +200,32 @@ measure_rows() {
         done
     done
     for row in "${rows[@]}"; do
-        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" "cpu_rounds[$row]" <<<"$(python3 -c '
+        read -r "rps[$row]" "p50[$row]" "p99[$row]" "cpu[$row]" "cpu_rounds[$row]" "kcpu[$row]" "kcpu_rounds[$row]" \
+            <<<"$(python3 -c '
 import statistics, sys
 runs = [r.split() for r in sys.argv[1].split(";") if r.strip()]
 median_run = sorted(runs, key=lambda r: float(r[0]))[len(runs) // 2]
-cpus = [float(r[3]) for r in runs]
-print(*median_run[:3], f"{statistics.median(cpus):.1f}", ",".join(f"{c:.1f}" for c in cpus))' "${runs[$row]}")"
+for field in (3, 4):
+    cpus = [float(r[field]) for r in runs]
+    median_run.append(f"{statistics.median(cpus):.1f}")
+    median_run.append(",".join(f"{c:.1f}" for c in cpus))
+print(*median_run[:3], *median_run[5:])' "${runs[$row]}")"
     done
 }
 
 # "MEDIAN (LOW to HIGH)" of ROW's CPU per request minus BASE's, round by
 # round: both rows ran in each round, minutes apart at most, so drift on a
-# shared machine cancels out of each difference.
-#   paired_difference ROW BASE
+# shared machine cancels out of each difference. With a third argument,
+# "kernel", of the kernel's share of the CPU.
+#   paired_difference ROW BASE [kernel]
 paired_difference() {
+    local -n rounds=cpu_rounds
+    [ "${3:-}" != kernel ] || local -n rounds=kcpu_rounds
     python3 -c '
 import statistics, sys
 row, base = ([float(c) for c in a.split(",")] for a in sys.argv[1:3])
 d = sorted(r - b for r, b in zip(row, base))
-print(f"{statistics.median(d):.1f} µs (rounds: {d[0]:.1f} to {d[-1]:.1f})")' "${cpu_rounds[$1]}" "${cpu_rounds[$2]}"
+print(f"{statistics.median(d):.1f} µs (rounds: {d[0]:.1f} to {d[-1]:.1f})")' "${rounds[$1]}" "${rounds[$2]}"
 }
 
 machine() {
@@ -375,7 +399,13 @@ run_load() {
     token=$("$CASCADE" token --config "$root/conf/cascade.toml" --sub bench 2>/dev/null)
     local auth=(-H "authorization: Bearer $token")
 
-    local -A rps p50 p99 cpu cpu_rounds url pids_of
+    local pace=()
+    if [ -n "$RATE" ]; then
+        printf 'function delay()\n    return %d\nend\n' $((CONNECTIONS * 1000 / RATE)) >"$work/pace.lua"
+        pace=(-s "$work/pace.lua")
+    fi
+
+    local -A rps p50 p99 cpu cpu_rounds kcpu kcpu_rounds url pids_of
     local rows=(${ROWS:-nginx bare none none-cache-on noop noop-reused chain chain-fresh}) row
     for row in "${rows[@]}"; do
         url[$row]="http://127.0.0.1:$cascade_port/$row"
@@ -385,26 +415,27 @@ run_load() {
     pids_of[nginx]="${nginx_pids[*]}"
     url[bare]="http://127.0.0.1:$bare_port/"
     pids_of[bare]=$bare_pid
-    measure_rows load "${auth[@]}"
+    measure_rows load "${auth[@]}" "${pace[@]}"
 
+    local paced=${RATE:+, paced to offer about $RATE req/s}
     {
-        echo "### Load: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each, median of $ROUNDS rounds"
+        echo "### Load: HTTP/1.1 keep-alive, $CONNECTIONS connections, ${DURATION}s, $WORKERS worker(s) each, median of $ROUNDS rounds$paced"
         echo
         machine
         echo
-        echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req |"
-        echo "|---|---:|---:|---:|---:|---:|---:|"
+        echo "| row | req/s | p50 | p99 | × nginx (a) | × no filters (b) | proxy CPU µs/req | of which kernel |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
         for row in "${rows[@]}"; do
             python3 -c "
 a, b, r = ${rps[nginx]}, ${rps[none]}, ${rps[$row]}
-print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} |')"
+print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} | ${kcpu[$row]} |')"
         done
         echo
-        for row in chain chain-fresh; do
+        for row in noop noop-reused chain chain-fresh; do
             [ -n "${cpu[$row]:-}" ] || continue
-            echo "${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences)."
+            echo "- ${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences), of which the kernel's $(paired_difference "$row" none kernel)."
         done
-    } | tee "$out/load.md"
+    } | tee "$out/load${RATE:+-paced}.md"
     stop_all
 }
 
@@ -538,7 +569,7 @@ run_cache() {
     curl -sI "http://127.0.0.1:$nginx_port/" | grep -qi "x-cache: HIT" || { echo "bench: nginx is not caching" >&2; exit 1; }
     curl -sI "http://127.0.0.1:$cascade_port/" | grep -qi "cache-status: .*; hit" || { echo "bench: Cascade is not caching" >&2; exit 1; }
 
-    local -A rps p50 p99 cpu cpu_rounds
+    local -A rps p50 p99 cpu cpu_rounds kcpu kcpu_rounds
     local -A url=([nginx]="http://127.0.0.1:$nginx_port/" [cascade]="http://127.0.0.1:$cascade_port/")
     local -A pids_of=([nginx]="${nginx_pids[*]}" [cascade]=$cascade_pid)
     local rows=(nginx cascade) row
