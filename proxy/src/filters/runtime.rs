@@ -38,8 +38,9 @@ pub struct FilterRuntime {
     max_memory_bytes: u64,
     /// Instances serving a request. Ticks only matter while some instance
     /// runs (there is nothing to interrupt otherwise), so the ticker parks
-    /// when the count is zero and the first instance to open wakes it: an idle proxy, or one serving only routes without filters, pays
-    /// for no wake-ups at 1 kHz.
+    /// when the count is zero and the first instance to open wakes it: an
+    /// idle proxy, or one serving only routes without filters, pays for no
+    /// wake-ups.
     live: Arc<AtomicI64>,
     ticker: Thread,
     tick: EpochTick,
