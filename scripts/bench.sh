@@ -61,11 +61,9 @@ PIN=${PIN:-1}
 # With RATE set, the load part paces wrk: each connection waits between its
 # requests, so that all of them together offer about RATE req/s (a little
 # less: the wait is whole milliseconds, and the response time adds to it).
-# Every row then handles the same load, below saturation, and its CPU per
-# request is its own work per request. Saturated, a slower proxy also leaves
-# wrk and the origin idle more often, and the kernel time of waking them is
-# charged to the proxy: that part of a filter row's added CPU is not the
-# filters' work.
+# Every row then handles the same load, below saturation, as a PoP that is
+# not busy does: the proxy idles between requests, and its CPU per request
+# includes what cold caches cost it (docs/BENCHMARKS.md, session 10).
 RATE=${RATE:-}
 read -r PROXY_CPUS LOAD_CPUS < <(python3 - "$WORKERS" <<'CPUS'
 import os, sys
@@ -205,22 +203,21 @@ measure_rows() {
 import statistics, sys
 runs = [r.split() for r in sys.argv[1].split(";") if r.strip()]
 median_run = sorted(runs, key=lambda r: float(r[0]))[len(runs) // 2]
-for field in (3, 4):
+out = median_run[:3]
+for field in (3, 4):  # all CPU, then the kernel share
     cpus = [float(r[field]) for r in runs]
-    median_run.append(f"{statistics.median(cpus):.1f}")
-    median_run.append(",".join(f"{c:.1f}" for c in cpus))
-print(*median_run[:3], *median_run[5:])' "${runs[$row]}")"
+    out += [f"{statistics.median(cpus):.1f}", ",".join(f"{c:.1f}" for c in cpus)]
+print(*out)' "${runs[$row]}")"
     done
 }
 
 # "MEDIAN (LOW to HIGH)" of ROW's CPU per request minus BASE's, round by
 # round: both rows ran in each round, minutes apart at most, so drift on a
-# shared machine cancels out of each difference. With a third argument,
-# "kernel", of the kernel's share of the CPU.
-#   paired_difference ROW BASE [kernel]
+# shared machine cancels out of each difference. ROUNDS names the array of
+# per-round figures: cpu_rounds (the default), or kcpu_rounds for the kernel.
+#   paired_difference ROW BASE [ROUNDS]
 paired_difference() {
-    local -n rounds=cpu_rounds
-    [ "${3:-}" != kernel ] || local -n rounds=kcpu_rounds
+    local -n rounds=${3:-cpu_rounds}
     python3 -c '
 import statistics, sys
 row, base = ([float(c) for c in a.split(",")] for a in sys.argv[1:3])
@@ -433,7 +430,7 @@ print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.
         echo
         for row in noop noop-reused chain chain-fresh; do
             [ -n "${cpu[$row]:-}" ] || continue
-            echo "- ${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences), of which the kernel's $(paired_difference "$row" none kernel)."
+            echo "- ${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences), of which the kernel's $(paired_difference "$row" none kcpu_rounds)."
         done
     } | tee "$out/load${RATE:+-paced}.md"
     stop_all

@@ -10,6 +10,7 @@
 mod store;
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::SystemTime;
 
 #[cfg(test)]
@@ -177,7 +178,9 @@ pub fn key_headers(req: &RequestHeader, policy: &RouteCachePolicy) -> String {
                 // obs-text, which a String cannot hold as it is.
                 Err(_) => {
                     out.push('\r');
-                    value.as_bytes().iter().for_each(|b| out.push_str(&format!("{b:02x}")));
+                    for byte in value.as_bytes() {
+                        let _ = write!(out, "{byte:02x}");
+                    }
                 }
             }
         }
