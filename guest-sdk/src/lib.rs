@@ -87,9 +87,12 @@ pub trait Filter: Sized + Clone + 'static {
     }
 
     /// Inspect or edit the response head on its way to the client. Without
-    /// it, the host stops calling the filter on responses after the first.
-    /// (So does an `on_response` that only calls this default and makes no
-    /// host call: it has nothing to do.)
+    /// it, the host stops calling the filter on responses after the first,
+    /// and releases its instance as soon as `on_request` returns. (So does an
+    /// `on_response` that only calls this default and makes no host call: it
+    /// has nothing to do.) A filter that only sets, adds or removes response
+    /// headers needs none: [`Request::set_response_header`] and its kin stage
+    /// the edits from `on_request`.
     fn on_response(&mut self, _resp: &Response) {
         #[cfg(target_arch = "wasm32")]
         wasm::default_on_response_ran();

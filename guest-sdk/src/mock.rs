@@ -54,6 +54,13 @@ fn check_header(name: &str, value: &str) -> Result<(), EditError> {
 }
 
 #[derive(Debug, Clone)]
+enum ResponseEdit {
+    Set(String, String),
+    Add(String, String),
+    Remove(String),
+}
+
+#[derive(Debug, Clone)]
 struct RequestState {
     id: String,
     method: String,
@@ -64,6 +71,8 @@ struct RequestState {
     route_name: String,
     upstream: String,
     upstreams: Vec<String>,
+    /// Staged response header edits, in order.
+    response_edits: Vec<ResponseEdit>,
 }
 
 /// A request held by the mock host. Build one with [`Request::new`] and the
@@ -89,6 +98,7 @@ impl Request {
             route_name: "test".into(),
             upstream: "origin".into(),
             upstreams: vec!["origin".into()],
+            response_edits: Vec::new(),
         }))
     }
     /// Add a request header.
@@ -202,6 +212,39 @@ impl Request {
         }
         state.upstream = group.into();
         Ok(())
+    }
+    /// Stage a header for the response; see [`Request::respond_to`].
+    pub fn set_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        check_header(name, value)?;
+        self.0.borrow_mut().response_edits.push(ResponseEdit::Set(name.into(), value.into()));
+        Ok(())
+    }
+    /// Stage an appended response header value; see [`Request::respond_to`].
+    pub fn add_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        check_header(name, value)?;
+        self.0.borrow_mut().response_edits.push(ResponseEdit::Add(name.into(), value.into()));
+        Ok(())
+    }
+    /// Stage the removal of a response header; see [`Request::respond_to`].
+    pub fn remove_response_header(&self, name: &str) -> Result<(), EditError> {
+        check_header(name, "")?;
+        self.0.borrow_mut().response_edits.push(ResponseEdit::Remove(name.into()));
+        Ok(())
+    }
+    /// Make the response edits this request staged on `response`, in order,
+    /// as the host does before any `on_response`, and hand it back.
+    pub fn respond_to(&self, response: Response) -> Response {
+        {
+            let headers = &mut response.0.borrow_mut().1;
+            for edit in &self.0.borrow().response_edits {
+                match edit {
+                    ResponseEdit::Set(name, value) => headers.set(name, value).expect("checked when staged"),
+                    ResponseEdit::Add(name, value) => headers.add(name, value).expect("checked when staged"),
+                    ResponseEdit::Remove(name) => headers.remove(name),
+                }
+            }
+        }
+        response
     }
 }
 

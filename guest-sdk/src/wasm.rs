@@ -122,6 +122,25 @@ impl Request<'_> {
     pub fn set_upstream(&self, group: &str) -> Result<(), EditError> {
         self.0.set_upstream(group).map_err(edit_error)
     }
+    /// Set a header on the response to this request, whatever gives it
+    /// (the upstream, the cache, a filter's reply or the proxy's error).
+    /// The edit is staged, and made before any `on_response` runs. A filter
+    /// whose response work is only header edits stages them here and needs
+    /// no `on_response`; its instance is then free while the request goes
+    /// upstream.
+    pub fn set_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.set_response_header(name, value).map_err(edit_error)
+    }
+    /// Stage an appended value for a header of the response; see
+    /// [`Request::set_response_header`].
+    pub fn add_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
+        self.0.add_response_header(name, value).map_err(edit_error)
+    }
+    /// Stage the removal of a header from the response, the upstream's own
+    /// included; see [`Request::set_response_header`].
+    pub fn remove_response_header(&self, name: &str) -> Result<(), EditError> {
+        self.0.remove_response_header(name).map_err(edit_error)
+    }
 }
 
 impl Response<'_> {

@@ -22,7 +22,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::cascade::filter::types::{Reply, Verdict};
 use super::breaker::Breaker;
 use super::capabilities::Capabilities;
-use super::host::{FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead};
+use super::host::{FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead, ResponseEdit, apply_response_edits};
 use super::module::{FilterModule, ModuleRegistry};
 use super::reuse::{IdleInstances, Instance};
 use super::runtime::FilterRuntime;
@@ -128,6 +128,8 @@ pub struct InFlightChain {
     pub skipped: Vec<FilterFailure>,
     /// How long each filter took in each phase, for the latency histograms.
     pub timings: Vec<FilterTiming>,
+    /// Response header edits the request phase staged, for the response.
+    response_edits: Vec<ResponseEdit>,
 }
 
 /// One filter's time in one phase (instantiation included in `on-request`).
@@ -203,6 +205,7 @@ impl FilterChain {
             instances: Vec::with_capacity(self.links.len()),
             skipped: Vec::new(),
             timings: Vec::with_capacity(self.links.len() * 2),
+            response_edits: Vec::new(),
         };
         for (index, link) in self.links.iter().enumerate() {
             // While the breaker is open the filter is not run: its policy applies.
@@ -223,7 +226,7 @@ impl FilterChain {
                         }
                         match verdict {
                             Verdict::Continue => continue,
-                            Verdict::Respond(reply) => return (head, run, RequestOutcome::Respond(reply)),
+                            Verdict::Respond(reply) => return run.after_request(head, RequestOutcome::Respond(reply)),
                         }
                     }
                     Err(failure) => {
@@ -240,22 +243,36 @@ impl FilterChain {
                     }
                     run.skipped.push(failure);
                 }
-                OnError::FailClosed => return (head, run, RequestOutcome::Failed(failure)),
+                OnError::FailClosed => return run.after_request(head, RequestOutcome::Failed(failure)),
             }
         }
-        (head, run, RequestOutcome::Continue)
+        run.after_request(head, RequestOutcome::Continue)
     }
 }
 
 impl InFlightChain {
-    /// Run `on-response` on every instance that saw the request, in reverse
-    /// order. Returns the edited head, or the first fail-closed failure.
+    /// The request phase's result. The response edits it staged move from
+    /// the head, which goes upstream, to the run, which keeps them for the
+    /// response.
+    fn after_request(
+        mut self,
+        mut head: RequestHead,
+        outcome: RequestOutcome,
+    ) -> (RequestHead, InFlightChain, RequestOutcome) {
+        self.response_edits = std::mem::take(&mut head.response_edits);
+        (head, self, outcome)
+    }
+
+    /// Make the staged response edits, then run `on-response` on every
+    /// instance that saw the request, in reverse order. Returns the edited
+    /// head, or the first fail-closed failure.
     pub async fn run_response(
         &mut self,
         runtime: &FilterRuntime,
         mut response: ResponseHeader,
         request_id: &str,
     ) -> (ResponseHeader, Result<(), FilterFailure>) {
+        apply_response_edits(std::mem::take(&mut self.response_edits), &mut response, request_id);
         while let Some((mut instance, index)) = self.instances.pop() {
             let link = &self.chain.links[index];
             if !link.calls_on_response.load(Ordering::Relaxed) {

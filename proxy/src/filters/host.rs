@@ -45,6 +45,34 @@ pub struct RequestHead {
     /// A background cache refresh that Pingora replays, not a client's
     /// request: the client's own request already took its rate-limit tokens.
     pub replay: bool,
+    /// Header edits filters staged for the response (`set-response-header`),
+    /// in the order they were staged.
+    pub response_edits: Vec<ResponseEdit>,
+}
+
+/// A response header edit staged during `on-request`, checked when staged.
+pub enum ResponseEdit {
+    Set(String, HeaderValue),
+    Add(String, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// Make the staged edits on `response`, in order. They were checked when
+/// staged, so Pingora refusing one is only a safeguard, and logged.
+pub fn apply_response_edits(edits: Vec<ResponseEdit>, response: &mut ResponseHeader, request_id: &str) {
+    for edit in edits {
+        let refused = match edit {
+            ResponseEdit::Set(name, value) => response.insert_header(name, value).err(),
+            ResponseEdit::Add(name, value) => response.append_header(name, value).err(),
+            ResponseEdit::Remove(name) => {
+                response.remove_header(&name);
+                None
+            }
+        };
+        if let Some(e) = refused {
+            ::log::warn!("request {request_id}: a staged response header was refused: {e}");
+        }
+    }
 }
 
 /// Which module, route and request a log line or failure belongs to.
@@ -159,6 +187,19 @@ impl FilterHost {
         self.request.as_mut().expect("the request resource is only lent during on-request")
     }
 
+    /// Keep a response header edit for the response. Each edit may add a
+    /// header, so the count of edits bounds what a request can put on its
+    /// response (and what it can stage).
+    fn stage_response_edit(&mut self, edit: ResponseEdit) -> Result<(), EditError> {
+        let max = self.output.header_count;
+        let edits = &mut self.request().response_edits;
+        if edits.len() >= max {
+            return Err(EditError::LimitExceeded(format!("more than {max} staged response header edits")));
+        }
+        edits.push(edit);
+        Ok(())
+    }
+
     fn response(&mut self) -> &mut ResponseHeader {
         self.response.as_mut().expect("the response resource is only lent during on-response")
     }
@@ -190,6 +231,16 @@ fn checked_header(
     value: String,
     appending: bool,
 ) -> Result<HeaderValue, EditError> {
+    let value = checked_field(limits, name, value)?;
+    // Only a message at its header count looks the name up.
+    if headers.len() >= limits.header_count && (appending || !headers.contains_key(name)) {
+        return Err(EditError::LimitExceeded(format!("more than {} headers", limits.header_count)));
+    }
+    Ok(value)
+}
+
+/// A header name and value checked against the entry's size limits.
+fn checked_field(limits: &OutputLimits, name: &str, value: String) -> Result<HeaderValue, EditError> {
     if name.len() > MAX_HEADER_NAME_BYTES {
         return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
     }
@@ -200,13 +251,8 @@ fn checked_header(
         let max = limits.header_value_bytes;
         return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {max} bytes")));
     }
-    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
-        .map_err(|_| EditError::InvalidHeaderValue(name.to_string()))?;
-    // Only a message at its header count looks the name up.
-    if headers.len() >= limits.header_count && (appending || !headers.contains_key(name)) {
-        return Err(EditError::LimitExceeded(format!("more than {} headers", limits.header_count)));
-    }
-    Ok(value)
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        .map_err(|_| EditError::InvalidHeaderValue(name.to_string()))
 }
 
 /// Pingora takes the name as the filter wrote it (for a message that came
@@ -347,6 +393,31 @@ impl types::HostRequest for FilterHost {
         }
         request.upstream = group;
         Ok(())
+    }
+
+    fn set_response_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), EditError> {
+        let value = checked_field(&self.output, &name, value)?;
+        self.stage_response_edit(ResponseEdit::Set(name, value))
+    }
+
+    fn add_response_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: String,
+    ) -> Result<(), EditError> {
+        let value = checked_field(&self.output, &name, value)?;
+        self.stage_response_edit(ResponseEdit::Add(name, value))
+    }
+
+    fn remove_response_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), EditError> {
+        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name))?;
+        self.stage_response_edit(ResponseEdit::Remove(parsed))
     }
 
     fn drop(&mut self, _: Resource<RequestHandle>) -> Result<()> {

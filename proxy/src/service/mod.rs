@@ -223,6 +223,7 @@ impl CascadeProxy {
             upstream: ctx.upstream.clone(),
             upstreams: snapshot.upstreams.clone(),
             replay: session.subrequest_ctx.is_some(),
+            response_edits: Vec::new(),
         };
         let (head, chain, outcome) = route.chain.run_request(&self.runtime, head).await;
         *session.req_header_mut() = head.header;

@@ -24,6 +24,9 @@ pub enum Behaviour {
     GiantHeader,
     /// Call set-header 100,000 times with distinct names, ignoring refusals.
     ManyHeaders,
+    /// Stage 100,000 distinct response headers, ignoring refusals (request
+    /// phase only).
+    ManyStagedHeaders,
     /// Call host functions with garbage: an unknown rate-limit policy, a
     /// malformed token, an invalid header name. Errors are ignored.
     GarbageCalls,
@@ -124,7 +127,7 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
         Behaviour::Leak => {
             std::hint::black_box(Vec::leak(vec![1u8; 1 << 20]));
         }
-        Behaviour::Pass | Behaviour::Respond | Behaviour::GiantReply => {}
+        Behaviour::Pass | Behaviour::Respond | Behaviour::GiantReply | Behaviour::ManyStagedHeaders => {}
     }
 }
 
@@ -134,6 +137,9 @@ impl Filter for Misbehave {
     fn new(config: Config) -> Result<Self, String> {
         if matches!(config.on_response, Behaviour::Respond | Behaviour::GiantReply) {
             return Err("on_response cannot answer the request".into());
+        }
+        if config.on_response == Behaviour::ManyStagedHeaders {
+            return Err("on_response cannot stage response headers".into());
         }
         BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { config, triggered: true, requests_seen_by_value: 0 })
@@ -155,6 +161,11 @@ impl Filter for Misbehave {
                 return Verdict::Respond(Reply::new(418).header("x-misbehave", "responded").body("short and stout"));
             }
             Behaviour::GiantReply => return Verdict::Respond(Reply::new(200).body(vec![b'x'; 2 << 20])),
+            Behaviour::ManyStagedHeaders => {
+                for i in 0..100_000 {
+                    let _ = req.set_response_header(&format!("x-staged-{i}"), "1");
+                }
+            }
             _ => {}
         }
         // After 100,000 header edits the host's header cap refuses even this.
@@ -177,8 +188,10 @@ impl Filter for Misbehave {
         }
         if self.triggered {
             act(self.config.on_response, self.config.spin_ms, |name, value| resp.set_header(name, value));
+            // Staged headers can fill the response to the header cap as well.
             if let Err(e) = resp.add_header("x-misbehave", "response")
                 && self.config.on_response != Behaviour::ManyHeaders
+                && self.config.on_request != Behaviour::ManyStagedHeaders
             {
                 panic!("{e}");
             }
