@@ -2,7 +2,8 @@
 //! token can be wrong), rate limits shared across instances, sticky A/B
 //! assignment, regex rewrites and redirects, and the demo chain.
 
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::sync::{Arc, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -333,6 +334,89 @@ fn an_upstream_error_carries_the_rate_limit_headers() {
     assert_eq!(reply.status, 502, "{reply:?}");
     assert_eq!(reply.header("ratelimit-policy"), Some("\"tight\";q=20;w=72000"), "{reply:?}");
     assert!(reply.header("ratelimit").unwrap().starts_with("\"tight\";r=19;"), "{reply:?}");
+}
+
+/// An upstream that holds each request until the test lets it answer, so
+/// the test can look at the proxy while a request waits upstream.
+struct HeldOrigin {
+    addr: std::net::SocketAddr,
+    arrived: mpsc::Receiver<()>,
+    go: mpsc::Sender<()>,
+}
+
+impl HeldOrigin {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived_tx, arrived) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                    head.push(byte[0]);
+                }
+                if arrived_tx.send(()).is_err() || go_rx.recv().is_err() {
+                    return;
+                }
+                let answer = "HTTP/1.1 200 OK\r\nserver: held\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld";
+                stream.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        Self { addr, arrived, go }
+    }
+
+    /// Send `request` through `proxy`; while the origin holds it, read how
+    /// many filter instances are live; then let it answer.
+    fn live_instances_while_held(&self, proxy: &Arc<Proxy>, headers: &'static [(&str, &str)]) -> (i64, Reply) {
+        let client = {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || proxy.get("/held", headers))
+        };
+        self.arrived.recv_timeout(std::time::Duration::from_secs(30)).expect("the request reaches the origin");
+        let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+        self.go.send(()).unwrap();
+        (metric_value(&metrics, "cascade_filter_instances_live"), client.join().unwrap())
+    }
+}
+
+/// rate_limit, ab_test and rewrite stage their response headers in
+/// on-request (`set-response-header` and kin), so none needs on-response:
+/// after the first request has shown that, no instance is held while a
+/// request waits upstream, and the answer still carries every filter's
+/// headers. The edits are made in chain order on the upstream's own head:
+/// rewrite, last, removes the origin's `server` and rate_limit's policy header.
+#[test]
+fn staged_response_headers_free_every_instance_before_the_upstream_answers() {
+    let origin = HeldOrigin::start();
+    let routes = format!(
+        "{ROUTES}\n[[route]]\nname = \"held\"\npath_prefix = \"/held\"\nupstream = \"held\"\n\
+         [[route.filters]]\nmodule = \"rate_limit\"\nconfig = {{ policy = \"tight\", key = \"header:x-client\" }}\n\
+         [[route.filters]]\nmodule = \"ab_test\"\nconfig = {{ experiment = \"exp\", variants = [{{ name = \"a\", weight = 1 }}] }}\n\
+         [[route.filters]]\nmodule = \"rewrite\"\nconfig = {{ response_headers = {{ remove = [\"server\", \"ratelimit-policy\"], \
+         set = {{ \"x-served-by\" = \"cascade\" }} }} }}\n"
+    );
+    let held = format!("\n[upstreams.held]\nservers = [\"{}\"]\n", origin.addr);
+    let proxy = Arc::new(Proxy::start(&config_with(&routes, &held).with_admin()));
+
+    // Until a filter's first on-response has said it does nothing, its
+    // instance is kept for the call.
+    let (live, first) = origin.live_instances_while_held(&proxy, &[("x-client", "held")]);
+    assert_eq!(live, 3, "the first request keeps its three instances for on-response");
+    let (live, second) = origin.live_instances_while_held(&proxy, &[("x-client", "held")]);
+    assert_eq!(live, 0, "no instance is held while the request waits upstream");
+
+    for (reply, remaining) in [(first, 19), (second, 18)] {
+        assert_eq!((reply.status, reply.body.as_str()), (200, "held"), "{reply:?}");
+        let state = format!("\"tight\";r={remaining};");
+        assert!(reply.header("ratelimit").is_some_and(|h| h.starts_with(&state)), "{reply:?}");
+        assert_eq!(reply.header("ratelimit-policy"), None, "rewrite's staged removal comes after: {reply:?}");
+        assert!(reply.header("set-cookie").unwrap().starts_with("ab-exp=a;"), "{reply:?}");
+        assert_eq!(reply.header("x-served-by"), Some("cascade"), "{reply:?}");
+        assert_eq!(reply.header("server"), None, "the origin's own header is removed: {reply:?}");
+    }
 }
 
 #[test]

@@ -154,7 +154,7 @@ fn a_finer_tick_after_a_reload_stops_no_running_call_early() {
 }
 
 /// The contract is versioned: a filter built against `cascade:filter@0.1.0`,
-/// before the edge capabilities, still loads and runs on a 0.1.1 host.
+/// before the edge capabilities, still loads and runs on this host (0.1.2).
 #[test]
 fn a_filter_built_against_an_earlier_contract_still_runs() {
     let routes = "[[route]]\nname = \"old\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\n\
@@ -278,8 +278,8 @@ fn non_filter_wasm_is_refused_at_start_naming_it() {
 }
 
 /// `noop` has no `on_response`: after its first response the host stops
-/// calling it there, fresh or reused. `rewrite`, in the same chain, edits
-/// every response.
+/// calling it there, fresh or reused. `misbehave`, in the same chain, edits
+/// every response in its `on_response`.
 #[test]
 fn a_filter_without_a_response_phase_is_called_on_one_response_only() {
     let routes = r#"
@@ -290,8 +290,7 @@ upstream = "origin"
 [[route.filters]]
 module = "noop"
 [[route.filters]]
-module = "rewrite"
-config = { response_headers = { set = { "x-served-by" = "cascade" } } }
+module = "misbehave"
 
 [[route]]
 name = "reused"
@@ -301,13 +300,13 @@ upstream = "origin"
 module = "noop"
 reuse_instances = true
 "#;
-    let proxy = Proxy::start(&ProxyConfig::new(routes, &["noop", "rewrite"]).with_admin());
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &["noop", "misbehave"]).with_admin());
     for path in ["/fresh", "/reused"] {
         for _ in 0..5 {
             let reply = proxy.get(path, &[]);
             assert_eq!(reply.status, 200, "{reply:?}");
             if path == "/fresh" {
-                assert_eq!(reply.header("x-served-by"), Some("cascade"), "rewrite's on_response ran: {reply:?}");
+                assert_eq!(reply.header("x-misbehave"), Some("response"), "misbehave's on_response ran: {reply:?}");
             }
         }
     }
@@ -315,7 +314,7 @@ reuse_instances = true
     // show, so do all their response calls.
     let metrics = proxy.wait_for_metrics(&[
         "cascade_filter_duration_seconds_count{module=\"noop\",phase=\"on-request\"} 10\n",
-        "cascade_filter_duration_seconds_count{module=\"rewrite\",phase=\"on-response\"} 5\n",
+        "cascade_filter_duration_seconds_count{module=\"misbehave\",phase=\"on-response\"} 5\n",
     ]);
     // Once per chain entry: one route's entry does not tell another's.
     let line = "cascade_filter_duration_seconds_count{module=\"noop\",phase=\"on-response\"} 2\n";

@@ -6,7 +6,7 @@
 use std::rc::Rc;
 
 use cascade_filter::client::{ClientKey, check_cookie_name, cookie};
-use cascade_filter::{Filter, Request, Response, Verdict, export_filter};
+use cascade_filter::{Filter, Request, Verdict, export_filter};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -59,8 +59,6 @@ pub struct AbTest {
     cookie: Rc<str>,
     /// What follows `name=variant` in the cookie, the same on every response.
     cookie_attributes: Rc<str>,
-    /// The variant assigned on this request when the client had none.
-    newly_assigned: Option<usize>,
 }
 
 /// A 64-bit FNV-1a hash with a final avalanche, so nearby keys spread evenly.
@@ -126,12 +124,7 @@ impl Filter for AbTest {
         let secure = if config.cookie_secure { "; Secure" } else { "" };
         let cookie_attributes =
             format!("; Path=/; Max-Age={}; SameSite=Lax; HttpOnly{secure}", config.cookie_max_age_secs);
-        Ok(Self {
-            config: Rc::new(config),
-            cookie: Rc::from(cookie),
-            cookie_attributes: Rc::from(cookie_attributes),
-            newly_assigned: None,
-        })
+        Ok(Self { config: Rc::new(config), cookie: Rc::from(cookie), cookie_attributes: Rc::from(cookie_attributes) })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
@@ -139,7 +132,11 @@ impl Filter for AbTest {
             Some(index) => index,
             None => {
                 let index = self.assign(&self.config.key.resolve(req));
-                self.newly_assigned = Some(index);
+                // The response, whatever gives it, sets the cookie; staged
+                // now, it needs no on_response.
+                let name = &self.config.variants[index].name;
+                let cookie = [&self.cookie, "=", name, &self.cookie_attributes].concat();
+                req.add_response_header("set-cookie", &cookie).unwrap_or_else(|e| panic!("ab-test: {e}"));
                 index
             }
         };
@@ -155,14 +152,6 @@ impl Filter for AbTest {
         }
         Verdict::Continue
     }
-
-    fn on_response(&mut self, resp: &Response) {
-        if let Some(index) = self.newly_assigned {
-            let name = &self.config.variants[index].name;
-            let cookie = [&self.cookie, "=", name, &self.cookie_attributes].concat();
-            resp.add_header("set-cookie", &cookie).expect("valid header");
-        }
-    }
 }
 
 export_filter!(AbTest);
@@ -170,7 +159,7 @@ export_filter!(AbTest);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cascade_filter::instantiate;
+    use cascade_filter::{Response, instantiate};
 
     const CONFIG: &str = r#"{"experiment": "checkout", "key": "header:x-user-id", "variants": [
         {"name": "control", "weight": 70},
@@ -199,8 +188,7 @@ mod tests {
             let req = request(&user);
             first.on_request(&req);
             let variant = req.header("x-ab-variant").unwrap();
-            let resp = Response::new(200);
-            first.on_response(&resp);
+            let resp = req.respond_to(Response::new(200));
             let set_cookie = resp.header("set-cookie").unwrap();
             let expected = format!("ab-checkout={variant}; Path=/; Max-Age=2592000; SameSite=Lax; HttpOnly");
             assert_eq!(set_cookie, expected);
@@ -215,8 +203,7 @@ mod tests {
             let req = request("someone-else").with_header("cookie", &format!("ab-checkout={variant}"));
             with_cookie.on_request(&req);
             assert_eq!(req.header("x-ab-variant").unwrap(), variant);
-            let resp = Response::new(200);
-            with_cookie.on_response(&resp);
+            let resp = req.respond_to(Response::new(200));
             assert_eq!(resp.header("set-cookie"), None);
         }
     }
@@ -238,8 +225,7 @@ mod tests {
         let req = request("x").with_header("cookie", "ab-checkout=new");
         f.on_request(&req);
         assert_eq!(req.header("x-ab-variant").as_deref(), Some("control"));
-        let resp = Response::new(200);
-        f.on_response(&resp);
+        let resp = req.respond_to(Response::new(200));
         assert!(resp.header("set-cookie").unwrap().starts_with("ab-checkout=control;"));
     }
 
@@ -254,10 +240,9 @@ mod tests {
         assert!(instantiate::<AbTest>(prefixed).err().unwrap().contains("cookie_secure"));
 
         let secure = r#"{"experiment": "e", "cookie_secure": true, "variants": [{"name": "a", "weight": 1}]}"#;
-        let mut f = instantiate::<AbTest>(secure).unwrap();
-        f.on_request(&request("x"));
-        let resp = Response::new(200);
-        f.on_response(&resp);
+        let req = request("x");
+        instantiate::<AbTest>(secure).unwrap().on_request(&req);
+        let resp = req.respond_to(Response::new(200));
         assert!(resp.header("set-cookie").unwrap().ends_with("; HttpOnly; Secure"));
     }
 
@@ -267,6 +252,7 @@ mod tests {
         let req = request("x").with_header("cookie", "ab-checkout=admin");
         f.on_request(&req);
         assert_ne!(req.header("x-ab-variant").as_deref(), Some("admin"));
-        assert!(f.newly_assigned.is_some());
+        let resp = req.respond_to(Response::new(200));
+        assert!(resp.header("set-cookie").is_some(), "a new assignment sets the cookie");
     }
 }

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use cascade_filter::client::ClientKey;
-use cascade_filter::{Decision, Filter, Reply, Request, Response, Verdict, export_filter, rate_limit};
+use cascade_filter::{Decision, Filter, Reply, Request, Verdict, export_filter, rate_limit};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -45,15 +45,13 @@ fn one() -> u32 {
 pub struct RateLimit {
     /// Shared, not copied, by each request's clone.
     config: Rc<Config>,
-    /// The policy and decision for this request, for the response headers.
-    outcome: Option<(String, Decision)>,
 }
 
 impl Filter for RateLimit {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
-        Ok(Self { config: Rc::new(config), outcome: None })
+        Ok(Self { config: Rc::new(config) })
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
@@ -66,7 +64,10 @@ impl Filter for RateLimit {
         // A policy the host does not know is a config bug: trap, and let the
         // route's on_error decide.
         let decision = rate_limit::check(&policy, &key, self.config.cost).unwrap_or_else(|e| panic!("rate-limit: {e}"));
-        self.outcome = Some((policy, decision));
+        // Staged, the headers go on whatever answers, the 429 below included,
+        // and this filter needs no on_response: its instance is free as soon
+        // as this returns.
+        stage_headers(req, &policy, &decision);
         if decision.allowed {
             return Verdict::Continue;
         }
@@ -78,19 +79,17 @@ impl Filter for RateLimit {
                 .body(format!("{{\"error\":\"rate limited\",\"retry_after_secs\":{retry_after}}}")),
         )
     }
+}
 
-    fn on_response(&mut self, resp: &Response) {
-        let Some((policy, d)) = &self.outcome else {
-            return;
-        };
-        // draft-ietf-httpapi-ratelimit-headers: q is the quota, w the window
-        // in which it refills, r what is left, t seconds until it is full.
-        let window = seconds_up(d.window).max(1);
-        let policy_header = structured(policy, [("q", u64::from(d.limit)), ("w", window)]);
-        let state_header = structured(policy, [("r", u64::from(d.remaining)), ("t", seconds_up(d.reset_after))]);
-        resp.set_header("ratelimit-policy", &policy_header).expect("valid header");
-        resp.set_header("ratelimit", &state_header).expect("valid header");
-    }
+/// The RateLimit headers for the response, from draft-ietf-httpapi-ratelimit-headers:
+/// q is the quota, w the window in which it refills, r what is left, t the
+/// seconds until it is full.
+fn stage_headers(req: &Request, policy: &str, d: &Decision) {
+    let window = seconds_up(d.window).max(1);
+    let policy_header = structured(policy, [("q", u64::from(d.limit)), ("w", window)]);
+    let state_header = structured(policy, [("r", u64::from(d.remaining)), ("t", seconds_up(d.reset_after))]);
+    req.set_response_header("ratelimit-policy", &policy_header).expect("valid header");
+    req.set_response_header("ratelimit", &state_header).expect("valid header");
 }
 
 /// Whole seconds, rounded up; less than a millisecond is ignored.
@@ -131,6 +130,7 @@ export_filter!(RateLimit);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cascade_filter::Response;
     use cascade_filter::instantiate;
     use cascade_filter::mock::rate_limit::set_policy;
 
@@ -159,19 +159,21 @@ mod tests {
         // The mock refills one unit a second: the window is the burst in
         // seconds, and the bucket is full again after a second per unit used.
         for (remaining, reset) in [(1, 1), (0, 2)] {
-            let mut f = filter(r#"{"policy": "std"}"#);
-            assert_eq!(f.on_request(&Request::new("GET", "/")), Verdict::Continue);
-            let resp = Response::new(200);
-            f.on_response(&resp);
+            let req = Request::new("GET", "/");
+            assert_eq!(filter(r#"{"policy": "std"}"#).on_request(&req), Verdict::Continue);
+            let resp = req.respond_to(Response::new(200));
             assert_eq!(resp.header("ratelimit-policy").as_deref(), Some("\"std\";q=2;w=2"));
             assert_eq!(resp.header("ratelimit"), Some(format!("\"std\";r={remaining};t={reset}")));
         }
-        let mut f = filter(r#"{"policy": "std"}"#);
-        let Verdict::Respond(reply) = f.on_request(&Request::new("GET", "/")) else {
+        let req = Request::new("GET", "/");
+        let Verdict::Respond(reply) = filter(r#"{"policy": "std"}"#).on_request(&req) else {
             panic!("third request should be refused");
         };
         assert_eq!(reply.status, 429);
         assert_eq!(reply.header_value("retry-after"), Some("1"));
+        // The refusal carries the headers too: the host puts them on the reply.
+        let resp = req.respond_to(Response::new(reply.status));
+        assert_eq!(resp.header("ratelimit").as_deref(), Some("\"std\";r=0;t=2"));
         // Another client has its own bucket.
         let other = Request::new("GET", "/").with_client_ip("10.0.0.9");
         assert_eq!(filter(r#"{"policy": "std"}"#).on_request(&other), Verdict::Continue);

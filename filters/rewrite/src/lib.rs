@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use cascade_filter::client::is_token;
 use cascade_filter::path::strip_segment_prefix;
-use cascade_filter::{EditError, Filter, Reply, Request, Response, Verdict, export_filter, regex};
+use cascade_filter::{EditError, Filter, Reply, Request, Verdict, export_filter, regex};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,10 +107,20 @@ impl Filter for Rewrite {
         for rule in &config.path_rewrites {
             check_references(&rule.pattern, &rule.replacement)?;
         }
+        config.request_headers.check("request_headers")?;
+        config.response_headers.check("response_headers")?;
         Ok(Self(Rc::new(config)))
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
+        // Staged first, the response rules apply to a redirect below as to
+        // any other answer, and the filter needs no on_response: its
+        // instance is free while the request goes upstream.
+        self.0.response_headers.apply(
+            |name| req.remove_response_header(name),
+            |name, value| req.set_response_header(name, value),
+            |name, value| req.add_response_header(name, value),
+        );
         let original = req.path();
         for redirect in &self.0.redirects {
             let expanded = regex::replace(&redirect.whole_path_pattern, &original, &redirect.to);
@@ -143,32 +154,42 @@ impl Filter for Rewrite {
             req.set_path(&path).unwrap_or_else(|e| panic!("rewrite produced {e}"));
         }
         self.0.request_headers.apply(
-            |name| req.remove_header(name),
+            |name| {
+                req.remove_header(name);
+                Ok(())
+            },
             |name, value| req.set_header(name, value),
             |name, value| req.add_header(name, value),
         );
         Verdict::Continue
     }
-
-    fn on_response(&mut self, resp: &Response) {
-        self.0.response_headers.apply(
-            |name| resp.remove_header(name),
-            |name, value| resp.set_header(name, value),
-            |name, value| resp.add_header(name, value),
-        );
-    }
 }
 
 impl HeaderRules {
+    /// Refuse at load a name or value the host would refuse on every request.
+    fn check(&self, which: &str) -> Result<(), String> {
+        let names = self.remove.iter().chain(self.set.keys()).chain(self.add.keys());
+        if let Some(name) = names.into_iter().find(|name| !is_token(name)) {
+            return Err(format!("{which}: {name:?} is not a valid header name"));
+        }
+        let values = self.set.iter().chain(&self.add);
+        if let Some((name, _)) = values.into_iter().find(|(_, value)| value.contains(['\r', '\n', '\0'])) {
+            return Err(format!("{which}: the value of {name:?} contains CR, LF or NUL"));
+        }
+        Ok(())
+    }
+
     /// Apply the rules in the order remove, set, add. The host refuses an
     /// invalid name or value; that is a config bug, so it traps.
     fn apply(
         &self,
-        remove: impl Fn(&str),
+        remove: impl Fn(&str) -> Result<(), EditError>,
         set: impl Fn(&str, &str) -> Result<(), EditError>,
         add: impl Fn(&str, &str) -> Result<(), EditError>,
     ) {
-        self.remove.iter().for_each(|name| remove(name));
+        for name in &self.remove {
+            remove(name).unwrap_or_else(|e| panic!("{e}"));
+        }
         for (name, value) in &self.set {
             set(name, value).unwrap_or_else(|e| panic!("{e}"));
         }
@@ -251,7 +272,7 @@ export_filter!(Rewrite);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cascade_filter::instantiate;
+    use cascade_filter::{Response, instantiate};
 
     fn rewrite(config: &str) -> Rewrite {
         instantiate::<Rewrite>(config).expect("valid config")
@@ -303,11 +324,27 @@ mod tests {
     #[test]
     fn edits_response_headers() {
         let mut f = rewrite(r#"{"response_headers": {"set": {"x-served-by": "cascade"}, "remove": ["server"]}}"#);
-        f.on_request(&Request::new("GET", "/"));
-        let resp = Response::new(200).with_header("server", "origin");
-        f.on_response(&resp);
+        let req = Request::new("GET", "/");
+        f.on_request(&req);
+        let resp = req.respond_to(Response::new(200).with_header("server", "origin"));
         assert_eq!(resp.header("x-served-by").as_deref(), Some("cascade"));
         assert_eq!(resp.header("server"), None);
+        // A redirect is a response too.
+        let config = r#"{"response_headers": {"set": {"x-served-by": "cascade"}},
+            "redirects": [{"pattern": "^/old$", "to": "/new"}]}"#;
+        let req = Request::new("GET", "/old");
+        assert!(matches!(rewrite(config).on_request(&req), Verdict::Respond(_)));
+        let resp = req.respond_to(Response::new(302));
+        assert_eq!(resp.header("x-served-by").as_deref(), Some("cascade"));
+    }
+
+    #[test]
+    fn header_rules_the_host_would_refuse_are_refused_at_load() {
+        let error = |config| instantiate::<Rewrite>(config).err().unwrap();
+        let bad_name = error(r#"{"response_headers": {"remove": ["bad name"]}}"#);
+        assert_eq!(bad_name, r#"response_headers: "bad name" is not a valid header name"#);
+        let bad_value = error(r#"{"request_headers": {"add": {"x-a": "one\r\ntwo"}}}"#);
+        assert_eq!(bad_value, r#"request_headers: the value of "x-a" contains CR, LF or NUL"#);
     }
 
     #[test]
