@@ -43,11 +43,19 @@ impl Headers {
     }
 }
 
+/// The host's default limits on what a filter writes (`limits.max_headers`).
+const MAX_HEADER_NAME_BYTES: usize = 256;
+const MAX_STAGED_EDITS: usize = 256;
+
 fn check_header(name: &str, value: &str) -> Result<(), EditError> {
+    if name.len() > MAX_HEADER_NAME_BYTES {
+        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
+    }
     if !is_token(name) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
     }
-    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+    // As the host's `HeaderValue`: no control character but tab.
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(EditError::InvalidHeaderValue(name.to_string()));
     }
     Ok(())
@@ -216,23 +224,29 @@ impl Request {
     /// Stage a header for the response; see [`Request::respond_to`].
     pub fn set_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
         check_header(name, value)?;
-        self.0.borrow_mut().response_edits.push(ResponseEdit::Set(name.into(), value.into()));
-        Ok(())
+        self.stage(ResponseEdit::Set(name.into(), value.into()))
     }
     /// Stage an appended response header value; see [`Request::respond_to`].
     pub fn add_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
         check_header(name, value)?;
-        self.0.borrow_mut().response_edits.push(ResponseEdit::Add(name.into(), value.into()));
-        Ok(())
+        self.stage(ResponseEdit::Add(name.into(), value.into()))
     }
     /// Stage the removal of a response header; see [`Request::respond_to`].
     pub fn remove_response_header(&self, name: &str) -> Result<(), EditError> {
         check_header(name, "")?;
-        self.0.borrow_mut().response_edits.push(ResponseEdit::Remove(name.into()));
+        self.stage(ResponseEdit::Remove(name.into()))
+    }
+    fn stage(&self, edit: ResponseEdit) -> Result<(), EditError> {
+        let edits = &mut self.0.borrow_mut().response_edits;
+        if edits.len() >= MAX_STAGED_EDITS {
+            return Err(EditError::LimitExceeded(format!("more than {MAX_STAGED_EDITS} staged response header edits")));
+        }
+        edits.push(edit);
         Ok(())
     }
     /// Make the response edits this request staged on `response`, in order,
-    /// as the host does before any `on_response`, and hand it back.
+    /// as the host does at the filter's place in the response phase, just
+    /// before its `on_response`, and hand it back.
     pub fn respond_to(&self, response: Response) -> Response {
         {
             let headers = &mut response.0.borrow_mut().1;

@@ -124,9 +124,10 @@ impl Request<'_> {
     }
     /// Set a header on the response to this request, whatever gives it
     /// (the upstream, the cache, a filter's reply or the proxy's error).
-    /// The edit is staged, and made before any `on_response` runs. A filter
-    /// whose response work is only header edits stages them here and needs
-    /// no `on_response`; its instance is then free while the request goes
+    /// The edit is staged, and made in the response phase at this filter's
+    /// place, just before its `on_response` would run. A filter whose
+    /// response work is only header edits stages them here and needs no
+    /// `on_response`; its instance is then free while the request goes
     /// upstream.
     pub fn set_response_header(&self, name: &str, value: &str) -> Result<(), EditError> {
         self.0.set_response_header(name, value).map_err(edit_error)

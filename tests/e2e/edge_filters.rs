@@ -337,7 +337,8 @@ fn an_upstream_error_carries_the_rate_limit_headers() {
 }
 
 /// An upstream that holds each request until the test lets it answer, so
-/// the test can look at the proxy while a request waits upstream.
+/// the test can look at the proxy while a request waits upstream; then it
+/// answers with fixed bytes and closes.
 struct HeldOrigin {
     addr: std::net::SocketAddr,
     arrived: mpsc::Receiver<()>,
@@ -345,7 +346,7 @@ struct HeldOrigin {
 }
 
 impl HeldOrigin {
-    fn start() -> Self {
+    fn start(answer: &'static str) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (arrived_tx, arrived) = mpsc::channel();
@@ -361,7 +362,6 @@ impl HeldOrigin {
                 if arrived_tx.send(()).is_err() || go_rx.recv().is_err() {
                     return;
                 }
-                let answer = "HTTP/1.1 200 OK\r\nserver: held\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld";
                 stream.write_all(answer.as_bytes()).unwrap();
             }
         });
@@ -382,21 +382,24 @@ impl HeldOrigin {
     }
 }
 
-/// rate_limit, ab_test and rewrite stage their response headers in
+/// rewrite, rate_limit and ab_test stage their response headers in
 /// on-request (`set-response-header` and kin), so none needs on-response:
 /// after the first request has shown that, no instance is held while a
 /// request waits upstream, and the answer still carries every filter's
-/// headers. The edits are made in chain order on the upstream's own head:
-/// rewrite, last, removes the origin's `server` and rate_limit's policy header.
+/// headers. Each filter's edits are made at its place in the response phase,
+/// in reverse chain order, on the upstream's own head: rewrite, first in the
+/// chain, has the last word, and removes the origin's `server` and
+/// rate_limit's policy header.
 #[test]
 fn staged_response_headers_free_every_instance_before_the_upstream_answers() {
-    let origin = HeldOrigin::start();
+    let origin =
+        HeldOrigin::start("HTTP/1.1 200 OK\r\nserver: held\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld");
     let routes = format!(
         "{ROUTES}\n[[route]]\nname = \"held\"\npath_prefix = \"/held\"\nupstream = \"held\"\n\
-         [[route.filters]]\nmodule = \"rate_limit\"\nconfig = {{ policy = \"tight\", key = \"header:x-client\" }}\n\
-         [[route.filters]]\nmodule = \"ab_test\"\nconfig = {{ experiment = \"exp\", variants = [{{ name = \"a\", weight = 1 }}] }}\n\
          [[route.filters]]\nmodule = \"rewrite\"\nconfig = {{ response_headers = {{ remove = [\"server\", \"ratelimit-policy\"], \
-         set = {{ \"x-served-by\" = \"cascade\" }} }} }}\n"
+         set = {{ \"x-served-by\" = \"cascade\" }} }} }}\n\
+         [[route.filters]]\nmodule = \"rate_limit\"\nconfig = {{ policy = \"tight\", key = \"header:x-client\" }}\n\
+         [[route.filters]]\nmodule = \"ab_test\"\nconfig = {{ experiment = \"exp\", variants = [{{ name = \"a\", weight = 1 }}] }}\n"
     );
     let held = format!("\n[upstreams.held]\nservers = [\"{}\"]\n", origin.addr);
     let proxy = Arc::new(Proxy::start(&config_with(&routes, &held).with_admin()));
@@ -412,7 +415,7 @@ fn staged_response_headers_free_every_instance_before_the_upstream_answers() {
         assert_eq!((reply.status, reply.body.as_str()), (200, "held"), "{reply:?}");
         let state = format!("\"tight\";r={remaining};");
         assert!(reply.header("ratelimit").is_some_and(|h| h.starts_with(&state)), "{reply:?}");
-        assert_eq!(reply.header("ratelimit-policy"), None, "rewrite's staged removal comes after: {reply:?}");
+        assert_eq!(reply.header("ratelimit-policy"), None, "rewrite's removal comes after: {reply:?}");
         assert!(reply.header("set-cookie").unwrap().starts_with("ab-exp=a;"), "{reply:?}");
         assert_eq!(reply.header("x-served-by"), Some("cascade"), "{reply:?}");
         assert_eq!(reply.header("server"), None, "the origin's own header is removed: {reply:?}");

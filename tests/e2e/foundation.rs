@@ -110,6 +110,31 @@ fn trap_fails_open_and_the_request_goes_through() {
     assert_eq!(reply.header("x-misbehave"), None);
 }
 
+/// A response header staged in on-request is made at the filter's place in
+/// the response phase, so its own on-response sees it. A call that fails
+/// leaves nothing staged (fail-open), and a fail-closed error answer skips
+/// the response phase, staged edits included.
+#[test]
+fn staged_response_headers_come_from_calls_that_succeeded() {
+    let mut routes = misbehave_route("staged", "/staged", "fail-closed", "{ stage = true }");
+    routes.push_str(&misbehave_route("open", "/open", "fail-open", r#"{ stage = true, on_request = "panic" }"#));
+    routes.push_str(&misbehave_route("closed", "/closed", "fail-closed", r#"{ stage = true, on_request = "panic" }"#));
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+
+    let staged = proxy.get("/staged", &[]);
+    assert_eq!(staged.status, 200, "{staged:?}");
+    assert_eq!(staged.header("x-misbehave-staged"), Some("request"), "{staged:?}");
+    assert_eq!(staged.header("x-misbehave-saw-staged"), Some("yes"), "made before its on-response: {staged:?}");
+
+    let open = proxy.get("/open", &[]);
+    assert_eq!(open.status, 200, "{open:?}");
+    assert_eq!(open.header("x-misbehave-staged"), None, "the failed call's edit was dropped: {open:?}");
+
+    let closed = proxy.get("/closed", &[]);
+    assert_eq!(closed.status, 500, "{closed:?}");
+    assert_eq!(closed.header("x-misbehave-staged"), None, "{closed:?}");
+}
+
 #[test]
 fn endless_loop_is_stopped_by_the_deadline() {
     let mut routes = misbehave_route("loop", "/loop", "fail-closed", r#"{ on_request = "loop" }"#);

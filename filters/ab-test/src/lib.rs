@@ -6,7 +6,7 @@
 use std::rc::Rc;
 
 use cascade_filter::client::{ClientKey, check_cookie_name, cookie};
-use cascade_filter::{Filter, Request, Verdict, export_filter};
+use cascade_filter::{Filter, Request, Verdict, export_filter, log};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -133,10 +133,14 @@ impl Filter for AbTest {
             None => {
                 let index = self.assign(&self.config.key.resolve(req));
                 // The response, whatever gives it, sets the cookie; staged
-                // now, it needs no on_response.
+                // now, it needs no on_response. Without the cookie the key
+                // still keeps the client on its variant, so a refusal (a very
+                // low `max_headers`) is only logged.
                 let name = &self.config.variants[index].name;
                 let cookie = [&self.cookie, "=", name, &self.cookie_attributes].concat();
-                req.add_response_header("set-cookie", &cookie).unwrap_or_else(|e| panic!("ab-test: {e}"));
+                if let Err(e) = req.add_response_header("set-cookie", &cookie) {
+                    log::warn(&format!("cookie not set: {e}"));
+                }
                 index
             }
         };

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use cascade_filter::client::ClientKey;
-use cascade_filter::{Decision, Filter, Reply, Request, Verdict, export_filter, rate_limit};
+use cascade_filter::{Decision, Filter, Reply, Request, Verdict, export_filter, log, rate_limit};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -88,8 +88,13 @@ fn stage_headers(req: &Request, policy: &str, d: &Decision) {
     let window = seconds_up(d.window).max(1);
     let policy_header = structured(policy, [("q", u64::from(d.limit)), ("w", window)]);
     let state_header = structured(policy, [("r", u64::from(d.remaining)), ("t", seconds_up(d.reset_after))]);
-    req.set_response_header("ratelimit-policy", &policy_header).expect("valid header");
-    req.set_response_header("ratelimit", &state_header).expect("valid header");
+    // Advisory: the decision stands even if the host refuses a header (a
+    // chain entry with a very low `max_headers`, say).
+    for (name, value) in [("ratelimit-policy", policy_header), ("ratelimit", state_header)] {
+        if let Err(e) = req.set_response_header(name, &value) {
+            log::warn(&format!("{name} not sent: {e}"));
+        }
+    }
 }
 
 /// Whole seconds, rounded up; less than a millisecond is ignored.

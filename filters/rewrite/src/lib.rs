@@ -166,15 +166,18 @@ impl Filter for Rewrite {
 }
 
 impl HeaderRules {
-    /// Refuse at load a name or value the host would refuse on every request.
+    /// Refuse at load a name or value the host would refuse on every request:
+    /// a name that is not a token or is longer than 256 bytes, a value with
+    /// a control character other than tab.
     fn check(&self, which: &str) -> Result<(), String> {
         let names = self.remove.iter().chain(self.set.keys()).chain(self.add.keys());
-        if let Some(name) = names.into_iter().find(|name| !is_token(name)) {
-            return Err(format!("{which}: {name:?} is not a valid header name"));
+        if let Some(name) = names.into_iter().find(|name| !is_token(name) || name.len() > 256) {
+            return Err(format!("{which}: {name:?} is not a valid header name (a token of at most 256 bytes)"));
         }
+        let control = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
         let values = self.set.iter().chain(&self.add);
-        if let Some((name, _)) = values.into_iter().find(|(_, value)| value.contains(['\r', '\n', '\0'])) {
-            return Err(format!("{which}: the value of {name:?} contains CR, LF or NUL"));
+        if let Some((name, _)) = values.into_iter().find(|(_, value)| value.bytes().any(control)) {
+            return Err(format!("{which}: the value of {name:?} contains a control character"));
         }
         Ok(())
     }
@@ -342,9 +345,14 @@ mod tests {
     fn header_rules_the_host_would_refuse_are_refused_at_load() {
         let error = |config| instantiate::<Rewrite>(config).err().unwrap();
         let bad_name = error(r#"{"response_headers": {"remove": ["bad name"]}}"#);
-        assert_eq!(bad_name, r#"response_headers: "bad name" is not a valid header name"#);
+        assert!(bad_name.starts_with(r#"response_headers: "bad name" is not a valid header name"#), "{bad_name}");
+        let long = format!(r#"{{"response_headers": {{"remove": ["{}"]}}}}"#, "x".repeat(257));
+        assert!(error(&long).contains("at most 256 bytes"));
         let bad_value = error(r#"{"request_headers": {"add": {"x-a": "one\r\ntwo"}}}"#);
-        assert_eq!(bad_value, r#"request_headers: the value of "x-a" contains CR, LF or NUL"#);
+        assert_eq!(bad_value, r#"request_headers: the value of "x-a" contains a control character"#);
+        let escape = error(r#"{"response_headers": {"set": {"x-a": "\u001b[31m"}}}"#);
+        assert!(escape.contains("control character"), "{escape}");
+        assert!(instantiate::<Rewrite>(r#"{"response_headers": {"set": {"x-a": "tab\tand caf\u00e9"}}}"#).is_ok());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! earlier requests cleanly (`reuse`).
 //! A link whose filter said its `on-response` does nothing releases its
 //! instance right after `on-request`, and is not called on the response.
+//! Response header edits a filter staged in `on-request` are kept with its
+//! link's index, and made at the link's place in the response phase.
 //! When a link fails, its `on_error` decides: fail-closed ends the request
 //! with its failure status (a 5xx); fail-open drops that instance and goes on
 //! without it. Each link has a circuit breaker (`breaker`): while it is open
@@ -128,8 +130,9 @@ pub struct InFlightChain {
     pub skipped: Vec<FilterFailure>,
     /// How long each filter took in each phase, for the latency histograms.
     pub timings: Vec<FilterTiming>,
-    /// Response header edits the request phase staged, for the response.
-    response_edits: Vec<ResponseEdit>,
+    /// The response header edits each link staged in `on-request`, with the
+    /// index of the link, in chain order.
+    staged: Vec<(usize, Vec<ResponseEdit>)>,
 }
 
 /// One filter's time in one phase (instantiation included in `on-request`).
@@ -205,7 +208,7 @@ impl FilterChain {
             instances: Vec::with_capacity(self.links.len()),
             skipped: Vec::new(),
             timings: Vec::with_capacity(self.links.len() * 2),
-            response_edits: Vec::new(),
+            staged: Vec::new(),
         };
         for (index, link) in self.links.iter().enumerate() {
             // While the breaker is open the filter is not run: its policy applies.
@@ -214,8 +217,14 @@ impl FilterChain {
             } else {
                 let (edited, outcome) = link.run_on_request(runtime, &self.caps, head, &mut run.timings).await;
                 head = edited;
+                // What the call staged for the response is kept only if the
+                // call succeeded: a failed filter's response work is skipped.
+                let staged = std::mem::take(&mut head.response_edits);
                 match outcome {
                     Ok((instance, verdict)) => {
+                        if !staged.is_empty() {
+                            run.staged.push((index, staged));
+                        }
                         if link.calls_on_response.load(Ordering::Relaxed) {
                             run.instances.push((instance, index));
                         } else {
@@ -226,7 +235,7 @@ impl FilterChain {
                         }
                         match verdict {
                             Verdict::Continue => continue,
-                            Verdict::Respond(reply) => return run.after_request(head, RequestOutcome::Respond(reply)),
+                            Verdict::Respond(reply) => return (head, run, RequestOutcome::Respond(reply)),
                         }
                     }
                     Err(failure) => {
@@ -243,38 +252,38 @@ impl FilterChain {
                     }
                     run.skipped.push(failure);
                 }
-                OnError::FailClosed => return run.after_request(head, RequestOutcome::Failed(failure)),
+                OnError::FailClosed => return (head, run, RequestOutcome::Failed(failure)),
             }
         }
-        run.after_request(head, RequestOutcome::Continue)
+        (head, run, RequestOutcome::Continue)
     }
 }
 
 impl InFlightChain {
-    /// The request phase's result. The response edits it staged move from
-    /// the head, which goes upstream, to the run, which keeps them for the
-    /// response.
-    fn after_request(
-        mut self,
-        mut head: RequestHead,
-        outcome: RequestOutcome,
-    ) -> (RequestHead, InFlightChain, RequestOutcome) {
-        self.response_edits = std::mem::take(&mut head.response_edits);
-        (head, self, outcome)
-    }
-
-    /// Make the staged response edits, then run `on-response` on every
-    /// instance that saw the request, in reverse order. Returns the edited
-    /// head, or the first fail-closed failure.
+    /// The response phase, in reverse chain order over the links whose
+    /// `on-request` ran: each link's staged response edits are made at its
+    /// place, as if its `on-response` had made them, then its `on-response`
+    /// runs if it has one. Returns the edited head, or the first fail-closed
+    /// failure.
     pub async fn run_response(
         &mut self,
         runtime: &FilterRuntime,
         mut response: ResponseHeader,
         request_id: &str,
     ) -> (ResponseHeader, Result<(), FilterFailure>) {
-        apply_response_edits(std::mem::take(&mut self.response_edits), &mut response, request_id);
-        while let Some((mut instance, index)) = self.instances.pop() {
+        loop {
+            let staged_at = self.staged.last().map(|(index, _)| *index);
+            let instance_at = self.instances.last().map(|(_, index)| *index);
+            let Some(index) = staged_at.max(instance_at) else { break };
             let link = &self.chain.links[index];
+            if staged_at == Some(index) {
+                let (_, edits) = self.staged.pop().expect("just seen");
+                apply_response_edits(edits, &mut response, &link.entry.limits.output, &link.module_name, request_id);
+            }
+            if instance_at != Some(index) {
+                continue;
+            }
+            let (mut instance, _) = self.instances.pop().expect("just seen");
             if !link.calls_on_response.load(Ordering::Relaxed) {
                 // It said so after this request's on-request ran.
                 link.finished(runtime, instance);

@@ -45,8 +45,9 @@ pub struct RequestHead {
     /// A background cache refresh that Pingora replays, not a client's
     /// request: the client's own request already took its rate-limit tokens.
     pub replay: bool,
-    /// Header edits filters staged for the response (`set-response-header`),
-    /// in the order they were staged.
+    /// Response header edits (`set-response-header` and kin) staged by the
+    /// filter now running; the chain takes them after each call
+    /// (`FilterChain::run_request`), so each entry stages within its own limit.
     pub response_edits: Vec<ResponseEdit>,
 }
 
@@ -57,20 +58,35 @@ pub enum ResponseEdit {
     Remove(HeaderName),
 }
 
-/// Make the staged edits on `response`, in order. They were checked when
-/// staged, so Pingora refusing one is only a safeguard, and logged.
-pub fn apply_response_edits(edits: Vec<ResponseEdit>, response: &mut ResponseHeader, request_id: &str) {
+/// Make one filter's staged edits on `response`, in order. Names and values
+/// were checked when staged; the header count is checked now, as a filter's
+/// own edit in `on-response` would be, and an edit past it is dropped and
+/// logged.
+pub fn apply_response_edits(
+    edits: Vec<ResponseEdit>,
+    response: &mut ResponseHeader,
+    limits: &OutputLimits,
+    module: &str,
+    request_id: &str,
+) {
     for edit in edits {
-        let refused = match edit {
-            ResponseEdit::Set(name, value) => response.insert_header(name, value).err(),
-            ResponseEdit::Add(name, value) => response.append_header(name, value).err(),
+        let (name, value, append) = match edit {
             ResponseEdit::Remove(name) => {
                 response.remove_header(&name);
-                None
+                continue;
             }
+            ResponseEdit::Set(name, value) => (name, value, false),
+            ResponseEdit::Add(name, value) => (name, value, true),
         };
-        if let Some(e) = refused {
-            ::log::warn!("request {request_id}: a staged response header was refused: {e}");
+        let result = if over_header_count(limits, &response.headers, &name, append) {
+            Err(format!("{name:?} would take the response past {} headers", limits.header_count))
+        } else if append {
+            response.append_header(name, value).map(drop).map_err(|e| e.to_string())
+        } else {
+            response.insert_header(name, value).map_err(|e| e.to_string())
+        };
+        if let Err(why) = result {
+            ::log::warn!("request {request_id}: filter {module:?}: a staged response header was dropped: {why}");
         }
     }
 }
@@ -187,9 +203,9 @@ impl FilterHost {
         self.request.as_mut().expect("the request resource is only lent during on-request")
     }
 
-    /// Keep a response header edit for the response. Each edit may add a
-    /// header, so the count of edits bounds what a request can put on its
-    /// response (and what it can stage).
+    /// Keep a response header edit for the response. The entry's header
+    /// count bounds the edits one call may stage, and so the memory they hold
+    /// while the request waits upstream.
     fn stage_response_edit(&mut self, edit: ResponseEdit) -> Result<(), EditError> {
         let max = self.output.header_count;
         let edits = &mut self.request().response_edits;
@@ -232,21 +248,33 @@ fn checked_header(
     appending: bool,
 ) -> Result<HeaderValue, EditError> {
     let value = checked_field(limits, name, value)?;
-    // Only a message at its header count looks the name up.
-    if headers.len() >= limits.header_count && (appending || !headers.contains_key(name)) {
+    if over_header_count(limits, headers, name, appending) {
         return Err(EditError::LimitExceeded(format!("more than {} headers", limits.header_count)));
     }
     Ok(value)
 }
 
-/// A header name and value checked against the entry's size limits.
-fn checked_field(limits: &OutputLimits, name: &str, value: String) -> Result<HeaderValue, EditError> {
+/// Whether setting (or with `appending`, adding) `name` would take a message
+/// with `headers` past the entry's header count. Only a message at its count
+/// looks the name up.
+fn over_header_count(limits: &OutputLimits, headers: &http::HeaderMap, name: &str, appending: bool) -> bool {
+    headers.len() >= limits.header_count && (appending || !headers.contains_key(name))
+}
+
+/// A header name a filter may write: a token, and not too long.
+fn checked_name(name: &str) -> Result<(), EditError> {
     if name.len() > MAX_HEADER_NAME_BYTES {
         return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
     }
     if !is_token(name) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
     }
+    Ok(())
+}
+
+/// A header name and value checked against the entry's size limits.
+fn checked_field(limits: &OutputLimits, name: &str, value: String) -> Result<HeaderValue, EditError> {
+    checked_name(name)?;
     if value.len() > limits.header_value_bytes {
         let max = limits.header_value_bytes;
         return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {max} bytes")));
@@ -416,6 +444,7 @@ impl types::HostRequest for FilterHost {
     }
 
     fn remove_response_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), EditError> {
+        checked_name(&name)?;
         let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name))?;
         self.stage_response_edit(ResponseEdit::Remove(parsed))
     }

@@ -8,8 +8,11 @@
 //!             InstancePre per module)           fresh Store + pooled instance
 //!                      │                        (or a parked one, if reused)
 //!                      │                        deadline ─► on-request ─► verdict
-//!                      ▼                    FilterChain::run_response (reverse order,
-//!            FilterChain per route            same instances) ─► dropped or parked
+//!                      │                        (+ staged response edits; an instance
+//!                      │                         with no on-response is released)
+//!                      ▼                    InFlightChain::run_response (reverse order:
+//!            FilterChain per route            staged edits, then on-response on the
+//!                                             same instances) ─► dropped or parked
 //! ```
 //!
 //! * [`runtime`] owns the single `Engine` (pooling allocator, copy-on-write

@@ -60,6 +60,10 @@ pub struct Config {
     /// this instance has seen, as `x-value-requests`, how many its filter
     /// value has seen, and as `x-value-builds`, how often `new` ran in it.
     count_requests: bool,
+    /// Stage `x-misbehave-staged: request` for the response before acting in
+    /// on-request, and report on the response, as `x-misbehave-saw-staged`,
+    /// whether on-response saw it.
+    stage: bool,
 }
 
 #[derive(Clone)]
@@ -151,6 +155,9 @@ impl Filter for Misbehave {
         for _ in 0..self.config.header_reads {
             std::hint::black_box(req.header("host"));
         }
+        if self.config.stage {
+            req.set_response_header("x-misbehave-staged", "request").expect("a short header");
+        }
         self.triggered = !self.config.only_when_triggered || req.header("x-misbehave-trigger").is_some();
         if !self.triggered {
             return Verdict::Continue;
@@ -178,6 +185,10 @@ impl Filter for Misbehave {
     }
 
     fn on_response(&mut self, resp: &Response) {
+        if self.config.stage {
+            let saw = if resp.header("x-misbehave-staged").is_some() { "yes" } else { "no" };
+            resp.set_header("x-misbehave-saw-staged", saw).expect("a short header");
+        }
         if self.config.count_requests {
             let seen = REQUESTS_SEEN.load(std::sync::atomic::Ordering::Relaxed);
             resp.set_header("x-instance-requests", &seen.to_string()).expect("a short header");
