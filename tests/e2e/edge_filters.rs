@@ -422,6 +422,34 @@ fn staged_response_headers_free_every_instance_before_the_upstream_answers() {
     }
 }
 
+/// An interim 103 passes through untouched: the staged headers (and the
+/// filters' response phase) are for the final response.
+#[test]
+fn an_interim_response_leaves_the_staged_headers_to_the_final_one() {
+    let origin = HeldOrigin::start(
+        "HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n\
+         HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    );
+    let routes = format!(
+        "{ROUTES}\n[[route]]\nname = \"early\"\npath_prefix = \"/early\"\nupstream = \"early\"\n\
+         [[route.filters]]\nmodule = \"rate_limit\"\nconfig = {{ policy = \"tight\", key = \"header:x-client\" }}\n"
+    );
+    let early = format!("\n[upstreams.early]\nservers = [\"{}\"]\n", origin.addr);
+    let proxy = Proxy::start(&config_with(&routes, &early));
+    let port = proxy.port;
+    let client = std::thread::spawn(move || {
+        let request = "GET /early HTTP/1.1\r\nHost: t\r\nx-client: early\r\nConnection: close\r\n\r\n";
+        send_raw_bytes(port, request.as_bytes()).1
+    });
+    origin.arrived.recv_timeout(std::time::Duration::from_secs(30)).expect("the request reaches the origin");
+    origin.go.send(()).unwrap();
+    let response = client.join().unwrap();
+    let at = response.find("HTTP/1.1 200").unwrap_or_else(|| panic!("no final response in {response:?}"));
+    let (interim, last) = response.split_at(at);
+    assert!(!interim.to_ascii_lowercase().contains("ratelimit"), "{response}");
+    assert!(last.to_ascii_lowercase().contains("\r\nratelimit: \"tight\";r=19;"), "{response}");
+}
+
 #[test]
 fn quotas_are_tiered_by_a_forwarded_claim() {
     let proxy = proxy();

@@ -13,8 +13,9 @@
 //! upstream_request_filter ► request id, X-Forwarded-For, CDN-Loop, Via
 //! upstream_response_filter► failover on a configured 5xx
 //! response_cache_filter ──► cache::cacheability, cache_vary_filter
-//! response_filter ────────► InFlightChain::run_response (reverse order),
-//!                           Cache-Status, Via
+//! response_filter ────────► InFlightChain::run_response (reverse order,
+//!                           staged header edits at each filter's place),
+//!                           Cache-Status, Via; a 1xx passes untouched
 //! fail_to_proxy ──────────► reply: 502 / 504, through run_response too
 //! logging ────────────────► metrics, access log
 //! ```
@@ -526,6 +527,13 @@ impl ProxyHttp for CascadeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Pingora passes a 100 or 103 through here too; the filters' response
+        // phase (and the staged headers) is for the final response.
+        if upstream_response.status.is_informational()
+            && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            return Ok(());
+        }
         restore_filtered_request(session, ctx);
         if let Some(snapshot) = &ctx.snapshot {
             let server = &snapshot.config.server;
