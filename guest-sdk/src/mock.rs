@@ -43,9 +43,12 @@ impl Headers {
     }
 }
 
-/// The host's default limits on what a filter writes (`limits.max_headers`).
+/// The host's default limits on what a filter writes (`limits.max_headers`
+/// and `max_header_value_kb`).
 const MAX_HEADER_NAME_BYTES: usize = 256;
+const MAX_HEADER_VALUE_BYTES: usize = 16 << 10;
 const MAX_STAGED_EDITS: usize = 256;
+const MAX_STAGED_BYTES: usize = 64 << 10;
 
 fn check_header(name: &str, value: &str) -> Result<(), EditError> {
     if name.len() > MAX_HEADER_NAME_BYTES {
@@ -53,6 +56,9 @@ fn check_header(name: &str, value: &str) -> Result<(), EditError> {
     }
     if !is_token(name) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
+    }
+    if value.len() > MAX_HEADER_VALUE_BYTES {
+        return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {MAX_HEADER_VALUE_BYTES} bytes")));
     }
     // As the host's `HeaderValue`: no control character but tab.
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
@@ -240,6 +246,15 @@ impl Request {
         let edits = &mut self.0.borrow_mut().response_edits;
         if edits.len() >= MAX_STAGED_EDITS {
             return Err(EditError::LimitExceeded(format!("more than {MAX_STAGED_EDITS} staged response header edits")));
+        }
+        let size = |edit: &ResponseEdit| match edit {
+            ResponseEdit::Set(name, value) | ResponseEdit::Add(name, value) => name.len() + value.len(),
+            ResponseEdit::Remove(name) => name.len(),
+        };
+        if edits.iter().chain([&edit]).map(size).sum::<usize>() > MAX_STAGED_BYTES {
+            return Err(EditError::LimitExceeded(format!(
+                "more than {MAX_STAGED_BYTES} bytes of staged response headers"
+            )));
         }
         edits.push(edit);
         Ok(())

@@ -167,7 +167,7 @@ impl Bench {
             upstream: "origin".into(),
             upstreams: self.upstreams.clone(),
             replay: false,
-            response_edits: Vec::new(),
+            response_edits: Default::default(),
         }
     }
 

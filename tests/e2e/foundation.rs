@@ -111,20 +111,38 @@ fn trap_fails_open_and_the_request_goes_through() {
 }
 
 /// A response header staged in on-request is made at the filter's place in
-/// the response phase, so its own on-response sees it. A call that fails
+/// the response phase, so its own on-response sees it, and a filter before
+/// it (rewrite, whose rules are staged too) edits after it. A call that fails
 /// leaves nothing staged (fail-open), and a fail-closed error answer skips
 /// the response phase, staged edits included.
 #[test]
 fn staged_response_headers_come_from_calls_that_succeeded() {
     let mut routes = misbehave_route("staged", "/staged", "fail-closed", "{ stage = true }");
+    routes.push_str(
+        "\n[[route]]\nname = \"mixed\"\npath_prefix = \"/mixed\"\nupstream = \"origin\"\n\
+         [[route.filters]]\nmodule = \"rewrite\"\n\
+         config = { response_headers = { remove = [\"x-misbehave\"], set = { \"x-served-by\" = \"cascade\" } } }\n\
+         [[route.filters]]\nmodule = \"misbehave\"\nconfig = { stage = true }\n",
+    );
     routes.push_str(&misbehave_route("open", "/open", "fail-open", r#"{ stage = true, on_request = "panic" }"#));
     routes.push_str(&misbehave_route("closed", "/closed", "fail-closed", r#"{ stage = true, on_request = "panic" }"#));
-    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave", "rewrite"]));
 
     let staged = proxy.get("/staged", &[]);
     assert_eq!(staged.status, 200, "{staged:?}");
     assert_eq!(staged.header("x-misbehave-staged"), Some("request"), "{staged:?}");
     assert_eq!(staged.header("x-misbehave-saw-staged"), Some("yes"), "made before its on-response: {staged:?}");
+
+    // The first request holds rewrite's instance for its on-response; the
+    // second only its staged edits. Both times they come after misbehave's
+    // on-response, which added `x-misbehave`.
+    for _ in 0..2 {
+        let mixed = proxy.get("/mixed", &[]);
+        assert_eq!(mixed.status, 200, "{mixed:?}");
+        assert_eq!(mixed.header("x-misbehave-saw-staged"), Some("yes"), "{mixed:?}");
+        assert_eq!(mixed.header("x-misbehave"), None, "rewrite has the last word: {mixed:?}");
+        assert_eq!(mixed.header("x-served-by"), Some("cascade"), "{mixed:?}");
+    }
 
     let open = proxy.get("/open", &[]);
     assert_eq!(open.status, 200, "{open:?}");

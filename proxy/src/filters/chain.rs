@@ -219,7 +219,7 @@ impl FilterChain {
                 head = edited;
                 // What the call staged for the response is kept only if the
                 // call succeeded: a failed filter's response work is skipped.
-                let staged = std::mem::take(&mut head.response_edits);
+                let staged = std::mem::take(&mut head.response_edits).edits;
                 match outcome {
                     Ok((instance, verdict)) => {
                         if !staged.is_empty() {

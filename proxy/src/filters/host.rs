@@ -47,9 +47,21 @@ pub struct RequestHead {
     pub replay: bool,
     /// Response header edits (`set-response-header` and kin) staged by the
     /// filter now running; the chain takes them after each call
-    /// (`FilterChain::run_request`), so each entry stages within its own limit.
-    pub response_edits: Vec<ResponseEdit>,
+    /// (`FilterChain::run_request`), so each entry stages within its own limits.
+    pub response_edits: StagedEdits,
 }
+
+/// The response header edits one `on-request` call staged, and their size.
+#[derive(Default)]
+pub struct StagedEdits {
+    pub edits: Vec<ResponseEdit>,
+    bytes: usize,
+}
+
+/// The bytes of names and values one call may stage, unless one value may
+/// be longer: the edits are held while the request waits upstream, after
+/// the instance (and its memory cap) has moved on.
+const MAX_STAGED_BYTES: usize = 64 << 10;
 
 /// A response header edit staged during `on-request`, checked when staged.
 pub enum ResponseEdit {
@@ -204,16 +216,33 @@ impl FilterHost {
     }
 
     /// Keep a response header edit for the response. The entry's header
-    /// count bounds the edits one call may stage, and so the memory they hold
-    /// while the request waits upstream.
-    fn stage_response_edit(&mut self, edit: ResponseEdit) -> Result<(), EditError> {
-        let max = self.output.header_count;
-        let edits = &mut self.request().response_edits;
-        if edits.len() >= max {
-            return Err(EditError::LimitExceeded(format!("more than {max} staged response header edits")));
+    /// count bounds the edits one call may stage, and `MAX_STAGED_BYTES`
+    /// (or one value's limit, if larger) their size.
+    fn stage_response_edit(&mut self, edit: ResponseEdit, bytes: usize) -> Result<(), EditError> {
+        let max_edits = self.output.header_count;
+        let max_bytes = MAX_STAGED_BYTES.max(self.output.header_value_bytes);
+        let staged = &mut self.request().response_edits;
+        if staged.edits.len() >= max_edits {
+            return Err(EditError::LimitExceeded(format!("more than {max_edits} staged response header edits")));
         }
-        edits.push(edit);
+        if staged.bytes + bytes > max_bytes {
+            return Err(EditError::LimitExceeded(format!("more than {max_bytes} bytes of staged response headers")));
+        }
+        staged.bytes += bytes;
+        staged.edits.push(edit);
         Ok(())
+    }
+
+    /// Check a response header and stage it as the edit `as_edit` makes.
+    fn stage_field(
+        &mut self,
+        name: String,
+        value: String,
+        as_edit: fn(String, HeaderValue) -> ResponseEdit,
+    ) -> Result<(), EditError> {
+        let value = checked_field(&self.output, &name, value)?;
+        let bytes = name.len() + value.len();
+        self.stage_response_edit(as_edit(name, value), bytes)
     }
 
     fn response(&mut self) -> &mut ResponseHeader {
@@ -429,8 +458,7 @@ impl types::HostRequest for FilterHost {
         name: String,
         value: String,
     ) -> Result<(), EditError> {
-        let value = checked_field(&self.output, &name, value)?;
-        self.stage_response_edit(ResponseEdit::Set(name, value))
+        self.stage_field(name, value, ResponseEdit::Set)
     }
 
     fn add_response_header(
@@ -439,14 +467,14 @@ impl types::HostRequest for FilterHost {
         name: String,
         value: String,
     ) -> Result<(), EditError> {
-        let value = checked_field(&self.output, &name, value)?;
-        self.stage_response_edit(ResponseEdit::Add(name, value))
+        self.stage_field(name, value, ResponseEdit::Add)
     }
 
     fn remove_response_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), EditError> {
         checked_name(&name)?;
         let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name))?;
-        self.stage_response_edit(ResponseEdit::Remove(parsed))
+        let bytes = parsed.as_str().len();
+        self.stage_response_edit(ResponseEdit::Remove(parsed), bytes)
     }
 
     fn drop(&mut self, _: Resource<RequestHandle>) -> Result<()> {

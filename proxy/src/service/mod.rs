@@ -15,7 +15,7 @@
 //! response_cache_filter ──► cache::cacheability, cache_vary_filter
 //! response_filter ────────► InFlightChain::run_response (reverse order,
 //!                           staged header edits at each filter's place),
-//!                           Cache-Status, Via; a 1xx passes untouched
+//!                           Cache-Status, Via; a 1xx gets Via only
 //! fail_to_proxy ──────────► reply: 502 / 504, through run_response too
 //! logging ────────────────► metrics, access log
 //! ```
@@ -224,7 +224,7 @@ impl CascadeProxy {
             upstream: ctx.upstream.clone(),
             upstreams: snapshot.upstreams.clone(),
             replay: session.subrequest_ctx.is_some(),
-            response_edits: Vec::new(),
+            response_edits: Default::default(),
         };
         let (head, chain, outcome) = route.chain.run_request(&self.runtime, head).await;
         *session.req_header_mut() = head.header;
@@ -527,23 +527,27 @@ impl ProxyHttp for CascadeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Pingora passes a 100 or 103 through here too; the filters' response
-        // phase (and the staged headers) is for the final response.
-        if upstream_response.status.is_informational()
-            && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS
-        {
+        // Pingora passes a 100 or 103 through here too. It gets Via, as every
+        // message a proxy forwards does (RFC 9110, 7.6.3); the rest, the
+        // filters' response phase and their staged headers included, is for
+        // the final response.
+        let interim = upstream_response.status.is_informational()
+            && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS;
+        if let Some(snapshot) = &ctx.snapshot {
+            let server = &snapshot.config.server;
+            let via = with_member(&upstream_response.headers, "via", server.via.clone());
+            upstream_response.insert_header("via", via)?;
+            if !interim {
+                let member = HeaderValue::try_from(cache::status_member(&server.node_id, &session.cache))
+                    .expect("a node id and cache outcome make a valid header value");
+                let cache_status = with_member(&upstream_response.headers, "cache-status", member);
+                upstream_response.insert_header("cache-status", cache_status)?;
+            }
+        }
+        if interim {
             return Ok(());
         }
         restore_filtered_request(session, ctx);
-        if let Some(snapshot) = &ctx.snapshot {
-            let server = &snapshot.config.server;
-            let member = HeaderValue::try_from(cache::status_member(&server.node_id, &session.cache))
-                .expect("a node id and cache outcome make a valid header value");
-            let cache_status = with_member(&upstream_response.headers, "cache-status", member);
-            upstream_response.insert_header("cache-status", cache_status)?;
-            let via = with_member(&upstream_response.headers, "via", server.via.clone());
-            upstream_response.insert_header("via", via)?;
-        }
         if let Some(mut chain) = ctx.chain.take() {
             let response = std::mem::replace(upstream_response, empty_response());
             let (response, result) = chain.get_mut().run_response(&self.runtime, response, &ctx.id).await;

@@ -27,6 +27,9 @@ pub enum Behaviour {
     /// Stage 100,000 distinct response headers, ignoring refusals (request
     /// phase only).
     ManyStagedHeaders,
+    /// Stage 1,000 distinct response headers of 1 KiB each, ignoring
+    /// refusals (request phase only).
+    LargeStagedHeaders,
     /// Call host functions with garbage: an unknown rate-limit policy, a
     /// malformed token, an invalid header name. Errors are ignored.
     GarbageCalls,
@@ -131,7 +134,11 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
         Behaviour::Leak => {
             std::hint::black_box(Vec::leak(vec![1u8; 1 << 20]));
         }
-        Behaviour::Pass | Behaviour::Respond | Behaviour::GiantReply | Behaviour::ManyStagedHeaders => {}
+        Behaviour::Pass
+        | Behaviour::Respond
+        | Behaviour::GiantReply
+        | Behaviour::ManyStagedHeaders
+        | Behaviour::LargeStagedHeaders => {}
     }
 }
 
@@ -142,7 +149,7 @@ impl Filter for Misbehave {
         if matches!(config.on_response, Behaviour::Respond | Behaviour::GiantReply) {
             return Err("on_response cannot answer the request".into());
         }
-        if config.on_response == Behaviour::ManyStagedHeaders {
+        if matches!(config.on_response, Behaviour::ManyStagedHeaders | Behaviour::LargeStagedHeaders) {
             return Err("on_response cannot stage response headers".into());
         }
         BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -171,6 +178,12 @@ impl Filter for Misbehave {
             Behaviour::ManyStagedHeaders => {
                 for i in 0..100_000 {
                     let _ = req.set_response_header(&format!("x-staged-{i}"), "1");
+                }
+            }
+            Behaviour::LargeStagedHeaders => {
+                let value = "x".repeat(1024);
+                for i in 0..1_000 {
+                    let _ = req.set_response_header(&format!("x-staged-{i}"), &value);
                 }
             }
             _ => {}
