@@ -133,16 +133,23 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
 /// Reload the config on SIGHUP, as `POST /config/reload` does. A refused
 /// reload is logged, and the old config keeps serving.
 fn reload_on_sighup(control: Arc<ControlPlane>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
+    };
+    // The handler is registered here, before the listeners open, not in the
+    // thread: a SIGHUP sent as soon as the port answers would otherwise meet
+    // the default action, which ends the process.
+    let hangups = {
+        let _context = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    };
+    let mut hangups = match hangups {
+        Ok(hangups) => hangups,
+        Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
+    };
     let spawned = std::thread::Builder::new().name("cascade-sighup".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
-            Ok(runtime) => runtime,
-            Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
-        };
         runtime.block_on(async move {
-            let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(hangups) => hangups,
-                Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
-            };
             while hangups.recv().await.is_some() {
                 match control.reload().await {
                     Ok(()) => log::info!("SIGHUP: config reloaded"),
