@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::Request;
+use crate::{EditError, Request};
 
 /// What identifies a client in a filter's config: `"ip"` (the client
 /// address) or `"header:<name>"`, whose value is used when present and the
@@ -41,6 +41,26 @@ impl ClientKey {
 /// name, and of a cookie name (RFC 6265, 4.1.1).
 pub fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The longest header name the host lets a filter write.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+
+/// Whether the host takes `name: value` from a filter, the value's length
+/// aside (a per-route limit): a token name of at most
+/// [`MAX_HEADER_NAME_BYTES`], and, as the host's `HeaderValue`, a value with
+/// no control character but tab. A filter can check its config with it.
+pub fn check_header(name: &str, value: &str) -> Result<(), EditError> {
+    if name.len() > MAX_HEADER_NAME_BYTES {
+        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
+    }
+    if !is_token(name) {
+        return Err(EditError::InvalidHeaderName(name.to_string()));
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(EditError::InvalidHeaderValue(name.to_string()));
+    }
+    Ok(())
 }
 
 /// Check a cookie name from a filter's config, so a typo fails at load

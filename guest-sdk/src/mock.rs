@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use crate::EditError;
-use crate::client::is_token;
+use crate::client;
 
 #[derive(Debug, Clone, Default)]
 struct Headers(Vec<(String, String)>);
@@ -45,26 +45,16 @@ impl Headers {
 
 /// The host's default limits on what a filter writes (`limits.max_headers`
 /// and `max_header_value_kb`).
-const MAX_HEADER_NAME_BYTES: usize = 256;
 const MAX_HEADER_VALUE_BYTES: usize = 16 << 10;
 const MAX_STAGED_EDITS: usize = 256;
 const MAX_STAGED_BYTES: usize = 64 << 10;
 
+/// The host's checks, with its default value limit.
 fn check_header(name: &str, value: &str) -> Result<(), EditError> {
-    if name.len() > MAX_HEADER_NAME_BYTES {
-        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
-    }
-    if !is_token(name) {
-        return Err(EditError::InvalidHeaderName(name.to_string()));
-    }
     if value.len() > MAX_HEADER_VALUE_BYTES {
         return Err(EditError::LimitExceeded(format!("value of {name:?} longer than {MAX_HEADER_VALUE_BYTES} bytes")));
     }
-    // As the host's `HeaderValue`: no control character but tab.
-    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-        return Err(EditError::InvalidHeaderValue(name.to_string()));
-    }
-    Ok(())
+    client::check_header(name, value)
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +140,7 @@ impl Request {
     }
     /// Replace the method.
     pub fn set_method(&self, method: &str) -> Result<(), EditError> {
-        if !is_token(method) {
+        if !client::is_token(method) {
             return Err(EditError::InvalidMethod(method.into()));
         }
         self.0.borrow_mut().method = method.into();
