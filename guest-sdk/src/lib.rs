@@ -50,6 +50,9 @@ mod verdict;
 pub use capabilities::{CheckError, Decision, VerifyError};
 pub use verdict::{EditError, Reply, Verdict};
 
+#[cfg(all(target_arch = "wasm32", feature = "wasi-stdio-stubs"))]
+#[doc(hidden)]
+pub mod wasi_stdio;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 

@@ -363,3 +363,42 @@ reuse_instances = true
     let line = "cascade_filter_duration_seconds_count{module=\"noop\",phase=\"on-response\"} 2\n";
     assert!(metrics.contains(line), "noop's on-response ran more than once per entry:\n{metrics}");
 }
+
+/// The SDK answers std's WASI stdio, environment and exit inside the
+/// component (guest-sdk/src/wasi_stdio.rs), so a filter built with it imports
+/// none of them, and a fresh instance wires none of them up. A component
+/// built without the SDK still gets them from the host.
+#[test]
+fn sdk_filters_import_no_wasi_stdio() {
+    let engine = wasmtime::Engine::default();
+    let imports = |name: &str| -> Vec<String> {
+        let component = wasmtime::component::Component::from_file(&engine, wasm(name)).unwrap();
+        component.component_type().imports(&engine).map(|(import, _)| import.to_string()).collect()
+    };
+    let stdio = |import: &String| import.starts_with("wasi:cli/") || import.starts_with("wasi:io/");
+    for name in ["noop", "auth", "rate_limit", "ab_test", "rewrite", "misbehave"] {
+        let imports = imports(name);
+        assert!(!imports.iter().any(stdio), "{name} imports {imports:?}");
+        assert!(imports.iter().any(|import| import.starts_with("cascade:filter/types")), "{name}: {imports:?}");
+    }
+    let imports = imports("contract_0_1_0");
+    assert!(imports.iter().any(stdio), "the contract fixture, built without the SDK: {imports:?}");
+}
+
+/// What std's stdio and environment do in an SDK filter: writes are taken
+/// (and dropped, as the host would), stdin is at its end, there are no
+/// environment variables. `exit` ends only that request, as a trap.
+#[test]
+fn std_stdio_in_a_filter_behaves_as_the_host_would() {
+    let mut routes = misbehave_route("stdio", "/stdio", "fail-closed", r#"{ on_request = "stdio" }"#);
+    routes.push_str(&misbehave_route("exit", "/exit", "fail-closed", r#"{ on_request = "exit" }"#));
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let reply = proxy.get("/stdio", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["headers"]["x-misbehave-stdio"], "stdout=true stderr=true stdin=0 env=0");
+    let exited = proxy.get("/exit", &[]);
+    assert_eq!(exited.status, 500, "{exited:?}");
+    let error = exited.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("trap"), "{error}");
+    assert_eq!(proxy.get("/stdio", &[]).status, 200);
+}

@@ -40,6 +40,12 @@ pub enum Behaviour {
     /// Leak 1 MiB and carry on: harmless in a fresh instance, fatal in time
     /// to one that is reused without limit.
     Leak,
+    /// Use std's stdio and environment: write 3 MiB to stdout and a line to
+    /// stderr, read stdin to its end, count the environment variables; say
+    /// what came of it in `x-misbehave-stdio` and carry on.
+    Stdio,
+    /// Call `std::process::exit(0)`.
+    Exit,
 }
 
 /// Requests this instance has seen: always 1 in a fresh instance.
@@ -134,6 +140,25 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
         Behaviour::Leak => {
             std::hint::black_box(Vec::leak(vec![1u8; 1 << 20]));
         }
+        Behaviour::Stdio => {
+            use std::io::{Read, Write};
+            // More than one write permit, so the write goes out in parts.
+            let stdout = std::io::stdout().write_all(&vec![b'x'; 3 << 20]).and_then(|()| std::io::stdout().flush());
+            let stderr = writeln!(std::io::stderr(), "misbehave: a line to stderr");
+            let mut input = Vec::new();
+            let stdin = match std::io::stdin().read_to_end(&mut input) {
+                Ok(n) => n.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let report = format!(
+                "stdout={} stderr={} stdin={stdin} env={}",
+                stdout.is_ok(),
+                stderr.is_ok(),
+                std::env::vars().count()
+            );
+            set("x-misbehave-stdio", &report).expect("a short header");
+        }
+        Behaviour::Exit => std::process::exit(0),
         Behaviour::Pass
         | Behaviour::Respond
         | Behaviour::GiantReply

@@ -1,0 +1,167 @@
+//! WASI's stdio, environment and exit, answered inside the component.
+//!
+//! Rust's std for `wasm32-wasip2` links wasi-libc, whose stdio, environment
+//! and exit support imports 19 WASI functions: the streams of stdin, stdout
+//! and stderr, their terminals, `get-environment` and `exit`. Every import of
+//! a component costs the host on each instantiation (a lowered function and
+//! its trampolines), which is most of a fresh instance's set-up for a small
+//! filter; yet the host grants filters nothing behind them: no stdin, stdout
+//! and stderr that discard what is written, an empty environment
+//! (`proxy/src/filters/host.rs`). So this module defines the functions
+//! wasi-libc calls, with the same answers, and the linker takes these
+//! definitions instead of importing. The component then imports only the
+//! `cascade:filter` functions it uses (and any other WASI it uses: clocks,
+//! random).
+//!
+//! The names and signatures are wasi-libc's lowering of WASI 0.2.0
+//! (`__wasm_import_<interface>_<function>`). Should a future wasi-libc name
+//! them otherwise, these definitions go unused and the imports come back: the
+//! filter still works, only its instantiation costs more (the test
+//! `sdk_filters_import_no_wasi_stdio` in the proxy fails then).
+//!
+//! Every stream a filter can hold is one of these three: the host grants no
+//! file (no preopened directory) and no socket (a component that imports
+//! `wasi:sockets` is refused at load). Handles are never 0, as in the
+//! canonical ABI.
+
+const STDIN: i32 = 1;
+const STDOUT: i32 = 2;
+const STDERR: i32 = 3;
+const POLLABLE: i32 = 4;
+/// What `check-write` lets through at once; it fits wasi-libc's 32-bit
+/// `size_t`.
+const WRITE_PERMIT: u64 = 1 << 20;
+
+/// The return area of `result<_, stream-error>` and of `option<T>`: a
+/// discriminant byte first; `stream-error`'s own case byte sits at offset 4.
+unsafe fn write_result_ok(ret: *mut u8) {
+    unsafe { ret.write(0) }
+}
+
+unsafe fn write_stream_closed(ret: *mut u8) {
+    unsafe {
+        ret.write(1);
+        ret.add(4).write(1);
+    }
+}
+
+/// Stand-ins for the host functions; wasi-libc calls them by these names.
+#[doc(hidden)]
+pub mod exports {
+    use super::*;
+
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_stdin_get_stdin() -> i32 {
+        STDIN
+    }
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_stdout_get_stdout() -> i32 {
+        STDOUT
+    }
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_stderr_get_stderr() -> i32 {
+        STDERR
+    }
+
+    /// `option<terminal-*>`: none, no stream is a terminal.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_terminal_stdin_get_terminal_stdin(ret: *mut u8) {
+        unsafe { ret.write(0) }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_terminal_stdout_get_terminal_stdout(ret: *mut u8) {
+        unsafe { ret.write(0) }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_terminal_stderr_get_terminal_stderr(ret: *mut u8) {
+        unsafe { ret.write(0) }
+    }
+
+    /// An empty `list<tuple<string, string>>`: pointer and length 0 (wasi-libc
+    /// frees the pointer, and freeing null does nothing).
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_environment_get_environment(ret: *mut u32) {
+        unsafe { ret.cast::<[u32; 2]>().write([0, 0]) }
+    }
+
+    /// The host ends the call on `exit` too: the request sees a trap.
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_exit_exit(_status: i32) {
+        core::arch::wasm32::unreachable()
+    }
+
+    /// stdout and stderr take everything and keep nothing.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_check_write(_stream: i32, ret: *mut u8) {
+        unsafe {
+            write_result_ok(ret);
+            ret.add(8).cast::<u64>().write(WRITE_PERMIT);
+        }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_write(
+        _stream: i32,
+        _bytes: *const u8,
+        _len: usize,
+        ret: *mut u8,
+    ) {
+        unsafe { write_result_ok(ret) }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_write_and_flush(
+        _stream: i32,
+        _bytes: *const u8,
+        _len: usize,
+        ret: *mut u8,
+    ) {
+        unsafe { write_result_ok(ret) }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_flush(_stream: i32, ret: *mut u8) {
+        unsafe { write_result_ok(ret) }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_flush(_stream: i32, ret: *mut u8) {
+        unsafe { write_result_ok(ret) }
+    }
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_streams_method_output_stream_subscribe(_stream: i32) -> i32 {
+        POLLABLE
+    }
+
+    /// stdin is closed: every read ends the stream.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_input_stream_read(_stream: i32, _len: i64, ret: *mut u8) {
+        unsafe { write_stream_closed(ret) }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_streams_method_input_stream_blocking_read(
+        _stream: i32,
+        _len: i64,
+        ret: *mut u8,
+    ) {
+        unsafe { write_stream_closed(ret) }
+    }
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_streams_method_input_stream_subscribe(_stream: i32) -> i32 {
+        POLLABLE
+    }
+
+    /// Every pollable is ready.
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_poll_method_pollable_block(_pollable: i32) {}
+
+    /// Nothing behind a handle to let go of.
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_io_error_error_drop(_handle: i32) {}
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_poll_pollable_drop(_handle: i32) {}
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_streams_input_stream_drop(_handle: i32) {}
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_streams_output_stream_drop(_handle: i32) {}
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_terminal_input_terminal_input_drop(_handle: i32) {}
+    #[unsafe(no_mangle)]
+    pub extern "C" fn __wasm_import_terminal_output_terminal_output_drop(_handle: i32) {}
+}
