@@ -9,9 +9,9 @@
 //! and stderr that discard what is written, an empty environment
 //! (`proxy/src/filters/host.rs`). So this module defines the functions
 //! wasi-libc calls, with the same answers, and the linker takes these
-//! definitions instead of importing. The component then imports only the
-//! `cascade:filter` functions it uses (and any other WASI it uses: clocks,
-//! random).
+//! definitions instead of importing. The component then imports the
+//! `cascade:filter` functions it uses, the two pollable functions below, and
+//! any other WASI it uses (clocks, random): 17 imports fewer.
 //!
 //! The names and signatures are wasi-libc's lowering of WASI 0.2.0
 //! (`__wasm_import_<interface>_<function>`). Should a future wasi-libc name
@@ -21,19 +21,35 @@
 //!
 //! Every stream a filter can hold is one of these three: the host grants no
 //! file (no preopened directory) and no socket (a component that imports
-//! `wasi:sockets` is refused at load). Handles are never 0, as in the
-//! canonical ABI.
+//! `wasi:sockets` is refused at load). Pollables are another matter: the
+//! host's clocks make real ones (`std::thread::sleep` blocks on one), so
+//! `pollable.block` and the pollable's drop go on to the host for every
+//! handle but this module's own. Those two stay imports.
 
-const STDIN: i32 = 1;
-const STDOUT: i32 = 2;
-const STDERR: i32 = 3;
-const POLLABLE: i32 = 4;
-/// What `check-write` lets through at once; it fits wasi-libc's 32-bit
-/// `size_t`.
+/// This module's handles sit above any the host can give out (the canonical
+/// ABI caps a handle table at 2^28 entries), so they are told apart from
+/// the host's; wasi-libc takes 0 for "none".
+const OWN_HANDLES: i32 = 1 << 30;
+const STDIN: i32 = OWN_HANDLES + 1;
+const STDOUT: i32 = OWN_HANDLES + 2;
+const STDERR: i32 = OWN_HANDLES + 3;
+/// The pollable of a stdio stream: always ready.
+const READY: i32 = OWN_HANDLES + 4;
+/// What `check-write` lets through at once (never 0, so wasi-libc never
+/// waits on `READY`).
 const WRITE_PERMIT: u64 = 1 << 20;
 
-/// The return area of `result<_, stream-error>` and of `option<T>`: a
-/// discriminant byte first; `stream-error`'s own case byte sits at offset 4.
+// The host's pollables, for the handles that are not this module's.
+#[link(wasm_import_module = "wasi:io/poll@0.2.0")]
+unsafe extern "C" {
+    #[link_name = "[method]pollable.block"]
+    fn host_pollable_block(pollable: i32);
+    #[link_name = "[resource-drop]pollable"]
+    fn host_pollable_drop(pollable: i32);
+}
+
+/// The return area of `result<_, stream-error>` (and `option<T>`): a
+/// discriminant byte first, then the error's case byte at offset 4.
 unsafe fn write_result_ok(ret: *mut u8) {
     unsafe { ret.write(0) }
 }
@@ -77,8 +93,8 @@ pub mod exports {
         unsafe { ret.write(0) }
     }
 
-    /// An empty `list<tuple<string, string>>`: pointer and length 0 (wasi-libc
-    /// frees the pointer, and freeing null does nothing).
+    /// An empty `list<tuple<string, string>>`: pointer and length 0 (with
+    /// length 0, wasi-libc reads and frees nothing).
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_environment_get_environment(ret: *mut u32) {
         unsafe { ret.cast::<[u32; 2]>().write([0, 0]) }
@@ -90,7 +106,8 @@ pub mod exports {
         core::arch::wasm32::unreachable()
     }
 
-    /// stdout and stderr take everything and keep nothing.
+    /// stdout and stderr take everything and keep nothing. (`result<u64,
+    /// stream-error>`: the value at offset 8.)
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_check_write(_stream: i32, ret: *mut u8) {
         unsafe {
@@ -126,7 +143,7 @@ pub mod exports {
     }
     #[unsafe(no_mangle)]
     pub extern "C" fn __wasm_import_streams_method_output_stream_subscribe(_stream: i32) -> i32 {
-        POLLABLE
+        READY
     }
 
     /// stdin is closed: every read ends the stream.
@@ -144,18 +161,27 @@ pub mod exports {
     }
     #[unsafe(no_mangle)]
     pub extern "C" fn __wasm_import_streams_method_input_stream_subscribe(_stream: i32) -> i32 {
-        POLLABLE
+        READY
     }
 
-    /// Every pollable is ready.
+    /// `READY` is ready; any other pollable is the host's (a clock's).
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_poll_method_pollable_block(_pollable: i32) {}
+    pub unsafe extern "C" fn __wasm_import_poll_method_pollable_block(pollable: i32) {
+        if pollable != READY {
+            unsafe { host_pollable_block(pollable) }
+        }
+    }
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn __wasm_import_poll_pollable_drop(pollable: i32) {
+        if pollable != READY {
+            unsafe { host_pollable_drop(pollable) }
+        }
+    }
 
-    /// Nothing behind a handle to let go of.
+    /// Nothing behind the handle to let go of: errors come only from
+    /// streams, and every stream is one of the three above.
     #[unsafe(no_mangle)]
     pub extern "C" fn __wasm_import_io_error_error_drop(_handle: i32) {}
-    #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_poll_pollable_drop(_handle: i32) {}
     #[unsafe(no_mangle)]
     pub extern "C" fn __wasm_import_streams_input_stream_drop(_handle: i32) {}
     #[unsafe(no_mangle)]

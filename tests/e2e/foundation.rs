@@ -375,7 +375,10 @@ fn sdk_filters_import_no_wasi_stdio() {
         let component = wasmtime::component::Component::from_file(&engine, wasm(name)).unwrap();
         component.component_type().imports(&engine).map(|(import, _)| import.to_string()).collect()
     };
-    let stdio = |import: &String| import.starts_with("wasi:cli/") || import.starts_with("wasi:io/");
+    // Pollables stay the host's: its clocks make them (`std::thread::sleep`).
+    let stdio = |import: &String| {
+        ["wasi:cli/", "wasi:io/streams", "wasi:io/error"].iter().any(|stdio| import.starts_with(stdio))
+    };
     for name in ["noop", "auth", "rate_limit", "ab_test", "rewrite", "misbehave"] {
         let imports = imports(name);
         assert!(!imports.iter().any(stdio), "{name} imports {imports:?}");
@@ -386,16 +389,22 @@ fn sdk_filters_import_no_wasi_stdio() {
 }
 
 /// What std's stdio and environment do in an SDK filter: writes are taken
-/// (and dropped, as the host would), stdin is at its end, there are no
-/// environment variables. `exit` ends only that request, as a trap.
+/// (and dropped, as the host would), stdin is at its end, no stream is a
+/// terminal, there are no environment variables, and a sleep on the host's
+/// clock still sleeps. `exit` ends only that request, as a trap.
 #[test]
 fn std_stdio_in_a_filter_behaves_as_the_host_would() {
     let mut routes = misbehave_route("stdio", "/stdio", "fail-closed", r#"{ on_request = "stdio" }"#);
+    // Room for the sleep on a loaded machine.
+    routes.push_str("timeout_ms = 5000\n");
     routes.push_str(&misbehave_route("exit", "/exit", "fail-closed", r#"{ on_request = "exit" }"#));
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let reply = proxy.get("/stdio", &[]);
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.json()["headers"]["x-misbehave-stdio"], "stdout=true stderr=true stdin=0 env=0");
+    assert_eq!(
+        reply.json()["headers"]["x-misbehave-stdio"],
+        "stdout=true stderr=true stdin=0 terminal=false env=0 slept=true"
+    );
     let exited = proxy.get("/exit", &[]);
     assert_eq!(exited.status, 500, "{exited:?}");
     let error = exited.json()["error"].as_str().unwrap().to_string();

@@ -40,9 +40,10 @@ pub enum Behaviour {
     /// Leak 1 MiB and carry on: harmless in a fresh instance, fatal in time
     /// to one that is reused without limit.
     Leak,
-    /// Use std's stdio and environment: write 3 MiB to stdout and a line to
-    /// stderr, read stdin to its end, count the environment variables; say
-    /// what came of it in `x-misbehave-stdio` and carry on.
+    /// Use std's stdio, environment and clock: write 3 MiB to stdout and a
+    /// line to stderr, read stdin to its end, ask whether stdout is a
+    /// terminal, count the environment variables, sleep 20 ms; say what came
+    /// of it in `x-misbehave-stdio` and carry on.
     Stdio,
     /// Call `std::process::exit(0)`.
     Exit,
@@ -141,7 +142,7 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
             std::hint::black_box(Vec::leak(vec![1u8; 1 << 20]));
         }
         Behaviour::Stdio => {
-            use std::io::{Read, Write};
+            use std::io::{IsTerminal, Read, Write};
             // More than one write permit, so the write goes out in parts.
             let stdout = std::io::stdout().write_all(&vec![b'x'; 3 << 20]).and_then(|()| std::io::stdout().flush());
             let stderr = writeln!(std::io::stderr(), "misbehave: a line to stderr");
@@ -150,11 +151,15 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
                 Ok(n) => n.to_string(),
                 Err(e) => e.to_string(),
             };
+            let asleep = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(20));
             let report = format!(
-                "stdout={} stderr={} stdin={stdin} env={}",
+                "stdout={} stderr={} stdin={stdin} terminal={} env={} slept={}",
                 stdout.is_ok(),
                 stderr.is_ok(),
-                std::env::vars().count()
+                std::io::stdout().is_terminal(),
+                std::env::vars().count(),
+                asleep.elapsed() >= std::time::Duration::from_millis(20)
             );
             set("x-misbehave-stdio", &report).expect("a short header");
         }
