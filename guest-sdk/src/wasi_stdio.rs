@@ -14,7 +14,8 @@
 //! any other WASI it uses (clocks, random): 17 imports fewer.
 //!
 //! The names and signatures are wasi-libc's lowering of WASI 0.2.0
-//! (`__wasm_import_<interface>_<function>`). Should a future wasi-libc name
+//! (`__wasm_import_<interface>_<function>`), and these are the functions its
+//! stdio calls (it never calls `read`, `flush` or `blocking-write-and-flush`). Should a future wasi-libc name
 //! them otherwise, these definitions go unused and the imports come back: the
 //! filter still works, only its instantiation costs more (the test
 //! `sdk_filters_import_no_wasi_stdio` in the proxy fails then).
@@ -125,19 +126,6 @@ pub mod exports {
         unsafe { write_result_ok(ret) }
     }
     #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_write_and_flush(
-        _stream: i32,
-        _bytes: *const u8,
-        _len: usize,
-        ret: *mut u8,
-    ) {
-        unsafe { write_result_ok(ret) }
-    }
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_flush(_stream: i32, ret: *mut u8) {
-        unsafe { write_result_ok(ret) }
-    }
-    #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_flush(_stream: i32, ret: *mut u8) {
         unsafe { write_result_ok(ret) }
     }
@@ -147,10 +135,6 @@ pub mod exports {
     }
 
     /// stdin is closed: every read ends the stream.
-    #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn __wasm_import_streams_method_input_stream_read(_stream: i32, _len: i64, ret: *mut u8) {
-        unsafe { write_stream_closed(ret) }
-    }
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_streams_method_input_stream_blocking_read(
         _stream: i32,
