@@ -50,7 +50,8 @@ mod verdict;
 pub use capabilities::{CheckError, Decision, VerifyError};
 pub use verdict::{EditError, Reply, Verdict};
 
-#[cfg(all(target_arch = "wasm32", feature = "wasi-stdio-stubs"))]
+// wasi-libc's WASI 0.2 stdio exists only on wasip2.
+#[cfg(all(target_os = "wasi", target_env = "p2", feature = "wasi-stdio-stubs"))]
 #[doc(hidden)]
 pub mod wasi_stdio;
 #[cfg(target_arch = "wasm32")]

@@ -1,4 +1,5 @@
-//! WASI's stdio, environment and exit, answered inside the component.
+//! WASI's stdio, environment variables and exit, answered inside the
+//! component.
 //!
 //! Rust's std for `wasm32-wasip2` links wasi-libc, whose stdio, environment
 //! and exit support imports 19 WASI functions: the streams of stdin, stdout
@@ -6,36 +7,42 @@
 //! a component costs the host on each instantiation (a lowered function and
 //! its trampolines), which is most of a fresh instance's set-up for a small
 //! filter; yet the host grants filters nothing behind them: no stdin, stdout
-//! and stderr that discard what is written, an empty environment
+//! and stderr that discard what is written, no environment variables
 //! (`proxy/src/filters/host.rs`). So this module defines the functions
 //! wasi-libc calls, with the same answers, and the linker takes these
 //! definitions instead of importing. The component then imports the
 //! `cascade:filter` functions it uses, the two pollable functions below, and
-//! any other WASI it uses (clocks, random): 17 imports fewer.
+//! any other WASI it uses (clocks, random, `get-arguments`): 17 imports
+//! fewer. One answer differs from the host's in its words: `exit` traps, so
+//! the failure reads as a trap, not as an exit status.
 //!
 //! The names and signatures are wasi-libc's lowering of WASI 0.2.0
 //! (`__wasm_import_<interface>_<function>`), and these are the functions its
-//! stdio calls (it never calls `read`, `flush` or `blocking-write-and-flush`). Should a future wasi-libc name
-//! them otherwise, these definitions go unused and the imports come back: the
-//! filter still works, only its instantiation costs more (the test
+//! stdio calls. Should a future wasi-libc name them otherwise, these
+//! definitions go unused and the imports come back: the filter still works,
+//! only its instantiation costs more (the test
 //! `sdk_filters_import_no_wasi_stdio` in the proxy fails then).
 //!
 //! Every stream a filter can hold is one of these three: the host grants no
 //! file (no preopened directory) and no socket (a component that imports
-//! `wasi:sockets` is refused at load). Pollables are another matter: the
-//! host's clocks make real ones (`std::thread::sleep` blocks on one), so
-//! `pollable.block` and the pollable's drop go on to the host for every
-//! handle but this module's own. Those two stay imports.
+//! `wasi:sockets` is refused at load). Should that change, a stream of the
+//! host's reaching these functions traps instead of being answered wrongly;
+//! a host that grants streams needs the feature off. `poll` on a stdio
+//! stream traps too (the host's `poll` does not know `READY`). Pollables
+//! are another matter: the host's clocks make real ones
+//! (`std::thread::sleep` blocks on one), so `pollable.block` and the
+//! pollable's drop go on to the host for every handle but `READY`. Those two
+//! stay imports.
 
 /// This module's handles sit above any the host can give out (the canonical
 /// ABI caps a handle table at 2^28 entries), so they are told apart from
 /// the host's; wasi-libc takes 0 for "none".
-const OWN_HANDLES: i32 = 1 << 30;
-const STDIN: i32 = OWN_HANDLES + 1;
-const STDOUT: i32 = OWN_HANDLES + 2;
-const STDERR: i32 = OWN_HANDLES + 3;
+const STDIO_HANDLES: i32 = 1 << 30;
+const STDIN: i32 = STDIO_HANDLES + 1;
+const STDOUT: i32 = STDIO_HANDLES + 2;
+const STDERR: i32 = STDIO_HANDLES + 3;
 /// The pollable of a stdio stream: always ready.
-const READY: i32 = OWN_HANDLES + 4;
+const READY: i32 = STDIO_HANDLES + 4;
 /// What `check-write` lets through at once (never 0, so wasi-libc never
 /// waits on `READY`).
 const WRITE_PERMIT: u64 = 1 << 20;
@@ -49,12 +56,21 @@ unsafe extern "C" {
     fn host_pollable_drop(pollable: i32);
 }
 
-/// The return area of `result<_, stream-error>` (and `option<T>`): a
-/// discriminant byte first, then the error's case byte at offset 4.
-unsafe fn write_result_ok(ret: *mut u8) {
+/// Stop at a handle these functions did not give out (see the module docs).
+fn expect_stdio(stream: i32, ours: &[i32]) {
+    if !ours.contains(&stream) {
+        core::arch::wasm32::unreachable()
+    }
+}
+
+/// A return area whose first byte is the case: `ok` of a `result`, `none`
+/// of an `option`.
+unsafe fn write_case_zero(ret: *mut u8) {
     unsafe { ret.write(0) }
 }
 
+/// `result<list<u8>, stream-error>`: `err`, and at offset 4 the error's case,
+/// `closed`.
 unsafe fn write_stream_closed(ret: *mut u8) {
     unsafe {
         ret.write(1);
@@ -62,9 +78,9 @@ unsafe fn write_stream_closed(ret: *mut u8) {
     }
 }
 
-/// Stand-ins for the host functions; wasi-libc calls them by these names.
+/// Stand-ins for the host's functions; wasi-libc calls them by these names.
 #[doc(hidden)]
-pub mod exports {
+pub mod stand_ins {
     use super::*;
 
     #[unsafe(no_mangle)]
@@ -83,15 +99,15 @@ pub mod exports {
     /// `option<terminal-*>`: none, no stream is a terminal.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_terminal_stdin_get_terminal_stdin(ret: *mut u8) {
-        unsafe { ret.write(0) }
+        unsafe { write_case_zero(ret) }
     }
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_terminal_stdout_get_terminal_stdout(ret: *mut u8) {
-        unsafe { ret.write(0) }
+        unsafe { write_case_zero(ret) }
     }
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_terminal_stderr_get_terminal_stderr(ret: *mut u8) {
-        unsafe { ret.write(0) }
+        unsafe { write_case_zero(ret) }
     }
 
     /// An empty `list<tuple<string, string>>`: pointer and length 0 (with
@@ -101,7 +117,7 @@ pub mod exports {
         unsafe { ret.cast::<[u32; 2]>().write([0, 0]) }
     }
 
-    /// The host ends the call on `exit` too: the request sees a trap.
+    /// The host ends the call on `exit` too: the request fails.
     #[unsafe(no_mangle)]
     pub extern "C" fn __wasm_import_exit_exit(_status: i32) {
         core::arch::wasm32::unreachable()
@@ -110,41 +126,47 @@ pub mod exports {
     /// stdout and stderr take everything and keep nothing. (`result<u64,
     /// stream-error>`: the value at offset 8.)
     #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_check_write(_stream: i32, ret: *mut u8) {
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_check_write(stream: i32, ret: *mut u8) {
+        expect_stdio(stream, &[STDOUT, STDERR]);
         unsafe {
-            write_result_ok(ret);
+            write_case_zero(ret);
             ret.add(8).cast::<u64>().write(WRITE_PERMIT);
         }
     }
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_write(
-        _stream: i32,
+        stream: i32,
         _bytes: *const u8,
         _len: usize,
         ret: *mut u8,
     ) {
-        unsafe { write_result_ok(ret) }
+        expect_stdio(stream, &[STDOUT, STDERR]);
+        unsafe { write_case_zero(ret) }
     }
     #[unsafe(no_mangle)]
-    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_flush(_stream: i32, ret: *mut u8) {
-        unsafe { write_result_ok(ret) }
+    pub unsafe extern "C" fn __wasm_import_streams_method_output_stream_blocking_flush(stream: i32, ret: *mut u8) {
+        expect_stdio(stream, &[STDOUT, STDERR]);
+        unsafe { write_case_zero(ret) }
     }
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_streams_method_output_stream_subscribe(_stream: i32) -> i32 {
+    pub extern "C" fn __wasm_import_streams_method_output_stream_subscribe(stream: i32) -> i32 {
+        expect_stdio(stream, &[STDOUT, STDERR]);
         READY
     }
 
     /// stdin is closed: every read ends the stream.
     #[unsafe(no_mangle)]
     pub unsafe extern "C" fn __wasm_import_streams_method_input_stream_blocking_read(
-        _stream: i32,
+        stream: i32,
         _len: i64,
         ret: *mut u8,
     ) {
+        expect_stdio(stream, &[STDIN]);
         unsafe { write_stream_closed(ret) }
     }
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_streams_method_input_stream_subscribe(_stream: i32) -> i32 {
+    pub extern "C" fn __wasm_import_streams_method_input_stream_subscribe(stream: i32) -> i32 {
+        expect_stdio(stream, &[STDIN]);
         READY
     }
 
@@ -162,16 +184,27 @@ pub mod exports {
         }
     }
 
-    /// Nothing behind the handle to let go of: errors come only from
-    /// streams, and every stream is one of the three above.
+    /// Nothing behind the handle to let go of.
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_io_error_error_drop(_handle: i32) {}
+    pub extern "C" fn __wasm_import_streams_input_stream_drop(stream: i32) {
+        expect_stdio(stream, &[STDIN]);
+    }
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_streams_input_stream_drop(_handle: i32) {}
+    pub extern "C" fn __wasm_import_streams_output_stream_drop(stream: i32) {
+        expect_stdio(stream, &[STDOUT, STDERR]);
+    }
+    /// Errors come only from streams, and these streams never fail.
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_streams_output_stream_drop(_handle: i32) {}
+    pub extern "C" fn __wasm_import_io_error_error_drop(_error: i32) {
+        core::arch::wasm32::unreachable()
+    }
+    /// No terminal is ever handed out.
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_terminal_input_terminal_input_drop(_handle: i32) {}
+    pub extern "C" fn __wasm_import_terminal_input_terminal_input_drop(_terminal: i32) {
+        core::arch::wasm32::unreachable()
+    }
     #[unsafe(no_mangle)]
-    pub extern "C" fn __wasm_import_terminal_output_terminal_output_drop(_handle: i32) {}
+    pub extern "C" fn __wasm_import_terminal_output_terminal_output_drop(_terminal: i32) {
+        core::arch::wasm32::unreachable()
+    }
 }
