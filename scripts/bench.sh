@@ -34,6 +34,8 @@
 # instructions: the load rows under valgrind's callgrind: user-space
 #         instructions per request, a count that does not move with the noise
 #         of a shared machine (see run_instructions).
+#         KEEP_CALLGRIND=1 keeps each row's profile as
+#         target/bench/callgrind-ROW.out, for callgrind_annotate.
 # micro:  criterion: one full filter cycle (instantiate, on-request,
 #         on-response, drop) per filter and for a chain of four, the same
 #         with a reused instance (-reused), and one host call. Medians come
@@ -471,6 +473,7 @@ count_instructions() {
         fi
         [ -s "$cg_dir/cg.$dumps" ] || fail "no callgrind dump $cg_dir/cg.$dumps" || return 1
         total=$(awk '/^(summary|totals):/ {t = $2} END {print t}' "$cg_dir/cg.$dumps")
+        if [ "${KEEP_CALLGRIND:-}" = 1 ]; then cp "$cg_dir/cg.$dumps" "$out/callgrind-$row.out"; fi
         count[$row]=$((total / requests))
     done
     kill -INT "$vpid" 2>/dev/null
