@@ -16,6 +16,7 @@ use std::time::SystemTime;
 #[cfg(test)]
 use std::time::Duration;
 
+use http::HeaderValue;
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::eviction::simple_lru;
@@ -29,7 +30,7 @@ use pingora::cache::{CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, HttpCac
 use pingora::cache::{Storage, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::{CacheConfig, RouteCachePolicy};
+use crate::config::{CacheConfig, RouteCachePolicy, ServerConfig};
 use store::{EdgeStorage, URL_END};
 
 /// Without explicit freshness (`s-maxage`, `max-age` or `Expires`) nothing
@@ -248,8 +249,11 @@ pub fn outcome(cache: &HttpCache) -> &'static str {
     }
 }
 
-/// This node's member of the `Cache-Status` list (RFC 9211).
-pub fn status_member(node: &str, cache: &HttpCache) -> String {
+/// This node's member of the `Cache-Status` list (RFC 9211). The member of
+/// a request the cache never saw (a route without caching) is made once per
+/// config, not formatted on every request.
+pub fn status_member(server: &ServerConfig, cache: &HttpCache) -> HeaderValue {
+    let node = &server.node_id;
     let ttl = || {
         let meta = cache.cache_meta();
         match meta.fresh_until().duration_since(SystemTime::now()) {
@@ -258,7 +262,10 @@ pub fn status_member(node: &str, cache: &HttpCache) -> String {
         }
     };
     let stored = if cache.enabled() { "; stored" } else { "" };
-    match cache.phase() {
+    let member = match cache.phase() {
+        CachePhase::Disabled(NoCacheReason::NeverEnabled) | CachePhase::Uninit | CachePhase::CacheKey => {
+            return server.cache_status_bypass.clone();
+        }
         CachePhase::Hit => format!("{node}; hit; ttl={}", ttl()),
         CachePhase::Stale => format!("{node}; hit; ttl={}; detail=stale-if-error", ttl()),
         CachePhase::StaleUpdating => format!("{node}; hit; ttl={}; detail=stale-while-revalidate", ttl()),
@@ -266,12 +273,11 @@ pub fn status_member(node: &str, cache: &HttpCache) -> String {
         CachePhase::Expired => format!("{node}; fwd=stale{stored}"),
         CachePhase::Revalidated => format!("{node}; fwd=stale; fwd-status=304; stored"),
         CachePhase::RevalidatedNoCache(_) => format!("{node}; fwd=stale; fwd-status=304"),
-        CachePhase::Disabled(NoCacheReason::NeverEnabled) => format!("{node}; fwd=bypass"),
         // The predictor remembers this key's responses cannot be stored.
         CachePhase::Bypass => format!("{node}; fwd=miss; detail=uncacheable"),
         CachePhase::Disabled(reason) => format!("{node}; fwd=miss; detail={}", reason.as_str().to_ascii_lowercase()),
-        CachePhase::Uninit | CachePhase::CacheKey => format!("{node}; fwd=bypass"),
-    }
+    };
+    HeaderValue::try_from(member).expect("a node id and cache outcome make a valid header value")
 }
 
 #[cfg(test)]

@@ -120,6 +120,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         // A token (checked above) is a valid header value.
         via: http::HeaderValue::try_from(format!("1.1 {node_id}")).expect("a token makes a valid header value"),
         cdn_loop: http::HeaderValue::try_from(node_id.as_str()).expect("a token is a valid header value"),
+        cache_status_bypass: http::HeaderValue::try_from(format!("{node_id}; fwd=bypass"))
+            .expect("a token makes a valid header value"),
         node_id,
         request_limits: RequestLimits {
             max_uri_bytes: file.server.max_uri_bytes.max(64),

@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// id) and its `Via` member, `1.1 <node_id>`.
     pub cdn_loop: http::HeaderValue,
     pub via: http::HeaderValue,
+    /// This node's `Cache-Status` member for a request the cache never saw,
+    /// `<node_id>; fwd=bypass`: every response of a route without caching.
+    pub cache_status_bypass: http::HeaderValue,
     pub request_limits: RequestLimits,
 }
 

@@ -538,8 +538,7 @@ impl ProxyHttp for CascadeProxy {
             let via = with_member(&upstream_response.headers, "via", server.via.clone());
             upstream_response.insert_header("via", via)?;
             if !interim {
-                let member = HeaderValue::try_from(cache::status_member(&server.node_id, &session.cache))
-                    .expect("a node id and cache outcome make a valid header value");
+                let member = cache::status_member(server, &session.cache);
                 let cache_status = with_member(&upstream_response.headers, "cache-status", member);
                 upstream_response.insert_header("cache-status", cache_status)?;
             }
