@@ -81,8 +81,11 @@ pub struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The upstream group, as the filters left it.
     upstream: String,
-    /// Filter instances kept for the response phase.
-    chain: Option<Exclusive<InFlightChain>>,
+    /// Filter instances kept for the response phase. Boxed, as are the two
+    /// heads below: Pingora holds the context inside each request's future,
+    /// which it moves (copies) whole, and a route without filters or a
+    /// cache has no use for them.
+    chain: Option<Exclusive<Box<InFlightChain>>>,
     /// A fail-closed failure, answered by `fail_to_proxy`.
     failure: Option<FilterFailure>,
     /// Fail-open failures, counted when the request is logged.
@@ -96,10 +99,10 @@ pub struct RequestCtx {
     authorization: bool,
     /// An HTTP/2 request before the filters (path normalized), for a
     /// stale-while-revalidate refresh to replay (see `ready_http2_replay`).
-    client_request: Option<RequestHeader>,
+    client_request: Option<Box<RequestHeader>>,
     /// The filtered request, set aside while the session holds the replay
     /// form; the cache-hit hooks read it and put it back.
-    filtered_request: Option<RequestHeader>,
+    filtered_request: Option<Box<RequestHeader>>,
     /// The tier of the upstream group this request is on, and how many
     /// upstream attempts it has made.
     tier: usize,
@@ -117,20 +120,20 @@ pub struct RequestCtx {
 /// puts it back. Between the two, Pingora's HEAD check alone reads the
 /// client's method.
 fn ready_http2_replay(session: &mut Session, ctx: &mut RequestCtx) {
-    let mut replay = ctx.client_request.take().unwrap_or_else(|| session.req_header().clone());
+    let mut replay = ctx.client_request.take().unwrap_or_else(|| Box::new(session.req_header().clone()));
     replay.set_version(http::Version::HTTP_11);
     if !replay.headers.contains_key(http::header::HOST)
         && let Some(authority) = replay.uri.authority().map(|a| a.as_str().to_string())
     {
         let _ = replay.insert_header(http::header::HOST, authority);
     }
-    ctx.filtered_request = Some(std::mem::replace(session.req_header_mut(), replay));
+    ctx.filtered_request = Some(Box::new(std::mem::replace(session.req_header_mut(), *replay)));
 }
 
 /// Put back the filtered request that `ready_http2_replay` set aside.
 fn restore_filtered_request(session: &mut Session, ctx: &mut RequestCtx) {
     if let Some(filtered) = ctx.filtered_request.take() {
-        *session.req_header_mut() = filtered;
+        *session.req_header_mut() = *filtered;
     }
 }
 
@@ -211,7 +214,7 @@ impl CascadeProxy {
         // the client sent, but HTTP/2 from the session's header, which the
         // filters are about to edit; so keep the client's.
         if ctx.cache_url.is_some() && session.is_http2() {
-            ctx.client_request = Some(session.req_header().clone());
+            ctx.client_request = Some(Box::new(session.req_header().clone()));
         }
 
         let client_ip: Arc<str> =
@@ -229,7 +232,7 @@ impl CascadeProxy {
         let (head, chain, outcome) = route.chain.run_request(&self.runtime, head).await;
         *session.req_header_mut() = head.header;
         ctx.upstream = head.upstream;
-        let mut chain = Exclusive(chain);
+        let mut chain = Exclusive(Box::new(chain));
         match outcome {
             RequestOutcome::Continue => {
                 ctx.chain = Some(chain);
@@ -404,7 +407,7 @@ impl ProxyHttp for CascadeProxy {
     ) -> Result<bool> {
         // Conditional headers as the filters left them, also while an
         // HTTP/2 replay holds the session's header.
-        let request = ctx.filtered_request.as_ref().unwrap_or_else(|| session.req_header());
+        let request = ctx.filtered_request.as_deref().unwrap_or_else(|| session.req_header());
         Ok(pingora::protocols::http::conditional_filter::not_modified_filter(request, resp))
     }
 
