@@ -426,12 +426,13 @@ run_load() {
         echo "|---|---:|---:|---:|---:|---:|---:|---:|"
         for row in "${rows[@]}"; do
             python3 -c "
-a, b, r = ${rps[nginx]}, ${rps[none]}, ${rps[$row]}
+# A ratio to a row that ROWS left out is nan.
+a, b, r = ${rps[nginx]:-float('nan')}, ${rps[none]:-float('nan')}, ${rps[$row]}
 print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} | ${kcpu[$row]} |')"
         done
         echo
         for row in noop noop-reused chain chain-fresh; do
-            [ -n "${cpu[$row]:-}" ] || continue
+            [ -n "${cpu[$row]:-}" ] && [ -n "${cpu[none]:-}" ] || continue
             echo "- ${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences), of which the kernel's $(paired_difference "$row" none kcpu_rounds)."
         done
     } | tee "$out/load${RATE:+-paced}.md"
