@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use cascade::demo_origin::EchoOrigin;
@@ -154,6 +154,8 @@ pub struct Proxy {
     /// Whether the config turns the admin API on (then start waits for it too).
     admin: bool,
     pub dir: tempfile::TempDir,
+    /// What the proxy has written to stderr (its log) since it listened.
+    log: Arc<Mutex<String>>,
 }
 
 /// The proxy exited instead of serving.
@@ -215,10 +217,17 @@ impl Proxy {
             // Pingora binds each service's listener on its own: wait for both.
             let listening = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
             if listening(port) && (!admin || listening(admin_port)) {
-                // Drain stderr in the background so the proxy never blocks on it.
-                let mut stderr = child.stderr.take().unwrap();
-                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-                return Ok(Self { child, port, admin_port, admin, dir });
+                // Read stderr in the background, so the proxy never blocks on
+                // it and a test can read the log.
+                let log = Arc::new(Mutex::new(String::new()));
+                let (mut stderr, sink) = (child.stderr.take().unwrap(), log.clone());
+                std::thread::spawn(move || {
+                    let mut chunk = [0u8; 8192];
+                    while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                        sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    }
+                });
+                return Ok(Self { child, port, admin_port, admin, dir, log });
             }
             assert!(Instant::now() < deadline, "proxy did not start listening in 60s");
             std::thread::sleep(Duration::from_millis(50));
@@ -262,6 +271,20 @@ impl Proxy {
                 return text;
             }
             assert!(Instant::now() < deadline, "metrics never showed {lines:?}:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log line that holds every one of `parts`, once it is written
+    /// (the proxy logs after the client has its response: up to 30 s).
+    pub fn wait_for_log_line(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log.lock().unwrap().clone();
+            if let Some(line) = log.lines().find(|line| parts.iter().all(|part| line.contains(part))) {
+                return line.to_string();
+            }
+            assert!(Instant::now() < deadline, "no log line with {parts:?}:\n{log}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
