@@ -288,11 +288,27 @@ fn with_built<F: Filter, R>(with: impl FnOnce(&F) -> R) -> Result<R, String> {
         if let Some(filter) = built.as_ref().and_then(|f| f.downcast_ref::<F>()) {
             return Ok(with(filter));
         }
+        log_panics();
         let filter = crate::instantiate::<F>(&config::get())?;
         let result = with(&filter);
         *built = Some(Box::new(filter));
         Ok(result)
     })
+}
+
+/// Send a panic's message and place to the host log, once per instance,
+/// before any filter code runs. std's own hook writes them to stderr, which
+/// goes nowhere (`wasi_stdio`), and the host sees only the trap that
+/// follows ("wasm `unreachable` instruction executed"). The line is the
+/// host's, tagged with module, route and request id like any filter log.
+fn log_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // "panicked at src/lib.rs:7:9:\n<message>", on one line.
+        std::panic::set_hook(Box::new(|info| {
+            host_log::log(host_log::Level::Error, &info.to_string().replace('\n', " "));
+        }));
+    });
 }
 
 /// A filter for one request: its own clone of the built one.

@@ -99,6 +99,22 @@ fn trap_fails_closed_for_that_request_only() {
     assert_eq!(next.json()["path"], "/x");
 }
 
+/// A filter's panic message and its place in the source reach the proxy's
+/// log, on one line tagged with module, route and request id; the client
+/// gets the trap, not the message.
+#[test]
+fn a_panic_in_a_filter_is_logged_with_its_message() {
+    let routes = misbehave_route("trap", "/", "fail-closed", r#"{ on_request = "panic" }"#);
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let failed = proxy.get("/x", &[]);
+    assert_eq!(failed.status, 500, "{failed:?}");
+    assert!(failed.body.contains("trap") && !failed.body.contains("asked to panic"), "{failed:?}");
+    let id = failed.header("x-request-id").unwrap();
+    let line = proxy.wait_for_log_line(&[&format!("request={id}]"), "panicked at"]);
+    assert!(line.contains("ERROR") && line.contains("[misbehave route=trap "), "{line}");
+    assert!(line.contains("src/lib.rs:") && line.ends_with("misbehave: asked to panic"), "{line}");
+}
+
 #[test]
 fn trap_fails_open_and_the_request_goes_through() {
     let routes = misbehave_route("open", "/", "fail-open", r#"{ on_request = "panic" }"#);
