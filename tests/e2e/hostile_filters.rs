@@ -111,3 +111,29 @@ fn hostile_filters_hurt_only_their_own_requests() {
         "kind=\"bad-return\"} 3",
     ]);
 }
+
+/// A filter that logs in a loop gets 100 lines per request into the proxy's
+/// log, each cut at 4 KiB, and one line more saying the rest were dropped;
+/// its request goes on. A reused instance gets a new allowance per request.
+#[test]
+fn a_filter_cannot_flood_the_log() {
+    let routes = "[[route]]\nname = \"flood\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"misbehave\"\nreuse_instances = true\n\
+                  config = { on_request = \"log-flood\", count_requests = true }\n";
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &["misbehave"]));
+    for request in 1..=2 {
+        let reply = proxy.get("/x", &[]);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.header("x-instance-requests"), Some(request.to_string().as_str()), "one reused instance");
+        let tag = format!("request={}]", reply.header("x-request-id").unwrap());
+        proxy.wait_for_log_line(&[&tag, "the rest are dropped"]);
+        let lines = proxy.log_lines(&tag);
+        assert_eq!(lines.len(), 101, "100 lines and the notice");
+        let long = &lines[0];
+        assert!(long.contains("yyyy") && long.ends_with("… (1044480 bytes more cut)"), "{:.200}", long);
+        assert!(long.len() < 4096 + 200, "{} bytes", long.len());
+        let floods: Vec<_> = lines.iter().filter(|line| line.contains("] flood ")).collect();
+        assert_eq!(floods.len(), 99);
+        assert!(floods[98].ends_with("] flood 99"), "{}", floods[98]);
+    }
+}

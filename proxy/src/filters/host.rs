@@ -121,6 +121,13 @@ pub struct InstanceLimiter {
     pub largest_memory: usize,
 }
 
+/// What one filter instance may write to the proxy's log for one request:
+/// enough for any diagnosis, too little for a filter in a loop to flood the
+/// log (and stall its worker on the writes) within its CPU deadline.
+pub const MAX_LOG_LINES_PER_REQUEST: u32 = 100;
+/// The longest log line a filter may write; the rest is cut, and counted.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
 /// The longest header name a filter may set. Value sizes, header counts and
 /// reply bodies are limited per chain entry (`config::OutputLimits`).
 pub const MAX_HEADER_NAME_BYTES: usize = 256;
@@ -178,6 +185,8 @@ pub struct FilterHost {
     pub response: Option<ResponseHeader>,
     /// The filter said its `on-response` does nothing (`config.skip-on-response`).
     pub skips_on_response: bool,
+    /// Log lines this instance wrote for its current request.
+    logged_lines: u32,
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -206,9 +215,17 @@ impl FilterHost {
             request: None,
             response: None,
             skips_on_response: false,
+            logged_lines: 0,
             wasi: None,
             table: ResourceTable::new(),
         }
+    }
+
+    /// Tag a reused instance for the request it now serves, with that
+    /// request's own log allowance.
+    pub fn serve(&mut self, tag: InstanceTag) {
+        self.tag = tag;
+        self.logged_lines = 0;
     }
 
     fn request(&mut self) -> &mut RequestHead {
@@ -541,7 +558,32 @@ impl log::Host for FilterHost {
             log::Level::Error => ::log::Level::Error,
         };
         let InstanceTag { module, route, request_id } = &self.tag;
-        ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {message}");
+        self.logged_lines = self.logged_lines.saturating_add(1);
+        if self.logged_lines > MAX_LOG_LINES_PER_REQUEST {
+            if self.logged_lines == MAX_LOG_LINES_PER_REQUEST + 1 {
+                ::log::warn!(
+                    target: "cascade::filter",
+                    "[{module} route={route} request={request_id}] more than {MAX_LOG_LINES_PER_REQUEST} log lines \
+                     for one request: the rest are dropped"
+                );
+            }
+            return;
+        }
+        let mut cut = message.len().min(MAX_LOG_LINE_BYTES);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (line, rest) = message.split_at(cut);
+        if rest.is_empty() {
+            ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {line}");
+        } else {
+            let more = rest.len();
+            ::log::log!(
+                target: "cascade::filter",
+                level,
+                "[{module} route={route} request={request_id}] {line}… ({more} bytes more cut)"
+            );
+        }
     }
 }
 

@@ -62,7 +62,7 @@ impl IdleInstances {
     pub fn take(&self, runtime: &FilterRuntime, tag: InstanceTag) -> Option<Instance> {
         let (mut instance, _idle) = self.parked.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
         let host = instance.store.data_mut();
-        host.tag = tag;
+        host.serve(tag);
         host.live = Some(runtime.instance_opened());
         Some(instance)
     }

@@ -289,6 +289,11 @@ impl Proxy {
         }
     }
 
+    /// The log lines written so far that hold `part`.
+    pub fn log_lines(&self, part: &str) -> Vec<String> {
+        self.log.lock().unwrap().lines().filter(|line| line.contains(part)).map(str::to_string).collect()
+    }
+
     /// GET `path` with these headers.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         send("GET", &self.url(path), headers)

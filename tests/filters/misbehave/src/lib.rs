@@ -47,6 +47,9 @@ pub enum Behaviour {
     Stdio,
     /// Call `std::process::exit(0)`.
     Exit,
+    /// Log one line of 1 MiB, then 1,000 numbered lines ("flood 1" to
+    /// "flood 1000"), and carry on.
+    LogFlood,
 }
 
 /// Requests this instance has seen: always 1 in a fresh instance.
@@ -164,6 +167,12 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
             set("x-misbehave-stdio", &report).expect("a short header");
         }
         Behaviour::Exit => std::process::exit(0),
+        Behaviour::LogFlood => {
+            cascade_filter::log::info(&"y".repeat(1 << 20));
+            for n in 1..=1000 {
+                cascade_filter::log::info(&format!("flood {n}"));
+            }
+        }
         Behaviour::Pass
         | Behaviour::Respond
         | Behaviour::GiantReply
