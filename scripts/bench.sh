@@ -3,8 +3,8 @@
 #
 #   scripts/bench.sh            # load, cache, memory, swap, micro and instructions
 #   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
-#   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows (the
-#                               # ratios need nginx and none among them)
+#   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows (a
+#                               # ratio to nginx or none, when left out, is nan)
 #   RATE=4000 scripts/bench.sh load   # pace wrk to offer about 4,000 req/s
 #                               # to every row (see RATE below)
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
