@@ -114,15 +114,25 @@ fn hostile_filters_hurt_only_their_own_requests() {
 
 /// A filter that logs in a loop gets 100 lines per request into the proxy's
 /// log, each cut at 4 KiB, and one line more saying the rest were dropped;
-/// its request goes on. A reused instance gets a new allowance per request.
+/// its request goes on. A reused instance gets a new allowance per request,
+/// and errors have their own: a panic after the flood is still logged.
 #[test]
 fn a_filter_cannot_flood_the_log() {
-    let routes = "[[route]]\nname = \"flood\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\
+    let routes = "[[route]]\nname = \"flood\"\npath_prefix = \"/flood\"\nupstream = \"origin\"\n\
                   [[route.filters]]\nmodule = \"misbehave\"\nreuse_instances = true\n\
-                  config = { on_request = \"log-flood\", count_requests = true }\n";
+                  config = { on_request = \"log-flood\", count_requests = true }\n\
+                  [[route]]\nname = \"flood-panic\"\npath_prefix = \"/flood-panic\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"misbehave\"\n\
+                  config = { on_request = \"log-flood\", on_response = \"panic\" }\n";
     let proxy = Proxy::start(&ProxyConfig::new(routes, &["misbehave"]));
+    let failed = proxy.get("/flood-panic", &[]);
+    assert_eq!(failed.status, 500, "{failed:?}");
+    let tag = format!("request={}]", failed.header("x-request-id").unwrap());
+    proxy.wait_for_log_line(&[&tag, "panicked at", "misbehave: asked to panic"]);
+    assert_eq!(proxy.log_lines(&tag).iter().filter(|line| line.contains("the rest are dropped")).count(), 1);
+
     for request in 1..=2 {
-        let reply = proxy.get("/x", &[]);
+        let reply = proxy.get("/flood", &[]);
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.header("x-instance-requests"), Some(request.to_string().as_str()), "one reused instance");
         let tag = format!("request={}]", reply.header("x-request-id").unwrap());

@@ -123,10 +123,21 @@ pub struct InstanceLimiter {
 
 /// What one filter instance may write to the proxy's log for one request:
 /// enough for any diagnosis, too little for a filter in a loop to flood the
-/// log (and stall its worker on the writes) within its CPU deadline.
+/// log (and stall its worker on the writes) within its CPU deadline. Error
+/// lines have an allowance of their own, so that a flood of lesser lines
+/// cannot swallow the one that says why the filter failed (the SDK logs a
+/// panic's message as an error).
 pub const MAX_LOG_LINES_PER_REQUEST: u32 = 100;
+pub const MAX_LOG_ERRORS_PER_REQUEST: u32 = 10;
 /// The longest log line a filter may write; the rest is cut, and counted.
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// Log lines one instance wrote for its current request, by allowance.
+#[derive(Debug, Default)]
+struct LoggedLines {
+    lines: u32,
+    errors: u32,
+}
 
 /// The longest header name a filter may set. Value sizes, header counts and
 /// reply bodies are limited per chain entry (`config::OutputLimits`).
@@ -186,7 +197,7 @@ pub struct FilterHost {
     /// The filter said its `on-response` does nothing (`config.skip-on-response`).
     pub skips_on_response: bool,
     /// Log lines this instance wrote for its current request.
-    logged_lines: u32,
+    logged: LoggedLines,
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -215,7 +226,7 @@ impl FilterHost {
             request: None,
             response: None,
             skips_on_response: false,
-            logged_lines: 0,
+            logged: LoggedLines::default(),
             wasi: None,
             table: ResourceTable::new(),
         }
@@ -225,7 +236,7 @@ impl FilterHost {
     /// request's own log allowance.
     pub fn serve(&mut self, tag: InstanceTag) {
         self.tag = tag;
-        self.logged_lines = 0;
+        self.logged = LoggedLines::default();
     }
 
     fn request(&mut self) -> &mut RequestHead {
@@ -557,34 +568,54 @@ impl log::Host for FilterHost {
             log::Level::Warn => ::log::Level::Warn,
             log::Level::Error => ::log::Level::Error,
         };
+        // A line the logger would drop costs no allowance: debug lines under
+        // the default `info` must not use up room that an error needs.
+        if !::log::log_enabled!(target: "cascade::filter", level) {
+            return;
+        }
+        let (logged, allowed, what) = match level {
+            ::log::Level::Error => (&mut self.logged.errors, MAX_LOG_ERRORS_PER_REQUEST, "error lines"),
+            _ => (&mut self.logged.lines, MAX_LOG_LINES_PER_REQUEST, "log lines"),
+        };
+        *logged = logged.saturating_add(1);
         let InstanceTag { module, route, request_id } = &self.tag;
-        self.logged_lines = self.logged_lines.saturating_add(1);
-        if self.logged_lines > MAX_LOG_LINES_PER_REQUEST {
-            if self.logged_lines == MAX_LOG_LINES_PER_REQUEST + 1 {
+        if *logged > allowed {
+            if *logged == allowed + 1 {
                 ::log::warn!(
                     target: "cascade::filter",
-                    "[{module} route={route} request={request_id}] more than {MAX_LOG_LINES_PER_REQUEST} log lines \
-                     for one request: the rest are dropped"
+                    "[{module} route={route} request={request_id}] more than {allowed} {what} for one request: \
+                     the rest are dropped"
                 );
             }
             return;
         }
-        let mut cut = message.len().min(MAX_LOG_LINE_BYTES);
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let (line, rest) = message.split_at(cut);
-        if rest.is_empty() {
-            ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {line}");
+        let line = log_line(&message);
+        ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {line}");
+    }
+}
+
+/// `message` as one line of the proxy's log: cut after `MAX_LOG_LINE_BYTES`,
+/// and with control characters escaped, so that a filter cannot write what
+/// passes for another line (a newline, then someone else's tag) or send
+/// escape sequences to a terminal.
+fn log_line(message: &str) -> String {
+    let mut cut = message.len().min(MAX_LOG_LINE_BYTES);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let (kept, rest) = message.split_at(cut);
+    let mut line = String::with_capacity(kept.len() + 32);
+    for c in kept.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
         } else {
-            let more = rest.len();
-            ::log::log!(
-                target: "cascade::filter",
-                level,
-                "[{module} route={route} request={request_id}] {line}… ({more} bytes more cut)"
-            );
+            line.push(c);
         }
     }
+    if !rest.is_empty() {
+        line.push_str(&format!("… ({} bytes more cut)", rest.len()));
+    }
+    line
 }
 
 impl config::Host for FilterHost {
@@ -671,6 +702,16 @@ impl regex::Host for FilterHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_line_escapes_control_characters_and_cuts_at_a_char_boundary() {
+        assert_eq!(log_line("one\n[other route=x] two\r\x1b[31m"), "one\\n[other route=x] two\\r\\u{1b}[31m");
+        assert_eq!(log_line("fine, ünïcode stays"), "fine, ünïcode stays");
+        // A four-byte character across the limit is cut whole.
+        let message = format!("{}🦀{}", "a".repeat(MAX_LOG_LINE_BYTES - 2), "b".repeat(10));
+        let line = log_line(&message);
+        assert_eq!(line, format!("{}… (14 bytes more cut)", "a".repeat(MAX_LOG_LINE_BYTES - 2)));
+    }
 
     #[test]
     fn value_text_keeps_utf8_and_replaces_other_bytes() {

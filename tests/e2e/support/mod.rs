@@ -155,7 +155,7 @@ pub struct Proxy {
     admin: bool,
     pub dir: tempfile::TempDir,
     /// What the proxy has written to stderr (its log) since it listened.
-    log: Arc<Mutex<String>>,
+    log: Arc<Mutex<Vec<u8>>>,
 }
 
 /// The proxy exited instead of serving.
@@ -219,12 +219,17 @@ impl Proxy {
             if listening(port) && (!admin || listening(admin_port)) {
                 // Read stderr in the background, so the proxy never blocks on
                 // it and a test can read the log.
-                let log = Arc::new(Mutex::new(String::new()));
+                let log = Arc::new(Mutex::new(Vec::new()));
                 let (mut stderr, sink) = (child.stderr.take().unwrap(), log.clone());
                 std::thread::spawn(move || {
                     let mut chunk = [0u8; 8192];
-                    while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-                        sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    loop {
+                        match stderr.read(&mut chunk) {
+                            Ok(0) => break,
+                            Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
+                        }
                     }
                 });
                 return Ok(Self { child, port, admin_port, admin, dir, log });
@@ -280,7 +285,7 @@ impl Proxy {
     pub fn wait_for_log_line(&self, parts: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let log = self.log.lock().unwrap().clone();
+            let log = self.complete_log_lines();
             if let Some(line) = log.lines().find(|line| parts.iter().all(|part| line.contains(part))) {
                 return line.to_string();
             }
@@ -291,7 +296,14 @@ impl Proxy {
 
     /// The log lines written so far that hold `part`.
     pub fn log_lines(&self, part: &str) -> Vec<String> {
-        self.log.lock().unwrap().lines().filter(|line| line.contains(part)).map(str::to_string).collect()
+        self.complete_log_lines().lines().filter(|line| line.contains(part)).map(str::to_string).collect()
+    }
+
+    /// The log up to its last newline: a line still being written is left out.
+    fn complete_log_lines(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let end = log.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        String::from_utf8_lossy(&log[..end]).into_owned()
     }
 
     /// GET `path` with these headers.
