@@ -256,6 +256,12 @@ fn filter_reply_skips_the_upstream_and_passes_earlier_response_filters() {
     assert_eq!(reply.header("x-misbehave"), Some("responded"));
     // rewrite ran before the replying filter, so it sees the reply too.
     assert_eq!(reply.header("x-served-by"), Some("cascade"));
+    // The two invalid headers are dropped, in one log line.
+    assert_eq!(reply.header("x-bad-value"), None);
+    let id = reply.header("x-request-id").unwrap();
+    let line = proxy.wait_for_log_line(&[&format!("request {id}:"), "dropping 2 invalid reply header(s)"]);
+    assert!(line.ends_with(r#"the first "bad name""#), "{line}");
+    assert_eq!(proxy.log_lines(&format!("request {id}:")).len(), 1);
 }
 
 #[test]

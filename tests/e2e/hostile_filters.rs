@@ -19,6 +19,7 @@ const CASES: &[(&str, &str, u16, &str)] = &[
     ("many-staged-headers", "on_request", 200, ""),
     ("large-staged-headers", "on_request", 200, ""),
     ("garbage-calls", "on_request", 200, ""),
+    ("log-flood", "on_request", 200, ""),
     ("panic", "on_response", 500, "on-response"),
     ("giant-header", "on_response", 500, "on-response"),
 ];
@@ -72,6 +73,11 @@ fn hostile_filters_hurt_only_their_own_requests() {
                     // after.
                     assert!((200..256).contains(&staged), "{staged} staged headers of {fields}");
                     assert!(fields <= 256 + 3, "{fields} header fields");
+                    // The ones past the count make one log line, not one each.
+                    let id = head.lines().find_map(|line| line.strip_prefix("x-request-id: ")).unwrap();
+                    let line =
+                        proxy.wait_for_log_line(&[&format!("request {id}:"), "staged response header(s) dropped"]);
+                    assert_eq!(proxy.log_lines(&format!("request {id}:")).len(), 1, "{line}");
                 } else {
                     // 64 KiB of staged names and values: 63 of these 1 KiB headers.
                     assert_eq!(staged, 63, "{staged} staged headers of {fields}");

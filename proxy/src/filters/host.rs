@@ -72,8 +72,9 @@ pub enum ResponseEdit {
 
 /// Make one filter's staged edits on `response`, in order. Names and values
 /// were checked when staged; the header count is checked now, as a filter's
-/// own edit in `on-response` would be, and an edit past it is dropped and
-/// logged.
+/// own edit in `on-response` would be, and an edit past it is dropped. The
+/// drops make one log line, however many: a filter must not be able to
+/// write hundreds of the host's lines per request.
 pub fn apply_response_edits(
     edits: Vec<ResponseEdit>,
     response: &mut ResponseHeader,
@@ -81,6 +82,7 @@ pub fn apply_response_edits(
     module: &str,
     request_id: &str,
 ) {
+    let (mut dropped, mut first_reason) = (0usize, String::new());
     for edit in edits {
         let (name, value, append) = match edit {
             ResponseEdit::Remove(name) => {
@@ -98,8 +100,17 @@ pub fn apply_response_edits(
             response.insert_header(name, value).map_err(|e| e.to_string())
         };
         if let Err(why) = result {
-            ::log::warn!("request {request_id}: filter {module:?}: a staged response header was dropped: {why}");
+            dropped += 1;
+            if first_reason.is_empty() {
+                first_reason = why;
+            }
         }
+    }
+    if dropped > 0 {
+        ::log::warn!(
+            "request {request_id}: filter {module:?}: {dropped} staged response header(s) dropped, the first: \
+             {first_reason}"
+        );
     }
 }
 

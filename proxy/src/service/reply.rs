@@ -97,12 +97,19 @@ pub async fn send_filter_reply(
             return send_error(session, ctx, ErrorReply::new(500, message)).await;
         }
     };
+    // Invalid headers are dropped, and make one log line however many: a
+    // filter must not be able to write hundreds of the host's lines.
+    let (mut dropped, mut first) = (0usize, None);
     for (name, value) in reply.headers {
         // As written, like the names of the filters' header edits.
         let valid = is_token(&name);
         if !valid || header.append_header(Bytes::copy_from_slice(name.as_bytes()), value.as_str()).is_err() {
-            log::warn!("request {}: dropping invalid reply header {name:?}", ctx.id);
+            dropped += 1;
+            first.get_or_insert(name);
         }
+    }
+    if let Some(first) = first {
+        log::warn!("request {}: dropping {dropped} invalid reply header(s), the first {first:?}", ctx.id);
     }
     write_through(session, ctx, runtime, chain, header, Bytes::from(reply.body)).await
 }

@@ -33,7 +33,8 @@ pub enum Behaviour {
     /// Call host functions with garbage: an unknown rate-limit policy, a
     /// malformed token, an invalid header name. Errors are ignored.
     GarbageCalls,
-    /// Answer the request with 418 (request phase only).
+    /// Answer the request with 418, with two invalid headers among its own
+    /// (request phase only).
     Respond,
     /// Answer with a 2 MiB body, past the host's reply limit (request phase only).
     GiantReply,
@@ -211,7 +212,10 @@ impl Filter for Misbehave {
         act(self.config.on_request, self.config.spin_ms, |name, value| req.set_header(name, value));
         match self.config.on_request {
             Behaviour::Respond => {
-                return Verdict::Respond(Reply::new(418).header("x-misbehave", "responded").body("short and stout"));
+                // With two headers the host drops: a name that is no token,
+                // and a value with a line break.
+                let reply = Reply::new(418).header("x-misbehave", "responded").header("bad name", "1");
+                return Verdict::Respond(reply.header("x-bad-value", "a\r\nb").body("short and stout"));
             }
             Behaviour::GiantReply => return Verdict::Respond(Reply::new(200).body(vec![b'x'; 2 << 20])),
             Behaviour::ManyStagedHeaders => {
