@@ -261,6 +261,7 @@ fn filter_reply_skips_the_upstream_and_passes_earlier_response_filters() {
     let id = reply.header("x-request-id").unwrap();
     let line = proxy.wait_for_log_line(&[&format!("request {id}:"), "dropping 2 invalid reply header(s)"]);
     assert!(line.ends_with(r#"the first "bad name""#), "{line}");
+    proxy.wait_for_access_log(id);
     assert_eq!(proxy.log_lines(&format!("request {id}:")).len(), 1);
 }
 

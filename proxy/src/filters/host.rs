@@ -142,6 +142,10 @@ pub const MAX_LOG_LINES_PER_REQUEST: u32 = 100;
 pub const MAX_LOG_ERRORS_PER_REQUEST: u32 = 10;
 /// The longest log line a filter may write; the rest is cut, and counted.
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// The log target of filters' lines. It is no prefix of a module path, so
+/// `RUST_LOG=cascade::filter_log=debug` (or `=off`) touches these alone:
+/// the logger matches targets by prefix.
+pub const FILTER_LOG_TARGET: &str = "cascade::filter_log";
 
 /// Log lines one instance wrote for its current request, by allowance.
 #[derive(Debug, Default)]
@@ -580,8 +584,10 @@ impl log::Host for FilterHost {
             log::Level::Error => ::log::Level::Error,
         };
         // A line the logger would drop costs no allowance: debug lines under
-        // the default `info` must not use up room that an error needs.
-        if !::log::log_enabled!(target: "cascade::filter", level) {
+        // the default `info` must not use up room that an error needs. (A
+        // RUST_LOG message filter, `info/pattern`, is applied later: lines it
+        // hides still count.)
+        if !::log::log_enabled!(target: FILTER_LOG_TARGET, level) {
             return;
         }
         let (logged, allowed, what) = match level {
@@ -593,7 +599,7 @@ impl log::Host for FilterHost {
         if *logged > allowed {
             if *logged == allowed + 1 {
                 ::log::warn!(
-                    target: "cascade::filter",
+                    target: FILTER_LOG_TARGET,
                     "[{module} route={route} request={request_id}] more than {allowed} {what} for one request: \
                      the rest are dropped"
                 );
@@ -601,30 +607,33 @@ impl log::Host for FilterHost {
             return;
         }
         let line = log_line(&message);
-        ::log::log!(target: "cascade::filter", level, "[{module} route={route} request={request_id}] {line}");
+        ::log::log!(target: FILTER_LOG_TARGET, level, "[{module} route={route} request={request_id}] {line}");
     }
 }
 
-/// `message` as one line of the proxy's log: cut after `MAX_LOG_LINE_BYTES`,
-/// and with control characters escaped, so that a filter cannot write what
-/// passes for another line (a newline, then someone else's tag) or send
-/// escape sequences to a terminal.
+/// `message` as one line of the proxy's log, of at most `MAX_LOG_LINE_BYTES`
+/// (the rest is cut and counted), with control characters, Unicode line
+/// separators and bidi controls escaped: a filter cannot write what passes
+/// for another line (a line break, then someone else's tag) or send escape
+/// sequences to a terminal.
 fn log_line(message: &str) -> String {
-    let mut cut = message.len().min(MAX_LOG_LINE_BYTES);
-    while !message.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let (kept, rest) = message.split_at(cut);
-    let mut line = String::with_capacity(kept.len() + 32);
-    for c in kept.chars() {
-        if c.is_control() {
+    let mut line = String::with_capacity(message.len().min(MAX_LOG_LINE_BYTES) + 32);
+    let mut taken = 0;
+    for c in message.chars() {
+        let before = line.len();
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
             line.extend(c.escape_default());
         } else {
             line.push(c);
         }
+        if line.len() > MAX_LOG_LINE_BYTES {
+            line.truncate(before);
+            break;
+        }
+        taken += c.len_utf8();
     }
-    if !rest.is_empty() {
-        line.push_str(&format!("… ({} bytes more cut)", rest.len()));
+    if taken < message.len() {
+        line.push_str(&format!("… ({} bytes more cut)", message.len() - taken));
     }
     line
 }
@@ -718,6 +727,14 @@ mod tests {
     fn log_line_escapes_control_characters_and_cuts_at_a_char_boundary() {
         assert_eq!(log_line("one\n[other route=x] two\r\x1b[31m"), "one\\n[other route=x] two\\r\\u{1b}[31m");
         assert_eq!(log_line("fine, ünïcode stays"), "fine, ünïcode stays");
+        assert_eq!(log_line("a\u{2028}b\u{202e}c"), "a\\u{2028}b\\u{202e}c");
+        // Escapes count toward the limit: 4 KiB of them make a 4 KiB line.
+        let escaped = log_line(&"\x01".repeat(MAX_LOG_LINE_BYTES));
+        assert!(escaped.starts_with("\\u{1}") && escaped.len() <= MAX_LOG_LINE_BYTES + 32, "{} bytes", escaped.len());
+        assert!(
+            escaped
+                .ends_with(&format!("… ({} bytes more cut)", MAX_LOG_LINE_BYTES - MAX_LOG_LINE_BYTES / "\\u{1}".len()))
+        );
         // A four-byte character across the limit is cut whole.
         let message = format!("{}🦀{}", "a".repeat(MAX_LOG_LINE_BYTES - 2), "b".repeat(10));
         let line = log_line(&message);

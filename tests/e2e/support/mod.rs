@@ -294,6 +294,12 @@ impl Proxy {
         }
     }
 
+    /// Wait for the access log line of request `id`, written after the
+    /// response: every line logged for the request before it is in by then.
+    pub fn wait_for_access_log(&self, id: &str) {
+        self.wait_for_log_line(&["cascade::access", &format!("\"request_id\":\"{id}\"")]);
+    }
+
     /// The log lines written so far that hold `part`.
     pub fn log_lines(&self, part: &str) -> Vec<String> {
         self.complete_log_lines().lines().filter(|line| line.contains(part)).map(str::to_string).collect()
