@@ -123,13 +123,14 @@ fn hostile_filters_hurt_only_their_own_requests() {
 /// log, each cut at 4 KiB, and one line more saying the rest were dropped;
 /// its request goes on. A reused instance gets a new allowance per request,
 /// and errors have their own: a panic after the flood is still logged.
+/// (A deadline with room: a debug build writes these lines slowly.)
 #[test]
 fn a_filter_cannot_flood_the_log() {
     let routes = "[[route]]\nname = \"flood\"\npath_prefix = \"/flood\"\nupstream = \"origin\"\n\
-                  [[route.filters]]\nmodule = \"misbehave\"\nreuse_instances = true\n\
+                  [[route.filters]]\nmodule = \"misbehave\"\nreuse_instances = true\ntimeout_ms = 5000\n\
                   config = { on_request = \"log-flood\", count_requests = true }\n\
                   [[route]]\nname = \"flood-panic\"\npath_prefix = \"/flood-panic\"\nupstream = \"origin\"\n\
-                  [[route.filters]]\nmodule = \"misbehave\"\n\
+                  [[route.filters]]\nmodule = \"misbehave\"\ntimeout_ms = 5000\n\
                   config = { on_request = \"log-flood\", on_response = \"panic\" }\n";
     let proxy = Proxy::start(&ProxyConfig::new(routes, &["misbehave"]));
     let failed = proxy.get("/flood-panic", &[]);

@@ -232,10 +232,10 @@ impl CascadeProxy {
         let (head, chain, outcome) = route.chain.run_request(&self.runtime, head).await;
         *session.req_header_mut() = head.header;
         ctx.upstream = head.upstream;
-        let mut chain = Exclusive(Box::new(chain));
+        let mut chain = Exclusive(chain);
         match outcome {
             RequestOutcome::Continue => {
-                ctx.chain = Some(chain);
+                ctx.chain = Some(Exclusive(Box::new(chain.0)));
                 Ok(false)
             }
             RequestOutcome::Respond(filter_reply) => {

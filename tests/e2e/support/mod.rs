@@ -307,7 +307,8 @@ impl Proxy {
 
     /// The log up to its last newline: a line still being written is left out.
     fn complete_log_lines(&self) -> String {
-        let log = self.log.lock().unwrap();
+        // Copied out, so the reader thread waits for a copy, not a search.
+        let log = self.log.lock().unwrap().clone();
         let end = log.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         String::from_utf8_lossy(&log[..end]).into_owned()
     }
