@@ -316,6 +316,23 @@ fn check_refuses_a_filter_config_the_filter_rejects() {
     assert!(stderr.contains("must start with '/'"), "{stderr}");
 }
 
+/// A filter that panics while checking its config is refused with the
+/// place in the config, and the error says what the panic said.
+#[test]
+fn check_names_the_panic_of_a_filter_that_panics_on_its_config() {
+    let routes = misbehave_route("a", "/", "fail-closed", "{ panic_in_new = true }");
+    let dir = tempfile::tempdir().unwrap();
+    let path = ProxyConfig::new(&routes, &["misbehave"]).write(dir.path(), free_port());
+    let out = run_cascade(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("routes/test.toml:") && stderr.contains("check-config (trap)"), "{stderr}");
+    assert!(
+        stderr.contains("; it logged: panicked at") && stderr.contains("misbehave: asked to panic in new"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn missing_module_is_refused_at_start() {
     let routes = "[[route]]\nname = \"a\"\nupstream = \"origin\"\n\n[[route.filters]]\nmodule = \"nosuch\"\n";

@@ -181,7 +181,13 @@ impl FilterChain {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
                 Err(e) => {
-                    return Err(bad_config(classify(&link, "check-config", &instance.store, e).to_string()));
+                    // The operator, not a client, reads this: what the filter
+                    // logged as an error (an SDK filter's panic) says why.
+                    let mut message = classify(&link, "check-config", &instance.store, e).to_string();
+                    if let Some(logged) = &instance.store.data().last_error {
+                        message.push_str(&format!("; it logged: {logged}"));
+                    }
+                    return Err(bad_config(message));
                 }
             }
             // The checking instance is as good as a fresh one: the first request

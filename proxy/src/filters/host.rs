@@ -213,6 +213,10 @@ pub struct FilterHost {
     pub skips_on_response: bool,
     /// Log lines this instance wrote for its current request.
     logged: LoggedLines,
+    /// The last error line it logged (as written): what a failed config
+    /// check adds to its error, since an SDK filter logs its panic's message
+    /// there.
+    pub last_error: Option<String>,
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -242,6 +246,7 @@ impl FilterHost {
             response: None,
             skips_on_response: false,
             logged: LoggedLines::default(),
+            last_error: None,
             wasi: None,
             table: ResourceTable::new(),
         }
@@ -608,6 +613,9 @@ impl log::Host for FilterHost {
         }
         let line = log_line(&message);
         ::log::log!(target: FILTER_LOG_TARGET, level, "[{module} route={route} request={request_id}] {line}");
+        if level == ::log::Level::Error {
+            self.last_error = Some(line);
+        }
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Config {
     on_response: Behaviour,
     /// Only misbehave when the request carries `x-misbehave-trigger`.
     only_when_triggered: bool,
+    /// Panic in `new`, that is in the config check at load.
+    panic_in_new: bool,
     /// How long `spin` spins.
     spin_ms: u64,
     /// Read the `host` header this many times (to measure one host call).
@@ -186,6 +188,7 @@ impl Filter for Misbehave {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
+        assert!(!config.panic_in_new, "misbehave: asked to panic in new");
         if matches!(config.on_response, Behaviour::Respond | Behaviour::GiantReply) {
             return Err("on_response cannot answer the request".into());
         }
