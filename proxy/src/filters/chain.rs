@@ -184,7 +184,7 @@ impl FilterChain {
                     // The operator, not a client, reads this: what the filter
                     // logged as an error (an SDK filter's panic) says why.
                     let mut message = classify(&link, "check-config", &instance.store, e).to_string();
-                    if let Some(logged) = &instance.store.data().last_error {
+                    if let Some(logged) = instance.store.data().last_error() {
                         message.push_str(&format!("; it logged: {logged}"));
                     }
                     return Err(bad_config(message));

@@ -82,7 +82,7 @@ pub fn apply_response_edits(
     module: &str,
     request_id: &str,
 ) {
-    let (mut dropped, mut first_reason) = (0usize, String::new());
+    let (mut dropped, mut first_reason) = (0usize, None);
     for edit in edits {
         let (name, value, append) = match edit {
             ResponseEdit::Remove(name) => {
@@ -101,12 +101,10 @@ pub fn apply_response_edits(
         };
         if let Err(why) = result {
             dropped += 1;
-            if first_reason.is_empty() {
-                first_reason = why;
-            }
+            first_reason.get_or_insert(why);
         }
     }
-    if dropped > 0 {
+    if let Some(first_reason) = first_reason {
         ::log::warn!(
             "request {request_id}: filter {module:?}: {dropped} staged response header(s) dropped, the first: \
              {first_reason}"
@@ -147,11 +145,15 @@ pub const MAX_LOG_LINE_BYTES: usize = 4096;
 /// the logger matches targets by prefix.
 pub const FILTER_LOG_TARGET: &str = "cascade::filter_log";
 
-/// Log lines one instance wrote for its current request, by allowance.
+/// What one instance logged for its current request: the lines, by
+/// allowance, and the last error line as written (what a failed config
+/// check adds to its error, since an SDK filter logs its panic's message
+/// there).
 #[derive(Debug, Default)]
 struct LoggedLines {
     lines: u32,
     errors: u32,
+    last_error: Option<String>,
 }
 
 /// The longest header name a filter may set. Value sizes, header counts and
@@ -211,12 +213,8 @@ pub struct FilterHost {
     pub response: Option<ResponseHeader>,
     /// The filter said its `on-response` does nothing (`config.skip-on-response`).
     pub skips_on_response: bool,
-    /// Log lines this instance wrote for its current request.
+    /// What this instance logged for its current request.
     logged: LoggedLines,
-    /// The last error line it logged (as written): what a failed config
-    /// check adds to its error, since an SDK filter logs its panic's message
-    /// there.
-    pub last_error: Option<String>,
     /// Built on first use: most filters never touch WASI, and then pay nothing.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
@@ -246,7 +244,6 @@ impl FilterHost {
             response: None,
             skips_on_response: false,
             logged: LoggedLines::default(),
-            last_error: None,
             wasi: None,
             table: ResourceTable::new(),
         }
@@ -257,6 +254,11 @@ impl FilterHost {
     pub fn serve(&mut self, tag: InstanceTag) {
         self.tag = tag;
         self.logged = LoggedLines::default();
+    }
+
+    /// The last error line the filter logged for its current request.
+    pub fn last_error(&self) -> Option<&str> {
+        self.logged.last_error.as_deref()
     }
 
     fn request(&mut self) -> &mut RequestHead {
@@ -614,7 +616,7 @@ impl log::Host for FilterHost {
         let line = log_line(&message);
         ::log::log!(target: FILTER_LOG_TARGET, level, "[{module} route={route} request={request_id}] {line}");
         if level == ::log::Level::Error {
-            self.last_error = Some(line);
+            self.logged.last_error = Some(line);
         }
     }
 }

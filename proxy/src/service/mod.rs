@@ -127,7 +127,9 @@ fn ready_http2_replay(session: &mut Session, ctx: &mut RequestCtx) {
     {
         let _ = replay.insert_header(http::header::HOST, authority);
     }
-    ctx.filtered_request = Some(Box::new(std::mem::replace(session.req_header_mut(), *replay)));
+    // The replay's box takes the filtered request in its place.
+    std::mem::swap(session.req_header_mut(), &mut *replay);
+    ctx.filtered_request = Some(replay);
 }
 
 /// Put back the filtered request that `ready_http2_replay` set aside.
