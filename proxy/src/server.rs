@@ -37,7 +37,10 @@ impl From<SnapshotError> for StartError {
 /// Run start-up work that calls into filters (their config checks) before
 /// Pingora's runtimes exist.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    // Timers on: a filter's config check may sleep, and is cut off at its
+    // deadline by a timer (`chain::within`).
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .expect("a current-thread runtime needs no resources")
         .block_on(future)
@@ -133,7 +136,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
 /// Reload the config on SIGHUP, as `POST /config/reload` does. A refused
 /// reload is logged, and the old config keeps serving.
 fn reload_on_sighup(control: Arc<ControlPlane>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(runtime) => runtime,
         Err(e) => return log::error!("SIGHUP reloads are off: {e}"),
     };

@@ -12,6 +12,15 @@ fn misbehave_route(on_error: &str, extra: &str) -> String {
     )
 }
 
+/// A route at `/<name>` whose one filter is misbehave, with `entry` (its
+/// config and settings) appended to the chain entry.
+fn misbehave_at(name: &str, entry: &str) -> String {
+    format!(
+        "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"origin\"\n[[route.filters]]\n\
+         module = \"misbehave\"\n{entry}\n"
+    )
+}
+
 const TRIGGER: (&str, &str) = ("x-misbehave-trigger", "1");
 const BREAKER: &str = "breaker = { min_requests = 4, failure_ratio = 0.5, window_secs = 60, cooldown_secs = 1 }\n";
 
@@ -95,10 +104,7 @@ fn an_open_breaker_on_a_fail_open_entry_skips_the_filter() {
 #[test]
 fn output_limits_are_set_per_chain_entry() {
     let route = |name: &str, behaviour: &str, extra: &str| {
-        format!(
-            "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"origin\"\n[[route.filters]]\n\
-             module = \"misbehave\"\ntimeout_ms = 5000\nconfig = {{ on_request = \"{behaviour}\" }}\n{extra}\n"
-        )
+        misbehave_at(name, &format!("timeout_ms = 5000\nconfig = {{ on_request = \"{behaviour}\" }}\n{extra}"))
     };
     let routes = [
         route("default-reply", "giant-reply", ""),
@@ -120,4 +126,63 @@ fn output_limits_are_set_per_chain_entry() {
     assert_eq!(capped.status, 200, "{capped:?}");
     let at_origin = capped.json()["headers"].as_object().unwrap().len();
     assert!((18..=24).contains(&at_origin), "the origin got {at_origin} headers");
+}
+
+// Fail-open skips a failed filter whole: what it edited before it failed
+// is undone, in either phase, so the upstream and the client see the
+// messages as they would without the filter (as with an open breaker).
+#[test]
+fn fail_open_undoes_what_the_failed_filter_edited() {
+    let route = |name: &str, phase: &str, on_error: &str| {
+        misbehave_at(name, &format!("on_error = \"{on_error}\"\nconfig = {{ {phase} = \"edit-then-panic\" }}"))
+    };
+    let routes = [
+        route("request", "on_request", "fail-open"),
+        route("response", "on_response", "fail-open"),
+        route("closed", "on_request", "fail-closed"),
+    ]
+    .concat();
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let client_header = ("x-client-header", "kept");
+
+    let reply = proxy.get("/request/page", &[client_header]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = reply.json();
+    assert_eq!(seen["path"], "/request/page", "the path edit is undone: {seen}");
+    assert_eq!(seen["headers"]["x-client-header"], "kept", "the removed header is back: {seen}");
+    assert!(seen["headers"].get("x-misbehave-edited").is_none(), "the set header is gone: {seen}");
+
+    let reply = proxy.get("/response/page", &[]);
+    assert_eq!(reply.status, 200, "the status edit is undone: {reply:?}");
+    assert_eq!(reply.header("x-misbehave-edited"), None, "{reply:?}");
+    assert_eq!(reply.json()["path"], "/response/page");
+
+    // Fail-closed answers with its error, as before.
+    assert_eq!(proxy.get("/closed/page", &[client_header]).status, 500);
+}
+
+// The CPU deadline stops guest code that runs; a filter that waits on the
+// host (a WASI sleep) is stopped at the same deadline, and only its own
+// request sees it.
+#[test]
+fn a_filter_waiting_past_its_deadline_is_stopped() {
+    let route = |name: &str, on_error: &str| {
+        let config = "{ on_request = \"sleep\", spin_ms = 60000, only_when_triggered = true }";
+        misbehave_at(name, &format!("on_error = \"{on_error}\"\ntimeout_ms = 200\nconfig = {config}"))
+    };
+    let routes = [route("closed", "fail-closed"), route("open", "fail-open")].concat();
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]).with_admin());
+    let started = std::time::Instant::now();
+    let stopped = proxy.get("/closed", &[TRIGGER]);
+    assert_eq!(stopped.status, 500, "{stopped:?}");
+    let error = stopped.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("(timeout)") && error.contains("waited past its 200ms deadline"), "{error}");
+    let skipped = proxy.get("/open", &[TRIGGER]);
+    assert_eq!(skipped.status, 200, "fail-open: the request goes through without the filter");
+    // Both were cut off long before the minute the filter asked to sleep
+    // (a bound no slow machine comes near).
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    // Requests that do not trigger the sleep are served as usual.
+    assert_eq!(proxy.get("/closed", &[]).status, 200);
+    proxy.wait_for_metrics(&["cascade_filter_failures_total{module=\"misbehave\",kind=\"timeout\"} 2"]);
 }

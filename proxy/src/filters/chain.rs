@@ -13,8 +13,10 @@
 //! without it. Each link has a circuit breaker (`breaker`): while it is open
 //! the link is not instantiated and `on_error` applies at once.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use pingora::http::ResponseHeader;
@@ -176,8 +178,8 @@ impl FilterChain {
                 request_id: Arc::from("config-check"),
             };
             let mut instance = link.instantiate(runtime, caps, tag).await.map_err(|f| bad_config(f.to_string()))?;
-            arm_deadline(&mut instance.store, &link, runtime, Instant::now());
-            match instance.filter.call_check_config(&mut instance.store).await {
+            let deadline = arm_deadline(&mut instance.store, &link, runtime, Instant::now());
+            match within(deadline, instance.filter.call_check_config(&mut instance.store)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
                 Err(e) => {
@@ -296,15 +298,22 @@ impl InFlightChain {
                 continue;
             }
             let started = Instant::now();
-            arm_deadline(&mut instance.store, link, runtime, started);
+            let deadline = arm_deadline(&mut instance.store, link, runtime, started);
             instance.store.data_mut().response = Some(response);
-            let result = instance.filter.call_on_response(&mut instance.store, Resource::new_borrow(0)).await;
+            let call = instance.filter.call_on_response(&mut instance.store, Resource::new_borrow(0));
+            let result = within(deadline, call).await;
             self.timings.push(FilterTiming {
                 module: link.module_name.clone(),
                 phase: "on-response",
                 elapsed: started.elapsed(),
             });
             response = instance.store.data_mut().response.take().expect("response returned to host");
+            // A failed call's edits are undone (for a fail-open entry; a
+            // fail-closed one answers with an error instead).
+            match result {
+                Ok(_) => instance.store.data_mut().keep_call_edits(),
+                Err(_) => instance.store.data_mut().undo_failed_call(None, Some(&mut response)),
+            }
             if result.is_ok() && instance.store.data().skips_on_response {
                 link.calls_on_response.store(false, Ordering::Relaxed);
             }
@@ -378,10 +387,10 @@ impl ChainLink {
             },
         };
         let store = &mut instance.store;
-        arm_deadline(store, self, runtime, started);
+        let deadline = arm_deadline(store, self, runtime, started);
         store.data_mut().request = Some(head);
-        let verdict = instance.filter.call_on_request(&mut *store, Resource::new_borrow(0)).await;
-        let head = store.data_mut().request.take().expect("request returned to host");
+        let verdict = within(deadline, instance.filter.call_on_request(&mut *store, Resource::new_borrow(0))).await;
+        let mut head = store.data_mut().request.take().expect("request returned to host");
         timings.push(FilterTiming {
             module: self.module_name.clone(),
             phase: "on-request",
@@ -390,12 +399,20 @@ impl ChainLink {
         let outcome = match verdict {
             Ok(Verdict::Respond(reply)) => match oversized(&reply, &self.entry.limits.output) {
                 Some(detail) => Err(self.failure("on-request", FailureKind::BadReturn, detail)),
-                None => Ok((instance, Verdict::Respond(reply))),
+                None => Ok(Verdict::Respond(reply)),
             },
-            Ok(Verdict::Continue) => Ok((instance, Verdict::Continue)),
+            Ok(Verdict::Continue) => Ok(Verdict::Continue),
             Err(e) => Err(classify(self, "on-request", &instance.store, e)),
         };
-        (head, outcome)
+        // A failed call's edits are undone (for a fail-open entry; a
+        // fail-closed one answers with an error instead), so its failure
+        // skips the filter whole: the upstream sees the request as it was.
+        let host = instance.store.data_mut();
+        match outcome {
+            Ok(_) => host.keep_call_edits(),
+            Err(_) => host.undo_failed_call(Some(&mut head), None),
+        }
+        (head, outcome.map(|verdict| (instance, verdict)))
     }
 
     /// An instance done cleanly (after on-response, or after on-request when
@@ -427,7 +444,9 @@ impl ChainLink {
         let memory = self.memory_cap(runtime);
         let output = self.entry.limits.output;
         let live = runtime.instance_opened();
-        let host = FilterHost::new(tag, live, self.entry.config_json.clone(), caps.clone(), memory, output);
+        let undoes_failed_calls = self.entry.on_error == OnError::FailOpen;
+        let config = self.entry.config_json.clone();
+        let host = FilterHost::new(tag, live, config, caps.clone(), memory, output, undoes_failed_calls);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
         let tick = runtime.tick().clone();
@@ -439,8 +458,8 @@ impl ChainLink {
             })
         });
         // Start functions run guest code too, so they get the same deadline.
-        arm_deadline(&mut store, self, runtime, Instant::now());
-        match self.module.pre.instantiate_async(&mut store).await {
+        let deadline = arm_deadline(&mut store, self, runtime, Instant::now());
+        match within(deadline, self.module.pre.instantiate_async(&mut store)).await {
             Ok(filter) => Ok(Instance { store, filter, served: 0 }),
             Err(e) => {
                 let mut failure = classify(self, "instantiate", &store, e);
@@ -473,22 +492,57 @@ fn oversized(reply: &Reply, limits: &OutputLimits) -> Option<String> {
 /// tick changed since (a reload fitted it to another config), the check
 /// finds time left and counts the ticks again (the store's callback, set in
 /// `instantiate`), so no call is stopped early or much late.
-fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink, runtime: &FilterRuntime, now: Instant) {
+fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink, runtime: &FilterRuntime, now: Instant) -> Instant {
     let timeout = link.entry.limits.timeout;
     store.data_mut().deadline = Some(now + timeout);
     store.set_epoch_deadline(runtime.tick().ticks_for(timeout));
+    now + timeout
+}
+
+/// A call cut off at its deadline while it waited on the host.
+#[derive(Debug)]
+struct WaitedPastDeadline;
+
+impl std::fmt::Display for WaitedPastDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("waited past its deadline")
+    }
+}
+
+impl std::error::Error for WaitedPastDeadline {}
+
+/// Run one call into a filter until it ends or `deadline` passes. The epoch
+/// deadline interrupts guest code only while it runs; a call waiting on the
+/// host (a WASI pollable: a sleep) is cut off here instead, so it cannot
+/// hold its request and pool slot past its deadline. A call that never
+/// waits, as no filter we ship does, never starts a timer. A call cut off
+/// leaves its instance unusable; every caller drops an instance that failed.
+async fn within<T>(deadline: Instant, call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    let mut call = std::pin::pin!(call);
+    let mut timer = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = call.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        timer.as_mut().poll(cx).map(|()| Err(wasmtime::Error::new(WaitedPastDeadline)))
+    })
+    .await
 }
 
 fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, error: wasmtime::Error) -> FilterFailure {
     let kind = if store.data().limiter.memory_cap_hit {
         FailureKind::MemoryCap
-    } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+    } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+        || error.downcast_ref::<WaitedPastDeadline>().is_some()
+    {
         FailureKind::Timeout
     } else {
         FailureKind::Trap
     };
     let detail = match (kind, error.downcast_ref::<Trap>()) {
-        (FailureKind::Timeout, _) => format!("ran past its {:?} CPU deadline", link.entry.limits.timeout),
+        (FailureKind::Timeout, Some(_)) => format!("ran past its {:?} CPU deadline", link.entry.limits.timeout),
+        (FailureKind::Timeout, None) => format!("waited past its {:?} deadline", link.entry.limits.timeout),
         // The trap itself ("wasm `unreachable` instruction executed", ...);
         // the formatted error would lead with a backtrace header.
         (_, Some(trap)) => trap.to_string(),

@@ -197,6 +197,12 @@ impl ResourceLimiter for InstanceLimiter {
     }
 }
 
+/// The message as it was before a call's first edit.
+enum BeforeEdits {
+    Request { header: RequestHeader, upstream: String },
+    Response(ResponseHeader),
+}
+
 /// The data of one filter instance's `Store`.
 pub struct FilterHost {
     pub tag: InstanceTag,
@@ -213,6 +219,12 @@ pub struct FilterHost {
     pub response: Option<ResponseHeader>,
     /// The filter said its `on-response` does nothing (`config.skip-on-response`).
     pub skips_on_response: bool,
+    /// Keep the message as it was before the running call's first edit, so
+    /// that a failed call can be undone (`undo_failed_call`): set for a
+    /// fail-open entry, whose failure must skip the filter as if it never
+    /// ran, not forward what it half did.
+    undoes_failed_calls: bool,
+    before_edits: Option<BeforeEdits>,
     /// What this instance logged for its current request.
     logged: LoggedLines,
     /// Built on first use: most filters never touch WASI, and then pay nothing.
@@ -231,8 +243,11 @@ impl FilterHost {
         caps: Arc<Capabilities>,
         memory_bytes: u64,
         output: OutputLimits,
+        undoes_failed_calls: bool,
     ) -> Self {
         Self {
+            undoes_failed_calls,
+            before_edits: None,
             live: Some(live),
             tag,
             config_json,
@@ -263,6 +278,43 @@ impl FilterHost {
 
     fn request(&mut self) -> &mut RequestHead {
         self.request.as_mut().expect("the request resource is only lent during on-request")
+    }
+
+    /// The request, to edit: first kept as it was, if a failed call must be
+    /// undone. Only a call that edits pays for the copy.
+    fn request_to_edit(&mut self) -> &mut RequestHead {
+        if self.undoes_failed_calls && self.before_edits.is_none() {
+            let request = self.request();
+            let before = BeforeEdits::Request { header: request.header.clone(), upstream: request.upstream.clone() };
+            self.before_edits = Some(before);
+        }
+        self.request()
+    }
+
+    /// The response, to edit; see [`Self::request_to_edit`].
+    fn response_to_edit(&mut self) -> &mut ResponseHeader {
+        if self.undoes_failed_calls && self.before_edits.is_none() {
+            self.before_edits = Some(BeforeEdits::Response(self.response().clone()));
+        }
+        self.response()
+    }
+
+    /// Forget what the call that just ended edited: it succeeded.
+    pub fn keep_call_edits(&mut self) {
+        self.before_edits = None;
+    }
+
+    /// Put `request` (or `response`) back as it was before the call that
+    /// just failed, if that call edited it and the entry undoes failed calls.
+    pub fn undo_failed_call(&mut self, request: Option<&mut RequestHead>, response: Option<&mut ResponseHeader>) {
+        match (self.before_edits.take(), request, response) {
+            (Some(BeforeEdits::Request { header, upstream }), Some(request), _) => {
+                request.header = header;
+                request.upstream = upstream;
+            }
+            (Some(BeforeEdits::Response(before)), _, Some(response)) => *response = before,
+            _ => {}
+        }
     }
 
     /// Keep a response header edit for the response. The entry's header
@@ -423,7 +475,7 @@ impl types::HostRequest for FilterHost {
 
     fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> Result<(), EditError> {
         let parsed = Method::from_bytes(method.as_bytes()).map_err(|_| EditError::InvalidMethod(method))?;
-        self.request().header.set_method(parsed);
+        self.request_to_edit().header.set_method(parsed);
         Ok(())
     }
 
@@ -435,7 +487,7 @@ impl types::HostRequest for FilterHost {
         if !path.starts_with('/') || path.contains(['?', '#']) {
             return Err(EditError::InvalidPath(path));
         }
-        set_target(&mut self.request().header, Some(&path), None)
+        set_target(&mut self.request_to_edit().header, Some(&path), None)
     }
 
     fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
@@ -448,7 +500,7 @@ impl types::HostRequest for FilterHost {
         {
             return Err(EditError::InvalidQuery(q.clone()));
         }
-        set_target(&mut self.request().header, None, Some(query.as_deref()))
+        set_target(&mut self.request_to_edit().header, None, Some(query.as_deref()))
     }
 
     fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
@@ -466,18 +518,20 @@ impl types::HostRequest for FilterHost {
     fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.request().header.headers, &name, value, false)?;
-        self.request().header.insert_header(name, value).map_err(refused_edit)
+        self.request_to_edit().header.insert_header(name, value).map_err(refused_edit)
     }
 
     fn add_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.request().header.headers, &name, value, true)?;
-        self.request().header.append_header(name, value).map(drop).map_err(refused_edit)
+        self.request_to_edit().header.append_header(name, value).map(drop).map_err(refused_edit)
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
-        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-            self.request().header.remove_header(&n);
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+            && self.request().header.headers.contains_key(&n)
+        {
+            self.request_to_edit().header.remove_header(&n);
         }
     }
 
@@ -494,11 +548,10 @@ impl types::HostRequest for FilterHost {
     }
 
     fn set_upstream(&mut self, _: Resource<RequestHandle>, group: String) -> Result<(), EditError> {
-        let request = self.request();
-        if request.upstreams.get(&group).is_none() {
+        if self.request().upstreams.get(&group).is_none() {
             return Err(EditError::UnknownUpstream(group));
         }
-        request.upstream = group;
+        self.request_to_edit().upstream = group;
         Ok(())
     }
 
@@ -543,7 +596,7 @@ impl types::HostResponse for FilterHost {
             .ok()
             .filter(|c| (100..=599).contains(&c.as_u16()))
             .ok_or(EditError::InvalidStatus(status))?;
-        self.response().set_status(code).map_err(|_| EditError::InvalidStatus(status))
+        self.response_to_edit().set_status(code).map_err(|_| EditError::InvalidStatus(status))
     }
 
     fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> Option<String> {
@@ -561,18 +614,20 @@ impl types::HostResponse for FilterHost {
     fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.response().headers, &name, value, false)?;
-        self.response().insert_header(name, value).map_err(refused_edit)
+        self.response_to_edit().insert_header(name, value).map_err(refused_edit)
     }
 
     fn add_header(&mut self, _: Resource<ResponseHandle>, name: String, value: String) -> Result<(), EditError> {
         let output = self.output;
         let value = checked_header(&output, &self.response().headers, &name, value, true)?;
-        self.response().append_header(name, value).map(drop).map_err(refused_edit)
+        self.response_to_edit().append_header(name, value).map(drop).map_err(refused_edit)
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
-        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-            self.response().remove_header(&n);
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+            && self.response().headers.contains_key(&n)
+        {
+            self.response_to_edit().remove_header(&n);
         }
     }
 
@@ -721,7 +776,8 @@ impl regex::Host for FilterHost {
     }
 
     fn replace(&mut self, pattern: String, text: String, replacement: String) -> Result<Option<String>, String> {
-        self.caps.patterns.replace(&pattern, &text, &replacement)
+        // No result longer than the filter's memory could take back.
+        self.caps.patterns.replace(&pattern, &text, &replacement, self.limiter.memory_bytes)
     }
 
     fn capture_names(&mut self, pattern: String) -> Result<Vec<Option<String>>, String> {

@@ -62,6 +62,22 @@ impl ShrinkableKeyedStateStore<String> for KeyTable {
     }
 }
 
+/// The longest key kept as it is: a client's address, user or API key is
+/// far shorter. A longer key is kept as its SHA-256 instead, so that the
+/// table, which bounds how many keys it holds, also bounds their size: keys
+/// often come from request headers a client chooses.
+const MAX_KEY_BYTES: usize = 256;
+
+/// The key of `key`'s bucket: itself, or the digest of a longer one. The
+/// digest's prefix, like the overflow key's, is no text a filter would use.
+fn bucket_key(key: &str) -> String {
+    if key.len() <= MAX_KEY_BYTES {
+        key.to_string()
+    } else {
+        format!("\u{0}sha256:{}", crate::filters::store::sha256_hex(key.as_bytes()))
+    }
+}
+
 /// The key every check uses while the key table is full.
 const OVERFLOW_KEY: &str = "\u{0}cascade-overflow";
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
@@ -127,10 +143,11 @@ impl Policy {
     /// Take `cost` from `key`'s bucket.
     pub fn check(&self, key: &str, cost: u32) -> Result<Decision, CheckError> {
         let n = self.valid_cost(cost)?;
-        let key = if self.has_room() || self.keys.0.contains_key(key) { key } else { OVERFLOW_KEY };
+        let key = bucket_key(key);
+        let key = if self.has_room() || self.keys.0.contains_key(&key) { key } else { OVERFLOW_KEY.to_string() };
         let burst = self.config.burst;
         let interval = self.config.interval;
-        let outcome = self.limiter.check_key_n(&key.to_string(), n).map_err(|_| CheckError::InvalidCost(cost))?;
+        let outcome = self.limiter.check_key_n(&key, n).map_err(|_| CheckError::InvalidCost(cost))?;
         Ok(match outcome {
             Ok(snapshot) => self.allowed(snapshot.remaining_burst_capacity()),
             Err(not_until) => {
@@ -257,6 +274,19 @@ mod tests {
         assert_eq!(p.check("a", 0), Err(CheckError::InvalidCost(0)));
         assert_eq!(p.check("a", 4), Err(CheckError::InvalidCost(4)));
         assert!(p.check("a", 3).unwrap().allowed);
+    }
+
+    #[test]
+    fn long_keys_are_kept_as_their_digest_and_stay_apart() {
+        let p = policy(1, Duration::from_secs(3600), 10);
+        let (long_a, long_b) = ("a".repeat(64 << 10), format!("{}b", "a".repeat((64 << 10) - 1)));
+        assert!(p.check(&long_a, 1).unwrap().allowed);
+        assert!(!p.check(&long_a, 1).unwrap().allowed, "the same long key shares its bucket");
+        assert!(p.check(&long_b, 1).unwrap().allowed, "another long key has a bucket of its own");
+        assert!(p.keys.0.iter().all(|entry| entry.key().len() <= MAX_KEY_BYTES), "no key is kept longer");
+        // A short key is kept as it is.
+        assert!(p.check("short", 1).unwrap().allowed);
+        assert!(p.keys.0.contains_key("short"));
     }
 
     #[test]

@@ -51,6 +51,14 @@ pub enum Behaviour {
     /// Log one line of 1 MiB, then 1,000 numbered lines ("flood 1" to
     /// "flood 1000"), and carry on.
     LogFlood,
+    /// Edit the message, then panic: on the request, set the path to
+    /// `/edited-by-misbehave`, remove `x-client-header` and set
+    /// `x-misbehave-edited`; on the response, set the status to 299 and
+    /// `x-misbehave-edited`.
+    EditThenPanic,
+    /// Sleep `spin_ms` (`std::thread::sleep`: a WASI pollable the host waits
+    /// on, with no guest code running), then carry on.
+    Sleep,
 }
 
 /// Requests this instance has seen: always 1 in a fresh instance.
@@ -68,7 +76,7 @@ pub struct Config {
     only_when_triggered: bool,
     /// Panic in `new`, that is in the config check at load.
     panic_in_new: bool,
-    /// How long `spin` spins.
+    /// How long `spin` spins and `sleep` sleeps.
     spin_ms: u64,
     /// Read the `host` header this many times (to measure one host call).
     header_reads: u32,
@@ -170,6 +178,11 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
             set("x-misbehave-stdio", &report).expect("a short header");
         }
         Behaviour::Exit => std::process::exit(0),
+        Behaviour::EditThenPanic => {
+            set("x-misbehave-edited", "yes").expect("a short header");
+            panic!("misbehave: asked to panic after editing");
+        }
+        Behaviour::Sleep => std::thread::sleep(std::time::Duration::from_millis(spin_ms)),
         Behaviour::LogFlood => {
             cascade_filter::log::info(&"y".repeat(1 << 20));
             for n in 1..=1000 {
@@ -211,6 +224,10 @@ impl Filter for Misbehave {
         self.triggered = !self.config.only_when_triggered || req.header("x-misbehave-trigger").is_some();
         if !self.triggered {
             return Verdict::Continue;
+        }
+        if self.config.on_request == Behaviour::EditThenPanic {
+            req.set_path("/edited-by-misbehave").expect("a valid path");
+            req.remove_header("x-client-header");
         }
         act(self.config.on_request, self.config.spin_ms, |name, value| req.set_header(name, value));
         match self.config.on_request {
@@ -257,6 +274,9 @@ impl Filter for Misbehave {
             resp.set_header("x-value-builds", &builds).expect("a short header");
         }
         if self.triggered {
+            if self.config.on_response == Behaviour::EditThenPanic {
+                resp.set_status(299).expect("a valid status");
+            }
             act(self.config.on_response, self.config.spin_ms, |name, value| resp.set_header(name, value));
             // Staged headers can fill the response to the header cap as well.
             if let Err(e) = resp.add_header("x-misbehave", "response")
