@@ -426,3 +426,72 @@ fn refetching_one_variant_keeps_the_others() {
     assert_eq!(origin_count(&en_again), origin_count(&en));
     assert_eq!(origin.requests(), 3);
 }
+
+// RFC 9111 section 4.2.3: a response that was already `Age` seconds old
+// when it arrived (from a tier above) is fresh only for the rest of its
+// lifetime, and a hit carries its whole age.
+#[test]
+fn an_upstream_age_counts_toward_freshness() {
+    let (origin, proxy) = cached(ROUTE);
+    let headers = "cache-control: max-age=60|age: 50";
+    let first = get_with(&proxy, "/aged", headers, &[]);
+    assert_eq!(cache_status(&first), "edge; fwd=miss; stored");
+    let hit = get_with(&proxy, "/aged", headers, &[]);
+    let status = cache_status(&hit);
+    let ttl: i64 = status.split("ttl=").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
+    assert!(status.starts_with("edge; hit; ttl=") && ttl <= 10, "ten seconds were left, not sixty: {hit:?}");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!(age >= 50, "the hit's Age counts on from the upstream's: {hit:?}");
+    assert_eq!(origin.requests(), 1);
+    // Older than its lifetime on arrival: stale at once, so the next request
+    // goes to the origin again.
+    get_with(&proxy, "/old", "cache-control: max-age=60|age: 120", &[]);
+    get_with(&proxy, "/old", "cache-control: max-age=60|age: 120", &[]);
+    assert_eq!(origin.requests(), 3);
+}
+
+// A response that sets a cookie belongs to one client: it is never stored,
+// with or without a route TTL. A route TTL does not make a `no-cache`
+// response fresh either (section 5.2.2.4).
+#[test]
+fn set_cookie_and_no_cache_responses_are_not_served_from_cache() {
+    let routes = "[[route]]\nname = \"site\"\nupstream = \"origin\"\n\n\
+                  [[route]]\nname = \"ttl\"\npath_prefix = \"/ttl\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\n";
+    let (origin, proxy) = cached(routes);
+    for path in ["/login", "/ttl/login"] {
+        for _ in 0..2 {
+            let reply = get_with(&proxy, path, "cache-control: public, max-age=60|set-cookie: session=alice", &[]);
+            assert_eq!(reply.header("set-cookie"), Some("session=alice"));
+            assert!(!cache_status(&reply).contains("hit") && !cache_status(&reply).contains("stored"), "{reply:?}");
+        }
+    }
+    assert_eq!(origin.requests(), 4);
+    for _ in 0..2 {
+        let reply = get_with(&proxy, "/ttl/nc", "cache-control: no-cache", &[]);
+        assert!(!cache_status(&reply).contains("hit"), "{reply:?}");
+    }
+    assert_eq!(origin.requests(), 6);
+}
+
+// Section 4.1: every line of a header named by `Vary` selects the variant.
+// Over HTTP/2 browsers send each cookie as its own line; two clients whose
+// first cookie matches must not share one.
+#[test]
+fn vary_reads_every_line_of_a_header() {
+    let (origin, proxy) = cached(ROUTE);
+    let port = proxy.port;
+    let request = |session: &str| {
+        format!(
+            "GET /private HTTP/1.1\r\nhost: 127.0.0.1\r\nx-echo-header: cache-control: public, max-age=60|vary: cookie\r\n\
+             cookie: theme=dark\r\ncookie: session={session}\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let (status, alice) = send_raw(port, &request("alice"));
+    assert_eq!(status, 200);
+    let (_, bob) = send_raw(port, &request("bob"));
+    assert_eq!(origin.requests(), 2, "bob's cookies make another variant");
+    assert!(bob.contains("session=bob") && alice.contains("session=alice"), "{alice}\n{bob}");
+    let (_, alice_again) = send_raw(port, &request("alice"));
+    assert_eq!(origin.requests(), 2, "alice's variant is served from the cache");
+    assert!(alice_again.contains("session=alice"), "{alice_again}");
+}

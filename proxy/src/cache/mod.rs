@@ -11,10 +11,7 @@ mod store;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::time::SystemTime;
-
-#[cfg(test)]
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
@@ -190,19 +187,36 @@ pub fn key_headers(req: &RequestHeader, policy: &RouteCachePolicy) -> String {
 }
 
 /// May this response be stored, and until when? The origin's headers decide,
-/// unless the route overrides the TTL; `no-store`, `private`, `Vary: *` and
-/// the rules for requests that carried `Authorization` always hold.
+/// unless the route overrides the TTL; `no-store`, `private`, `no-cache`,
+/// `Vary: *`, `Set-Cookie` and the rules for requests that carried
+/// `Authorization` always hold.
 pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorization: bool) -> RespCacheable {
     let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| v.as_bytes().trim_ascii() == b"*");
-    if vary_star {
+    // A response that sets a cookie is one client's (a session, say): stored,
+    // it would hand that cookie to every client after it. nginx and most CDNs
+    // refuse these by default too.
+    if vary_star || resp.headers.contains_key(http::header::SET_COOKIE) {
         return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
     }
     let cc = CacheControl::from_resp_headers(resp);
+    // `no-cache` (standalone, not `no-cache="field"`, which only strips that
+    // field) asks that every use be revalidated: a route's TTL must not turn
+    // it into minutes of freshness.
+    if policy.ttl.is_some() && cc.as_ref().is_some_and(CacheControl::no_cache) {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
     let now = SystemTime::now();
+    // A response a cache above already held (a regional tier) arrives with
+    // `Age`: it has been fresh that long, and stays fresh only for the rest
+    // of its lifetime (RFC 9111, 4.2.3); a hit here counts its own `Age` on
+    // from there.
+    let age = upstream_age(resp);
+    let received_at = now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
     // Most proxied responses carry no freshness at all: they are turned away
     // here, before the header is copied.
     let fresh_until = match policy.ttl {
-        None => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY),
+        None => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY)
+            .map(|until| until.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)),
         Some(ttl) => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ANY_STORABLE)
             .filter(|_| heuristically_cacheable(resp.status.as_u16()))
             .map(|_| now + ttl),
@@ -212,11 +226,27 @@ pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorizat
     };
     let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &ORIGIN_HEADERS_ONLY);
     let mut header = resp.clone();
+    // The age is kept as the entry's epoch; a hit writes its own `Age`, and
+    // a stored one would be counted again when the entry is revalidated.
+    header.remove_header(&http::header::AGE);
     if let Some(cc) = &cc {
         // Headers named in `private="..."` or `no-cache="..."` are not stored.
         cc.strip_private_headers(&mut header);
     }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+    let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+    if received_at != now {
+        meta.set_epoch_override(received_at);
+    }
+    RespCacheable::Cacheable(meta)
+}
+
+/// The response's `Age`, if it has a valid one (delta-seconds).
+fn upstream_age(resp: &ResponseHeader) -> Duration {
+    resp.headers
+        .get(http::header::AGE)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(Duration::ZERO, |secs| Duration::from_secs(secs.into()))
 }
 
 /// The `Vary` variant of `req` for a stored response, or `None` if the
@@ -229,8 +259,17 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
         names.extend(value.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()));
     }
     // The builder keeps the names sorted and each once.
-    for name in &names {
-        let value = req.headers.get(name.as_str()).map(|v| v.as_bytes()).unwrap_or_default();
+    // Every line of a header counts, joined as one value: browsers send
+    // cookies over HTTP/2 as separate lines, and two clients whose first
+    // cookie matches must not share a variant.
+    let values: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| {
+            let lines: Vec<&[u8]> = req.headers.get_all(name.as_str()).iter().map(|v| v.as_bytes()).collect();
+            lines.join(&b", "[..])
+        })
+        .collect();
+    for (name, value) in names.iter().zip(&values) {
         builder.add_value(name, value);
     }
     builder.finalize()
