@@ -288,7 +288,7 @@ impl Response {
     }
     /// Replace the status code.
     pub fn set_status(&self, status: u16) -> Result<(), EditError> {
-        if !(100..=599).contains(&status) {
+        if !(200..=599).contains(&status) {
             return Err(EditError::InvalidStatus(status));
         }
         self.0.borrow_mut().0 = status;

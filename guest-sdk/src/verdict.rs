@@ -14,7 +14,7 @@ pub enum Verdict {
 /// A complete answer given by a filter instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
-    /// The status code (100..=599).
+    /// The status code, a final one (200..=599); the host fails the filter otherwise.
     pub status: u16,
     /// Response headers; the host sets `content-length`.
     pub headers: Vec<(String, String)>,
@@ -59,7 +59,7 @@ pub enum EditError {
     InvalidQuery(String),
     /// Not a valid HTTP method token.
     InvalidMethod(String),
-    /// A status outside 100..=599.
+    /// A status outside 200..=599 (no final status).
     InvalidStatus(u16),
     /// No upstream group with this name is configured.
     UnknownUpstream(String),

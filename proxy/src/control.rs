@@ -154,7 +154,11 @@ impl ControlPlane {
         if !entry.versions.contains(&sha) {
             entry.versions.push(sha.clone());
         }
-        entry.history.push(sha.clone());
+        // Uploading the active version again (a retried deploy) is no new
+        // step: rollback must still go to the version before it.
+        if entry.history.last() != Some(&sha) {
+            entry.history.push(sha.clone());
+        }
         entry.active = sha;
         self.store.save_state(&state)?;
         self.activate(snapshot);

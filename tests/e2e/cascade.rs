@@ -90,6 +90,23 @@ fn read_timeout_fails_over() {
     assert_eq!(origin.requests(), 1);
 }
 
+/// An upstream that never answers, with no tier left to try: a 504, as
+/// nginx answers, not the 502 of an upstream that cannot be reached.
+#[test]
+fn a_read_timeout_with_no_tier_left_is_a_504() {
+    let mut config = ProxyConfig::over(black_hole(), "[[route]]\nname = \"slow\"\nupstream = \"origin\"\n");
+    config.main_extra.push_str("read_timeout_ms = 300\n");
+    let proxy = Proxy::start(&config);
+    let reply = proxy.get("/slow", &[]);
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert_eq!(reply.json()["error"], "upstream timed out", "{reply:?}");
+    // The connection is closed after a failure, and the answer says so: the
+    // client does not send its next request into a closed socket.
+    assert_eq!(reply.header("connection"), Some("close"), "{reply:?}");
+    // A POST times out the same way (it is not retried).
+    assert_eq!(send("POST", &proxy.url("/slow"), &[]).status, 504);
+}
+
 #[test]
 fn failover_budget_caps_the_attempts() {
     let origin = EchoOrigin::start().unwrap();

@@ -186,3 +186,22 @@ fn a_filter_waiting_past_its_deadline_is_stopped() {
     assert_eq!(proxy.get("/closed", &[]).status, 200);
     proxy.wait_for_metrics(&["cascade_filter_failures_total{module=\"misbehave\",kind=\"timeout\"} 2"]);
 }
+
+// A reply must be a final answer: a 1xx would leave the client waiting for
+// one. The filter fails (bad return), and its policy applies.
+#[test]
+fn a_reply_with_an_interim_status_is_a_filter_failure() {
+    let routes = [
+        misbehave_at("interim", "config = { on_request = \"respond\", reply_status = 101 }"),
+        misbehave_at("skipped", "on_error = \"fail-open\"\nconfig = { on_request = \"respond\", reply_status = 103 }"),
+        misbehave_at("final", "config = { on_request = \"respond\", reply_status = 299 }"),
+    ]
+    .concat();
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
+    let refused = proxy.get("/interim", &[]);
+    assert_eq!(refused.status, 500, "{refused:?}");
+    let error = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("(bad-return)") && error.contains("reply status 101 is not a final status"), "{error}");
+    assert_eq!(proxy.get("/skipped", &[]).status, 200, "fail-open: forwarded without the filter");
+    assert_eq!(proxy.get("/final", &[]).status, 299);
+}

@@ -86,6 +86,11 @@ fn no_path_trick_reaches_another_route_without_its_filters() {
     let (status, body) = get("/../etc/passwd");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("above the root"), "{body}");
+    // Tomcat and Spring drop `;` parameters, then resolve the dot segment:
+    // to them this is /api/users, which must not skip the api route.
+    let (status, body) = get("/static/..;/api/users");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("';' parameters"), "{body}");
 }
 
 // RFC 9112 §6.1: with both Content-Length and Transfer-Encoding, Transfer-Encoding

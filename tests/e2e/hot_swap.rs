@@ -122,6 +122,9 @@ fn upload_rollback_delete_and_restart_without_recompiling() {
     assert_eq!(up.status, 200, "{up:?}");
     assert_eq!(up.json()["versions"].as_array().unwrap().len(), 2);
     assert_eq!(version(&proxy.get("/x", &[])), 2);
+    // A retried deploy of the same bytes changes nothing: rollback still
+    // goes back to v1.
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
 
     let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
     assert_eq!(back.status, 200, "{back:?}");

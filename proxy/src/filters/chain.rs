@@ -32,6 +32,9 @@ use super::reuse::{IdleInstances, Instance};
 use super::runtime::FilterRuntime;
 use crate::config::{FilterEntry, Location, OnError, OutputLimits};
 
+/// The statuses a filter may answer with, or set on a response.
+pub const FINAL_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
+
 /// One configured link: a module and its settings on this route.
 #[derive(Debug)]
 pub struct ChainLink {
@@ -397,7 +400,7 @@ impl ChainLink {
             elapsed: started.elapsed(),
         });
         let outcome = match verdict {
-            Ok(Verdict::Respond(reply)) => match oversized(&reply, &self.entry.limits.output) {
+            Ok(Verdict::Respond(reply)) => match refused_reply(&reply, &self.entry.limits.output) {
                 Some(detail) => Err(self.failure("on-request", FailureKind::BadReturn, detail)),
                 None => Ok(Verdict::Respond(reply)),
             },
@@ -472,8 +475,13 @@ impl ChainLink {
     }
 }
 
-/// Why `reply` is larger than the entry's limits let through, if it is.
-fn oversized(reply: &Reply, limits: &OutputLimits) -> Option<String> {
+/// Why `reply` cannot be sent, if it cannot: a status that is no final
+/// one (a 1xx would leave the client waiting for the real answer), or more
+/// than the entry's limits let through.
+fn refused_reply(reply: &Reply, limits: &OutputLimits) -> Option<String> {
+    if !FINAL_STATUSES.contains(&reply.status) {
+        return Some(format!("reply status {} is not a final status (200 to 599)", reply.status));
+    }
     if reply.body.len() > limits.reply_body_bytes {
         return Some(format!("reply body of {} bytes exceeds {}", reply.body.len(), limits.reply_body_bytes));
     }

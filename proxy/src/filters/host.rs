@@ -20,6 +20,7 @@ use super::bindings::cascade::filter::{config, jwt, log, rate_limit, regex, type
 use super::capabilities::Capabilities;
 use super::capabilities::jwt::VerifyError;
 use super::capabilities::rate_limit::CheckError;
+use super::chain::FINAL_STATUSES;
 use super::runtime::InstanceCount;
 use crate::upstream::Upstreams;
 
@@ -122,12 +123,15 @@ pub struct InstanceTag {
 
 /// Caps one instance's memory and table growth and its instance count.
 pub struct InstanceLimiter {
+    /// The cap on all of the instance's memories together: a component may
+    /// hold several (up to `MAX_MEMORIES`), and a cap on each alone would
+    /// let it use that many times the cap.
     memory_bytes: usize,
     /// Set when the memory cap refused a growth, so the failure can say so.
     pub memory_cap_hit: bool,
-    /// The largest size any of the instance's memories has grown to (the
-    /// limiter also sees each memory's initial size).
-    pub largest_memory: usize,
+    /// The size of all of the instance's memories together (the limiter
+    /// also sees each memory's initial size, as a growth from zero).
+    pub memory_in_use: usize,
 }
 
 /// What one filter instance may write to the proxy's log for one request:
@@ -166,17 +170,18 @@ const MAX_TABLES: usize = 32;
 const MAX_MEMORIES: usize = 4;
 
 impl ResourceLimiter for InstanceLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
-        if desired > self.memory_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        let in_use = self.memory_in_use.saturating_sub(current).saturating_add(desired);
+        if in_use > self.memory_bytes {
             self.memory_cap_hit = true;
             // Trapping (rather than failing the grow) stops the filter at once,
             // instead of letting its allocator abort with a less clear error.
             return Err(wasmtime::Error::msg(format!(
-                "memory cap of {} bytes exceeded (wanted {desired})",
+                "memory cap of {} bytes exceeded (wanted {in_use})",
                 self.memory_bytes
             )));
         }
-        self.largest_memory = self.largest_memory.max(desired);
+        self.memory_in_use = in_use;
         Ok(true)
     }
 
@@ -253,7 +258,7 @@ impl FilterHost {
             config_json,
             caps,
             output,
-            limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, largest_memory: 0 },
+            limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, memory_in_use: 0 },
             deadline: None,
             request: None,
             response: None,
@@ -594,7 +599,7 @@ impl types::HostResponse for FilterHost {
     fn set_status(&mut self, _: Resource<ResponseHandle>, status: u16) -> Result<(), EditError> {
         let code = StatusCode::from_u16(status)
             .ok()
-            .filter(|c| (100..=599).contains(&c.as_u16()))
+            .filter(|c| FINAL_STATUSES.contains(&c.as_u16()))
             .ok_or(EditError::InvalidStatus(status))?;
         self.response_to_edit().set_status(code).map_err(|_| EditError::InvalidStatus(status))
     }
@@ -805,6 +810,20 @@ mod tests {
         let message = format!("{}🦀{}", "a".repeat(MAX_LOG_LINE_BYTES - 2), "b".repeat(10));
         let line = log_line(&message);
         assert_eq!(line, format!("{}… (14 bytes more cut)", "a".repeat(MAX_LOG_LINE_BYTES - 2)));
+    }
+
+    #[test]
+    fn the_memory_cap_holds_for_all_of_an_instances_memories_together() {
+        let mut limiter = InstanceLimiter { memory_bytes: 16 << 20, memory_cap_hit: false, memory_in_use: 0 };
+        // Two memories of 6 MiB each fit; growing one of them by 6 MiB more
+        // would not, though each alone would be under the cap.
+        assert!(limiter.memory_growing(0, 6 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 6 << 20, None).unwrap());
+        assert!(limiter.memory_growing(6 << 20, 12 << 20, None).is_err());
+        assert!(limiter.memory_cap_hit);
+        assert_eq!(limiter.memory_in_use, 12 << 20);
+        assert!(limiter.memory_growing(6 << 20, 10 << 20, None).unwrap());
+        assert_eq!(limiter.memory_in_use, 16 << 20);
     }
 
     #[test]

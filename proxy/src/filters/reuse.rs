@@ -72,7 +72,7 @@ impl IdleInstances {
     pub fn park(&self, runtime: &FilterRuntime, mut instance: Instance, memory_cap: u64) {
         instance.served += 1;
         let host = instance.store.data_mut();
-        let grown = host.limiter.largest_memory as u64 > memory_cap / 2;
+        let grown = host.limiter.memory_in_use as u64 > memory_cap / 2;
         if instance.served >= MAX_REQUESTS_PER_INSTANCE || grown {
             return;
         }

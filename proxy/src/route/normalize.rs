@@ -10,7 +10,10 @@
 //!    so a route prefix could not be trusted to cover them.
 //! 2. Runs of `/` collapse to one.
 //! 3. `.` segments are removed and `..` removes the segment before it (§5.2.4).
-//!    A `..` that would climb above the root is refused.
+//!    A `..` that would climb above the root is refused. So is a dot segment
+//!    with `;` parameters (`/public/..;/admin`): Tomcat and Spring drop the
+//!    parameters and then climb, so the origin would serve another route's
+//!    path.
 //!
 //! The normalized path is also what the upstream receives, so the route
 //! decision and the upstream's view of the path agree.
@@ -28,6 +31,8 @@ pub enum PathError {
     AboveRoot,
     #[error("path holds an encoded '/', a backslash or an encoded NUL, which origins read differently")]
     AmbiguousSeparator,
+    #[error("path holds a '.' or '..' segment with ';' parameters, which some origins read as a dot segment")]
+    DotSegmentWithParameters,
 }
 
 /// The normalized form of `path` (without query).
@@ -38,7 +43,7 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if raw.contains('\\') {
         return Err(PathError::AmbiguousSeparator);
     }
-    let needs_work = raw.contains('%') || raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..");
+    let needs_work = raw.contains(['%', ';']) || raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..");
     if !needs_work {
         return Ok(Cow::Borrowed(raw));
     }
@@ -54,6 +59,9 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             ".." => {
                 segments.pop().ok_or(PathError::AboveRoot)?;
                 trailing_slash = i == last;
+            }
+            s if s.contains(';') && matches!(s.split(';').next(), Some("." | "..")) => {
+                return Err(PathError::DotSegmentWithParameters);
             }
             s => {
                 segments.push(s);
@@ -180,6 +188,13 @@ mod tests {
         for ambiguous in ["/a%2fb", "/a%2F..%2Fb", "/a%5Cb", "/a\\b", "/a%00b"] {
             assert_eq!(path(ambiguous), Err(PathError::AmbiguousSeparator), "{ambiguous}");
         }
+        // Dot segments with parameters, which Tomcat resolves after dropping
+        // them, are refused; parameters elsewhere are kept as they are.
+        for dotted in ["/public/..;/admin", "/a/.;x/b", "/%2e%2e;jsessionid=1/admin", "/a/..;"] {
+            assert_eq!(path(dotted), Err(PathError::DotSegmentWithParameters), "{dotted}");
+        }
+        assert_eq!(path("/shop;jsessionid=1/cart").unwrap(), "/shop;jsessionid=1/cart");
+        assert_eq!(path("/a/..b;x").unwrap(), "/a/..b;x");
     }
 
     #[test]

@@ -36,22 +36,40 @@ pub(super) fn ip_text(ip: std::net::IpAddr) -> String {
     text
 }
 
-/// The value of list-valued header `name` with `member` appended. Usually
-/// the header is absent and `member` is the value as it is: no copy.
+/// The value of list-valued header `name` with `member` appended, every
+/// line the message had joined in order (a list may come on several lines,
+/// and the caller replaces them all: a `CDN-Loop` line dropped here would
+/// hide a loop from the CDN that wrote it). Usually the header is absent and
+/// `member` is the value as it is: no copy.
 pub(super) fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderValue) -> HeaderValue {
-    match headers.get(name) {
-        None => member,
-        Some(earlier) => {
-            let joined = [earlier.as_bytes(), b", ", member.as_bytes()].concat();
-            // Both parts are valid values, and so is the two joined by ", ".
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(member)
-        }
+    let mut earlier = headers.get_all(name).iter().peekable();
+    if earlier.peek().is_none() {
+        return member;
     }
+    let mut joined = Vec::new();
+    for line in earlier.chain([&member]) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(line.as_bytes());
+    }
+    // Every part is a valid value, and so are they joined by ", ".
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(member)
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+
+    #[test]
+    fn with_member_keeps_every_line_of_the_list() {
+        let mut headers = http::HeaderMap::new();
+        let member = http::HeaderValue::from_static("edge");
+        assert_eq!(super::with_member(&headers, "cdn-loop", member.clone()), "edge");
+        headers.append("cdn-loop", http::HeaderValue::from_static("cdn-a"));
+        headers.append("cdn-loop", http::HeaderValue::from_static("cdn-b; x=1"));
+        assert_eq!(super::with_member(&headers, "cdn-loop", member), "cdn-a, cdn-b; x=1, edge");
+    }
 
     #[test]
     fn ip_text_matches_display() {

@@ -570,6 +570,11 @@ impl ProxyHttp for CascadeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        // The connection is not reused after a failure (below), so the error
+        // answer says `Connection: close`: a client that took its
+        // `keep-alive` at its word would send its next request into a
+        // closed socket.
+        session.set_keepalive(None);
         let mut chain = ctx.chain.take();
         let error = match &ctx.failure {
             Some(failure) => ErrorReply::filter_failed(failure),

@@ -30,6 +30,15 @@ impl ErrorReply {
     pub fn from_proxy_error(e: &Error) -> Self {
         let status = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // As nginx: an upstream that did not answer in time is a 504.
+            ErrorType::ConnectTimedout
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {

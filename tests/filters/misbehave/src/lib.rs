@@ -33,8 +33,8 @@ pub enum Behaviour {
     /// Call host functions with garbage: an unknown rate-limit policy, a
     /// malformed token, an invalid header name. Errors are ignored.
     GarbageCalls,
-    /// Answer the request with 418, with two invalid headers among its own
-    /// (request phase only).
+    /// Answer the request with `reply_status` (418 unless set), with two
+    /// invalid headers among its own (request phase only).
     Respond,
     /// Answer with a 2 MiB body, past the host's reply limit (request phase only).
     GiantReply,
@@ -78,6 +78,8 @@ pub struct Config {
     panic_in_new: bool,
     /// How long `spin` spins and `sleep` sleeps.
     spin_ms: u64,
+    /// The status `respond` answers with; 0 means 418.
+    reply_status: u16,
     /// Read the `host` header this many times (to measure one host call).
     header_reads: u32,
     /// Report on the response, as `x-instance-requests`, how many requests
@@ -234,7 +236,8 @@ impl Filter for Misbehave {
             Behaviour::Respond => {
                 // With two headers the host drops: a name that is no token,
                 // and a value with a line break.
-                let reply = Reply::new(418).header("x-misbehave", "responded").header("bad name", "1");
+                let status = if self.config.reply_status == 0 { 418 } else { self.config.reply_status };
+                let reply = Reply::new(status).header("x-misbehave", "responded").header("bad name", "1");
                 return Verdict::Respond(reply.header("x-bad-value", "a\r\nb").body("short and stout"));
             }
             Behaviour::GiantReply => return Verdict::Respond(Reply::new(200).body(vec![b'x'; 2 << 20])),
