@@ -205,3 +205,31 @@ fn a_reply_with_an_interim_status_is_a_filter_failure() {
     assert_eq!(proxy.get("/skipped", &[]).status, 200, "fail-open: forwarded without the filter");
     assert_eq!(proxy.get("/final", &[]).status, 299);
 }
+
+// A full instance pool is the proxy's capacity failing, not the filter: the
+// request gets a 503, and the breaker does not count it, so the filter is
+// not switched off once the load has passed.
+#[test]
+fn a_full_instance_pool_answers_503_and_does_not_trip_the_breaker() {
+    let entry = "timeout_ms = 5000\nbreaker = { min_requests = 1, failure_ratio = 0.5, window_secs = 60, cooldown_secs = 60 }\n\
+                 config = { on_request = \"sleep\", spin_ms = 1500, only_when_triggered = true }";
+    let config = ProxyConfig::new(&misbehave_at("busy", entry), &["misbehave"])
+        .with_main("\n[limits]\nmax_instances = 1\n")
+        .with_admin();
+    let proxy = std::sync::Arc::new(Proxy::start(&config));
+    // One request holds the only slot while its filter sleeps.
+    let holder = {
+        let proxy = proxy.clone();
+        std::thread::spawn(move || proxy.get("/busy", &[TRIGGER]).status)
+    };
+    proxy.wait_for_metrics(&["cascade_filter_instances_live 1"]);
+    let refused = proxy.get("/busy", &[]);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    let error = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("(pool-full)") && error.contains("no instance slot is free"), "{error}");
+    assert_eq!(holder.join().unwrap(), 200);
+    // The breaker (open after one failure in two) did not count it.
+    assert_eq!(breaker_state(&proxy), "closed");
+    assert_eq!(proxy.get("/busy", &[]).status, 200);
+    proxy.wait_for_metrics(&["cascade_filter_failures_total{module=\"misbehave\",kind=\"pool-full\"} 1"]);
+}

@@ -90,6 +90,12 @@ fn bad_uploads_change_nothing() {
         ("/modules/..%2Fx", v2(), None, 400, "not valid"),
         ("/modules/", v2(), None, 400, "not valid"),
     ];
+    // The compiled artifacts on disk: a refused upload adds none.
+    let artifacts = || {
+        let compiled = proxy.dir.path().join("store/compiled");
+        std::fs::read_dir(compiled).unwrap().flatten().flat_map(|d| std::fs::read_dir(d.path()).unwrap()).count()
+    };
+    let artifacts_before = artifacts();
     for (path, body, token, status, message) in cases {
         let reply = proxy.admin("PUT", path, &body, token);
         assert_eq!(reply.status, status, "{path} {message}: {reply:?}");
@@ -98,6 +104,7 @@ fn bad_uploads_change_nothing() {
         assert_eq!(active_sha(&proxy, "swappable"), before, "{message}: the active version changed");
         assert_eq!(version(&proxy.get("/x", &[])), 1, "{message}: requests changed");
     }
+    assert_eq!(artifacts(), artifacts_before, "a refused upload left a compiled artifact behind");
     // An oversized body is refused from its Content-Length, before it is
     // read (a client streaming it would see the connection close early).
     let (status, body) = send_raw(

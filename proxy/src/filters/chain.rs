@@ -71,8 +71,13 @@ pub enum ChainError {
 /// How a filter failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// No instance could be made (for example, the pool is exhausted).
+    /// No instance could be made: a trap in its start-up.
     Instantiate,
+    /// Every instance slot is serving (`limits.max_instances`): the proxy's
+    /// capacity, not the filter, failed. It is answered with a 503, and the
+    /// breaker does not count it: it must not switch off a healthy filter
+    /// after the load has passed.
+    PoolFull,
     /// The call ran past its CPU deadline.
     Timeout,
     /// The instance tried to grow memory past its cap.
@@ -89,6 +94,7 @@ impl FailureKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Instantiate => "instantiate",
+            Self::PoolFull => "pool-full",
             Self::Timeout => "timeout",
             Self::MemoryCap => "memory-cap",
             Self::Trap => "trap",
@@ -250,7 +256,9 @@ impl FilterChain {
                         }
                     }
                     Err(failure) => {
-                        link.breaker.record(true);
+                        if failure.kind != FailureKind::PoolFull {
+                            link.breaker.record(true);
+                        }
                         failure
                     }
                 }
@@ -539,6 +547,10 @@ async fn within<T>(deadline: Instant, call: impl Future<Output = wasmtime::Resul
 }
 
 fn classify(link: &ChainLink, phase: &'static str, store: &Store<FilterHost>, error: wasmtime::Error) -> FilterFailure {
+    if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        let detail = format!("no instance slot is free ({full}; limits.max_instances)");
+        return FilterFailure { status: 503, ..link.failure(phase, FailureKind::PoolFull, detail) };
+    }
     let kind = if store.data().limiter.memory_cap_hit {
         FailureKind::MemoryCap
     } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))

@@ -86,10 +86,12 @@ pub fn valid_name(name: &str) -> bool {
 
 impl FilterModule {
     /// Validate `bytes` as a filter component and compile it. Nothing is
-    /// compiled for binaries that are not components or import too much.
+    /// compiled for binaries that are not components.
     ///
     /// With a `store`, the precompiled artifact is read from its cache when
-    /// present (nothing is compiled) and written there after a compile.
+    /// present (nothing is compiled) and written there after a compile, once
+    /// the component has passed every check: a refused upload leaves nothing
+    /// behind on disk.
     pub fn compile(
         runtime: &FilterRuntime,
         name: &str,
@@ -124,11 +126,6 @@ impl FilterModule {
                 let component = Component::new(runtime.engine(), bytes)
                     .map_err(|e| ModuleError::Compile { name: name_owned(), reason: format!("{e:#}") })?;
                 runtime.count_compilation();
-                if let Some(path) = &artifact
-                    && let Err(e) = component.serialize().map_err(io::Error::other).and_then(|a| write_atomic(path, &a))
-                {
-                    log::warn!("module {name:?}: cannot cache the compiled artifact at {}: {e}", path.display());
-                }
                 component
             }
         };
@@ -157,6 +154,12 @@ impl FilterModule {
         }
         let instance_pre = runtime.linker().instantiate_pre(&component).map_err(|e| wrong_world(format!("{e:#}")))?;
         let pre = FilterPre::new(instance_pre).map_err(|e| wrong_world(format!("{e:#}")))?;
+        if compiled
+            && let Some(path) = &artifact
+            && let Err(e) = component.serialize().map_err(io::Error::other).and_then(|a| write_atomic(path, &a))
+        {
+            log::warn!("module {name:?}: cannot cache the compiled artifact at {}: {e}", path.display());
+        }
         LIVE_MODULES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { name: name_owned(), pre, size: bytes.len(), sha256, compile_time, compiled })
     }
