@@ -4,7 +4,9 @@
 //! instantiated at all and its `on_error` policy applies at once: fail-closed
 //! answers with the entry's failure status, fail-open skips it. After the
 //! cool-down one request probes the filter (half-open): success closes the
-//! breaker, failure opens it again.
+//! breaker, failure opens it again. Only the probe's own result decides: a
+//! late result of a request admitted before the breaker opened (its
+//! response phase can come long after, behind a slow upstream) is ignored.
 //!
 //! A module swap or reload builds new chains, so a new version starts closed.
 
@@ -31,6 +33,14 @@ impl BreakerState {
     }
 }
 
+/// What `admit` let through, to be handed back to `record`: a call, or the
+/// probe of a half-open breaker, by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Call,
+    Probe(u64),
+}
+
 #[derive(Debug)]
 enum Phase {
     Closed,
@@ -51,6 +61,8 @@ struct Window {
     started: Instant,
     calls: u32,
     failures: u32,
+    /// Probes admitted so far; the last is the one whose result counts.
+    probes: u64,
 }
 
 #[derive(Debug)]
@@ -65,42 +77,45 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
-        let window = Window { phase: Phase::Closed, started: Instant::now(), calls: 0, failures: 0 };
+        let window = Window { phase: Phase::Closed, started: Instant::now(), calls: 0, failures: 0, probes: 0 };
         Self { config, window: Mutex::new(window), closed: AtomicBool::new(true), opened: AtomicU64::new(0) }
     }
 
-    /// Whether this request may run the filter.
-    pub fn admit(&self) -> bool {
+    /// Whether this request may run the filter, and as what.
+    pub fn admit(&self) -> Option<Admission> {
         if !self.config.enabled || self.closed.load(Ordering::Acquire) {
-            return true;
+            return Some(Admission::Call);
         }
         let mut w = self.window.lock().expect("breaker lock");
         let now = Instant::now();
-        match w.phase {
-            Phase::Closed => true,
-            Phase::Open { until } if now >= until => {
-                w.phase = Phase::HalfOpen { probing_since: now };
-                true
-            }
-            Phase::HalfOpen { probing_since } if now.duration_since(probing_since) >= self.config.cooldown => {
-                w.phase = Phase::HalfOpen { probing_since: now };
-                true
-            }
-            Phase::Open { .. } | Phase::HalfOpen { .. } => false,
+        let may_probe = match w.phase {
+            Phase::Closed => return Some(Admission::Call),
+            Phase::Open { until } => now >= until,
+            Phase::HalfOpen { probing_since } => now.duration_since(probing_since) >= self.config.cooldown,
+        };
+        if !may_probe {
+            return None;
         }
+        w.phase = Phase::HalfOpen { probing_since: now };
+        w.probes += 1;
+        Some(Admission::Probe(w.probes))
     }
 
-    /// Record how a call that `admit` let through ended.
-    pub fn record(&self, failed: bool) {
+    /// Record how a call that `admit` let through as `admission` ended.
+    pub fn record(&self, admission: Admission, failed: bool) {
         if !self.config.enabled {
             return;
         }
         let now = Instant::now();
         let mut w = self.window.lock().expect("breaker lock");
+        let the_probe = admission == Admission::Probe(w.probes);
         match w.phase {
+            // Anything but the current probe's result is late: ignored.
+            Phase::HalfOpen { .. } if !the_probe => {}
             Phase::HalfOpen { .. } if failed => self.open(&mut w, now),
             Phase::HalfOpen { .. } => {
-                *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0 };
+                let probes = w.probes;
+                *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0, probes };
                 self.closed.store(true, Ordering::Release);
             }
             Phase::Closed => {
@@ -163,26 +178,31 @@ mod tests {
     fn opens_past_the_ratio_and_probes_after_the_cooldown() {
         let b = breaker(Duration::from_millis(30));
         for failed in [true, false, true] {
-            assert!(b.admit());
-            b.record(failed);
+            assert_eq!(b.admit(), Some(Admission::Call));
+            b.record(Admission::Call, failed);
         }
         assert_eq!(b.state(), BreakerState::Closed, "too few requests to judge");
-        b.record(true);
+        b.record(Admission::Call, true);
         assert_eq!(b.state(), BreakerState::Open, "3 of 4 failed");
-        assert!(!b.admit());
+        assert_eq!(b.admit(), None);
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.admit(), "the probe");
-        assert!(!b.admit(), "one probe at a time");
+        let first_probe = b.admit().expect("the probe");
+        assert_eq!(b.admit(), None, "one probe at a time");
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // A probe that never reports (its request was dropped) does not
         // keep the breaker half-open for ever.
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.admit(), "a new probe after one cool-down");
-        b.record(true);
+        let probe = b.admit().expect("a new probe after one cool-down");
+        // Results that are not the current probe's decide nothing: the first
+        // probe's, and a request admitted before the breaker opened.
+        b.record(first_probe, false);
+        b.record(Admission::Call, false);
+        assert_eq!(b.state(), BreakerState::HalfOpen, "late results are ignored");
+        b.record(probe, true);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe opens it again");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(b.admit());
-        b.record(false);
+        let probe = b.admit().expect("the next probe");
+        b.record(probe, false);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.opened(), 2);
     }
@@ -192,7 +212,7 @@ mod tests {
         let b = breaker(Duration::from_secs(1));
         // Every other call fails, the success first: never over half.
         for i in 0..100 {
-            b.record(i % 2 == 1);
+            b.record(Admission::Call, i % 2 == 1);
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }

@@ -24,7 +24,7 @@ use wasmtime::component::Resource;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::cascade::filter::types::{Reply, Verdict};
-use super::breaker::Breaker;
+use super::breaker::{Admission, Breaker};
 use super::capabilities::Capabilities;
 use super::host::{FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead, ResponseEdit, apply_response_edits};
 use super::module::{FilterModule, ModuleRegistry};
@@ -229,10 +229,9 @@ impl FilterChain {
         };
         for (index, link) in self.links.iter().enumerate() {
             // While the breaker is open the filter is not run: its policy applies.
-            let failure = if !link.breaker.admit() {
-                link.breaker_open()
-            } else {
-                let (edited, outcome) = link.run_on_request(runtime, &self.caps, head, &mut run.timings).await;
+            let failure = if let Some(admission) = link.breaker.admit() {
+                let (edited, outcome) =
+                    link.run_on_request(runtime, &self.caps, head, admission, &mut run.timings).await;
                 head = edited;
                 // What the call staged for the response is kept only if the
                 // call succeeded: a failed filter's response work is skipped.
@@ -257,11 +256,13 @@ impl FilterChain {
                     }
                     Err(failure) => {
                         if failure.kind != FailureKind::PoolFull {
-                            link.breaker.record(true);
+                            link.breaker.record(admission, true);
                         }
                         failure
                     }
                 }
+            } else {
+                link.breaker_open()
             };
             match link.entry.on_error {
                 OnError::FailOpen => {
@@ -335,7 +336,7 @@ impl InFlightChain {
             match result {
                 Ok(()) => link.finished(runtime, instance),
                 Err(e) => {
-                    link.breaker.record(true);
+                    link.breaker.record(instance.admission, true);
                     let failure = classify(link, "on-response", &instance.store, e);
                     match link.entry.on_error {
                         OnError::FailOpen => {
@@ -381,6 +382,7 @@ impl ChainLink {
         runtime: &FilterRuntime,
         caps: &Arc<Capabilities>,
         head: RequestHead,
+        admission: Admission,
         timings: &mut Vec<FilterTiming>,
     ) -> (RequestHead, Result<(Instance, Verdict), FilterFailure>) {
         let started = Instant::now();
@@ -397,6 +399,7 @@ impl ChainLink {
                 Err(failure) => return (head, Err(failure)),
             },
         };
+        instance.admission = admission;
         let store = &mut instance.store;
         let deadline = arm_deadline(store, self, runtime, started);
         store.data_mut().request = Some(head);
@@ -429,7 +432,7 @@ impl ChainLink {
     /// An instance done cleanly (after on-response, or after on-request when
     /// the link skips on-response): the breaker counts it, and it is released.
     fn finished(&self, runtime: &FilterRuntime, instance: Instance) {
-        self.breaker.record(false);
+        self.breaker.record(instance.admission, false);
         self.release(runtime, instance);
     }
 
@@ -471,7 +474,7 @@ impl ChainLink {
         // Start functions run guest code too, so they get the same deadline.
         let deadline = arm_deadline(&mut store, self, runtime, Instant::now());
         match within(deadline, self.module.pre.instantiate_async(&mut store)).await {
-            Ok(filter) => Ok(Instance { store, filter, served: 0 }),
+            Ok(filter) => Ok(Instance { store, filter, served: 0, admission: Admission::Call }),
             Err(e) => {
                 let mut failure = classify(self, "instantiate", &store, e);
                 if failure.kind == FailureKind::Trap {

@@ -25,6 +25,7 @@ use std::sync::{Mutex, PoisonError};
 use wasmtime::Store;
 
 use super::bindings::Filter;
+use super::breaker::Admission;
 use super::host::{FilterHost, InstanceTag};
 use super::runtime::{FilterRuntime, InstanceCount};
 
@@ -42,6 +43,9 @@ pub struct Instance {
     pub filter: Filter,
     /// Requests this instance has finished.
     pub served: u32,
+    /// How the breaker let the current request run the filter, for its
+    /// result to be recorded as.
+    pub admission: Admission,
 }
 
 /// A chain entry's idle instances, most recently used last.
