@@ -151,6 +151,14 @@ impl ControlPlane {
         self.store.put_version(bytes)?;
         let mut state = self.store.state()?;
         let entry = state.modules.entry(name.to_string()).or_insert_with(StoredModule::default);
+        // The first upload over a module of the modules directory keeps that
+        // file's version as the one a rollback goes back to.
+        if entry.history.is_empty()
+            && let Some(shipped) = self.keep_shipped_version(name)
+        {
+            entry.versions.push(shipped.clone());
+            entry.history.push(shipped);
+        }
         if !entry.versions.contains(&sha) {
             entry.versions.push(sha.clone());
         }
@@ -163,6 +171,25 @@ impl ControlPlane {
         self.store.save_state(&state)?;
         self.activate(snapshot);
         Ok(self.module_json(name).unwrap_or(Value::Null))
+    }
+
+    /// Keep the modules directory's file of `name`, if there is one, as a
+    /// version in the store; its sha256. A file that cannot be read is only
+    /// logged: the upload goes on without a version to roll back to.
+    fn keep_shipped_version(&self, name: &str) -> Option<String> {
+        let path = self.current.load().config.modules.dir.join(format!("{name}.wasm"));
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                log::warn!("module {name:?}: cannot keep {} to roll back to: {e}", path.display());
+                return None;
+            }
+        };
+        self.store
+            .put_version(&bytes)
+            .inspect_err(|e| log::warn!("module {name:?}: cannot keep {} to roll back to: {e}", path.display()))
+            .ok()
     }
 
     /// Make the previously active version of `name` active again.

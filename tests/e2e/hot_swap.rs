@@ -120,6 +120,22 @@ fn bad_uploads_change_nothing() {
     assert_eq!(active_sha(&proxy, "swappable"), before);
 }
 
+/// The first upload over a module shipped in the modules directory can be
+/// rolled back to the shipped file.
+#[test]
+fn rollback_returns_to_the_shipped_module() {
+    let proxy = proxy();
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
+    let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(back.status, 200, "{back:?}");
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+    // And it stays so across a restart.
+    let proxy = proxy.restart();
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+}
+
 #[test]
 fn upload_rollback_delete_and_restart_without_recompiling() {
     let proxy = proxy();
