@@ -81,6 +81,52 @@ fn configured_5xx_fails_over_for_idempotent_requests_only() {
     assert_eq!(origin.requests(), 0);
 }
 
+/// A server that reads each whole request (its `Content-Length` body too),
+/// then answers `status` with the body `nope`.
+fn always_after_the_body(status: u16) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 65536];
+            let complete = |r: &[u8]| {
+                let text = String::from_utf8_lossy(r);
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                body.len() >= length
+            };
+            while !complete(&request) {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(stream, "HTTP/1.1 {status} Nope\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
+        }
+    });
+    addr
+}
+
+/// A listed 5xx fails over only if the request can be sent again: a body
+/// past the retry buffer cannot, and the client gets the tier's own answer.
+#[test]
+fn a_request_that_cannot_be_retried_gets_the_tiers_own_answer() {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&tiered(always_after_the_body(503), origin.addr(), "failover_on = [503]\n"));
+    let small = send_bytes("PUT", &proxy.url("/x"), &[], &[b'a'; 1024]);
+    assert_eq!(small.status, 200, "a small body is retried on the next tier: {small:?}");
+    assert_eq!(origin.requests(), 1);
+    let large = send_bytes("PUT", &proxy.url("/x"), &[], &vec![b'a'; 256 << 10]);
+    assert_eq!(large.status, 503, "{large:?}");
+    assert_eq!(large.body, "nope", "the tier's answer, not an error of the proxy's: {large:?}");
+    assert_eq!(origin.requests(), 1);
+}
+
 #[test]
 fn read_timeout_fails_over() {
     let origin = EchoOrigin::start().unwrap();

@@ -514,8 +514,12 @@ impl ProxyHttp for CascadeProxy {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         let Some(tier) = self.current_tier(ctx) else { return Ok(()) };
+        // Only when the retry can be made: a request whose body outgrew the
+        // retry buffer cannot be sent again, and the client then gets the
+        // tier's own answer, not an error of ours in its place.
         let fails_over = tier.config.failover_statuses.contains(&status)
             && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
             && may_fail_over(ctx);
         if fails_over {
             // An upstream error here reaches `error_while_proxy`, which moves
