@@ -76,7 +76,9 @@ fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -
     let mut registry = ModuleRegistry::load_dir(runtime, &config.modules.dir, Some(store))?;
     for (name, stored) in store.state()?.modules {
         let bytes = store.read_version(&stored.active)?;
-        registry.insert(FilterModule::compile(runtime, &name, &bytes, Some(store))?);
+        let module = FilterModule::compile(runtime, &name, &bytes, Some(store))
+            .map_err(|e| e.in_file(&store.version_path(&stored.active)))?;
+        registry.insert(module);
     }
     Ok(registry)
 }

@@ -346,17 +346,20 @@ fn missing_module_is_refused_at_start() {
 fn non_filter_wasm_is_refused_at_start_naming_it() {
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         ("core", core_module, "is a core WebAssembly module, not a component"),
         ("garbage", b"hello world".to_vec(), "not a WebAssembly binary"),
         ("other_world", empty_component, "is not a cascade:filter component"),
+        ("my.filter", std::fs::read(wasm("noop")).unwrap(), "is not valid"),
     ];
     for (name, bytes, expected) in cases {
         let config = ProxyConfig::new("", &[]).with_module(name, bytes);
         let failure = Proxy::try_start(&config).err().expect("must not start");
         assert!(!failure.status.success());
-        assert!(failure.stderr.contains(&format!("module {name:?}")), "{}", failure.stderr);
+        assert!(failure.stderr.contains(&format!("{name:?}")), "{}", failure.stderr);
         assert!(failure.stderr.contains(expected), "{}", failure.stderr);
+        // The error names the file, too.
+        assert!(failure.stderr.contains(&format!("modules/{name}.wasm: ")), "{}", failure.stderr);
     }
 }
 

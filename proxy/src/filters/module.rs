@@ -42,6 +42,18 @@ pub enum ModuleError {
     WrongWorld { name: String, reason: String },
     #[error("module name {name:?} is not valid: use letters, digits, '-' and '_'")]
     BadName { name: String },
+    /// Any of the above, for the module in the file at `path`: with a
+    /// modules directory and uploaded versions of the same name, the name
+    /// alone does not say which file is at fault.
+    #[error("{}: {source}", path.display())]
+    InFile { path: PathBuf, source: Box<ModuleError> },
+}
+
+impl ModuleError {
+    /// This error, for the module in the file at `path`.
+    pub fn in_file(self, path: &Path) -> Self {
+        Self::InFile { path: path.to_path_buf(), source: Box::new(self) }
+    }
 }
 
 /// A compiled, pre-linked filter component.
@@ -190,7 +202,7 @@ impl ModuleRegistry {
                 path: path.clone(),
                 source,
             })?;
-            let module = FilterModule::compile(runtime, &name, &bytes, store)?;
+            let module = FilterModule::compile(runtime, &name, &bytes, store).map_err(|e| e.in_file(&path))?;
             log::info!(
                 "loaded module {name:?} from {} ({} bytes, {} in {:?})",
                 path.display(),

@@ -48,6 +48,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `error`, saying which file it is about.
+fn in_file(path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
 /// Write `bytes` to `path` atomically: a temporary file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
@@ -85,11 +90,14 @@ impl ModuleStore {
         Ok(sha)
     }
 
+    /// The bytes of version `sha`; an error names the file.
     pub fn read_version(&self, sha: &str) -> io::Result<Vec<u8>> {
-        std::fs::read(self.version_path(sha))
+        let path = self.version_path(sha);
+        std::fs::read(&path).map_err(|e| in_file(&path, e))
     }
 
-    fn version_path(&self, sha: &str) -> PathBuf {
+    /// Where version `sha` is kept.
+    pub fn version_path(&self, sha: &str) -> PathBuf {
         self.root.join("versions").join(format!("{sha}.wasm"))
     }
 
@@ -98,11 +106,15 @@ impl ModuleStore {
         self.compiled.join(format!("{sha}.cwasm"))
     }
 
+    /// Which versions the store holds and which are active; an error names
+    /// the file.
     pub fn state(&self) -> io::Result<StoreState> {
-        match std::fs::read(self.root.join("state.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        let path = self.root.join("state.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| in_file(&path, io::Error::new(io::ErrorKind::InvalidData, e))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(StoreState::default()),
-            Err(e) => Err(e),
+            Err(e) => Err(in_file(&path, e)),
         }
     }
 
@@ -131,5 +143,16 @@ mod tests {
             .insert("m".into(), StoredModule { versions: vec![sha.clone()], active: sha.clone(), history: vec![sha] });
         store.save_state(&state).unwrap();
         assert_eq!(store.state().unwrap(), state);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModuleStore::open(dir.path(), &wasmtime::Engine::default()).unwrap();
+        let missing = store.read_version("abc").unwrap_err().to_string();
+        assert!(missing.contains(&store.version_path("abc").display().to_string()), "{missing}");
+        std::fs::write(dir.path().join("state.json"), b"not json").unwrap();
+        let corrupt = store.state().unwrap_err().to_string();
+        assert!(corrupt.contains("state.json: expected"), "{corrupt}");
     }
 }
