@@ -448,6 +448,13 @@ fn an_upstream_age_counts_toward_freshness() {
     get_with(&proxy, "/old", "cache-control: max-age=60|age: 120", &[]);
     get_with(&proxy, "/old", "cache-control: max-age=60|age: 120", &[]);
     assert_eq!(origin.requests(), 3);
+    // An `Expires` date already says when freshness ends: the age does not
+    // shorten it.
+    let expires = "expires: Thu, 01 Jan 2099 00:00:00 GMT|age: 100";
+    get_with(&proxy, "/dated", expires, &[]);
+    let hit = get_with(&proxy, "/dated", expires, &[]);
+    assert!(cache_status(&hit).contains("hit"), "{hit:?}");
+    assert_eq!(origin.requests(), 4);
 }
 
 // A response that sets a cookie belongs to one client: it is never stored,

@@ -215,8 +215,14 @@ pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorizat
     // Most proxied responses carry no freshness at all: they are turned away
     // here, before the header is copied.
     let fresh_until = match policy.ttl {
-        None => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY)
-            .map(|until| until.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH)),
+        None => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ORIGIN_HEADERS_ONLY).map(|until| {
+            // A lifetime counted from now (`s-maxage`, `max-age`) is cut by
+            // the age; a date (`Expires`) already says when it ends.
+            let relative = cc
+                .as_ref()
+                .is_some_and(|cc| matches!(cc.s_maxage(), Ok(Some(_))) || matches!(cc.max_age(), Ok(Some(_))));
+            if relative { until.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH) } else { until }
+        }),
         Some(ttl) => calculate_fresh_until(now, cc.as_ref(), resp, authorization, &ANY_STORABLE)
             .filter(|_| heuristically_cacheable(resp.status.as_u16()))
             .map(|_| now + ttl),
@@ -240,13 +246,18 @@ pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorizat
     RespCacheable::Cacheable(meta)
 }
 
-/// The response's `Age`, if it has a valid one (delta-seconds).
+/// The response's `Age`, if it has a valid one (delta-seconds); one too
+/// large to count is 2^31 seconds (RFC 9111, 1.2.2).
 fn upstream_age(resp: &ResponseHeader) -> Duration {
-    resp.headers
-        .get(http::header::AGE)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .map_or(Duration::ZERO, |secs| Duration::from_secs(secs.into()))
+    const LARGEST: u64 = 1 << 31;
+    let Some(value) = resp.headers.get(http::header::AGE).map(|v| v.as_bytes().trim_ascii()) else {
+        return Duration::ZERO;
+    };
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Duration::ZERO;
+    }
+    let secs = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(LARGEST);
+    Duration::from_secs(secs.min(LARGEST))
 }
 
 /// The `Vary` variant of `req` for a stored response, or `None` if the
@@ -325,6 +336,20 @@ mod tests {
 
     fn policy() -> RouteCachePolicy {
         RouteCachePolicy { enabled: true, ..Default::default() }
+    }
+
+    #[test]
+    fn an_upstream_age_is_read_as_delta_seconds() {
+        let age = |value: &str| {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            resp.insert_header("age", value).unwrap();
+            upstream_age(&resp)
+        };
+        assert_eq!(age("12"), Duration::from_secs(12));
+        assert_eq!(age("99999999999999999999999"), Duration::from_secs(1 << 31), "too large: 2^31");
+        assert_eq!(age("-5"), Duration::ZERO);
+        assert_eq!(age("1.5"), Duration::ZERO);
+        assert_eq!(upstream_age(&ResponseHeader::build(200, None).unwrap()), Duration::ZERO);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! instantiated at all and its `on_error` policy applies at once: fail-closed
 //! answers with the entry's failure status, fail-open skips it. After the
 //! cool-down one request probes the filter (half-open): success closes the
-//! breaker, failure opens it again. Only the probe's own result decides: a
-//! late result of a request admitted before the breaker opened (its
-//! response phase can come long after, behind a slow upstream) is ignored.
+//! breaker, failure opens it again. Only a probe's result decides: the late
+//! result of a request admitted before the breaker opened (its response
+//! phase can come long after, behind a slow upstream) is ignored. A probe
+//! that reports after the next one was let through still counts: a slow
+//! upstream must not keep a healthy filter's breaker half-open for good.
 //!
 //! A module swap or reload builds new chains, so a new version starts closed.
 
@@ -33,12 +35,12 @@ impl BreakerState {
     }
 }
 
-/// What `admit` let through, to be handed back to `record`: a call, or the
-/// probe of a half-open breaker, by number.
+/// What `admit` let through, to be handed back to `record`: a call, or a
+/// probe of a half-open breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     Call,
-    Probe(u64),
+    Probe,
 }
 
 #[derive(Debug)]
@@ -61,8 +63,6 @@ struct Window {
     started: Instant,
     calls: u32,
     failures: u32,
-    /// Probes admitted so far; the last is the one whose result counts.
-    probes: u64,
 }
 
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Self {
-        let window = Window { phase: Phase::Closed, started: Instant::now(), calls: 0, failures: 0, probes: 0 };
+        let window = Window { phase: Phase::Closed, started: Instant::now(), calls: 0, failures: 0 };
         Self { config, window: Mutex::new(window), closed: AtomicBool::new(true), opened: AtomicU64::new(0) }
     }
 
@@ -97,8 +97,7 @@ impl Breaker {
             return None;
         }
         w.phase = Phase::HalfOpen { probing_since: now };
-        w.probes += 1;
-        Some(Admission::Probe(w.probes))
+        Some(Admission::Probe)
     }
 
     /// Record how a call that `admit` let through as `admission` ended.
@@ -108,14 +107,12 @@ impl Breaker {
         }
         let now = Instant::now();
         let mut w = self.window.lock().expect("breaker lock");
-        let the_probe = admission == Admission::Probe(w.probes);
         match w.phase {
-            // Anything but the current probe's result is late: ignored.
-            Phase::HalfOpen { .. } if !the_probe => {}
+            // A call admitted before the breaker opened reports late: ignored.
+            Phase::HalfOpen { .. } if admission == Admission::Call => {}
             Phase::HalfOpen { .. } if failed => self.open(&mut w, now),
             Phase::HalfOpen { .. } => {
-                let probes = w.probes;
-                *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0, probes };
+                *w = Window { phase: Phase::Closed, started: now, calls: 0, failures: 0 };
                 self.closed.store(true, Ordering::Release);
             }
             Phase::Closed => {
@@ -186,23 +183,26 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open, "3 of 4 failed");
         assert_eq!(b.admit(), None);
         std::thread::sleep(Duration::from_millis(40));
-        let first_probe = b.admit().expect("the probe");
+        assert_eq!(b.admit(), Some(Admission::Probe), "the probe");
         assert_eq!(b.admit(), None, "one probe at a time");
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // A probe that never reports (its request was dropped) does not
         // keep the breaker half-open for ever.
         std::thread::sleep(Duration::from_millis(40));
-        let probe = b.admit().expect("a new probe after one cool-down");
-        // Results that are not the current probe's decide nothing: the first
-        // probe's, and a request admitted before the breaker opened.
-        b.record(first_probe, false);
+        assert_eq!(b.admit(), Some(Admission::Probe), "a new probe after one cool-down");
+        // A request admitted before the breaker opened reports late: its
+        // result decides nothing.
         b.record(Admission::Call, false);
-        assert_eq!(b.state(), BreakerState::HalfOpen, "late results are ignored");
-        b.record(probe, true);
+        assert_eq!(b.state(), BreakerState::HalfOpen, "a late call's result is ignored");
+        b.record(Admission::Probe, true);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe opens it again");
         std::thread::sleep(Duration::from_millis(40));
-        let probe = b.admit().expect("the next probe");
-        b.record(probe, false);
+        assert_eq!(b.admit(), Some(Admission::Probe));
+        // The probe's result decides even after the next probe was let
+        // through (behind an upstream slower than the cool-down).
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.admit(), Some(Admission::Probe));
+        b.record(Admission::Probe, false);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.opened(), 2);
     }

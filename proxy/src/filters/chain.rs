@@ -336,8 +336,10 @@ impl InFlightChain {
             match result {
                 Ok(()) => link.finished(runtime, instance),
                 Err(e) => {
-                    link.breaker.record(instance.admission, true);
                     let failure = classify(link, "on-response", &instance.store, e);
+                    if failure.kind != FailureKind::PoolFull {
+                        link.breaker.record(instance.admission, true);
+                    }
                     match link.entry.on_error {
                         OnError::FailOpen => {
                             log::warn!("request {request_id}: {failure}; fail-open, skipping it");

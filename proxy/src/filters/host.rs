@@ -170,7 +170,12 @@ const MAX_TABLES: usize = 32;
 const MAX_MEMORIES: usize = 4;
 
 impl ResourceLimiter for InstanceLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> Result<bool> {
+        // A growth past the memory's own declared maximum fails anyway: it is
+        // refused here, before it is counted.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         let in_use = self.memory_in_use.saturating_sub(current).saturating_add(desired);
         if in_use > self.memory_bytes {
             self.memory_cap_hit = true;

@@ -102,8 +102,10 @@ impl FilterModule {
     ///
     /// With a `store`, the precompiled artifact is read from its cache when
     /// present (nothing is compiled) and written there after a compile, once
-    /// the component has passed every check: a refused upload leaves nothing
-    /// behind on disk.
+    /// the component has passed every check here: a binary refused as no
+    /// filter (an ungranted import, the wrong world) leaves nothing on disk.
+    /// (A filter whose config a route then refuses keeps its artifact: it is
+    /// a valid filter, and a corrected config will want it.)
     pub fn compile(
         runtime: &FilterRuntime,
         name: &str,
