@@ -150,7 +150,7 @@ impl Bench {
                 at: location(),
             })
             .collect();
-        block_on(FilterChain::build(&self.runtime, &self.modules, &self.caps, "bench", &entries)).expect("chain")
+        block_on(FilterChain::build(&self.runtime, &self.modules, &self.caps, "bench", &entries, None)).expect("chain")
     }
 
     /// The heads of one request and of its response, as the proxy has them

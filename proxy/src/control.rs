@@ -96,7 +96,7 @@ async fn snapshot_of(
     let modules = load_modules(runtime, &config, store)?;
     let caps = Arc::new(Capabilities::build(&config, previous.map(|p| p.caps.as_ref())).map_err(SnapshotError::from)?);
     let upstreams = Upstreams::start(&config.upstreams, previous.map(|p| p.upstreams.as_ref()));
-    Ok(Snapshot::build(config, upstreams, Arc::new(modules), caps, runtime).await?)
+    Ok(Snapshot::build(config, upstreams, Arc::new(modules), caps, runtime, previous).await?)
 }
 
 impl ControlPlane {
@@ -126,7 +126,8 @@ impl ControlPlane {
         edit(&mut registry);
         let config = (*current.config).clone();
         let upstreams = current.upstreams.clone();
-        Ok(Snapshot::build(config, upstreams, Arc::new(registry), current.caps.clone(), &self.runtime).await?)
+        let caps = current.caps.clone();
+        Ok(Snapshot::build(config, upstreams, Arc::new(registry), caps, &self.runtime, Some(&current)).await?)
     }
 
     /// Make `snapshot` the one new requests see.

@@ -42,17 +42,22 @@ impl Snapshot {
     /// Assemble a snapshot from a loaded config, module set and host
     /// capabilities, checking every route's chain, including each filter's
     /// own check of its config. `upstreams` is passed in so that a module
-    /// change keeps the health state the checkers have learnt.
+    /// change keeps the health state the checkers have learnt, and
+    /// `previous` (the snapshot being replaced) so that unchanged chain
+    /// entries keep their circuit breakers.
     pub async fn build(
         config: Config,
         upstreams: Arc<Upstreams>,
         modules: Arc<ModuleRegistry>,
         caps: Arc<Capabilities>,
         runtime: &FilterRuntime,
+        previous: Option<&Snapshot>,
     ) -> Result<Self, SnapshotError> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let chain = FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters).await?;
+            let before =
+                previous.and_then(|p| p.routes.routes().iter().find(|r| r.config.name == route.name)).map(|r| &r.chain);
+            let chain = FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters, before).await?;
             routes.push(Route::new(route.clone(), chain));
         }
         Ok(Self { routes: RouteTable::build(routes)?, upstreams, modules, caps, config: Arc::new(config) })

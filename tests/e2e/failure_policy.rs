@@ -233,3 +233,23 @@ fn a_full_instance_pool_answers_503_and_does_not_trip_the_breaker() {
     assert_eq!(proxy.get("/busy", &[]).status, 200);
     proxy.wait_for_metrics(&["cascade_filter_failures_total{module=\"misbehave\",kind=\"pool-full\"} 1"]);
 }
+
+// A change elsewhere (another module uploaded, a config reload) keeps an
+// unchanged entry's breaker: the failing filter is not switched back on.
+#[test]
+fn a_breaker_survives_changes_to_other_modules_and_reloads() {
+    let long_cooldown = BREAKER.replace("cooldown_secs = 1", "cooldown_secs = 600");
+    let proxy =
+        Proxy::start(&ProxyConfig::new(&misbehave_route("fail-closed", &long_cooldown), &["misbehave"]).with_admin());
+    for _ in 0..4 {
+        assert_eq!(proxy.get("/", &[TRIGGER]).status, 500);
+    }
+    assert_eq!(breaker_state(&proxy), "open");
+    let noop = std::fs::read(wasm("noop")).unwrap();
+    assert_eq!(proxy.admin("PUT", "/modules/unrelated", &noop, None).status, 200);
+    assert_eq!(breaker_state(&proxy), "open", "an upload of another module closed it");
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert_eq!(breaker_state(&proxy), "open", "a reload that changed nothing here closed it");
+    let refused = proxy.get("/", &[]);
+    assert!(refused.json()["error"].as_str().unwrap().contains("circuit breaker open"), "{refused:?}");
+}

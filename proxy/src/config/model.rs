@@ -271,7 +271,7 @@ pub enum OnError {
     FailOpen,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FilterLimits {
     pub timeout: Duration,
     pub memory_bytes: u64,

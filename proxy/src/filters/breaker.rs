@@ -10,7 +10,9 @@
 //! that reports after the next one was let through still counts: a slow
 //! upstream must not keep a healthy filter's breaker half-open for good.
 //!
-//! A module swap or reload builds new chains, so a new version starts closed.
+//! A module swap or reload builds new chains: a link that runs the same
+//! module version with the same settings keeps its breaker
+//! (`chain::carried_breaker`), and a changed one starts closed.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

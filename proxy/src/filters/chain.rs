@@ -40,7 +40,9 @@ pub const FINAL_STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
 pub struct ChainLink {
     pub module: Arc<FilterModule>,
     pub entry: FilterEntry,
-    pub breaker: Breaker,
+    /// Shared with the same link of the config version before, if it runs
+    /// the same module version with the same settings (`carried_breaker`).
+    pub breaker: Arc<Breaker>,
     module_name: Arc<str>,
     /// Instances parked for the next request, if the entry reuses them.
     idle: IdleInstances,
@@ -156,16 +158,18 @@ pub struct FilterTiming {
 
 impl FilterChain {
     /// Resolve `entries` against `modules`, and ask each filter to check its
-    /// config once, so a bad config is refused before it serves.
+    /// config once, so a bad config is refused before it serves. `previous`
+    /// is this route's chain in the config version being replaced, if any.
     pub async fn build(
         runtime: &FilterRuntime,
         modules: &ModuleRegistry,
         caps: &Arc<Capabilities>,
         route_name: &str,
         entries: &[FilterEntry],
+        previous: Option<&FilterChain>,
     ) -> Result<Self, ChainError> {
         let mut links = Vec::new();
-        for entry in entries {
+        for (index, entry) in entries.iter().enumerate() {
             let module = modules.get(&entry.module).ok_or_else(|| ChainError::MissingModule {
                 at: entry.at.clone(),
                 module: entry.module.clone(),
@@ -174,7 +178,8 @@ impl FilterChain {
             let link = ChainLink {
                 module: module.clone(),
                 entry: entry.clone(),
-                breaker: Breaker::new(entry.limits.breaker),
+                breaker: carried_breaker(previous, index, module, entry)
+                    .unwrap_or_else(|| Arc::new(Breaker::new(entry.limits.breaker))),
                 module_name: Arc::from(entry.module.as_str()),
                 idle: IdleInstances::default(),
                 calls_on_response: AtomicBool::new(true),
@@ -486,6 +491,24 @@ impl ChainLink {
             }
         }
     }
+}
+
+/// The breaker of the link at `index` of `previous`, if that link runs the
+/// same module version with the same config and limits: a change to another
+/// module, or a reload, must not switch a failing filter back on, nor
+/// forget how a healthy one has done. A changed filter starts closed.
+fn carried_breaker(
+    previous: Option<&FilterChain>,
+    index: usize,
+    module: &FilterModule,
+    entry: &FilterEntry,
+) -> Option<Arc<Breaker>> {
+    let link = previous?.links.get(index)?;
+    let same = link.module.sha256 == module.sha256
+        && link.entry.module == entry.module
+        && link.entry.config_json == entry.config_json
+        && link.entry.limits == entry.limits;
+    same.then(|| link.breaker.clone())
 }
 
 /// Why `reply` cannot be sent, if it cannot: a status that is no final
