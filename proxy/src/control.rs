@@ -37,6 +37,8 @@ pub enum ControlError {
     NoEarlierVersion(String),
     #[error("module store: {0}")]
     Store(#[from] io::Error),
+    #[error("the compile was cut short: {0}")]
+    CompileTask(String),
 }
 
 impl ControlError {
@@ -46,7 +48,7 @@ impl ControlError {
             Self::Module(_) | Self::Snapshot(_) => 400,
             Self::NoSuchModule(_) => 404,
             Self::InUse { .. } | Self::NoEarlierVersion(_) => 409,
-            Self::Store(_) => 500,
+            Self::Store(_) | Self::CompileTask(_) => 500,
         }
     }
 }
@@ -148,7 +150,7 @@ impl ControlPlane {
     /// Validate, compile and activate `bytes` as the new version of `name`.
     pub async fn upload(&self, name: &str, bytes: &[u8]) -> Result<Value, ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
-        let module = FilterModule::compile(&self.runtime, name, bytes, Some(&self.store))?;
+        let module = self.compile(name, bytes).await?;
         let sha = module.sha256.clone();
         let snapshot = self.build_with(|modules| modules.insert(module)).await?;
         self.store.put_version(bytes)?;
@@ -174,6 +176,18 @@ impl ControlPlane {
         self.store.save_state(&state)?;
         self.activate(snapshot);
         Ok(self.module_json(name).unwrap_or(Value::Null))
+    }
+
+    /// Compile `bytes` as module `name` on the blocking pool, not on the
+    /// admin API's one thread: a large component takes seconds, and health
+    /// checks and metrics must not wait behind it.
+    async fn compile(&self, name: &str, bytes: &[u8]) -> Result<FilterModule, ControlError> {
+        let (runtime, store) = (self.runtime.clone(), self.store.clone());
+        let (name, bytes) = (name.to_string(), bytes.to_vec());
+        tokio::task::spawn_blocking(move || FilterModule::compile(&runtime, &name, &bytes, Some(&store)))
+            .await
+            .map_err(|e| ControlError::CompileTask(e.to_string()))?
+            .map_err(ControlError::from)
     }
 
     /// Keep the modules directory's file of `name`, if there is one, as a
@@ -205,7 +219,7 @@ impl ControlPlane {
         }
         let previous = entry.history[entry.history.len() - 2].clone();
         let bytes = self.store.read_version(&previous)?;
-        let module = FilterModule::compile(&self.runtime, name, &bytes, Some(&self.store))?;
+        let module = self.compile(name, &bytes).await?;
         let snapshot = self.build_with(|modules| modules.insert(module)).await?;
         entry.history.pop();
         entry.active = previous;
