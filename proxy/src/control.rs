@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::cache::EdgeCache;
 use crate::config::{self, Config};
+use crate::filters::chain::ChainError;
 use crate::filters::store::StoredModule;
 use crate::filters::{Capabilities, FilterModule, FilterRuntime, ModuleError, ModuleRegistry, ModuleStore};
 use crate::metrics::Metrics;
@@ -45,6 +46,8 @@ impl ControlError {
     /// The HTTP status an admin client gets for this error.
     pub fn status(&self) -> u16 {
         match self {
+            // The change may be fine: there was no instance slot to check it.
+            Self::Snapshot(SnapshotError::Chain(ChainError::NoFreeSlot { .. })) => 503,
             Self::Module(_) | Self::Snapshot(_) => 400,
             Self::NoSuchModule(_) => 404,
             Self::InUse { .. } | Self::NoEarlierVersion(_) => 409,

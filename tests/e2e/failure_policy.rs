@@ -211,8 +211,8 @@ fn a_reply_with_an_interim_status_is_a_filter_failure() {
 // not switched off once the load has passed.
 #[test]
 fn a_full_instance_pool_answers_503_and_does_not_trip_the_breaker() {
-    let entry = "timeout_ms = 5000\nbreaker = { min_requests = 1, failure_ratio = 0.5, window_secs = 60, cooldown_secs = 60 }\n\
-                 config = { on_request = \"sleep\", spin_ms = 1500, only_when_triggered = true }";
+    let entry = "timeout_ms = 20000\nbreaker = { min_requests = 1, failure_ratio = 0.5, window_secs = 60, cooldown_secs = 60 }\n\
+                 config = { on_request = \"sleep\", spin_ms = 5000, only_when_triggered = true }";
     let config = ProxyConfig::new(&misbehave_at("busy", entry), &["misbehave"])
         .with_main("\n[limits]\nmax_instances = 1\n")
         .with_admin();
@@ -227,6 +227,13 @@ fn a_full_instance_pool_answers_503_and_does_not_trip_the_breaker() {
     assert_eq!(refused.status, 503, "{refused:?}");
     let error = refused.json()["error"].as_str().unwrap().to_string();
     assert!(error.contains("(pool-full)") && error.contains("no instance slot is free"), "{error}");
+    // A change cannot check the route's config either: a 503 that says so,
+    // not a 400 blaming the config. (The bytes are misbehave's, whose
+    // compiled artifact is cached: no compile.)
+    let bytes = std::fs::read(wasm("misbehave")).unwrap();
+    let upload = proxy.admin("PUT", "/modules/unrelated", &bytes, None);
+    assert_eq!(upload.status, 503, "{upload:?}");
+    assert!(upload.json()["error"].as_str().unwrap().contains("could not check its config now"), "{upload:?}");
     assert_eq!(holder.join().unwrap(), 200);
     // The breaker (open after one failure in two) did not count it.
     assert_eq!(breaker_state(&proxy), "closed");

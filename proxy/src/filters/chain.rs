@@ -68,6 +68,10 @@ pub enum ChainError {
     MissingModule { at: Location, module: String, loaded: String },
     #[error("{at}: module {module:?} rejected its config: {message}")]
     BadConfig { at: Location, module: String, message: String },
+    /// Every instance slot was serving: the config could not be checked,
+    /// which says nothing about the config. Try again when the load eases.
+    #[error("{at}: module {module:?} could not check its config now: {message}")]
+    NoFreeSlot { at: Location, module: String, message: String },
 }
 
 /// How a filter failed.
@@ -191,7 +195,14 @@ impl FilterChain {
                 route: Arc::from(route_name),
                 request_id: Arc::from("config-check"),
             };
-            let mut instance = link.instantiate(runtime, caps, tag).await.map_err(|f| bad_config(f.to_string()))?;
+            let mut instance = link.instantiate(runtime, caps, tag).await.map_err(|f| match f.kind {
+                FailureKind::PoolFull => ChainError::NoFreeSlot {
+                    at: entry.at.clone(),
+                    module: entry.module.clone(),
+                    message: f.to_string(),
+                },
+                _ => bad_config(f.to_string()),
+            })?;
             let deadline = arm_deadline(&mut instance.store, &link, runtime, Instant::now());
             match within(deadline, instance.filter.call_check_config(&mut instance.store)).await {
                 Ok(Ok(())) => {}
