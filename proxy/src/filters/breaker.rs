@@ -134,6 +134,19 @@ impl Breaker {
         }
     }
 
+    /// Give back an admission whose call never ran the filter (no instance
+    /// slot was free): a probe so given back lets the next request probe at
+    /// once, instead of after one more cool-down.
+    pub fn abandon(&self, admission: Admission) {
+        if admission != Admission::Probe {
+            return;
+        }
+        let mut w = self.window.lock().expect("breaker lock");
+        if let Phase::HalfOpen { .. } = w.phase {
+            w.phase = Phase::Open { until: Instant::now() };
+        }
+    }
+
     fn open(&self, w: &mut Window, now: Instant) {
         w.phase = Phase::Open { until: now + self.config.cooldown };
         self.closed.store(false, Ordering::Release);
@@ -207,6 +220,24 @@ mod tests {
         b.record(Admission::Probe, false);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.opened(), 2);
+    }
+
+    #[test]
+    fn a_probe_given_back_lets_the_next_request_probe() {
+        let b = breaker(Duration::from_secs(3600));
+        for _ in 0..4 {
+            b.record(Admission::Call, true);
+        }
+        assert_eq!(b.admit(), None, "open for an hour");
+        // Force the cool-down over, as if an hour had passed.
+        b.window.lock().unwrap().phase = Phase::Open { until: Instant::now() };
+        assert_eq!(b.admit(), Some(Admission::Probe));
+        assert_eq!(b.admit(), None, "one probe at a time");
+        b.abandon(Admission::Probe);
+        assert_eq!(b.admit(), Some(Admission::Probe), "the next request probes at once");
+        // A call given back changes nothing.
+        b.abandon(Admission::Call);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
     }
 
     #[test]

@@ -271,7 +271,9 @@ impl FilterChain {
                         }
                     }
                     Err(failure) => {
-                        if failure.kind != FailureKind::PoolFull {
+                        if failure.kind == FailureKind::PoolFull {
+                            link.breaker.abandon(admission);
+                        } else {
                             link.breaker.record(admission, true);
                         }
                         failure
