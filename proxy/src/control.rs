@@ -198,18 +198,14 @@ impl ControlPlane {
     /// logged: the upload goes on without a version to roll back to.
     fn keep_shipped_version(&self, name: &str) -> Option<String> {
         let path = self.current.load().config.modules.dir.join(format!("{name}.wasm"));
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        match std::fs::read(&path).and_then(|bytes| self.store.put_version(&bytes)) {
+            Ok(sha) => Some(sha),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
                 log::warn!("module {name:?}: cannot keep {} to roll back to: {e}", path.display());
-                return None;
+                None
             }
-        };
-        self.store
-            .put_version(&bytes)
-            .inspect_err(|e| log::warn!("module {name:?}: cannot keep {} to roll back to: {e}", path.display()))
-            .ok()
+        }
     }
 
     /// Make the previously active version of `name` active again.

@@ -5,6 +5,7 @@
 //! once, at its start, and keeps that version through both phases, so a swap
 //! never mixes versions within one request.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
@@ -53,10 +54,12 @@ impl Snapshot {
         runtime: &FilterRuntime,
         previous: Option<&Snapshot>,
     ) -> Result<Self, SnapshotError> {
+        let chains_before: HashMap<&str, &FilterChain> = previous
+            .map(|p| p.routes.routes().iter().map(|r| (r.config.name.as_str(), &r.chain)).collect())
+            .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let before =
-                previous.and_then(|p| p.routes.routes().iter().find(|r| r.config.name == route.name)).map(|r| &r.chain);
+            let before = chains_before.get(route.name.as_str()).copied();
             let chain = FilterChain::build(runtime, &modules, &caps, &route.name, &route.filters, before).await?;
             routes.push(Route::new(route.clone(), chain));
         }

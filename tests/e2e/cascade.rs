@@ -11,20 +11,6 @@ use crate::support::*;
 
 const EDGE_ROUTE: &str = "[[route]]\nname = \"site\"\nupstream = \"edge\"\n";
 
-/// A server that answers every request with `status` and closes.
-fn always(status: u16) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = write!(stream, "HTTP/1.1 {status} Nope\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
-        }
-    });
-    addr
-}
-
 /// A server that accepts connections and never answers.
 fn black_hole() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -82,8 +68,8 @@ fn configured_5xx_fails_over_for_idempotent_requests_only() {
 }
 
 /// A server that reads each whole request (its `Content-Length` body too),
-/// then answers `status` with the body `nope`.
-fn always_after_the_body(status: u16) -> SocketAddr {
+/// then answers `status` with the body `nope` and closes.
+fn always(status: u16) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -117,7 +103,7 @@ fn always_after_the_body(status: u16) -> SocketAddr {
 #[test]
 fn a_request_that_cannot_be_retried_gets_the_tiers_own_answer() {
     let origin = EchoOrigin::start().unwrap();
-    let proxy = Proxy::start(&tiered(always_after_the_body(503), origin.addr(), "failover_on = [503]\n"));
+    let proxy = Proxy::start(&tiered(always(503), origin.addr(), "failover_on = [503]\n"));
     let small = send_bytes("PUT", &proxy.url("/x"), &[], &[b'a'; 1024]);
     assert_eq!(small.status, 200, "a small body is retried on the next tier: {small:?}");
     assert_eq!(origin.requests(), 1);

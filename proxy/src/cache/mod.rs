@@ -28,6 +28,7 @@ use pingora::cache::{Storage, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheConfig, RouteCachePolicy, ServerConfig};
+use crate::service::headers::joined_lines;
 use store::{EdgeStorage, URL_END};
 
 /// Without explicit freshness (`s-maxage`, `max-age` or `Expires`) nothing
@@ -273,13 +274,8 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     // Every line of a header counts, joined as one value: browsers send
     // cookies over HTTP/2 as separate lines, and two clients whose first
     // cookie matches must not share a variant.
-    let values: Vec<Vec<u8>> = names
-        .iter()
-        .map(|name| {
-            let lines: Vec<&[u8]> = req.headers.get_all(name.as_str()).iter().map(|v| v.as_bytes()).collect();
-            lines.join(&b", "[..])
-        })
-        .collect();
+    let values: Vec<Cow<[u8]>> =
+        names.iter().map(|name| joined_lines(&req.headers, name).unwrap_or_default()).collect();
     for (name, value) in names.iter().zip(&values) {
         builder.add_value(name, value);
     }

@@ -271,11 +271,7 @@ impl FilterChain {
                         }
                     }
                     Err(failure) => {
-                        if failure.kind == FailureKind::PoolFull {
-                            link.breaker.abandon(admission);
-                        } else {
-                            link.breaker.record(admission, true);
-                        }
+                        link.count_failure(admission, &failure);
                         failure
                     }
                 }
@@ -337,13 +333,10 @@ impl InFlightChain {
                 phase: "on-response",
                 elapsed: started.elapsed(),
             });
-            response = instance.store.data_mut().response.take().expect("response returned to host");
             // A failed call's edits are undone (for a fail-open entry; a
             // fail-closed one answers with an error instead).
-            match result {
-                Ok(_) => instance.store.data_mut().keep_call_edits(),
-                Err(_) => instance.store.data_mut().undo_failed_call(None, Some(&mut response)),
-            }
+            instance.store.data_mut().end_call(result.is_err());
+            response = instance.store.data_mut().response.take().expect("response returned to host");
             if result.is_ok() && instance.store.data().skips_on_response {
                 link.calls_on_response.store(false, Ordering::Relaxed);
             }
@@ -355,9 +348,7 @@ impl InFlightChain {
                 Ok(()) => link.finished(runtime, instance),
                 Err(e) => {
                     let failure = classify(link, "on-response", &instance.store, e);
-                    if failure.kind != FailureKind::PoolFull {
-                        link.breaker.record(instance.admission, true);
-                    }
+                    link.count_failure(instance.admission, &failure);
                     match link.entry.on_error {
                         OnError::FailOpen => {
                             log::warn!("request {request_id}: {failure}; fail-open, skipping it");
@@ -424,7 +415,6 @@ impl ChainLink {
         let deadline = arm_deadline(store, self, runtime, started);
         store.data_mut().request = Some(head);
         let verdict = within(deadline, instance.filter.call_on_request(&mut *store, Resource::new_borrow(0))).await;
-        let mut head = store.data_mut().request.take().expect("request returned to host");
         timings.push(FilterTiming {
             module: self.module_name.clone(),
             phase: "on-request",
@@ -442,11 +432,20 @@ impl ChainLink {
         // fail-closed one answers with an error instead), so its failure
         // skips the filter whole: the upstream sees the request as it was.
         let host = instance.store.data_mut();
-        match outcome {
-            Ok(_) => host.keep_call_edits(),
-            Err(_) => host.undo_failed_call(Some(&mut head), None),
-        }
+        host.end_call(outcome.is_err());
+        let head = host.request.take().expect("request returned to host");
         (head, outcome.map(|verdict| (instance, verdict)))
+    }
+
+    /// Count a failed call in the breaker. A full pool is the proxy's
+    /// capacity, not the filter, failing: it is not counted, and a probe it
+    /// stopped is given back, so the next request probes at once.
+    fn count_failure(&self, admission: Admission, failure: &FilterFailure) {
+        if failure.kind == FailureKind::PoolFull {
+            self.breaker.abandon(admission);
+        } else {
+            self.breaker.record(admission, true);
+        }
     }
 
     /// An instance done cleanly (after on-response, or after on-request when

@@ -309,20 +309,16 @@ impl FilterHost {
         self.response()
     }
 
-    /// Forget what the call that just ended edited: it succeeded.
-    pub fn keep_call_edits(&mut self) {
-        self.before_edits = None;
-    }
-
-    /// Put `request` (or `response`) back as it was before the call that
-    /// just failed, if that call edited it and the entry undoes failed calls.
-    pub fn undo_failed_call(&mut self, request: Option<&mut RequestHead>, response: Option<&mut ResponseHeader>) {
-        match (self.before_edits.take(), request, response) {
-            (Some(BeforeEdits::Request { header, upstream }), Some(request), _) => {
-                request.header = header;
-                request.upstream = upstream;
+    /// End the running call, while the store still holds its message: if
+    /// it `failed`, the message is put back as it was before the call's
+    /// first edit (kept only for an entry that undoes failed calls).
+    pub fn end_call(&mut self, failed: bool) {
+        match (self.before_edits.take(), failed) {
+            (Some(BeforeEdits::Request { header, upstream }), true) => {
+                let request = self.request();
+                (request.header, request.upstream) = (header, upstream);
             }
-            (Some(BeforeEdits::Response(before)), _, Some(response)) => *response = before,
+            (Some(BeforeEdits::Response(before)), true) => *self.response() = before,
             _ => {}
         }
     }

@@ -1,6 +1,8 @@
 //! Small header helpers for the request path: placeholders for a head the
 //! filters hold, the client IP as text, and list-valued headers.
 
+use std::borrow::Cow;
+
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -36,25 +38,33 @@ pub(super) fn ip_text(ip: std::net::IpAddr) -> String {
     text
 }
 
-/// The value of list-valued header `name` with `member` appended, every
-/// line the message had joined in order (a list may come on several lines,
-/// and the caller replaces them all: a `CDN-Loop` line dropped here would
-/// hide a loop from the CDN that wrote it). Usually the header is absent and
-/// `member` is the value as it is: no copy.
-pub(super) fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderValue) -> HeaderValue {
-    let mut earlier = headers.get_all(name).iter().peekable();
-    if earlier.peek().is_none() {
-        return member;
-    }
-    let mut joined = Vec::new();
-    for line in earlier.chain([&member]) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b", ");
-        }
+/// Every line of header `name`, joined by ", " in order, as one value (RFC
+/// 9110, 5.3); `None` if the message has none. One line is not copied.
+pub(crate) fn joined_lines<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<Cow<'h, [u8]>> {
+    let mut lines = headers.get_all(name).iter();
+    let mut joined = Cow::Borrowed(lines.next()?.as_bytes());
+    for line in lines {
+        let joined = joined.to_mut();
+        joined.extend_from_slice(b", ");
         joined.extend_from_slice(line.as_bytes());
     }
-    // Every part is a valid value, and so are they joined by ", ".
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(member)
+    Some(joined)
+}
+
+/// The value of list-valued header `name` with `member` appended, after
+/// every line the message had (a list may come on several lines, and the
+/// caller replaces them all: a `CDN-Loop` line dropped here would hide a
+/// loop from the CDN that wrote it). Usually the header is absent and
+/// `member` is the value as it is: no copy.
+pub(super) fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderValue) -> HeaderValue {
+    match joined_lines(headers, name) {
+        None => member,
+        Some(earlier) => {
+            let joined = [&earlier[..], b", ", member.as_bytes()].concat();
+            // The parts are valid values, and so are they joined by ", ".
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or(member)
+        }
+    }
 }
 
 #[cfg(test)]

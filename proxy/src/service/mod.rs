@@ -21,7 +21,7 @@
 //! ```
 
 mod admission;
-mod headers;
+pub(crate) mod headers;
 mod reply;
 mod request_id;
 
