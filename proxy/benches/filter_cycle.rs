@@ -69,7 +69,8 @@ impl Bench {
         let artifacts = dir.join("../../bench/artifacts");
         let store =
             ModuleStore::open(&artifacts, runtime.engine()).unwrap_or_else(|e| panic!("{}: {e}", artifacts.display()));
-        let mut modules = ModuleRegistry::load_dir(&runtime, &dir, Some(&store)).unwrap_or_else(build_first);
+        let mut modules =
+            ModuleRegistry::load_dir(&runtime, &dir, Some(&store), &Default::default()).unwrap_or_else(build_first);
         // One fixture, for the host-call benchmark; the others are
         // deliberately invalid.
         let misbehave = dir.join("../../fixtures/wasm32-wasip2/release/misbehave.wasm");

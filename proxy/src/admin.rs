@@ -6,7 +6,7 @@
 //! | `GET /modules`, `GET /modules/{name}` | versions, sha256, size, compile time, active version, routes using it |
 //! | `PUT /modules/{name}` | body: component bytes; validated, compiled, activated |
 //! | `POST /modules/{name}/rollback` | back to the previously active version |
-//! | `DELETE /modules/{name}` | refused (409) while a route uses the module |
+//! | `DELETE /modules/{name}` | refused (409) while a route uses the module; a modules-directory file stays unloaded |
 //! | `GET /routes` | routes and their chains |
 //! | `POST /config/reload` | reload the config files; a broken config gets a 400 |
 //! | `GET /metrics` | Prometheus text |

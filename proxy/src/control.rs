@@ -75,11 +75,13 @@ pub struct ControlPlane {
     changes: tokio::sync::Mutex<()>,
 }
 
-/// Every module: the modules directory, then the active uploaded versions,
-/// which win over a file of the same name.
+/// Every module: the modules directory (less the files deleted through the
+/// admin API), then the active uploaded versions, which win over a file of
+/// the same name.
 fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -> Result<ModuleRegistry, ControlError> {
-    let mut registry = ModuleRegistry::load_dir(runtime, &config.modules.dir, Some(store))?;
-    for (name, stored) in store.state()?.modules {
+    let state = store.state()?;
+    let mut registry = ModuleRegistry::load_dir(runtime, &config.modules.dir, Some(store), &state.deleted)?;
+    for (name, stored) in state.modules {
         let bytes = store.read_version(&stored.active)?;
         let module = FilterModule::compile(runtime, &name, &bytes, Some(store))
             .map_err(|e| e.in_file(&store.version_path(&stored.active)))?;
@@ -158,10 +160,14 @@ impl ControlPlane {
         let snapshot = self.build_with(|modules| modules.insert(module)).await?;
         self.store.put_version(bytes)?;
         let mut state = self.store.state()?;
+        // An upload brings back a module of the modules directory that was
+        // deleted; its file is no version to roll back to then.
+        let was_deleted = state.deleted.remove(name);
         let entry = state.modules.entry(name.to_string()).or_insert_with(StoredModule::default);
         // The first upload over a module of the modules directory keeps that
         // file's version as the one a rollback goes back to.
         if entry.history.is_empty()
+            && !was_deleted
             && let Some(shipped) = self.keep_shipped_version(name)
         {
             entry.versions.push(shipped.clone());
@@ -197,7 +203,7 @@ impl ControlPlane {
     /// version in the store; its sha256. A file that cannot be read is only
     /// logged: the upload goes on without a version to roll back to.
     fn keep_shipped_version(&self, name: &str) -> Option<String> {
-        let path = self.current.load().config.modules.dir.join(format!("{name}.wasm"));
+        let path = self.shipped_file(name);
         match std::fs::read(&path).and_then(|bytes| self.store.put_version(&bytes)) {
             Ok(sha) => Some(sha),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -206,6 +212,11 @@ impl ControlPlane {
                 None
             }
         }
+    }
+
+    /// Where the modules directory keeps module `name`, if it ships one.
+    fn shipped_file(&self, name: &str) -> PathBuf {
+        self.current.load().config.modules.dir.join(format!("{name}.wasm"))
     }
 
     /// Make the previously active version of `name` active again.
@@ -227,7 +238,9 @@ impl ControlPlane {
         Ok(self.module_json(name).unwrap_or(Value::Null))
     }
 
-    /// Remove a module that no route uses.
+    /// Remove a module that no route uses. A module of the modules directory
+    /// stays deleted across reloads and restarts, though its file is still
+    /// there: the store records it, as it records uploads over such files.
     pub async fn delete(&self, name: &str) -> Result<(), ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let routes = self.routes_using(name);
@@ -239,7 +252,10 @@ impl ControlPlane {
         }
         let snapshot = self.build_with(|modules| modules.remove(name)).await?;
         let mut state = self.store.state()?;
-        if state.modules.remove(name).is_some() {
+        let uploaded = state.modules.remove(name).is_some();
+        let shipped = self.shipped_file(name).exists();
+        let newly_deleted = shipped && state.deleted.insert(name.to_string());
+        if uploaded || newly_deleted {
             self.store.save_state(&state)?;
         }
         self.activate(snapshot);

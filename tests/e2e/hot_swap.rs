@@ -136,6 +136,31 @@ fn rollback_returns_to_the_shipped_module() {
     assert_eq!(version(&proxy.get("/x", &[])), 1);
 }
 
+/// A module of the modules directory, once deleted, stays deleted across a
+/// reload and a restart though its file is still there, until a module of
+/// that name is uploaded.
+#[test]
+fn a_deleted_module_of_the_modules_directory_stays_deleted() {
+    let proxy = Proxy::start(
+        &ProxyConfig::new(ROUTES, &[]).with_module("swappable", v1()).with_module("spare", v2()).with_admin(),
+    );
+    assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 200);
+    assert_eq!(proxy.admin("DELETE", "/modules/spare", b"", None).status, 200);
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404, "a reload loaded the file again");
+    let proxy = proxy.restart();
+    assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404, "a restart loaded the file again");
+    assert_eq!(version(&proxy.get("/x", &[])), 1);
+
+    // An upload brings it back, with no way back to the deleted file.
+    let up = proxy.admin("PUT", "/modules/spare", &v1(), None);
+    assert_eq!(up.status, 200, "{up:?}");
+    let uploaded = active_sha(&proxy, "spare");
+    assert_eq!(proxy.admin("POST", "/modules/spare/rollback", b"", None).status, 409);
+    let proxy = proxy.restart();
+    assert_eq!(active_sha(&proxy, "spare"), uploaded);
+}
+
 #[test]
 fn upload_rollback_delete_and_restart_without_recompiling() {
     let proxy = proxy();

@@ -1,7 +1,7 @@
 //! Filter modules: validated, compiled once, and pre-linked for fast
 //! per-request instantiation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,9 +186,15 @@ pub struct ModuleRegistry {
 }
 
 impl ModuleRegistry {
-    /// Load every `*.wasm` in `dir`; the module name is the file stem. Any
-    /// invalid file fails the whole load, naming the file.
-    pub fn load_dir(runtime: &FilterRuntime, dir: &Path, store: Option<&ModuleStore>) -> Result<Self, ModuleError> {
+    /// Load every `*.wasm` in `dir` but those named in `deleted`; the module
+    /// name is the file stem. Any invalid file fails the whole load, naming
+    /// the file.
+    pub fn load_dir(
+        runtime: &FilterRuntime,
+        dir: &Path,
+        store: Option<&ModuleStore>,
+        deleted: &BTreeSet<String>,
+    ) -> Result<Self, ModuleError> {
         let read_dir_error = |source| ModuleError::ReadDir { path: dir.to_path_buf(), source };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(read_dir_error)?
@@ -199,6 +205,10 @@ impl ModuleRegistry {
         let mut registry = Self::default();
         for path in paths {
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+            if deleted.contains(&name) {
+                log::info!("module {name:?}: {} stays deleted until a module of that name is uploaded", path.display());
+                continue;
+            }
             let bytes = std::fs::read(&path).map_err(|source| ModuleError::Read {
                 name: name.clone(),
                 path: path.clone(),

@@ -11,7 +11,7 @@
 //! Every write goes to a temporary file and is renamed into place, so a
 //! crash never leaves a half-written version, artifact or state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,11 @@ pub struct StoredModule {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoreState {
     pub modules: BTreeMap<String, StoredModule>,
+    /// Modules of the modules directory deleted through the admin API. Their
+    /// files are not loaded again (at a reload or a restart) until a module
+    /// of that name is uploaded.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deleted: BTreeSet<String>,
 }
 
 /// The store on disk.
@@ -141,6 +146,9 @@ mod tests {
         state
             .modules
             .insert("m".into(), StoredModule { versions: vec![sha.clone()], active: sha.clone(), history: vec![sha] });
+        store.save_state(&state).unwrap();
+        assert_eq!(store.state().unwrap(), state);
+        state.deleted.insert("shipped".into());
         store.save_state(&state).unwrap();
         assert_eq!(store.state().unwrap(), state);
     }
