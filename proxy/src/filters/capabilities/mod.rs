@@ -52,11 +52,25 @@ impl Capabilities {
 
 /// A map every request shares, bounded without tracking recency: when full,
 /// `prune` drops what it can, and if that frees less than a tenth the map
-/// starts over (rather than scan again on the very next insert).
+/// starts over (rather than scan again on the very next insert). Each entry
+/// weighs 1, or what `insert_weighing` says, and the weights together stay
+/// within the capacity.
 #[derive(Debug)]
 pub struct BoundedMap<K, V> {
     capacity: usize,
-    entries: std::sync::RwLock<std::collections::HashMap<K, V>>,
+    entries: std::sync::RwLock<Weighed<K, V>>,
+}
+
+#[derive(Debug)]
+struct Weighed<K, V> {
+    map: std::collections::HashMap<K, (V, usize)>,
+    weight: usize,
+}
+
+impl<K, V> Default for Weighed<K, V> {
+    fn default() -> Self {
+        Self { map: Default::default(), weight: 0 }
+    }
 }
 
 impl<K: Eq + std::hash::Hash, V> BoundedMap<K, V> {
@@ -70,29 +84,44 @@ impl<K: Eq + std::hash::Hash, V> BoundedMap<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Eq + std::hash::Hash + ?Sized,
     {
-        self.entries.read().expect("bounded map lock").get(key).map(read)
+        self.entries.read().expect("bounded map lock").map.get(key).map(|(value, _)| read(value))
     }
 
     /// Insert, making room first when full; a capacity of 0 keeps nothing.
     pub fn insert(&self, key: K, value: V, prune: impl FnMut(&K, &mut V) -> bool) {
-        if self.capacity == 0 {
+        self.insert_weighing(key, value, 1, prune)
+    }
+
+    /// Insert an entry of `weight`, making room first when full. An entry
+    /// heavier than the whole capacity is not kept.
+    pub fn insert_weighing(&self, key: K, value: V, weight: usize, mut prune: impl FnMut(&K, &mut V) -> bool) {
+        if weight > self.capacity || self.capacity == 0 {
             return;
         }
         let mut entries = self.entries.write().expect("bounded map lock");
-        if entries.len() >= self.capacity {
-            entries.retain(prune);
-            if entries.len() >= self.capacity - self.capacity / 10 {
-                entries.clear();
+        if entries.weight + weight > self.capacity {
+            entries.map.retain(|key, (value, _)| prune(key, value));
+            entries.weight = entries.map.values().map(|(_, weight)| weight).sum();
+            if entries.weight + weight > self.capacity - self.capacity / 10 {
+                *entries = Weighed::default();
             }
         }
-        entries.insert(key, value);
+        entries.weight += weight;
+        if let Some((_, replaced)) = entries.map.insert(key, (value, weight)) {
+            entries.weight -= replaced;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.read().expect("bounded map lock").len()
+        self.entries.read().expect("bounded map lock").map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The weight of every entry together.
+    pub fn weight(&self) -> usize {
+        self.entries.read().expect("bounded map lock").weight
     }
 }

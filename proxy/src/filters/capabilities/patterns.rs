@@ -1,18 +1,29 @@
 //! Regular expressions for filters, compiled once per pattern and shared.
 //! Compiling a pattern costs far more than a filter's whole request, and a
 //! fresh instance per request could never keep one itself.
+//!
+//! The cache is host memory no filter's cap counts, and a filter can make
+//! its patterns from request input, so it is bounded by bytes, not by count:
+//! each pattern is weighed as its compiled size plus one search cache.
 
 use std::sync::Arc;
 
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::{self, BuildError, Regex};
+use regex_automata::util::syntax;
+use regex_automata::{MatchKind, PatternID};
 
 use super::BoundedMap;
 
-/// Patterns kept at once; past this the cache starts over.
-const MAX_PATTERNS: usize = 4096;
 /// Compiled size allowed for one pattern, so a hostile pattern cannot
 /// exhaust memory or time.
 const MAX_COMPILED_BYTES: usize = 1 << 20;
+/// The lazy DFA's transition cache of one pattern, for each thread that
+/// searches with it; past this it starts its cache over, or gives way to a
+/// slower engine that needs none.
+const SEARCH_CACHE_BYTES: usize = 64 << 10;
+/// What every cached pattern may weigh together; past this the cache
+/// starts over.
+const CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
 pub struct PatternCache {
@@ -21,24 +32,60 @@ pub struct PatternCache {
 
 impl Default for PatternCache {
     fn default() -> Self {
-        Self { compiled: BoundedMap::new(MAX_PATTERNS) }
+        Self::holding(CACHE_BYTES)
+    }
+}
+
+/// `pattern` compiled as the `regex` crate's `Regex::new` would (leftmost
+/// first, UTF-8), within the size limits above.
+fn compile(pattern: &str) -> Result<Regex, String> {
+    let config = meta::Config::new()
+        .match_kind(MatchKind::LeftmostFirst)
+        .utf8_empty(true)
+        .nfa_size_limit(Some(MAX_COMPILED_BYTES))
+        .onepass_size_limit(Some(MAX_COMPILED_BYTES))
+        .dfa_size_limit(Some(MAX_COMPILED_BYTES))
+        .hybrid_cache_capacity(SEARCH_CACHE_BYTES);
+    meta::Builder::new()
+        .configure(config)
+        .syntax(syntax::Config::new().utf8(true))
+        .build(pattern)
+        .map_err(|e| format!("invalid pattern {pattern:?}: {}", why(&e)))
+}
+
+/// What is wrong with a pattern: the parser's own message, with its caret
+/// under the fault, or the size limit it exceeds.
+fn why(error: &BuildError) -> String {
+    if let Some(limit) = error.size_limit() {
+        format!("compiled, it is larger than the {limit} bytes allowed")
+    } else if let Some(syntax) = error.syntax_error() {
+        syntax.to_string()
+    } else {
+        error.to_string()
     }
 }
 
 impl PatternCache {
+    /// A cache whose patterns weigh at most `bytes` together.
+    pub fn holding(bytes: usize) -> Self {
+        Self { compiled: BoundedMap::new(bytes) }
+    }
+
     /// The compiled `pattern`, or why it does not compile.
     pub fn get(&self, pattern: &str) -> Result<Arc<Regex>, String> {
         if let Some(regex) = self.compiled.get(pattern, Arc::clone) {
             return Ok(regex);
         }
-        let regex = RegexBuilder::new(pattern)
-            .size_limit(MAX_COMPILED_BYTES)
-            .build()
-            .map(Arc::new)
-            .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))?;
+        let regex = Arc::new(compile(pattern)?);
+        let weight = regex.memory_usage() + SEARCH_CACHE_BYTES + pattern.len();
         // Every pattern is as good as another: a full cache starts over.
-        self.compiled.insert(pattern.to_string(), regex.clone(), |_, _| false);
+        self.compiled.insert_weighing(pattern.to_string(), regex.clone(), weight, |_, _| false);
         Ok(regex)
+    }
+
+    /// What the cached patterns weigh together.
+    pub fn weight(&self) -> usize {
+        self.compiled.weight()
     }
 
     pub fn is_match(&self, pattern: &str, text: &str) -> Result<bool, String> {
@@ -47,7 +94,8 @@ impl PatternCache {
 
     /// Each capture group's name (`None` for an unnamed one), group 0 first.
     pub fn capture_names(&self, pattern: &str) -> Result<Vec<Option<String>>, String> {
-        Ok(self.get(pattern)?.capture_names().map(|name| name.map(str::to_string)).collect())
+        let regex = self.get(pattern)?;
+        Ok(regex.group_info().pattern_names(PatternID::ZERO).map(|name| name.map(str::to_string)).collect())
     }
 
     /// Replace the first match, expanding `$1` and `${name}`; `None` when
@@ -63,8 +111,9 @@ impl PatternCache {
         max_len: usize,
     ) -> Result<Option<String>, String> {
         let regex = self.get(pattern)?;
-        let Some(caps) = regex.captures(text) else { return Ok(None) };
-        let whole = caps.get(0).expect("group 0 always matches");
+        let mut caps = regex.create_captures();
+        regex.captures(text, &mut caps);
+        let Some(whole) = caps.get_match() else { return Ok(None) };
         let references = replacement.bytes().filter(|&b| b == b'$').count();
         let longest = (text.len() - whole.len())
             .saturating_add(replacement.len())
@@ -78,7 +127,7 @@ impl PatternCache {
         }
         let mut out = String::with_capacity(text.len() + replacement.len());
         out.push_str(&text[..whole.start()]);
-        caps.expand(replacement, &mut out);
+        caps.interpolate_string_into(text, replacement, &mut out);
         out.push_str(&text[whole.end()..]);
         Ok(Some(out))
     }
@@ -97,6 +146,29 @@ mod tests {
         assert!(cache.is_match("(", "x").unwrap_err().contains("invalid pattern"));
         let names = cache.capture_names(r"^/(\d+)/(?P<slug>[a-z]+)(?:/x)?$").unwrap();
         assert_eq!(names, [None, None, Some("slug".to_string())]);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_what_its_patterns_weigh() {
+        let budget = 4 << 20;
+        let cache = PatternCache::holding(budget);
+        // Each of these compiles to a large automaton (Unicode classes,
+        // repeated) from a pattern of a few bytes, as a filter could make
+        // from request input.
+        let mut most = 0;
+        for i in 0..64 {
+            let pattern = format!(r"\w{{20}}{i}");
+            assert!(cache.is_match(&pattern, &format!("{}{i}", "é".repeat(20))).unwrap(), "{pattern}");
+            assert!(cache.weight() <= budget, "{} bytes held after {pattern}", cache.weight());
+            most = most.max(cache.weight());
+        }
+        assert!(most > budget / 2, "the cache kept too little: {most}");
+        // One pattern heavier than the per-pattern limit is refused.
+        let error = cache.is_match(r"\w{5000}", "x").unwrap_err();
+        assert!(error.contains("larger than the 1048576 bytes allowed"), "{error}");
+        // A syntax error keeps the parser's message.
+        let error = cache.is_match("a(b", "x").unwrap_err();
+        assert!(error.contains("unclosed group"), "{error}");
     }
 
     #[test]
