@@ -5,7 +5,7 @@
 use crate::support::*;
 
 const ROUTES: &str = "[[route]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"origin\"\n\
-                      [[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/api\", add_prefix = \"/v2\" }\n\n\
+                      [[route.filters]]\nmodule = \"rewrite\"\nconfig = { strip_prefix = \"/api\", add_prefix = \"/v2\", request_headers = { set = { x-route = \"api\" } } }\n\n\
                       [[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
 
 /// An echo origin, and a proxy in front of it with [`ROUTES`].
@@ -43,6 +43,11 @@ fn hostile_requests_get_a_4xx_and_the_proxy_keeps_serving() {
         ("an encoded NUL", b"GET /api%00/users HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ("a malformed escape", b"GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ("a request line that is not HTTP", b"HELLO\r\n\r\n".to_vec()),
+        // Targets that are neither a path nor an http(s) URL: Pingora would
+        // route them as `/` and send their bytes to the origin.
+        ("an opaque target", b"GET x:/api/users HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a relative target", b"GET api/users HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a target of another scheme", b"GET ftp://x/api/users HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
     ];
     for (what, request) in &cases {
         // Asking to close spares waiting on a well-framed refusal's keep-alive.
@@ -91,6 +96,40 @@ fn no_path_trick_reaches_another_route_without_its_filters() {
     let (status, body) = get("/static/..;/api/users");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("';' parameters"), "{body}");
+    // And they read /api;jsessionid=1/users as /api/users: it is routed so
+    // (the api route's filter runs), and the origin gets the parameters.
+    for path in ["/api;jsessionid=1/users", "/;x/api/users", "/api;/users"] {
+        let (status, body) = get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echoed["headers"]["x-route"], "api", "{path} skipped the api route's filters: {body}");
+        assert!(echoed["path"].as_str().unwrap().contains(';'), "{path}: {body}");
+    }
+}
+
+/// An absolute-form target names the host (RFC 9112 §3.2.2): routing reads
+/// it there when the client sent no `Host` (HTTP/1.0), and the origin gets
+/// a path and that `Host`.
+#[test]
+fn an_absolute_form_target_is_routed_by_its_authority() {
+    let origin = EchoOrigin::start().unwrap();
+    let routes = "[[route]]\nname = \"admin\"\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"rewrite\"\nconfig = { add_prefix = \"/guarded\" }\n\n\
+                  [[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), routes).with_built_module("rewrite"));
+    for request in [
+        "GET http://admin.example/internal HTTP/1.0\r\n\r\n",
+        "GET http://admin.example/internal HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n",
+        "GET HTTP://admin.example/internal HTTP/1.0\r\n\r\n",
+    ] {
+        let (status, body) = send_raw(proxy.port, request);
+        assert_eq!(status, 200, "{request:?}: {body}");
+        let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(echoed["path"], "/guarded/internal", "{request:?} skipped the admin route: {body}");
+        assert_eq!(echoed["headers"]["host"], "admin.example", "{request:?}: {body}");
+    }
+    let (status, body) = send_raw(proxy.port, "GET http://bad host/x HTTP/1.0\r\n\r\n");
+    assert!((400..500).contains(&status), "{body}");
 }
 
 // RFC 9112 §6.1: with both Content-Length and Transfer-Encoding, Transfer-Encoding

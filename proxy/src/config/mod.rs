@@ -381,6 +381,24 @@ fn route(
     if !prefix.starts_with('/') {
         return Err(src.invalid(&section.path_prefix, "route.path_prefix", format!("{prefix:?} must start with '/'")));
     }
+    // Requests are routed by their normalized path without `;` parameters:
+    // a prefix in any other form would never match, and its traffic would go
+    // to another route, without this route's filters.
+    let routable = crate::route::normalize::path(prefix)
+        .map(|normal| crate::route::normalize::without_parameters(&normal).into_owned())
+        .map_err(|e| e.to_string());
+    if routable.as_deref() != Ok(prefix.as_str()) || prefix.contains(['?', '#']) {
+        let why = match routable {
+            Ok(normal) if normal != *prefix => format!("requests are matched in the form {normal:?}"),
+            Ok(_) => "a prefix is a path, without query or fragment".to_string(),
+            Err(e) => e,
+        };
+        return Err(src.invalid(
+            &section.path_prefix,
+            "route.path_prefix",
+            format!("{prefix:?} can never match a request: {why}"),
+        ));
+    }
     if !upstreams.contains_key(section.upstream.get_ref()) {
         return Err(src.invalid(
             &section.upstream,
@@ -592,6 +610,32 @@ servers = ["127.0.0.1:9000"]
         let err = load(&main).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}:8: key `jwt.keysets.k`", main.display())), "{err}");
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn a_path_prefix_must_be_in_the_form_requests_are_matched_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "cascade.toml", MAIN);
+        let route =
+            |prefix: &str| format!("[[route]]\nname = \"a\"\nupstream = \"origin\"\npath_prefix = {prefix:?}\n");
+        for good in ["/", "/api", "/api/", "/caf%C3%A9", "/~user"] {
+            write(dir.path(), "routes/a.toml", &route(good));
+            assert_eq!(load(&main).unwrap().routes[0].path_prefix, good);
+        }
+        for (bad, why) in [
+            ("/api//v1", "matched in the form \"/api/v1\""),
+            ("/a/../b", "matched in the form \"/b\""),
+            ("/%7Euser", "matched in the form \"/~user\""),
+            ("/caf%c3%a9", "matched in the form \"/caf%C3%A9\""),
+            ("/admin;x", "matched in the form \"/admin\""),
+            ("/a%2Fb", "encoded '/'"),
+            ("/x?y", "without query"),
+        ] {
+            write(dir.path(), "routes/a.toml", &route(bad));
+            let err = load(&main).unwrap_err().to_string();
+            assert!(err.contains("a.toml:4: key `route.path_prefix`"), "{bad}: {err}");
+            assert!(err.contains("can never match a request") && err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

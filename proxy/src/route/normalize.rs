@@ -16,7 +16,9 @@
 //!    path.
 //!
 //! The normalized path is also what the upstream receives, so the route
-//! decision and the upstream's view of the path agree.
+//! decision and the upstream's view of the path agree. Routing then compares
+//! it without its segments' `;` parameters ([`without_parameters`]), as
+//! Tomcat, Jetty and Spring read it.
 
 use std::borrow::Cow;
 
@@ -78,6 +80,27 @@ pub fn path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// The path routing compares: a normalized `path` without its segments' `;`
+/// parameters, and without the empty segments that leaves. Tomcat, Jetty and
+/// Spring drop the parameters (`/admin;jsessionid=1/users` is `/admin/users`
+/// to them), so the route whose prefix covers what they serve must be the
+/// one whose filters run. The upstream still gets the parameters.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).map(|s| s.split(';').next().unwrap_or_default()).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in segments.iter().enumerate() {
+        if !segment.is_empty() || i == last {
+            out.push('/');
+            out.push_str(segment);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// An unreserved character (RFC 3986 §2.3): `A-Z a-z 0-9 - . _ ~`.
@@ -195,6 +218,21 @@ mod tests {
         }
         assert_eq!(path("/shop;jsessionid=1/cart").unwrap(), "/shop;jsessionid=1/cart");
         assert_eq!(path("/a/..b;x").unwrap(), "/a/..b;x");
+    }
+
+    #[test]
+    fn routing_drops_segment_parameters() {
+        for (normal, want) in [
+            ("/admin;jsessionid=1/users", "/admin/users"),
+            ("/admin;x", "/admin"),
+            ("/;x/admin", "/admin"),
+            ("/admin/;x", "/admin/"),
+            ("/a;b;c/d;e/", "/a/d/"),
+            ("/;x", "/"),
+        ] {
+            assert_eq!(without_parameters(normal), want, "{normal}");
+        }
+        assert!(matches!(without_parameters("/plain/path"), Cow::Borrowed("/plain/path")));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! connection after the response. These are the checks it leaves to us.
 
 use pingora::http::RequestHeader;
+use pingora::protocols::http::authority::{RawTargetAuthority, raw_target_authority};
 
 use super::reply::ErrorReply;
 use crate::config::ServerConfig;
@@ -15,7 +16,7 @@ use crate::route::normalize;
 /// Refuse the request head, with the status and reason, or let it through.
 pub fn check(header: &RequestHeader, server: &ServerConfig) -> Result<(), ErrorReply> {
     let limits = &server.request_limits;
-    let uri_len = header.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let uri_len = header.raw_path().len();
     if uri_len > limits.max_uri_bytes {
         let message = format!("request target of {uri_len} bytes exceeds {}", limits.max_uri_bytes);
         return Err(ErrorReply::new(414, message));
@@ -34,6 +35,7 @@ pub fn check(header: &RequestHeader, server: &ServerConfig) -> Result<(), ErrorR
         let message = format!("request body exceeds {} bytes", limits.max_body_bytes);
         return Err(ErrorReply::new(413, message));
     }
+    check_target(header).map_err(|message| ErrorReply::new(400, message))?;
     check_host(header).map_err(|message| ErrorReply::new(400, message))?;
     if let Some(seen) = loop_seen(header, &server.node_id) {
         let node = &server.node_id;
@@ -63,5 +65,34 @@ fn check_host(header: &RequestHeader) -> std::result::Result<(), String> {
             Ok(host) if normalize::valid_host(host) => Ok(()),
             _ => Err(format!("invalid Host header {value:?}")),
         },
+    }
+}
+
+/// RFC 9112 §3.2: the request target is a path (origin-form) or an http(s)
+/// URL (absolute-form). Pingora keeps any other target's bytes for the
+/// upstream but gives routing the path `/`, so the request would reach the
+/// `/` route's filters while the origin read another path.
+fn check_target(header: &RequestHeader) -> std::result::Result<(), String> {
+    let raw = header.raw_path();
+    if raw.first() == Some(&b'/') {
+        return Ok(());
+    }
+    match absolute_form_authority(header) {
+        Some(authority) if normalize::valid_host(authority) => Ok(()),
+        Some(authority) => Err(format!("invalid authority {authority:?} in the request target")),
+        None => Err(format!("request target {:?} is neither a path nor an http(s) URL", String::from_utf8_lossy(raw))),
+    }
+}
+
+/// The authority of an absolute-form target (`GET http://host/path`), which
+/// names the request's host (RFC 9112 §3.2.2); `None` for any other form.
+pub fn absolute_form_authority(header: &RequestHeader) -> Option<&str> {
+    match raw_target_authority(header.raw_path()) {
+        RawTargetAuthority::Absolute { scheme, authority, .. }
+            if scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https") =>
+        {
+            std::str::from_utf8(authority).ok()
+        }
+        _ => None,
     }
 }

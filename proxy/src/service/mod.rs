@@ -175,13 +175,17 @@ impl CascadeProxy {
         }
 
         // Routing and the upstream both see the normalized path; most paths
-        // are already normal and are borrowed, not copied.
+        // are already normal and are borrowed, not copied. An absolute-form
+        // target goes on as a path, like nginx's, with its authority as the
+        // Host when the client sent none (HTTP/1.0): routing reads the host
+        // from there too.
         let header = session.req_header();
+        let absolute_host = admission::absolute_form_authority(header).map(str::to_string);
         let rewritten = match normalize::path(header.uri.path()) {
-            Ok(Cow::Borrowed(_)) => None,
-            Ok(Cow::Owned(path)) => Some(match header.uri.query() {
+            Ok(Cow::Borrowed(_)) if absolute_host.is_none() => None,
+            Ok(path) => Some(match header.uri.query() {
                 Some(q) => format!("{path}?{q}"),
-                None => path,
+                None => path.into_owned(),
             }),
             Err(e) => return reply::send_error(session, ctx, ErrorReply::new(400, e.to_string())).await,
         };
@@ -194,8 +198,14 @@ impl CascadeProxy {
                 }
             }
         }
+        if let Some(host) = absolute_host
+            && !session.req_header().headers.contains_key(http::header::HOST)
+            && session.req_header_mut().insert_header(http::header::HOST, host).is_err()
+        {
+            return reply::send_error(session, ctx, ErrorReply::new(400, "invalid request target".into())).await;
+        }
         let (host, path) = (request_host(session), session.req_header().uri.path());
-        let Some(route) = snapshot.routes.find(host, path).cloned() else {
+        let Some(route) = snapshot.routes.find(host, &normalize::without_parameters(path)).cloned() else {
             let message = format!("no route for host {host:?} and path {path:?}");
             return reply::send_error(session, ctx, ErrorReply::new(404, message)).await;
         };
