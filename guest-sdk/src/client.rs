@@ -28,12 +28,39 @@ impl TryFrom<String> for ClientKey {
 }
 
 impl ClientKey {
-    /// This request's key.
+    /// This request's key: the header's value, or the client address.
     pub fn resolve(&self, req: &Request) -> String {
         match self {
             Self::Header(name) => req.header(name).unwrap_or_else(|| req.client_ip()),
             Self::Ip => req.client_ip(),
         }
+    }
+
+    /// The rate-limit bucket this request counts against. With a header, its
+    /// values and the addresses it falls back to never share a bucket (a
+    /// client cannot send another's address as its key). An IPv6 client
+    /// counts by its /64, the block one subscriber gets: by whole address,
+    /// one host could take a fresh bucket on every request.
+    pub fn bucket(&self, req: &Request) -> String {
+        match self {
+            Self::Ip => network(req.client_ip()),
+            Self::Header(name) => match req.header(name) {
+                Some(value) => ["h:", &value].concat(),
+                None => ["ip:", &network(req.client_ip())].concat(),
+            },
+        }
+    }
+}
+
+/// An IPv6 address as its /64 (`2001:db8:1:2::/64`); any other address as
+/// it is.
+fn network(ip: String) -> String {
+    match ip.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) if v6.to_ipv4_mapped().is_none() => {
+            let masked = std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX));
+            [&masked.to_string(), "/64"].concat()
+        }
+        _ => ip,
     }
 }
 

@@ -85,6 +85,14 @@ pub trait Filter: Sized + Clone + 'static {
     /// parses but makes no sense; the host reports it when the route is loaded.
     fn new(config: Self::Config) -> Result<Self, String>;
 
+    /// Check, once when the route is loaded (the host's `check-config`),
+    /// what `new` cannot see alone: that the keysets, policies and the like
+    /// the config names exist in the host. It does not run per request. An
+    /// error refuses the config, as one from `new` does.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Inspect or edit the request, then continue or answer it.
     fn on_request(&mut self, _req: &Request) -> Verdict {
         Verdict::Continue
@@ -109,6 +117,12 @@ pub trait Filter: Sized + Clone + 'static {
 pub fn instantiate<F: Filter>(config_json: &str) -> Result<F, String> {
     let config: F::Config = serde_json::from_str(config_json).map_err(|e| format!("invalid config: {e}"))?;
     F::new(config)
+}
+
+/// Check config JSON as the host does when a route is loaded: [`instantiate`],
+/// then [`Filter::check`] against the (mock) host.
+pub fn check_config<F: Filter>(config_json: &str) -> Result<(), String> {
+    instantiate::<F>(config_json)?.check()
 }
 
 /// Export a [`Filter`] implementation as this component's filter.

@@ -386,24 +386,36 @@ pub mod rate_limit {
     }
 }
 
-/// The mock host's JWT verifier: answers what the test told it to. Tokens it
-/// was not told about fail with `BadSignature`.
+/// The mock host's JWT verifier: answers what the test told it to. A keyset
+/// exists once a test declared it or set one of its tokens; other tokens of
+/// it fail with `BadSignature`, and any keyset else is `UnknownKeyset`, as
+/// in the host.
 pub mod jwt {
     use crate::VerifyError;
     use std::cell::RefCell;
-    use std::collections::HashMap;
+    use std::collections::{HashMap, HashSet};
 
     thread_local! {
         static TOKENS: RefCell<HashMap<(String, String), Result<String, VerifyError>>> = RefCell::new(HashMap::new());
+        static KEYSETS: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    }
+
+    /// Declare `keyset`, with no token that verifies.
+    pub fn set_keyset(keyset: &str) {
+        KEYSETS.with(|k| k.borrow_mut().insert(keyset.to_string()));
     }
 
     /// Make `verify(token, keyset)` return `outcome`.
     pub fn set_token(keyset: &str, token: &str, outcome: Result<&str, VerifyError>) {
+        set_keyset(keyset);
         TOKENS.with(|t| t.borrow_mut().insert((keyset.to_string(), token.to_string()), outcome.map(str::to_string)));
     }
 
     /// Verify `token` with `keyset`; on success, its claims as JSON text.
     pub fn verify(token: &str, keyset: &str) -> Result<String, VerifyError> {
+        if !KEYSETS.with(|k| k.borrow().contains(keyset)) {
+            return Err(VerifyError::UnknownKeyset(keyset.to_string()));
+        }
         TOKENS.with(|t| {
             t.borrow().get(&(keyset.to_string(), token.to_string())).cloned().unwrap_or(Err(VerifyError::BadSignature))
         })

@@ -317,7 +317,7 @@ fn for_request<F: Filter>() -> Result<F, String> {
 }
 
 pub fn check_config<F: Filter>() -> Result<(), String> {
-    with_built::<F, ()>(|_| ())
+    with_built::<F, _>(F::check)?
 }
 
 pub fn on_request<F: Filter>(request: &types::Request) -> types::Verdict {

@@ -540,6 +540,28 @@ fn rewrite_redirects_and_regex_rewrites() {
     assert!(stderr.contains("`idd` names no group") && stderr.contains("names [id]"), "{stderr}");
 }
 
+/// A keyset or policy the host does not know, or a cost past a policy's
+/// burst, refuses the route at load, naming the place and the name; before,
+/// each trapped on every request it reached.
+#[test]
+fn unknown_keysets_and_policies_are_refused_at_load() {
+    for (from, to, expected) in [
+        ("keyset = \"es\"", "keyset = \"ess\"", "keyset \"ess\" is not configured"),
+        ("policy = \"tight\"", "policy = \"tigth\"", "policy \"tigth\": no rate-limit policy named"),
+        ("policies = { gold = \"gold\" }", "policies = { gold = \"golden\" }", "policy \"golden\""),
+        ("policy = \"tight\"", "policy = \"tight\", cost = 21", "policy \"tight\": invalid cost 21"),
+    ] {
+        let routes = ROUTES.replacen(from, to, 1);
+        assert_ne!(routes, ROUTES, "{from}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = config_with(&routes, "").write(dir.path(), free_port());
+        let out = run_cascade(&["check", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to}: {stderr}");
+        assert!(stderr.contains("routes/test.toml:") && stderr.contains(expected), "{to}: {stderr}");
+    }
+}
+
 /// The README's walk-through, on the shipped demo route file and keyset:
 /// no token is 401, a token from `cascade token` is 200 with a variant
 /// cookie, and a burst ends in 429.

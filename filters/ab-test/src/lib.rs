@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use cascade_filter::client::{ClientKey, check_cookie_name, cookie};
+use cascade_filter::client::{ClientKey, check_cookie_name, check_header, cookie};
 use cascade_filter::{Filter, Request, Verdict, export_filter, log};
 use serde::Deserialize;
 
@@ -115,6 +115,7 @@ impl Filter for AbTest {
                 return Err(format!("variant {:?}: path_prefix must start with '/'", v.name));
             }
         }
+        check_header(&config.header, "").map_err(|e| format!("header: {e}"))?;
         let cookie = config.cookie.clone().unwrap_or_else(|| format!("ab-{}", config.experiment));
         check_cookie_name(&cookie).map_err(|e| format!("{e} (set `cookie`, or rename `experiment`)"))?;
         // Browsers drop a cookie with either prefix unless it is `Secure`.
@@ -239,6 +240,8 @@ mod tests {
         assert!(instantiate::<AbTest>(bad_experiment).err().unwrap().contains("HTTP token"));
         let bad_cookie = r#"{"experiment": "e", "cookie": "ab;x", "variants": [{"name": "a", "weight": 1}]}"#;
         assert!(instantiate::<AbTest>(bad_cookie).err().unwrap().contains("HTTP token"));
+        let bad_header = r#"{"experiment": "e", "header": "x variant", "variants": [{"name": "a", "weight": 1}]}"#;
+        assert!(instantiate::<AbTest>(bad_header).err().unwrap().starts_with("header: "));
 
         let prefixed = r#"{"experiment": "e", "cookie": "__Host-ab", "variants": [{"name": "a", "weight": 1}]}"#;
         assert!(instantiate::<AbTest>(prefixed).err().unwrap().contains("cookie_secure"));

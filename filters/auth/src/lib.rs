@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use cascade_filter::client::{check_cookie_name, cookie};
+use cascade_filter::client::{check_cookie_name, check_header, cookie};
 use cascade_filter::path::has_segment_prefix;
 use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter, jwt};
 use serde::Deserialize;
@@ -63,19 +63,40 @@ impl Filter for Auth {
         if let Some(name) = &config.cookie {
             check_cookie_name(name)?;
         }
+        for header in config.forward_claims.values() {
+            check_header(header, "").map_err(|e| format!("forward_claims: {e}"))?;
+        }
+        if let Some(prefix) = config.public_prefixes.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!("public_prefixes: {prefix:?} must start with '/'"));
+        }
+        // The realm goes into a quoted header parameter as it is.
+        if config.realm.bytes().any(|b| b == b'"' || b == b'\\' || !(b' '..=b'~').contains(&b)) {
+            return Err(format!("realm {:?} must be printable ASCII without '\"' or '\\'", config.realm));
+        }
         Ok(Self(Rc::new(config)))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match jwt::verify("", &self.0.keyset) {
+            Err(VerifyError::UnknownKeyset(k)) => Err(format!("keyset {k:?} is not configured in [jwt.keysets]")),
+            _ => Ok(()),
+        }
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
         let config = &*self.0;
         // Identity headers come from us only: never trust a client's copy.
-        // Removed first, so that a trap further on (with `fail-open`) cannot
-        // let one through.
+        // (A trap further on undoes this with `fail-open`, as it undoes all
+        // of a failed call's edits: auth must not run `fail-open`.)
         for header in config.forward_claims.values() {
             req.remove_header(header);
         }
         let path = req.path();
         if config.public_prefixes.iter().any(|p| has_segment_prefix(&path, p)) {
+            // Unverified, the token is not for the origin either.
+            if config.strip_authorization {
+                req.remove_header("authorization");
+            }
             return Verdict::Continue;
         }
         let header_token = match bearer_token(req) {
@@ -88,6 +109,8 @@ impl Filter for Auth {
         };
         let claims = match jwt::verify(&token, &config.keyset) {
             Ok(json) => Claims::parse(&json, config),
+            // `check` refused this at load; a host that lost the keyset since
+            // is a bug for the route's `on_error`.
             Err(VerifyError::UnknownKeyset(k)) => {
                 panic!("auth: keyset {k:?} is not configured in the host")
             }
@@ -114,8 +137,14 @@ impl Filter for Auth {
             return self.challenge(403, Some(("insufficient_scope", "missing a required scope".into())));
         }
         for (claim, header) in &config.forward_claims {
-            if let Some(value) = claim_text(claims.get(claim)) {
-                req.set_header(header, &value).unwrap_or_else(|e| panic!("auth: {e}"));
+            if let Some(value) = claim_text(claims.get(claim))
+                && let Err(e) = req.set_header(header, &value)
+            {
+                // A claim the host will not carry (a control character, too
+                // long, too many headers): refuse, rather than trap and leave
+                // the request to the route's `on_error`.
+                let description = format!("claim {claim:?} cannot be forwarded: {e}");
+                return self.challenge(401, Some(("invalid_token", description)));
             }
         }
         if config.strip_authorization {
@@ -295,8 +324,8 @@ export_filter!(Auth);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cascade_filter::instantiate;
-    use cascade_filter::mock::jwt::set_token;
+    use cascade_filter::mock::jwt::{set_keyset, set_token};
+    use cascade_filter::{check_config, instantiate};
 
     const CONFIG: &str = r#"{"keyset": "demo", "public_prefixes": ["/health"], "cookie": "session",
         "required_scopes": ["read"], "forward_claims": {"sub": "x-user-id", "plan": "x-user-plan"}}"#;
@@ -345,15 +374,37 @@ mod tests {
     }
 
     #[test]
-    fn a_trap_leaves_no_spoofed_identity_header() {
-        // With `fail-open` the request goes on after a trap, with the edits
-        // made before it: the client's identity headers must be gone by then.
-        set_token("demo", "misconfigured", Err(VerifyError::UnknownKeyset("demo".into())));
-        let req = Request::new("GET", "/api")
-            .with_header("authorization", "Bearer misconfigured")
+    fn an_unknown_keyset_and_bad_names_are_refused_at_load() {
+        set_keyset("demo");
+        assert_eq!(check_config::<Auth>(CONFIG), Ok(()));
+        let unknown = check_config::<Auth>(r#"{"keyset": "typo"}"#).unwrap_err();
+        assert!(unknown.contains("keyset \"typo\" is not configured"), "{unknown}");
+        for (bad, why) in [
+            (r#"{"keyset": "demo", "forward_claims": {"sub": "x user"}}"#, "forward_claims"),
+            (r#"{"keyset": "demo", "public_prefixes": [""]}"#, "must start with '/'"),
+            (r#"{"keyset": "demo", "realm": "a\"b"}"#, "realm"),
+        ] {
+            let error = instantiate::<Auth>(bad).err().unwrap();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_forwarded_is_refused_not_trapped() {
+        set_token("demo", "odd", Ok(r#"{"sub": "line\nbreak", "scope": "read"}"#));
+        let req = Request::new("GET", "/api").with_header("authorization", "Bearer odd");
+        let r = reply(auth().on_request(&req));
+        assert_eq!(r.status, 401);
+        assert!(r.header_value("www-authenticate").unwrap().contains("claim 'sub' cannot be forwarded"), "{r:?}");
+    }
+
+    #[test]
+    fn public_paths_need_no_token_and_forward_none() {
+        let req = Request::new("GET", "/health")
+            .with_header("authorization", "Bearer anything")
             .with_header("x-user-id", "mallory");
-        let trapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| auth().on_request(&req)));
-        assert!(trapped.is_err(), "an unknown keyset is a config bug: it traps");
+        assert_eq!(auth().on_request(&req), Verdict::Continue);
+        assert_eq!(req.header("authorization"), None);
         assert_eq!(req.header("x-user-id"), None);
     }
 

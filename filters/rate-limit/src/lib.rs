@@ -51,18 +51,38 @@ impl Filter for RateLimit {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, String> {
+        if config.cost == 0 {
+            return Err("cost must be at least 1".into());
+        }
+        // A policy's name goes into the RateLimit headers as a quoted string.
+        if let Some(name) =
+            policies(&config).find(|p| p.bytes().any(|b| b == b'"' || b == b'\\' || !(b' '..=b'~').contains(&b)))
+        {
+            return Err(format!("policy name {name:?} must be printable ASCII without '\"' or '\\'"));
+        }
         Ok(Self { config: Rc::new(config) })
     }
 
+    /// Every policy the config names must exist in the host, with a burst of
+    /// at least `cost`. The check takes `cost` from a bucket no client can
+    /// name (its key holds a NUL).
+    fn check(&self) -> Result<(), String> {
+        for policy in policies(&self.config) {
+            rate_limit::check(policy, "\0check-config", self.config.cost)
+                .map_err(|e| format!("policy {policy:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn on_request(&mut self, req: &Request) -> Verdict {
-        let key = self.config.key.resolve(req);
+        let key = self.config.key.bucket(req);
         let tier = |t: &Tiers| match &t.header {
             Some(header) => req.header(header).and_then(|value| t.policies.get(&value).cloned()),
-            None => t.policies.get(&key).cloned(),
+            None => t.policies.get(&self.config.key.resolve(req)).cloned(),
         };
         let policy = self.config.tiers.as_ref().and_then(tier).unwrap_or_else(|| self.config.policy.clone());
-        // A policy the host does not know is a config bug: trap, and let the
-        // route's on_error decide.
+        // `check` refused an unknown policy at load; a host that lost one
+        // since is a bug for the route's on_error.
         let decision = rate_limit::check(&policy, &key, self.config.cost).unwrap_or_else(|e| panic!("rate-limit: {e}"));
         // Staged, the headers go on whatever answers, the 429 below included,
         // and this filter needs no on_response: its instance is free as soon
@@ -79,6 +99,11 @@ impl Filter for RateLimit {
                 .body(format!("{{\"error\":\"rate limited\",\"retry_after_secs\":{retry_after}}}")),
         )
     }
+}
+
+/// The default policy and every tier's.
+fn policies(config: &Config) -> impl Iterator<Item = &String> {
+    std::iter::once(&config.policy).chain(config.tiers.iter().flat_map(|t| t.policies.values()))
 }
 
 /// The RateLimit headers for the response, from draft-ietf-httpapi-ratelimit-headers:
@@ -136,8 +161,8 @@ export_filter!(RateLimit);
 mod tests {
     use super::*;
     use cascade_filter::Response;
-    use cascade_filter::instantiate;
     use cascade_filter::mock::rate_limit::set_policy;
+    use cascade_filter::{check_config, instantiate};
 
     #[test]
     fn numbers_and_seconds_are_written_as_they_should() {
@@ -219,5 +244,49 @@ mod tests {
     #[test]
     fn bad_key_is_refused() {
         assert!(instantiate::<RateLimit>(r#"{"policy": "p", "key": "cookie:x"}"#).is_err());
+    }
+
+    #[test]
+    fn policies_and_cost_are_checked_at_load() {
+        set_policy("small", 2);
+        set_policy("big", 10);
+        assert_eq!(check_config::<RateLimit>(r#"{"policy": "small", "cost": 2}"#), Ok(()));
+        for (config, why) in [
+            (r#"{"policy": "typo"}"#, "policy \"typo\""),
+            (r#"{"policy": "small", "tiers": {"policies": {"gold": "gold-typo"}}}"#, "policy \"gold-typo\""),
+            (r#"{"policy": "big", "tiers": {"policies": {"x": "small"}}, "cost": 5}"#, "policy \"small\""),
+            (r#"{"policy": "small", "cost": 0}"#, "at least 1"),
+            (r#"{"policy": "a\"b"}"#, "printable ASCII"),
+        ] {
+            let error = check_config::<RateLimit>(config).unwrap_err();
+            assert!(error.contains(why), "{config}: {error}");
+        }
+    }
+
+    #[test]
+    fn header_values_and_addresses_never_share_a_bucket() {
+        set_policy("one", 1);
+        let config = r#"{"policy": "one", "key": "header:x-api-key"}"#;
+        // A client without the header is keyed by its address...
+        let anonymous = Request::new("GET", "/").with_client_ip("203.0.113.7");
+        assert_eq!(filter(config).on_request(&anonymous), Verdict::Continue);
+        // ...which another client cannot drain by sending it as its key.
+        let posing = Request::new("GET", "/").with_client_ip("198.51.100.1").with_header("x-api-key", "203.0.113.7");
+        assert_eq!(filter(config).on_request(&posing), Verdict::Continue);
+        let posing = Request::new("GET", "/").with_client_ip("198.51.100.1").with_header("x-api-key", "ip:203.0.113.7");
+        assert_eq!(filter(config).on_request(&posing), Verdict::Continue);
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64() {
+        set_policy("v6", 1);
+        let config = r#"{"policy": "v6"}"#;
+        let from = |ip: &str| Request::new("GET", "/").with_client_ip(ip);
+        assert_eq!(filter(config).on_request(&from("2001:db8:1:2::1")), Verdict::Continue);
+        assert!(matches!(filter(config).on_request(&from("2001:db8:1:2:ffff::9")), Verdict::Respond(_)));
+        assert_eq!(filter(config).on_request(&from("2001:db8:1:3::1")), Verdict::Continue);
+        // IPv4, mapped or not, keeps the whole address.
+        assert_eq!(filter(config).on_request(&from("::ffff:192.0.2.1")), Verdict::Continue);
+        assert_eq!(filter(config).on_request(&from("::ffff:192.0.2.2")), Verdict::Continue);
     }
 }

@@ -221,6 +221,9 @@ fn rate_limit(
     Ok(RateLimitPolicyConfig { name: name.to_string(), burst, interval: period / s.rate, max_keys: s.max_keys.max(1) })
 }
 
+/// The most clock skew a keyset may allow: an hour.
+const MAX_LEEWAY_SECS: u64 = 3600;
+
 fn keyset(
     src: &Source,
     base: &Path,
@@ -237,6 +240,13 @@ fn keyset(
         (None, Some(file)) => Some(SecretSource::File(base.join(file))),
         (None, None) => None,
     };
+    // Clock skew is seconds to minutes. A leeway past the Unix time itself
+    // would wrap jsonwebtoken's `now - leeway`, and refuse every token.
+    if s.leeway_secs > MAX_LEEWAY_SECS {
+        let key = format!("jwt.keysets.{name}.leeway_secs");
+        let message = format!("{} is more than the {MAX_LEEWAY_SECS} seconds allowed", s.leeway_secs);
+        return Err(src.invalid(section, &key, message));
+    }
     Ok(KeysetConfig {
         name: name.to_string(),
         algorithms: s.algorithms.clone(),
@@ -610,6 +620,10 @@ servers = ["127.0.0.1:9000"]
         let err = load(&main).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}:8: key `jwt.keysets.k`", main.display())), "{err}");
         assert!(err.contains("not both"), "{err}");
+
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{keyset}leeway_secs = 99999999999\n"));
+        let err = load(&main).unwrap_err().to_string();
+        assert!(err.contains("key `jwt.keysets.k.leeway_secs`: 99999999999 is more than the 3600"), "{err}");
     }
 
     #[test]
