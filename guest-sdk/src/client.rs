@@ -70,18 +70,23 @@ pub fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Fields only the host writes: framing and hop-by-hop fields. Setting one
+/// is an `InvalidHeaderName`, and removing one does nothing.
+pub const HOST_OWNED: [&str; 8] =
+    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
 /// The longest header name the host lets a filter write.
 pub const MAX_HEADER_NAME_BYTES: usize = 256;
 
 /// Whether the host takes `name: value` from a filter, the value's length
-/// aside (a per-route limit): a token name of at most
+/// aside (a per-route limit): a token name, not [`HOST_OWNED`], of at most
 /// [`MAX_HEADER_NAME_BYTES`], and, as the host's `HeaderValue`, a value with
 /// no control character but tab. A filter can check its config with it.
 pub fn check_header(name: &str, value: &str) -> Result<(), EditError> {
     if name.len() > MAX_HEADER_NAME_BYTES {
         return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
     }
-    if !is_token(name) {
+    if !is_token(name) || HOST_OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name)) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
     }
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {

@@ -57,6 +57,11 @@ fn check_header(name: &str, value: &str) -> Result<(), EditError> {
     client::check_header(name, value)
 }
 
+/// A field the host keeps: removing it does nothing.
+fn host_owned(name: &str) -> bool {
+    client::HOST_OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+}
+
 #[derive(Debug, Clone)]
 enum ResponseEdit {
     Set(String, String),
@@ -152,7 +157,7 @@ impl Request {
     }
     /// Replace the path; it must start with `/`.
     pub fn set_path(&self, path: &str) -> Result<(), EditError> {
-        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == b'?' || b == 0x7f) {
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#' || b == 0x7f) {
             return Err(EditError::InvalidPath(path.into()));
         }
         self.0.borrow_mut().path = path.into();
@@ -194,7 +199,9 @@ impl Request {
     }
     /// Remove every value of a header.
     pub fn remove_header(&self, name: &str) {
-        self.0.borrow_mut().headers.remove(name)
+        if !host_owned(name) {
+            self.0.borrow_mut().headers.remove(name)
+        }
     }
     /// The client's IP address.
     pub fn client_ip(&self) -> String {
@@ -316,7 +323,9 @@ impl Response {
     }
     /// Remove every value of a header.
     pub fn remove_header(&self, name: &str) {
-        self.0.borrow_mut().1.remove(name)
+        if !host_owned(name) {
+            self.0.borrow_mut().1.remove(name)
+        }
     }
 }
 

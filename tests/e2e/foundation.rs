@@ -256,13 +256,20 @@ fn filter_reply_skips_the_upstream_and_passes_earlier_response_filters() {
     assert_eq!(reply.header("x-misbehave"), Some("responded"));
     // rewrite ran before the replying filter, so it sees the reply too.
     assert_eq!(reply.header("x-served-by"), Some("cascade"));
-    // The two invalid headers are dropped, in one log line.
+    // The two invalid headers and the framing header are dropped, in one
+    // log line.
     assert_eq!(reply.header("x-bad-value"), None);
     let id = reply.header("x-request-id").unwrap();
-    let line = proxy.wait_for_log_line(&[&format!("request {id}:"), "dropping 2 invalid reply header(s)"]);
+    let line = proxy.wait_for_log_line(&[&format!("request {id}:"), "dropping 3 invalid reply header(s)"]);
     assert!(line.ends_with(r#"the first "bad name""#), "{line}");
     proxy.wait_for_access_log(id);
     assert_eq!(proxy.log_lines(&format!("request {id}:")).len(), 1);
+    // On the wire: the body framed once, by its length.
+    let (status, raw) = send_raw_bytes(proxy.port, b"GET /api/teapot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, Some(418), "{raw}");
+    let head = raw.to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{raw}");
+    assert!(head.contains("content-length: 15\r\n") && raw.ends_with("\r\n\r\nshort and stout"), "{raw}");
 }
 
 #[test]

@@ -107,6 +107,23 @@ fn no_path_trick_reaches_another_route_without_its_filters() {
     }
 }
 
+/// A filter's new path is normalized as the client's was: a rewrite that
+/// makes a dot segment (`/assets/...gz` to `/public/..`) sends the origin
+/// the path it would resolve (`/`), which later filters check too.
+#[test]
+fn a_path_a_filter_sets_is_normalized() {
+    let origin = EchoOrigin::start().unwrap();
+    let routes = "[[route]]\nname = \"assets\"\npath_prefix = \"/assets\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"rewrite\"\n\
+                  config = { path_rewrites = [{ pattern = '^/assets/(.*)\\.gz$', replacement = '/public//$1' }] }\n";
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), routes).with_built_module("rewrite"));
+    for (path, seen) in [("/assets/...gz", "/"), ("/assets/a/b.gz", "/public/a/b"), ("/assets/..gz", "/public/")] {
+        let reply = proxy.get(path, &[]);
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        assert_eq!(reply.json()["path"], seen, "{path}");
+    }
+}
+
 /// An absolute-form target names the host (RFC 9112 §3.2.2): routing reads
 /// it there when the client sent no `Host` (HTTP/1.0), and the origin gets
 /// a path and that `Host`.

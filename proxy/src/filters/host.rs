@@ -398,12 +398,25 @@ fn over_header_count(limits: &OutputLimits, headers: &http::HeaderMap, name: &st
     headers.len() >= limits.header_count && (appending || !headers.contains_key(name))
 }
 
-/// A header name a filter may write: a token, and not too long.
+/// Fields the host owns: the message's framing and the hop-by-hop fields
+/// (RFC 9110 §7.6.1). Pingora frames each message from its own state, so a
+/// filter's `Content-Length` or `Transfer-Encoding` would make the client or
+/// the origin read the body, or the next message, differently from the proxy.
+const HOST_OWNED: [&str; 8] =
+    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Whether `name` is a field only the host writes or removes.
+pub fn host_owned(name: &str) -> bool {
+    HOST_OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+}
+
+/// A header name a filter may write: a token the host does not own, and not
+/// too long.
 fn checked_name(name: &str) -> Result<(), EditError> {
     if name.len() > MAX_HEADER_NAME_BYTES {
         return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
     }
-    if !is_token(name) {
+    if !is_token(name) || host_owned(name) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
     }
     Ok(())
@@ -490,10 +503,15 @@ impl types::HostRequest for FilterHost {
     }
 
     fn set_path(&mut self, _: Resource<RequestHandle>, path: String) -> Result<(), EditError> {
-        if !path.starts_with('/') || path.contains(['?', '#']) {
+        if path.contains(['?', '#']) {
             return Err(EditError::InvalidPath(path));
         }
-        set_target(&mut self.request_to_edit().header, Some(&path), None)
+        // Normalized as the client's path was: a later filter's prefix
+        // checks and the origin must read the same path (`/public/..` is `/`).
+        let Ok(normal) = crate::route::normalize::path(&path) else {
+            return Err(EditError::InvalidPath(path));
+        };
+        set_target(&mut self.request_to_edit().header, Some(&normal), None)
     }
 
     fn query(&mut self, _: Resource<RequestHandle>) -> Option<String> {
@@ -534,6 +552,9 @@ impl types::HostRequest for FilterHost {
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
+        if host_owned(&name) {
+            return;
+        }
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
             && self.request().header.headers.contains_key(&n)
         {
@@ -630,6 +651,9 @@ impl types::HostResponse for FilterHost {
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
+        if host_owned(&name) {
+            return;
+        }
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
             && self.response().headers.contains_key(&n)
         {
@@ -855,6 +879,9 @@ mod tests {
             matches!(check(&headers, "bad name", "ok", false), Err(EditError::InvalidHeaderName(n)) if n == "bad name")
         );
         assert!(matches!(check(&headers, "", "ok", false), Err(EditError::InvalidHeaderName(_))));
+        for owned in ["Content-Length", "transfer-encoding", "Connection", "te", "upgrade"] {
+            assert!(matches!(check(&headers, owned, "1", false), Err(EditError::InvalidHeaderName(_))), "{owned}");
+        }
         assert!(matches!(check(&headers, "x-a", "a\r\nb", false), Err(EditError::InvalidHeaderValue(n)) if n == "x-a"));
         assert!(matches!(check(&headers, "x-a", "123456789", false), Err(EditError::LimitExceeded(_))));
         let long = "x".repeat(MAX_HEADER_NAME_BYTES + 1);

@@ -7,7 +7,7 @@ use pingora::prelude::*;
 use super::{REQUEST_ID_HEADER, RequestCtx};
 use crate::cache;
 use crate::filters::bindings::cascade::filter::types::Reply;
-use crate::filters::host::is_token;
+use crate::filters::host::{host_owned, is_token};
 use crate::filters::{FilterFailure, FilterRuntime, InFlightChain};
 
 /// An error answer: a status and a message, sent as JSON with the request id.
@@ -111,7 +111,7 @@ pub async fn send_filter_reply(
     let (mut dropped, mut first) = (0usize, None);
     for (name, value) in reply.headers {
         // As written, like the names of the filters' header edits.
-        let valid = is_token(&name);
+        let valid = is_token(&name) && !host_owned(&name);
         if !valid || header.append_header(Bytes::copy_from_slice(name.as_bytes()), value.as_str()).is_err() {
             dropped += 1;
             first.get_or_insert(name);

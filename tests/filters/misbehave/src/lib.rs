@@ -33,8 +33,9 @@ pub enum Behaviour {
     /// Call host functions with garbage: an unknown rate-limit policy, a
     /// malformed token, an invalid header name. Errors are ignored.
     GarbageCalls,
-    /// Answer the request with `reply_status` (418 unless set), with two
-    /// invalid headers among its own (request phase only).
+    /// Answer the request with `reply_status` (418 unless set), with three
+    /// headers the host drops among its own: two invalid, and a framing one
+    /// (`transfer-encoding`) only the host may write (request phase only).
     Respond,
     /// Answer with a 2 MiB body, past the host's reply limit (request phase only).
     GiantReply,
@@ -234,11 +235,12 @@ impl Filter for Misbehave {
         act(self.config.on_request, self.config.spin_ms, |name, value| req.set_header(name, value));
         match self.config.on_request {
             Behaviour::Respond => {
-                // With two headers the host drops: a name that is no token,
-                // and a value with a line break.
+                // With three headers the host drops: a name that is no
+                // token, a value with a line break, and framing of its own.
                 let status = if self.config.reply_status == 0 { 418 } else { self.config.reply_status };
                 let reply = Reply::new(status).header("x-misbehave", "responded").header("bad name", "1");
-                return Verdict::Respond(reply.header("x-bad-value", "a\r\nb").body("short and stout"));
+                let reply = reply.header("x-bad-value", "a\r\nb").header("Transfer-Encoding", "chunked");
+                return Verdict::Respond(reply.body("short and stout"));
             }
             Behaviour::GiantReply => return Verdict::Respond(Reply::new(200).body(vec![b'x'; 2 << 20])),
             Behaviour::ManyStagedHeaders => {
