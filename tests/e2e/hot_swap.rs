@@ -57,6 +57,12 @@ fn admin_needs_the_token_except_for_healthz() {
         assert_eq!(reply.status, 401, "{token:?}");
         assert!(reply.json()["error"].as_str().unwrap().contains("token"));
     }
+    // The scheme is case-insensitive, as RFC 9110 has it; the token is not.
+    let url = format!("http://127.0.0.1:{}/modules", proxy.admin_port);
+    assert_eq!(send("GET", &url, &[("authorization", &format!("bearer {ADMIN_TOKEN}"))]).status, 200);
+    assert_eq!(send("GET", &url, &[("authorization", &format!("BEARER  {ADMIN_TOKEN}"))]).status, 200);
+    assert_eq!(send("GET", &url, &[("authorization", &format!("Basic {ADMIN_TOKEN}"))]).status, 401);
+    assert_eq!(send("GET", &url, &[("authorization", &format!("Bearer {}", ADMIN_TOKEN.to_uppercase()))]).status, 401);
     let modules = proxy.admin("GET", "/modules", b"", None);
     assert_eq!(modules.status, 200);
     assert_eq!(modules.json()[0]["name"], "swappable");

@@ -132,8 +132,8 @@ pub struct ServerSection {
     /// Longest request target (path and query).
     pub max_uri_bytes: usize,
     /// Most request headers, and their total size.
-    pub max_headers: usize,
-    pub max_header_kb: usize,
+    pub max_headers: Spanned<usize>,
+    pub max_header_kb: Spanned<usize>,
     /// Largest request body.
     pub max_body_mb: u64,
 }
@@ -146,8 +146,8 @@ impl Default for ServerSection {
             tls: None,
             node_id: None,
             max_uri_bytes: 8 * 1024,
-            max_headers: 100,
-            max_header_kb: 60,
+            max_headers: Spanned::new(0..0, 100),
+            max_header_kb: Spanned::new(0..0, 60),
             max_body_mb: 100,
         }
     }
@@ -166,7 +166,7 @@ pub struct TlsSection {
 pub struct AdminSection {
     pub listen: Spanned<String>,
     pub token_env: Option<String>,
-    pub token_file: Option<String>,
+    pub token_file: Option<Spanned<String>>,
     /// Largest accepted request body (a module upload).
     pub max_upload_mb: u64,
 }
@@ -276,7 +276,7 @@ pub enum Balance {
     ConsistentHash,
 }
 
-fn default_failover_statuses() -> Vec<u16> {
+pub fn default_failover_statuses() -> Vec<u16> {
     vec![502, 503, 504]
 }
 
@@ -314,11 +314,11 @@ fn default_healthy_threshold() -> u32 {
     2
 }
 
-fn default_connect_timeout_ms() -> u64 {
+pub fn default_connect_timeout_ms() -> u64 {
     2_000
 }
 
-fn default_read_timeout_ms() -> u64 {
+pub fn default_read_timeout_ms() -> u64 {
     30_000
 }
 

@@ -89,6 +89,11 @@ impl Source {
     }
 }
 
+/// Pingora's HTTP/1 parser reads at most 256 request headers, in under
+/// 1 MiB (`v1::common::MAX_HEADERS`, `MAX_HEADER_SIZE`).
+const PARSER_MAX_HEADERS: usize = 256;
+const PARSER_MAX_HEADER_KB: usize = 1023;
+
 /// Read and check `path` and every route file it names.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let main = Source::read(path)?;
@@ -106,6 +111,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             return Err(main.invalid(id, "server.node_id", message));
         }
     };
+    // Pingora's parser stops at these itself, with its own error instead of
+    // our 431: a larger limit would never apply.
+    for (key, value, most) in [
+        ("server.max_headers", &file.server.max_headers, PARSER_MAX_HEADERS),
+        ("server.max_header_kb", &file.server.max_header_kb, PARSER_MAX_HEADER_KB),
+    ] {
+        if *value.get_ref() > most {
+            let message = format!("{} is more than the {most} the HTTP parser reads", value.get_ref());
+            return Err(main.invalid(value, key, message));
+        }
+    }
     let server = ServerConfig {
         listen,
         threads: file.server.threads.max(1),
@@ -125,15 +141,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         node_id,
         request_limits: RequestLimits {
             max_uri_bytes: file.server.max_uri_bytes.max(64),
-            max_headers: file.server.max_headers.max(8),
-            max_header_bytes: file.server.max_header_kb.max(1) << 10,
+            max_headers: (*file.server.max_headers.get_ref()).max(8),
+            max_header_bytes: (*file.server.max_header_kb.get_ref()).max(1) << 10,
             max_body_bytes: file.server.max_body_mb.max(1) << 20,
         },
     };
+    if let (Some(_), Some(token_file)) = (&file.admin.token_env, &file.admin.token_file) {
+        let message = "set `token_env` or `token_file`, not both".into();
+        return Err(main.invalid(token_file, "admin.token_file", message));
+    }
     let admin = AdminConfig {
         listen: socket_addr(&main, &file.admin.listen, "admin.listen")?,
         token_env: file.admin.token_env.clone(),
-        token_file: file.admin.token_file.as_ref().map(|f| base.join(f)),
+        token_file: file.admin.token_file.as_ref().map(|f| base.join(f.get_ref())),
         max_body_bytes: (file.admin.max_upload_mb.max(1) << 20) as usize,
     };
     let modules = ModulesConfig {
@@ -310,6 +330,33 @@ fn upstream(
             src.invalid(server, &key, format!("{:?} is not a resolvable host:port", server.get_ref()))
         })?;
         servers.push(addr);
+    }
+    // Keys a group reads only from its own servers: on a group of tiers
+    // they would be silently ignored (each tier group has its own).
+    if !s.tiers.is_empty() {
+        let server_keys = [
+            ("balance", s.balance != file::Balance::default()),
+            ("connect_timeout_ms", s.connect_timeout_ms != file::default_connect_timeout_ms()),
+            ("read_timeout_ms", s.read_timeout_ms != file::default_read_timeout_ms()),
+            ("tls", s.tls),
+            ("sni", s.sni.is_some()),
+            ("ca_file", s.ca_file.is_some()),
+            ("failover_on", s.failover_on != file::default_failover_statuses()),
+            ("health_check", s.health_check.is_some()),
+        ];
+        if let Some((key, _)) = server_keys.iter().find(|(_, set)| *set) {
+            let message = format!("`{key}` applies to a group of servers; set it on the tier groups instead");
+            return Err(src.invalid(section, &format!("upstreams.{name}.{key}"), message));
+        }
+    }
+    for (key, millis) in [("connect_timeout_ms", s.connect_timeout_ms), ("read_timeout_ms", s.read_timeout_ms)] {
+        if millis == 0 {
+            return Err(src.invalid(section, &format!("upstreams.{name}.{key}"), "must be at least 1".into()));
+        }
+    }
+    if !s.tls && (s.sni.is_some() || s.ca_file.is_some()) {
+        let message = "`sni` and `ca_file` need `tls = true`".into();
+        return Err(src.invalid(section, &format!("upstreams.{name}.tls"), message));
     }
     if let Some(status) = s.failover_on.iter().find(|s| !(500..600).contains(*s)) {
         let message = format!("{status} is not a 5xx status; only server errors fail over");
@@ -649,6 +696,45 @@ servers = ["127.0.0.1:9000"]
             let err = load(&main).unwrap_err().to_string();
             assert!(err.contains("a.toml:4: key `route.path_prefix`"), "{bad}: {err}");
             assert!(err.contains("can never match a request") && err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn upstream_keys_that_would_be_ignored_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"origin\"\n");
+        let tiered = "\n[upstreams.edge]\ntiers = [\"origin\"]\n";
+        for (extra, key, why) in [
+            (format!("{tiered}tls = true\n"), "upstreams.edge.tls", "set it on the tier groups"),
+            (format!("{tiered}read_timeout_ms = 5\n"), "upstreams.edge.read_timeout_ms", "set it on the tier groups"),
+            (format!("{tiered}[upstreams.edge.health_check]\n"), "upstreams.edge.health_check", "tier groups"),
+            (
+                "\n[upstreams.o2]\nservers = [\"127.0.0.1:1\"]\nconnect_timeout_ms = 0\n".into(),
+                "o2.connect",
+                "at least 1",
+            ),
+            ("\n[upstreams.o2]\nservers = [\"127.0.0.1:1\"]\nsni = \"a\"\n".into(), "upstreams.o2.tls", "need `tls"),
+        ] {
+            let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{extra}"));
+            let err = load(&main).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{extra}: {err}");
+        }
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{tiered}max_attempts = 2\n"));
+        assert!(load(&main).is_ok());
+    }
+
+    #[test]
+    fn limits_past_the_parser_and_two_token_sources_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"origin\"\n");
+        for (extra, why) in [
+            ("\n[server]\nmax_headers = 1000\n", "key `server.max_headers`: 1000 is more than the 256"),
+            ("\n[server]\nmax_header_kb = 2048\n", "key `server.max_header_kb`: 2048 is more than the 1023"),
+            ("\n[admin]\ntoken_env = \"T\"\ntoken_file = \"t\"\n", "key `admin.token_file`: set `token_env` or"),
+        ] {
+            let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{extra}"));
+            let err = load(&main).unwrap_err().to_string();
+            assert!(err.contains(why), "{extra}: {err}");
         }
     }
 
