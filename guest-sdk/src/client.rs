@@ -70,10 +70,30 @@ pub fn is_token(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Fields only the host writes: framing and hop-by-hop fields. Setting one
-/// is an `InvalidHeaderName`, and removing one does nothing.
+/// Fields only the host writes: the framing and the hop-by-hop fields.
+/// Setting one is an `InvalidHeaderName`.
 pub const HOST_OWNED: [&str; 8] =
-    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+    ["content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// Fields only the host removes: the framing. Removing one does nothing
+/// (`remove_header`) or is refused (`remove_response_header`).
+pub const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+
+fn is_one_of(names: &[&str], name: &str) -> bool {
+    names.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+}
+
+/// Whether the host lets a filter remove header `name`: a token of at most
+/// [`MAX_HEADER_NAME_BYTES`], and not [`FRAMING`].
+pub fn check_removal(name: &str) -> Result<(), EditError> {
+    if name.len() > MAX_HEADER_NAME_BYTES {
+        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
+    }
+    if !is_token(name) || is_one_of(&FRAMING, name) {
+        return Err(EditError::InvalidHeaderName(name.to_string()));
+    }
+    Ok(())
+}
 
 /// The longest header name the host lets a filter write.
 pub const MAX_HEADER_NAME_BYTES: usize = 256;
@@ -83,10 +103,8 @@ pub const MAX_HEADER_NAME_BYTES: usize = 256;
 /// [`MAX_HEADER_NAME_BYTES`], and, as the host's `HeaderValue`, a value with
 /// no control character but tab. A filter can check its config with it.
 pub fn check_header(name: &str, value: &str) -> Result<(), EditError> {
-    if name.len() > MAX_HEADER_NAME_BYTES {
-        return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
-    }
-    if !is_token(name) || HOST_OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name)) {
+    check_removal(name)?;
+    if is_one_of(&HOST_OWNED, name) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
     }
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {

@@ -122,7 +122,11 @@ pub fn instantiate<F: Filter>(config_json: &str) -> Result<F, String> {
 /// Check config JSON as the host does when a route is loaded: [`instantiate`],
 /// then [`Filter::check`] against the (mock) host.
 pub fn check_config<F: Filter>(config_json: &str) -> Result<(), String> {
-    instantiate::<F>(config_json)?.check()
+    let filter = instantiate::<F>(config_json)?;
+    #[cfg(not(target_arch = "wasm32"))]
+    return mock::rate_limit::while_checking_config(|| filter.check());
+    #[cfg(target_arch = "wasm32")]
+    filter.check()
 }
 
 /// Export a [`Filter`] implementation as this component's filter.

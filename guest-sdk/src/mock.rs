@@ -57,9 +57,9 @@ fn check_header(name: &str, value: &str) -> Result<(), EditError> {
     client::check_header(name, value)
 }
 
-/// A field the host keeps: removing it does nothing.
-fn host_owned(name: &str) -> bool {
-    client::HOST_OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+/// The framing, which the host keeps: removing it does nothing.
+fn framing(name: &str) -> bool {
+    client::FRAMING.iter().any(|owned| owned.eq_ignore_ascii_case(name))
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ impl Request {
     }
     /// Remove every value of a header.
     pub fn remove_header(&self, name: &str) {
-        if !host_owned(name) {
+        if !framing(name) {
             self.0.borrow_mut().headers.remove(name)
         }
     }
@@ -236,7 +236,7 @@ impl Request {
     }
     /// Stage the removal of a response header; see [`Request::respond_to`].
     pub fn remove_response_header(&self, name: &str) -> Result<(), EditError> {
-        check_header(name, "")?;
+        client::check_removal(name)?;
         self.stage(ResponseEdit::Remove(name.into()))
     }
     fn stage(&self, edit: ResponseEdit) -> Result<(), EditError> {
@@ -323,7 +323,7 @@ impl Response {
     }
     /// Remove every value of a header.
     pub fn remove_header(&self, name: &str) {
-        if !host_owned(name) {
+        if !framing(name) {
             self.0.borrow_mut().1.remove(name)
         }
     }
@@ -360,6 +360,16 @@ pub mod rate_limit {
     thread_local! {
         static POLICIES: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
         static TAKEN: RefCell<HashMap<(String, String), u32>> = RefCell::new(HashMap::new());
+        static CHECKING_CONFIG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Run `check` as the host runs `check-config`: checks answer, and take
+    /// nothing.
+    pub(crate) fn while_checking_config<R>(check: impl FnOnce() -> R) -> R {
+        CHECKING_CONFIG.with(|c| c.set(true));
+        let result = check();
+        CHECKING_CONFIG.with(|c| c.set(false));
+        result
     }
 
     /// Declare `policy` with this burst, and empty its buckets.
@@ -376,11 +386,12 @@ pub mod rate_limit {
         if cost == 0 || cost > burst {
             return Err(CheckError::InvalidCost(cost));
         }
+        let taking = !CHECKING_CONFIG.with(std::cell::Cell::get);
         TAKEN.with(|t| {
             let mut taken = t.borrow_mut();
             let used = taken.entry((policy.to_string(), key.to_string())).or_insert(0);
             let allowed = *used + cost <= burst;
-            if allowed {
+            if allowed && taking {
                 *used += cost;
             }
             Ok(Decision {

@@ -157,6 +157,16 @@ fn a_deleted_module_of_the_modules_directory_stays_deleted() {
     let proxy = proxy.restart();
     assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404, "a restart loaded the file again");
     assert_eq!(version(&proxy.get("/x", &[])), 1);
+    // A route that names it is refused, and the error says why it is gone.
+    let routes_file = proxy.dir.path().join("routes/test.toml");
+    let spare_route = "\n[[route]]\nname = \"spare\"\npath_prefix = \"/spare\"\nupstream = \"origin\"\n\
+                       [[route.filters]]\nmodule = \"spare\"\nconfig = {}\n";
+    std::fs::write(&routes_file, format!("{ROUTES}{spare_route}")).unwrap();
+    let refused = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let error = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("\"spare\" is not loaded") && error.contains("deleted through the admin API"), "{error}");
+    std::fs::write(&routes_file, ROUTES).unwrap();
 
     // An upload brings it back, with no way back to the deleted file.
     let up = proxy.admin("PUT", "/modules/spare", &v1(), None);

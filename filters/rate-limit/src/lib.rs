@@ -64,12 +64,10 @@ impl Filter for RateLimit {
     }
 
     /// Every policy the config names must exist in the host, with a burst of
-    /// at least `cost`. The check takes `cost` from a bucket no client can
-    /// name (its key holds a NUL).
+    /// at least `cost`. (While it checks a config, the host takes nothing.)
     fn check(&self) -> Result<(), String> {
         for policy in policies(&self.config) {
-            rate_limit::check(policy, "\0check-config", self.config.cost)
-                .map_err(|e| format!("policy {policy:?}: {e}"))?;
+            rate_limit::check(policy, "", self.config.cost).map_err(|e| format!("policy {policy:?}: {e}"))?;
         }
         Ok(())
     }
@@ -113,10 +111,13 @@ fn stage_headers(req: &Request, policy: &str, d: &Decision) {
     let window = seconds_up(d.window).max(1);
     let policy_header = structured(policy, [("q", u64::from(d.limit)), ("w", window)]);
     let state_header = structured(policy, [("r", u64::from(d.remaining)), ("t", seconds_up(d.reset_after))]);
-    // Advisory: the decision stands even if the host refuses a header (a
-    // chain entry with a very low `max_headers`, say).
+    // Both fields are lists, one member per policy: added, so that two
+    // limits on one route (per address, then per user) both show, and the
+    // one that refused is among them. Advisory: the decision stands even if
+    // the host refuses a header (a chain entry with a very low
+    // `max_headers`, say).
     for (name, value) in [("ratelimit-policy", policy_header), ("ratelimit", state_header)] {
-        if let Err(e) = req.set_response_header(name, &value) {
+        if let Err(e) = req.add_response_header(name, &value) {
             log::warn(&format!("{name} not sent: {e}"));
         }
     }
@@ -247,10 +248,31 @@ mod tests {
     }
 
     #[test]
+    fn two_limits_on_one_route_both_show() {
+        set_policy("per-ip", 5);
+        set_policy("per-user", 1);
+        let by_ip = filter(r#"{"policy": "per-ip"}"#);
+        let by_user = filter(r#"{"policy": "per-user", "key": "header:x-user-id"}"#);
+        let req = || Request::new("GET", "/").with_header("x-user-id", "carol");
+        let first = req();
+        assert_eq!(by_ip.clone().on_request(&first), Verdict::Continue);
+        assert_eq!(by_user.clone().on_request(&first), Verdict::Continue);
+        let second = req();
+        assert_eq!(by_ip.clone().on_request(&second), Verdict::Continue);
+        let Verdict::Respond(reply) = by_user.clone().on_request(&second) else { panic!("the user's limit refuses") };
+        let resp = second.respond_to(Response::new(reply.status));
+        assert_eq!(resp.header_values("ratelimit"), ["\"per-ip\";r=3;t=2", "\"per-user\";r=0;t=1"]);
+        assert_eq!(resp.header_values("ratelimit-policy").len(), 2);
+    }
+
+    #[test]
     fn policies_and_cost_are_checked_at_load() {
         set_policy("small", 2);
         set_policy("big", 10);
         assert_eq!(check_config::<RateLimit>(r#"{"policy": "small", "cost": 2}"#), Ok(()));
+        // The check took nothing: the bucket of its key ("") is whole.
+        let req = Request::new("GET", "/").with_client_ip("");
+        assert_eq!(filter(r#"{"policy": "small", "cost": 2}"#).on_request(&req), Verdict::Continue);
         for (config, why) in [
             (r#"{"policy": "typo"}"#, "policy \"typo\""),
             (r#"{"policy": "small", "tiers": {"policies": {"gold": "gold-typo"}}}"#, "policy \"gold-typo\""),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use cascade_filter::client::check_header;
+use cascade_filter::client::{MAX_HEADER_NAME_BYTES, check_header, check_removal, is_token};
 use cascade_filter::path::strip_segment_prefix;
 use cascade_filter::{EditError, Filter, Reply, Request, Verdict, export_filter, regex};
 use serde::Deserialize;
@@ -168,15 +168,18 @@ impl Filter for Rewrite {
 impl HeaderRules {
     /// Refuse at load a name or value the host would refuse on every request.
     fn check(&self, which: &str) -> Result<(), String> {
-        let removed = self.remove.iter().map(|name| (name, ""));
-        let written = self.set.iter().chain(&self.add).map(|(name, value)| (name, value.as_str()));
-        for (name, value) in removed.chain(written) {
-            check_header(name, value).map_err(|e| match e {
-                EditError::InvalidHeaderValue(_) => {
-                    format!("{which}: the value of {name:?} contains a control character")
-                }
-                _ => format!("{which}: {name:?} is not a valid header name (a token of at most 256 bytes)"),
-            })?;
+        let refused = |name: &str, e: EditError| match e {
+            EditError::InvalidHeaderValue(_) => format!("{which}: the value of {name:?} contains a control character"),
+            _ if is_token(name) && name.len() <= MAX_HEADER_NAME_BYTES => {
+                format!("{which}: {name:?} is written by the proxy alone (framing and hop-by-hop fields)")
+            }
+            _ => format!("{which}: {name:?} is not a valid header name (a token of at most 256 bytes)"),
+        };
+        for name in &self.remove {
+            check_removal(name).map_err(|e| refused(name, e))?;
+        }
+        for (name, value) in self.set.iter().chain(&self.add) {
+            check_header(name, value).map_err(|e| refused(name, e))?;
         }
         Ok(())
     }
@@ -347,6 +350,13 @@ mod tests {
         assert!(bad_name.starts_with(r#"response_headers: "bad name" is not a valid header name"#), "{bad_name}");
         let long = format!(r#"{{"response_headers": {{"remove": ["{}"]}}}}"#, "x".repeat(257));
         assert!(error(&long).contains("at most 256 bytes"));
+        // The proxy frames messages: a filter neither writes nor removes the
+        // framing, and may only remove the hop-by-hop fields.
+        let framing = error(r#"{"request_headers": {"remove": ["Content-Length"]}}"#);
+        assert!(framing.contains(r#""Content-Length" is written by the proxy alone"#), "{framing}");
+        let hop = error(r#"{"response_headers": {"set": {"upgrade": "h2c"}}}"#);
+        assert!(hop.contains(r#""upgrade" is written by the proxy alone"#), "{hop}");
+        rewrite(r#"{"request_headers": {"remove": ["upgrade", "te"]}}"#);
         let bad_value = error(r#"{"request_headers": {"add": {"x-a": "one\r\ntwo"}}}"#);
         assert_eq!(bad_value, r#"request_headers: the value of "x-a" contains a control character"#);
         let escape = error(r#"{"response_headers": {"set": {"x-a": "\u001b[31m"}}}"#);

@@ -64,8 +64,8 @@ pub struct FilterChain {
 /// Why a chain could not be built from config.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("{at}: module {module:?} is not loaded (loaded: {loaded})")]
-    MissingModule { at: Location, module: String, loaded: String },
+    #[error("{at}: module {module:?} is not loaded (loaded: {loaded}){hint}")]
+    MissingModule { at: Location, module: String, loaded: String, hint: &'static str },
     #[error("{at}: module {module:?} rejected its config: {message}")]
     BadConfig { at: Location, module: String, message: String },
     /// Every instance slot was serving: the config could not be checked,
@@ -178,6 +178,10 @@ impl FilterChain {
                 at: entry.at.clone(),
                 module: entry.module.clone(),
                 loaded: modules.names().collect::<Vec<_>>().join(", "),
+                hint: match modules.was_deleted(&entry.module) {
+                    true => "; its file in the modules directory was deleted through the admin API: upload it again",
+                    false => "",
+                },
             })?;
             let link = ChainLink {
                 module: module.clone(),
@@ -204,7 +208,10 @@ impl FilterChain {
                 _ => bad_config(f.to_string()),
             })?;
             let deadline = arm_deadline(&mut instance.store, &link, runtime, Instant::now());
-            match within(deadline, instance.filter.call_check_config(&mut instance.store)).await {
+            instance.store.data_mut().checking_config = true;
+            let checked = within(deadline, instance.filter.call_check_config(&mut instance.store)).await;
+            instance.store.data_mut().checking_config = false;
+            match checked {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(bad_config(message)),
                 Err(e) => {

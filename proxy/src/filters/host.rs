@@ -229,6 +229,9 @@ pub struct FilterHost {
     pub response: Option<ResponseHeader>,
     /// The filter said its `on-response` does nothing (`config.skip-on-response`).
     pub skips_on_response: bool,
+    /// The running call is `check-config`: capabilities answer as they
+    /// would, and change nothing (a rate-limit check takes no tokens).
+    pub checking_config: bool,
     /// Keep the message as it was before the running call's first edit, so
     /// that a failed call can be undone (`undo_failed_call`): set for a
     /// fail-open entry, whose failure must skip the filter as if it never
@@ -257,6 +260,7 @@ impl FilterHost {
     ) -> Self {
         Self {
             undoes_failed_calls,
+            checking_config: false,
             before_edits: None,
             live: Some(live),
             tag,
@@ -398,25 +402,46 @@ fn over_header_count(limits: &OutputLimits, headers: &http::HeaderMap, name: &st
     headers.len() >= limits.header_count && (appending || !headers.contains_key(name))
 }
 
-/// Fields the host owns: the message's framing and the hop-by-hop fields
-/// (RFC 9110 §7.6.1). Pingora frames each message from its own state, so a
-/// filter's `Content-Length` or `Transfer-Encoding` would make the client or
-/// the origin read the body, or the next message, differently from the proxy.
-const HOST_OWNED: [&str; 8] =
-    ["connection", "content-length", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+/// The message's framing. Pingora frames each message from its own state,
+/// so a filter's `Content-Length` or `Transfer-Encoding`, written or
+/// removed, would make the client or the origin read the body, or the next
+/// message, differently from the proxy.
+const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+/// The hop-by-hop fields (RFC 9110 §7.6.1): the host writes them for each
+/// connection. A filter may remove them (`Upgrade`, to refuse WebSockets).
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
-/// Whether `name` is a field only the host writes or removes.
+fn is_one_of(names: &[&str], name: &str) -> bool {
+    names.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is a field only the host writes: framing or hop-by-hop.
 pub fn host_owned(name: &str) -> bool {
-    HOST_OWNED.iter().any(|owned| owned.eq_ignore_ascii_case(name))
+    is_one_of(&FRAMING, name) || is_one_of(&HOP_BY_HOP, name)
+}
+
+/// Whether `name` is a field only the host removes: the framing.
+fn framing(name: &str) -> bool {
+    is_one_of(&FRAMING, name)
 }
 
 /// A header name a filter may write: a token the host does not own, and not
 /// too long.
 fn checked_name(name: &str) -> Result<(), EditError> {
+    checked_removal(name)?;
+    if host_owned(name) {
+        return Err(EditError::InvalidHeaderName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// A header name a filter may remove: a token, not the framing, and not too
+/// long.
+fn checked_removal(name: &str) -> Result<(), EditError> {
     if name.len() > MAX_HEADER_NAME_BYTES {
         return Err(EditError::LimitExceeded(format!("header name longer than {MAX_HEADER_NAME_BYTES} bytes")));
     }
-    if !is_token(name) || host_owned(name) {
+    if !is_token(name) || framing(name) {
         return Err(EditError::InvalidHeaderName(name.to_string()));
     }
     Ok(())
@@ -552,7 +577,7 @@ impl types::HostRequest for FilterHost {
     }
 
     fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
-        if host_owned(&name) {
+        if framing(&name) {
             return;
         }
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
@@ -601,7 +626,7 @@ impl types::HostRequest for FilterHost {
     }
 
     fn remove_response_header(&mut self, _: Resource<RequestHandle>, name: String) -> Result<(), EditError> {
-        checked_name(&name)?;
+        checked_removal(&name)?;
         let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| EditError::InvalidHeaderName(name))?;
         let bytes = parsed.as_str().len();
         self.stage_response_edit(ResponseEdit::Remove(parsed), bytes)
@@ -651,7 +676,7 @@ impl types::HostResponse for FilterHost {
     }
 
     fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) {
-        if host_owned(&name) {
+        if framing(&name) {
             return;
         }
         if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
@@ -754,7 +779,7 @@ impl rate_limit::Host for FilterHost {
         cost: u32,
     ) -> Result<rate_limit::Decision, rate_limit::CheckError> {
         let replay = self.request.as_ref().is_some_and(|r| r.replay);
-        let decision = if replay {
+        let decision = if replay || self.checking_config {
             self.caps.rate_limits.check_without_taking(&policy, cost)
         } else {
             self.caps.rate_limits.check(&policy, &key, cost)
@@ -882,6 +907,10 @@ mod tests {
         for owned in ["Content-Length", "transfer-encoding", "Connection", "te", "upgrade"] {
             assert!(matches!(check(&headers, owned, "1", false), Err(EditError::InvalidHeaderName(_))), "{owned}");
         }
+        // Hop-by-hop fields may be removed (`Upgrade`, to refuse WebSockets);
+        // the framing may not.
+        assert!(checked_removal("Upgrade").is_ok() && checked_removal("connection").is_ok());
+        assert!(checked_removal("Transfer-Encoding").is_err() && checked_removal("content-length").is_err());
         assert!(matches!(check(&headers, "x-a", "a\r\nb", false), Err(EditError::InvalidHeaderValue(n)) if n == "x-a"));
         assert!(matches!(check(&headers, "x-a", "123456789", false), Err(EditError::LimitExceeded(_))));
         let long = "x".repeat(MAX_HEADER_NAME_BYTES + 1);

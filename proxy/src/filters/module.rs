@@ -183,6 +183,9 @@ impl FilterModule {
 #[derive(Debug, Default, Clone)]
 pub struct ModuleRegistry {
     modules: BTreeMap<String, Arc<FilterModule>>,
+    /// Files of the modules directory left out because they were deleted
+    /// through the admin API, so that an error can say so.
+    deleted: BTreeSet<String>,
 }
 
 impl ModuleRegistry {
@@ -207,6 +210,7 @@ impl ModuleRegistry {
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
             if deleted.contains(&name) {
                 log::info!("module {name:?}: {} stays deleted until a module of that name is uploaded", path.display());
+                registry.deleted.insert(name);
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(|source| ModuleError::Read {
@@ -228,7 +232,14 @@ impl ModuleRegistry {
     }
 
     pub fn insert(&mut self, module: FilterModule) {
+        self.deleted.remove(&module.name);
         self.modules.insert(module.name.clone(), Arc::new(module));
+    }
+
+    /// Whether the modules directory's file of `name` was left out because
+    /// it was deleted through the admin API.
+    pub fn was_deleted(&self, name: &str) -> bool {
+        self.deleted.contains(name)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<FilterModule>> {

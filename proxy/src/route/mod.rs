@@ -86,7 +86,7 @@ impl PrefixTable {
 }
 
 /// `prefix` matches `path` when it is equal, or ends on a segment boundary.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
         None => false,

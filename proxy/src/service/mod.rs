@@ -209,6 +209,14 @@ impl CascadeProxy {
             let message = format!("no route for host {host:?} and path {path:?}");
             return reply::send_error(session, ctx, ErrorReply::new(404, message)).await;
         };
+        // `;` parameters inside the route's prefix (`/api;x/users` for
+        // `/api`): the route is the one Tomcat and Spring would serve, but its
+        // filters would not know the path for theirs.
+        let prefix = &route.config.path_prefix;
+        if !crate::route::prefix_matches(prefix, path) {
+            let message = format!("path {path:?} has ';' parameters inside the route prefix {prefix:?}");
+            return reply::send_error(session, ctx, ErrorReply::new(400, message)).await;
+        }
         ctx.upstream = route.config.upstream.clone();
         ctx.route = Some(route.clone());
         let header = session.req_header();

@@ -45,7 +45,8 @@ impl Capabilities {
                 previous.map(|p| &p.rate_limits),
             ),
             keysets,
-            patterns: patterns::PatternCache::default(),
+            // Each worker thread, and the thread checking configs.
+            patterns: patterns::PatternCache::new(patterns::CACHE_BYTES, config.server.threads + 1),
         })
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! The cache is host memory no filter's cap counts, and a filter can make
 //! its patterns from request input, so it is bounded by bytes, not by count:
-//! each pattern is weighed as its compiled size plus one search cache.
+//! each pattern is weighed as its compiled size plus, for each thread that
+//! may search with it, the most its search caches can grow to
+//! ([`search_cache_bound`]).
 
 use std::sync::Arc;
 
@@ -23,16 +25,19 @@ const MAX_COMPILED_BYTES: usize = 1 << 20;
 const SEARCH_CACHE_BYTES: usize = 64 << 10;
 /// What every cached pattern may weigh together; past this the cache
 /// starts over.
-const CACHE_BYTES: usize = 64 << 20;
+pub const CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
 pub struct PatternCache {
     compiled: BoundedMap<String, Arc<Regex>>,
+    /// Threads that may search at once, each with its own search caches,
+    /// which the pattern keeps for the next search.
+    searching_threads: usize,
 }
 
 impl Default for PatternCache {
     fn default() -> Self {
-        Self::holding(CACHE_BYTES)
+        Self::new(CACHE_BYTES, 1)
     }
 }
 
@@ -45,7 +50,10 @@ fn compile(pattern: &str) -> Result<Regex, String> {
         .nfa_size_limit(Some(MAX_COMPILED_BYTES))
         .onepass_size_limit(Some(MAX_COMPILED_BYTES))
         .dfa_size_limit(Some(MAX_COMPILED_BYTES))
-        .hybrid_cache_capacity(SEARCH_CACHE_BYTES);
+        .hybrid_cache_capacity(SEARCH_CACHE_BYTES)
+        // Its visited set can reach 256 KiB per thread: the PikeVM and the
+        // one-pass DFA find the same captures.
+        .backtrack(false);
     meta::Builder::new()
         .configure(config)
         .syntax(syntax::Config::new().utf8(true))
@@ -65,10 +73,21 @@ fn why(error: &BuildError) -> String {
     }
 }
 
+/// The most one thread's search caches for `regex` can hold: the lazy DFA,
+/// forward and reverse, at their capacity, and the PikeVM's two tables of
+/// capture slots per NFA state with its two sets of states (an NFA state
+/// takes at least 16 bytes of `memory_usage`, a slot 8 bytes).
+fn search_cache_bound(regex: &Regex) -> usize {
+    let slots = regex.group_info().slot_len();
+    let pikevm = regex.memory_usage().saturating_mul(slots.saturating_add(1));
+    (2 * SEARCH_CACHE_BYTES).saturating_add(pikevm)
+}
+
 impl PatternCache {
-    /// A cache whose patterns weigh at most `bytes` together.
-    pub fn holding(bytes: usize) -> Self {
-        Self { compiled: BoundedMap::new(bytes) }
+    /// A cache whose patterns weigh at most `bytes` together, searched by
+    /// up to `searching_threads` threads at once.
+    pub fn new(bytes: usize, searching_threads: usize) -> Self {
+        Self { compiled: BoundedMap::new(bytes), searching_threads: searching_threads.max(1) }
     }
 
     /// The compiled `pattern`, or why it does not compile.
@@ -77,8 +96,13 @@ impl PatternCache {
             return Ok(regex);
         }
         let regex = Arc::new(compile(pattern)?);
-        let weight = regex.memory_usage() + SEARCH_CACHE_BYTES + pattern.len();
-        // Every pattern is as good as another: a full cache starts over.
+        let weight = search_cache_bound(&regex)
+            .saturating_mul(self.searching_threads)
+            .saturating_add(regex.memory_usage())
+            .saturating_add(pattern.len());
+        // Every pattern is as good as another: a full cache starts over. One
+        // heavier than the whole cache is not kept: its caches go with it
+        // after this call.
         self.compiled.insert_weighing(pattern.to_string(), regex.clone(), weight, |_, _| false);
         Ok(regex)
     }
@@ -150,8 +174,8 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_by_what_its_patterns_weigh() {
-        let budget = 4 << 20;
-        let cache = PatternCache::holding(budget);
+        let budget = 16 << 20;
+        let cache = PatternCache::new(budget, 1);
         // Each of these compiles to a large automaton (Unicode classes,
         // repeated) from a pattern of a few bytes, as a filter could make
         // from request input.
@@ -163,6 +187,16 @@ mod tests {
             most = most.max(cache.weight());
         }
         assert!(most > budget / 2, "the cache kept too little: {most}");
+        // Each thread that may search keeps its own caches: they count.
+        let threads = PatternCache::new(budget, 4);
+        threads.get("x(a)(b)").unwrap();
+        let one = PatternCache::new(budget, 1);
+        one.get("x(a)(b)").unwrap();
+        assert!(threads.weight() > 3 * one.weight(), "{} against {}", threads.weight(), one.weight());
+        // A pattern heavier than the whole cache works, and is not kept.
+        let small = PatternCache::new(1 << 20, 1);
+        assert!(small.is_match(r"\w{20}", &"x".repeat(20)).unwrap());
+        assert_eq!(small.weight(), 0);
         // One pattern heavier than the per-pattern limit is refused.
         let error = cache.is_match(r"\w{5000}", "x").unwrap_err();
         assert!(error.contains("larger than the 1048576 bytes allowed"), "{error}");
