@@ -288,6 +288,17 @@ fn http2_over_tls() {
     assert_eq!(version, "2", "{text}");
     let echoed: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(echoed["path"], "/v2/h2");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{body}");
+}
+
+/// `X-Forwarded-Proto` says how the client reached the proxy, whatever the
+/// client sent in it.
+#[test]
+fn x_forwarded_proto_is_the_proxys_own() {
+    let proxy = Proxy::start(&ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]));
+    let reply = proxy.get("/api/proto", &[("x-forwarded-proto", "https")]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "http", "{reply:?}");
 }
 
 #[test]

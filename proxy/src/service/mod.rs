@@ -521,6 +521,12 @@ impl ProxyHttp for CascadeProxy {
             let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", ip);
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
+        // Set, never passed on: a client's own `https` would make an origin
+        // that trusts it skip its redirect to HTTPS, or build its links, for
+        // every client the cache then serves (as Envoy at the edge does).
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
         Ok(())
     }
 
