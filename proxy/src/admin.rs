@@ -22,14 +22,30 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{Value, json};
 
+use crate::config::{AdminConfig, SecretSource};
 use crate::control::ControlPlane;
+use crate::filters::capabilities::jwt::read_secret;
 use crate::filters::module::valid_name;
 
-/// The admin API service.
+/// The admin API service. Its token is the control plane's
+/// (`ControlPlane::admin_token`), which a config reload reads again.
 pub struct AdminApi {
     control: Arc<ControlPlane>,
-    token: Vec<u8>,
     max_body_bytes: usize,
+}
+
+/// The admin token `admin` names, or why there is none.
+pub fn read_token(admin: &AdminConfig) -> Result<Vec<u8>, String> {
+    let source = match (&admin.token_env, &admin.token_file) {
+        (Some(var), _) => SecretSource::Env(var.clone()),
+        (None, Some(file)) => SecretSource::File(file.clone()),
+        (None, None) => return Err("no admin.token_env or admin.token_file is configured".into()),
+    };
+    let token = read_secret(&source)?;
+    if token.is_empty() {
+        return Err("the admin token is empty".into());
+    }
+    Ok(token)
 }
 
 /// Equal in constant time for equal lengths, so a token cannot be guessed
@@ -51,8 +67,9 @@ fn error(status: u16, message: impl Into<String>) -> Response<Vec<u8>> {
 }
 
 impl AdminApi {
-    pub fn new(control: Arc<ControlPlane>, token: Vec<u8>, max_body_bytes: usize) -> Self {
-        Self { control, token, max_body_bytes }
+    /// The admin API over `control`, which holds its token.
+    pub fn new(control: Arc<ControlPlane>, max_body_bytes: usize) -> Self {
+        Self { control, max_body_bytes }
     }
 
     fn authorized(&self, session: &ServerSession) -> bool {
@@ -65,7 +82,7 @@ impl AdminApi {
             // The scheme is case-insensitive (RFC 9110 §11.1).
             .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_matches(' ')))
             .unwrap_or("");
-        constant_time_eq(presented.as_bytes(), &self.token)
+        self.control.admin_token().is_some_and(|token| constant_time_eq(presented.as_bytes(), &token))
     }
 
     /// Read and drop what is left of the request body (up to the body limit),

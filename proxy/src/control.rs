@@ -40,6 +40,8 @@ pub enum ControlError {
     Store(#[from] io::Error),
     #[error("the compile was cut short: {0}")]
     CompileTask(String),
+    #[error("admin token: {0}; the admin API keeps the token it has")]
+    AdminToken(String),
 }
 
 impl ControlError {
@@ -48,7 +50,7 @@ impl ControlError {
         match self {
             // The change may be fine: there was no instance slot to check it.
             Self::Snapshot(SnapshotError::Chain(ChainError::NoFreeSlot { .. })) => 503,
-            Self::Module(_) | Self::Snapshot(_) => 400,
+            Self::Module(_) | Self::Snapshot(_) | Self::AdminToken(_) => 400,
             Self::NoSuchModule(_) => 404,
             Self::InUse { .. } | Self::NoEarlierVersion(_) => 409,
             Self::Store(_) | Self::CompileTask(_) => 500,
@@ -73,6 +75,9 @@ pub struct ControlPlane {
     config_path: PathBuf,
     store: ModuleStore,
     changes: tokio::sync::Mutex<()>,
+    /// The admin API's token while it serves; a reload reads it again, so a
+    /// rotated token file takes effect without a restart.
+    admin_token: arc_swap::ArcSwapOption<Vec<u8>>,
 }
 
 /// Every module: the modules directory (less the files deleted through the
@@ -121,6 +126,7 @@ impl ControlPlane {
             config_path: path.to_path_buf(),
             store,
             changes: tokio::sync::Mutex::new(()),
+            admin_token: Default::default(),
         })
     }
 
@@ -262,16 +268,32 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Reload the config files and modules; on any error the old snapshot
-    /// keeps serving.
+    /// Reload the config files, modules and the admin token; on any error
+    /// the old snapshot and token keep serving.
     pub async fn reload(&self) -> Result<(), ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
+        let token = match self.admin_token() {
+            Some(_) => Some(crate::admin::read_token(&config.admin).map_err(ControlError::AdminToken)?),
+            None => None,
+        };
         let previous = self.current.load_full();
         let snapshot = snapshot_of(&self.runtime, config, &self.store, Some(&previous)).await?;
         self.serve(snapshot);
+        if let Some(token) = token {
+            self.set_admin_token(token);
+        }
         self.metrics.record_reload();
         Ok(())
+    }
+
+    /// The admin API's token, while it serves.
+    pub fn admin_token(&self) -> Option<Arc<Vec<u8>>> {
+        self.admin_token.load_full()
+    }
+
+    pub fn set_admin_token(&self, token: Vec<u8>) {
+        self.admin_token.store(Some(Arc::new(token)));
     }
 
     fn routes_using(&self, name: &str) -> Vec<String> {

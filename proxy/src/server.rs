@@ -9,11 +9,10 @@ use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 
-use crate::admin::AdminApi;
-use crate::config::{self, AdminConfig, Config};
+use crate::admin::{self, AdminApi};
+use crate::config::{self, Config};
 use crate::control::{ControlError, ControlPlane};
 use crate::filters::FilterRuntime;
-use crate::filters::capabilities::jwt::read_secret;
 use crate::service::CascadeProxy;
 use crate::snapshot::SnapshotError;
 
@@ -60,20 +59,6 @@ pub fn check(path: &Path) -> Result<ControlPlane, StartError> {
     load(path).map(|(control, _)| control)
 }
 
-/// The admin token, or why the admin API stays off.
-fn admin_token(admin: &AdminConfig) -> Result<Vec<u8>, String> {
-    let source = match (&admin.token_env, &admin.token_file) {
-        (Some(var), _) => config::SecretSource::Env(var.clone()),
-        (None, Some(file)) => config::SecretSource::File(file.clone()),
-        (None, None) => return Err("no admin.token_env or admin.token_file is configured".into()),
-    };
-    let token = read_secret(&source)?;
-    if token.is_empty() {
-        return Err("the admin token is empty".into());
-    }
-    Ok(token)
-}
-
 /// Serve the config at `path` until the process is stopped.
 pub fn serve(path: &Path) -> Result<(), StartError> {
     let (control, config) = load(path)?;
@@ -118,9 +103,10 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     }
     server.add_service(proxy);
 
-    match admin_token(&config.admin) {
+    match admin::read_token(&config.admin) {
         Ok(token) => {
-            let api = AdminApi::new(control.clone(), token, config.admin.max_body_bytes);
+            control.set_admin_token(token);
+            let api = AdminApi::new(control.clone(), config.admin.max_body_bytes);
             let mut admin = Service::new("cascade-admin".to_string(), api);
             admin.threads = Some(1);
             admin.add_tcp(&config.admin.listen.to_string());

@@ -250,6 +250,31 @@ fn swaps_under_load_drop_nothing_and_never_mix_versions() {
     proxy.wait_for_metrics(&["cascade_module_swaps_total 201"]);
 }
 
+/// A reload reads the admin token again, so a rotated (or leaked) token is
+/// replaced without a restart; a token that cannot be read refuses the
+/// reload, and the one in use stays.
+#[test]
+fn a_reload_rotates_the_admin_token() {
+    let proxy = proxy();
+    let main = proxy.dir.path().join("cascade.toml");
+    let config = std::fs::read_to_string(&main).unwrap();
+    let rotated = config.replace("token_env = \"CASCADE_TEST_ADMIN_TOKEN\"", "token_file = \"admin-token\"");
+    assert_ne!(rotated, config);
+    std::fs::write(&main, rotated).unwrap();
+    std::fs::write(proxy.dir.path().join("admin-token"), "rotated-admin-token\n").unwrap();
+    let reload = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(reload.status, 200, "{reload:?}");
+    assert_eq!(proxy.admin("GET", "/modules", b"", None).status, 401, "the old token still works");
+    assert_eq!(proxy.admin("GET", "/modules", b"", Some("rotated-admin-token")).status, 200);
+
+    std::fs::remove_file(proxy.dir.path().join("admin-token")).unwrap();
+    let refused = proxy.admin("POST", "/config/reload", b"", Some("rotated-admin-token"));
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let error = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("admin token") && error.contains("admin-token"), "{error}");
+    assert_eq!(proxy.admin("GET", "/modules", b"", Some("rotated-admin-token")).status, 200);
+}
+
 #[test]
 fn broken_reload_keeps_the_old_routes() {
     let proxy = proxy();
