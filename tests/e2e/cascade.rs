@@ -98,6 +98,43 @@ fn always(status: u16) -> SocketAddr {
     addr
 }
 
+/// A server that answers each request with the head of a chunked 200 and
+/// one chunk, `hello`, then closes: a body cut short.
+fn cut_short() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        }
+    });
+    addr
+}
+
+/// An upstream that fails in the middle of its body: the client gets what
+/// came, then a closed connection with the message unfinished, never an
+/// error answer glued to the origin's bytes and ended as if whole.
+#[test]
+fn a_body_cut_short_upstream_stays_cut_short() {
+    let proxy = Proxy::start(
+        &ProxyConfig::over(cut_short(), "[[route]]\nname = \"site\"\nupstream = \"origin\"\n").with_admin(),
+    );
+    let (status, raw) = send_raw_bytes(proxy.port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, Some(200), "{raw}");
+    assert!(raw.contains("hello"), "{raw}");
+    assert!(!raw.contains("error"), "an error answer followed the origin's bytes: {raw}");
+    assert!(!raw.ends_with("0\r\n\r\n"), "the cut message was ended as if whole: {raw}");
+    proxy.wait_for_metrics(&["cascade_requests_total{route=\"site\",status=\"200\"} 1"]);
+}
+
 /// A listed 5xx fails over only if the request can be sent again: a body
 /// past the retry buffer cannot, and the client gets the tier's own answer.
 #[test]

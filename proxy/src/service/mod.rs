@@ -604,6 +604,17 @@ impl ProxyHttp for CascadeProxy {
         // closed socket.
         session.set_keepalive(None);
         let mut chain = ctx.chain.take();
+        // A response already under way (its head sent, its body cut short by
+        // the upstream) cannot turn into an error answer: ours would follow
+        // the origin's bytes and end the message as if it were whole, for the
+        // client and for any cache in front. The connection closes with the
+        // message unfinished, which says it is broken.
+        if session.response_written().is_some() {
+            if let Some(mut chain) = chain {
+                ctx.collect(chain.get_mut());
+            }
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
         let error = match &ctx.failure {
             Some(failure) => ErrorReply::filter_failed(failure),
             None => ErrorReply::from_proxy_error(e),
