@@ -1,6 +1,7 @@
 //! Start-up: load everything, then hand the listeners to Pingora: the proxy
 //! service, and the admin API on its own listener.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +26,15 @@ pub enum StartError {
     Engine(wasmtime::Error),
     #[error("{path}: TLS setup failed: {reason}")]
     Tls { path: String, reason: String },
+    #[error("{key} {addr}: cannot listen: {reason}")]
+    Listen { key: &'static str, addr: SocketAddr, reason: std::io::Error },
+}
+
+/// Bind `addr` once and let it go, so that a port another process holds
+/// stops start-up with its key and address. Pingora binds later, in a
+/// background task whose panic would leave this process up, serving nothing.
+fn check_listen(key: &'static str, addr: SocketAddr) -> Result<(), StartError> {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|reason| StartError::Listen { key, addr, reason })
 }
 
 impl From<SnapshotError> for StartError {
@@ -75,14 +85,24 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         );
     }
 
+    let admin_token = admin::read_token(&config.admin);
+    check_listen("server.listen", config.server.listen)?;
+    if let Some(tls) = &config.server.tls {
+        check_listen("server.tls.listen", tls.listen)?;
+    }
+    if admin_token.is_ok() {
+        check_listen("admin.listen", config.admin.listen)?;
+    }
+
     let conf = ServerConf {
         threads: config.server.threads,
         // One current-thread runtime per worker: no cross-thread wakeups.
         work_stealing: false,
-        // On SIGTERM, stop accepting at once and give requests in flight
-        // 10 s, instead of Pingora's 5-minute default.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(10),
+        // On SIGTERM, stop accepting at once, and give requests in flight
+        // the grace period (Pingora's default is 5 minutes). The runtimes'
+        // own shutdown then drops whatever is left at its next await.
+        grace_period_seconds: Some(config.server.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -103,7 +123,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     }
     server.add_service(proxy);
 
-    match admin::read_token(&config.admin) {
+    match admin_token {
         Ok(token) => {
             control.set_admin_token(token);
             let api = AdminApi::new(control.clone(), config.admin.max_body_bytes);

@@ -475,3 +475,77 @@ fn std_stdio_in_a_filter_behaves_as_the_host_would() {
     assert!(error.contains("trap") && error.contains("unreachable"), "{error}");
     assert_eq!(proxy.get("/stdio", &[]).status, 200);
 }
+
+/// Wait up to a minute for `child` to exit; its status.
+fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "cascade did not exit within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A listen address another process holds stops start-up with the key and
+/// the address, instead of a process that runs on and serves nothing.
+#[test]
+fn a_busy_listen_port_stops_start_up_naming_it() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).write(dir.path(), port);
+    let mut child = std::process::Command::new(cascade_bin())
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_of(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("server.listen 127.0.0.1:{port}: cannot listen")), "{stderr}");
+}
+
+/// On SIGTERM the proxy stops accepting, and a request in flight still gets
+/// its answer within the grace period; then the process exits.
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (arrived, arrival) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            arrived.send(()).unwrap();
+            // Answer well after the signal.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
+        }
+    });
+    let mut config = ProxyConfig::over(origin, "[[route]]\nname = \"slow\"\nupstream = \"origin\"\n");
+    config.server_extra.push_str("shutdown_grace_secs = 3\n");
+    let mut proxy = Proxy::start(&config);
+    let url = proxy.url("/slow");
+    let client = std::thread::spawn(move || send("GET", &url, &[]));
+    arrival.recv().unwrap();
+    proxy.signal("TERM");
+    let reply = client.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "slow");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while proxy.is_running() {
+        assert!(std::time::Instant::now() < deadline, "cascade did not exit after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -136,6 +136,8 @@ pub struct ServerSection {
     pub max_header_kb: Spanned<usize>,
     /// Largest request body.
     pub max_body_mb: u64,
+    /// On SIGTERM, how long requests in flight have to finish.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -149,6 +151,7 @@ impl Default for ServerSection {
             max_headers: Spanned::new(0..0, 100),
             max_header_kb: Spanned::new(0..0, 60),
             max_body_mb: 100,
+            shutdown_grace_secs: 10,
         }
     }
 }

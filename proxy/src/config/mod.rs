@@ -125,6 +125,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let server = ServerConfig {
         listen,
         threads: file.server.threads.max(1),
+        shutdown_grace: Duration::from_secs(file.server.shutdown_grace_secs),
         tls: match &file.server.tls {
             None => None,
             Some(tls) => Some(TlsConfig {

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads for the proxy service.
     pub threads: usize,
+    /// On SIGTERM, how long requests in flight have to finish.
+    pub shutdown_grace: std::time::Duration,
     pub tls: Option<TlsConfig>,
     /// This node's name in `CDN-Loop` and `Via`.
     pub node_id: String,
