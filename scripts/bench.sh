@@ -67,6 +67,8 @@ PIN=${PIN:-1}
 # not busy does: the proxy idles between requests, and its CPU per request
 # includes what cold caches cost it (docs/BENCHMARKS.md, session 10).
 RATE=${RATE:-}
+PATH="$PATH:/usr/sbin"   # nginx lives here on Debian
+scripts/setup.sh nginx wrk valgrind
 read -r PROXY_CPUS LOAD_CPUS < <(python3 - "$WORKERS" <<'CPUS'
 import os, sys
 cpus = sorted(os.sched_getaffinity(0))
@@ -81,8 +83,6 @@ if [ "$PROXY_CPUS" = - ]; then PIN=0; fi
 parts=("${@:-load cache memory swap micro instructions}")
 parts=(${parts[*]})
 
-PATH="$PATH:/usr/sbin"   # nginx lives here on Debian
-scripts/setup.sh nginx wrk valgrind
 if [ -n "${PERF_ROW:-}" ] && ! command -v perf >/dev/null; then
     echo "bench: PERF_ROW needs perf (Debian package linux-perf)" >&2
     exit 1

@@ -16,6 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip2 "${guests[@]}" -- -D warnings
 log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 # One closing line for the whole suite: cargo prints one per test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "suite: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
