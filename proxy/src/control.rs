@@ -61,6 +61,9 @@ impl ControlError {
 /// One chain entry's breaker, for `GET /modules` and the metrics.
 pub struct BreakerReport {
     pub route: String,
+    /// The entry's place in its route's chain, from 0: a chain may run the
+    /// same module twice (two rate limits, say).
+    pub position: usize,
     pub module: String,
     pub state: crate::filters::breaker::BreakerState,
     pub opened: u64,
@@ -331,6 +334,7 @@ impl ControlPlane {
             "routes": self.routes_using(name),
             "breakers": self.breakers().into_iter().filter(|b| b.module == name).map(|b| json!({
                 "route": b.route,
+                "position": b.position,
                 "state": b.state.as_str(),
                 "opened_total": b.opened,
             })).collect::<Vec<_>>(),
@@ -342,9 +346,10 @@ impl ControlPlane {
         let current = self.current.load();
         let mut reports = Vec::new();
         for route in current.routes.routes() {
-            for link in route.chain.links.iter() {
+            for (position, link) in route.chain.links.iter().enumerate() {
                 reports.push(BreakerReport {
                     route: route.name.to_string(),
+                    position,
                     module: link.entry.module.clone(),
                     state: link.breaker.state(),
                     opened: link.breaker.opened(),

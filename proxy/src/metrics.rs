@@ -152,14 +152,12 @@ impl Metrics {
                 BreakerState::HalfOpen => "0.5",
                 BreakerState::Open => "1",
             };
-            let labels = format!("route=\"{}\",module=\"{}\"", escape(&b.route), escape(&b.module));
-            let _ = writeln!(out, "cascade_filter_breaker_open{{{labels}}} {value}");
+            let _ = writeln!(out, "cascade_filter_breaker_open{{{}}} {value}", breaker_labels(b));
         }
         out.push_str("# HELP cascade_filter_breaker_opens_total Times a chain entry's circuit breaker opened.\n");
         out.push_str("# TYPE cascade_filter_breaker_opens_total counter\n");
         for b in breakers {
-            let labels = format!("route=\"{}\",module=\"{}\"", escape(&b.route), escape(&b.module));
-            let _ = writeln!(out, "cascade_filter_breaker_opens_total{{{labels}}} {}", b.opened);
+            let _ = writeln!(out, "cascade_filter_breaker_opens_total{{{}}} {}", breaker_labels(b), b.opened);
         }
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
@@ -216,6 +214,11 @@ impl Histogram {
         self.count += 1;
         self.sum_us += us;
     }
+}
+
+/// A chain entry's labels: its route, its place in the chain and its module.
+fn breaker_labels(b: &BreakerReport) -> String {
+    format!("route=\"{}\",position=\"{}\",module=\"{}\"", escape(&b.route), b.position, escape(&b.module))
 }
 
 fn escape(label: &str) -> String {

@@ -64,8 +64,8 @@ fn breaker_opens_answers_without_running_the_filter_and_recovers() {
     assert_eq!(refused.status, 500);
     assert!(refused.json()["error"].as_str().unwrap().contains("circuit breaker open"), "{refused:?}");
     proxy.wait_for_metrics(&[
-        "cascade_filter_breaker_open{route=\"flaky\",module=\"misbehave\"} 1",
-        "cascade_filter_breaker_opens_total{route=\"flaky\",module=\"misbehave\"} 1",
+        "cascade_filter_breaker_open{route=\"flaky\",position=\"0\",module=\"misbehave\"} 1",
+        "cascade_filter_breaker_opens_total{route=\"flaky\",position=\"0\",module=\"misbehave\"} 1",
         "cascade_filter_failures_total{module=\"misbehave\",kind=\"trap\"} 3",
         "cascade_filter_failures_total{module=\"misbehave\",kind=\"breaker-open\"} 2",
     ]);
@@ -261,4 +261,25 @@ fn a_breaker_survives_changes_to_other_modules_and_reloads() {
     assert_eq!(breaker_state(&proxy), "open", "a reload that changed nothing here closed it");
     let refused = proxy.get("/", &[]);
     assert!(refused.json()["error"].as_str().unwrap().contains("circuit breaker open"), "{refused:?}");
+}
+
+/// A chain may run one module twice: each entry has its own breaker, and its
+/// own series in the metrics (two series with the same labels would be
+/// invalid Prometheus text, and one breaker would go missing).
+#[test]
+fn a_module_twice_in_a_chain_has_a_breaker_each() {
+    let routes = format!(
+        "{}[[route.filters]]\nmodule = \"misbehave\"\nconfig = {{ on_request = \"panic\", only_when_triggered = true }}\n",
+        misbehave_route("fail-closed", "")
+    );
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]).with_admin());
+    assert_eq!(proxy.get("/", &[]).status, 200);
+    let metrics = proxy.wait_for_metrics(&[
+        "cascade_filter_breaker_open{route=\"flaky\",position=\"0\",module=\"misbehave\"} 0",
+        "cascade_filter_breaker_open{route=\"flaky\",position=\"1\",module=\"misbehave\"} 0",
+    ]);
+    assert_eq!(metrics.matches("cascade_filter_breaker_opens_total{").count(), 2, "{metrics}");
+    let module = proxy.admin("GET", "/modules/misbehave", b"", None).json();
+    let positions: Vec<_> = module["breakers"].as_array().unwrap().iter().map(|b| b["position"].clone()).collect();
+    assert_eq!(positions, [0, 1]);
 }

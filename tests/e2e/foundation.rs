@@ -289,6 +289,26 @@ fn http2_over_tls() {
     let echoed: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(echoed["path"], "/v2/h2");
     assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{body}");
+    // The request's :authority is the origin's Host, through a filter's path
+    // edit and the proxy's own normalization alike.
+    let host = format!("localhost:{tls_port}");
+    assert_eq!(echoed["headers"]["host"], host.as_str(), "{body}");
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--http2", "--path-as-is", &format!("https://localhost:{tls_port}//api//h2")])
+        .output()
+        .expect("curl is installed");
+    let echoed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echoed["path"], "/v2/h2", "{echoed}");
+    assert_eq!(echoed["headers"]["host"], host.as_str(), "{echoed}");
+
+    // Browsers send each cookie on a line of its own over HTTP/2; the
+    // HTTP/1.1 origin gets them on one line, joined by "; ".
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--http2", "-H", "cookie: a=1", "-H", "cookie: b=2", &url])
+        .output()
+        .expect("curl is installed");
+    let echoed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echoed["headers"]["cookie"], "a=1; b=2", "{echoed}");
 }
 
 /// `X-Forwarded-Proto` says how the client reached the proxy, whatever the

@@ -147,7 +147,12 @@ pub fn key_target<'a>(target: &'a str, policy: &RouteCachePolicy) -> Cow<'a, str
 
 /// Only GET and HEAD use the cache, and not when the client says `no-store`.
 pub fn request_may_use_cache(req: &RequestHeader) -> bool {
-    request_cacheable(req) && !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
+    // An Upgrade (a WebSocket handshake) asks for a connection, not a
+    // representation: a stored answer to a plain GET of the same URL is no
+    // answer to it, and handshakes must not wait on each other's cache lock.
+    request_cacheable(req)
+        && !req.headers.contains_key(http::header::UPGRADE)
+        && !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
 }
 
 /// The cache key: the URL the client asked for (what a purge names), then
@@ -332,6 +337,22 @@ mod tests {
 
     fn policy() -> RouteCachePolicy {
         RouteCachePolicy { enabled: true, ..Default::default() }
+    }
+
+    #[test]
+    fn what_may_use_the_cache() {
+        let request = |method: &str, headers: &[(&str, &str)]| {
+            let mut req = RequestHeader::build(method, b"/chat", None).unwrap();
+            for (name, value) in headers {
+                req.insert_header(name.to_string(), *value).unwrap();
+            }
+            request_may_use_cache(&req)
+        };
+        assert!(request("GET", &[]));
+        assert!(request("HEAD", &[]));
+        assert!(!request("POST", &[]));
+        assert!(!request("GET", &[("cache-control", "no-store")]));
+        assert!(!request("GET", &[("connection", "upgrade"), ("upgrade", "websocket")]), "a WebSocket handshake");
     }
 
     #[test]

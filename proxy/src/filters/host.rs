@@ -10,7 +10,7 @@ use crate::config::OutputLimits;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
@@ -498,7 +498,7 @@ fn set_target(header: &mut RequestHeader, path: Option<&str>, query: Option<Opti
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
-    let uri: Uri = target.parse().map_err(|_| match query {
+    let uri = crate::route::normalize::with_path_and_query(&header.uri, &target).ok_or_else(|| match query {
         Some(q) if path == old_path => EditError::InvalidQuery(q.to_string()),
         _ => EditError::InvalidPath(path.to_string()),
     })?;

@@ -103,6 +103,15 @@ pub fn without_parameters(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `uri` with its path and query replaced by `path_and_query`, keeping its
+/// scheme and authority: an HTTP/2 request's host is its URI's authority,
+/// and the upstream's `Host` is made from it.
+pub fn with_path_and_query(uri: &http::Uri, path_and_query: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 /// An unreserved character (RFC 3986 §2.3): `A-Z a-z 0-9 - . _ ~`.
 pub fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~".contains(&b)
@@ -233,6 +242,15 @@ mod tests {
             assert_eq!(without_parameters(normal), want, "{normal}");
         }
         assert!(matches!(without_parameters("/plain/path"), Cow::Borrowed("/plain/path")));
+    }
+
+    #[test]
+    fn a_new_target_keeps_the_authority() {
+        let h2: http::Uri = "https://example.com:8443/old?x=1".parse().unwrap();
+        assert_eq!(with_path_and_query(&h2, "/new?y=2").unwrap(), "https://example.com:8443/new?y=2");
+        let h1: http::Uri = "/old".parse().unwrap();
+        assert_eq!(with_path_and_query(&h1, "/new").unwrap(), "/new");
+        assert_eq!(with_path_and_query(&h1, "/a b"), None);
     }
 
     #[test]

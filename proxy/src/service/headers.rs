@@ -41,14 +41,31 @@ pub(super) fn ip_text(ip: std::net::IpAddr) -> String {
 /// Every line of header `name`, joined by ", " in order, as one value (RFC
 /// 9110, 5.3); `None` if the message has none. One line is not copied.
 pub(crate) fn joined_lines<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<Cow<'h, [u8]>> {
+    joined_by(headers, name, b", ")
+}
+
+/// Every line of header `name`, joined by `separator`; one is not copied.
+fn joined_by<'h>(headers: &'h http::HeaderMap, name: &str, separator: &[u8]) -> Option<Cow<'h, [u8]>> {
     let mut lines = headers.get_all(name).iter();
     let mut joined = Cow::Borrowed(lines.next()?.as_bytes());
     for line in lines {
         let joined = joined.to_mut();
-        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(separator);
         joined.extend_from_slice(line.as_bytes());
     }
     Some(joined)
+}
+
+/// The `Cookie` lines of an HTTP/2 request as the one line an HTTP/1.1 peer
+/// expects, joined by "; " (RFC 9113 §8.2.3: browsers send each cookie on a
+/// line of its own); `None` when there are fewer than two.
+pub(super) fn joined_cookies(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(http::header::COOKIE).iter();
+    lines.next()?;
+    lines.next()?;
+    let joined = joined_by(headers, "cookie", b"; ")?;
+    // Lines that were values each are one joined by "; ".
+    Some(HeaderValue::from_bytes(&joined).expect("joined header values are a header value"))
 }
 
 /// The value of list-valued header `name` with `member` appended, after
@@ -70,6 +87,18 @@ pub(super) fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderV
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+
+    use super::*;
+
+    #[test]
+    fn cookies_on_many_lines_make_one() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("cookie", HeaderValue::from_static("a=1"));
+        assert_eq!(joined_cookies(&headers), None, "one line stays as it is");
+        headers.append("cookie", HeaderValue::from_static("b=2"));
+        headers.append("cookie", HeaderValue::from_static("c=3"));
+        assert_eq!(joined_cookies(&headers).unwrap(), "a=1; b=2; c=3");
+    }
 
     #[test]
     fn with_member_keeps_every_line_of_the_list() {

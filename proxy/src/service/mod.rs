@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;
-use headers::{empty_request, empty_response, ip_text, with_member};
+use headers::{empty_request, empty_response, ip_text, joined_cookies, with_member};
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -190,9 +190,9 @@ impl CascadeProxy {
             Err(e) => return reply::send_error(session, ctx, ErrorReply::new(400, e.to_string())).await,
         };
         if let Some(target) = rewritten {
-            match target.parse() {
-                Ok(uri) => session.req_header_mut().set_uri(uri),
-                Err(_) => {
+            match normalize::with_path_and_query(&session.req_header().uri, &target) {
+                Some(uri) => session.req_header_mut().set_uri(uri),
+                None => {
                     return reply::send_error(session, ctx, ErrorReply::new(400, "invalid request target".into()))
                         .await;
                 }
@@ -520,6 +520,11 @@ impl ProxyHttp for CascadeProxy {
             let ip = HeaderValue::try_from(ip_text(ip)).expect("an IP address is a valid header value");
             let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", ip);
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
+        }
+        if session.is_http2()
+            && let Some(cookies) = joined_cookies(&upstream_request.headers)
+        {
+            upstream_request.insert_header(http::header::COOKIE, cookies)?;
         }
         // Set, never passed on: a client's own `https` would make an origin
         // that trusts it skip its redirect to HTTPS, or build its links, for
