@@ -18,9 +18,16 @@ pub fn call(addr: &str, method: &str, path: &str, body: &[u8]) -> Result<(), Str
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(|e| e.to_string())?;
+    // The server may answer before it has read the body (a 413 for an
+    // upload past its limit) and close: read its answer even if the write
+    // failed, and report the write's error only if there is none.
+    let sent = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body));
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(|e| e.to_string())?;
+    let received = stream.read_to_end(&mut response);
+    if response.is_empty() {
+        let error = sent.and(received).err().map_or_else(|| "no answer".to_string(), |e| e.to_string());
+        return Err(format!("admin API at {addr}: {error}"));
+    }
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -327,6 +327,14 @@ fn operator_cli_pushes_lists_and_rolls_back() {
         .unwrap();
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+    // An upload past the limit (2 MiB here) is answered 413 before the body
+    // is read; the CLI reports that answer, not the broken pipe it may hit.
+    let large = proxy.dir.path().join("large.wasm");
+    std::fs::write(&large, vec![0u8; 8 << 20]).unwrap();
+    let out = cli(&["module", "push", "swappable", large.to_str().unwrap(), "--admin", &admin]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("413") && stderr.contains("larger than"), "{stderr}");
 }
 
 #[test]
