@@ -283,3 +283,21 @@ fn a_module_twice_in_a_chain_has_a_breaker_each() {
     let positions: Vec<_> = module["breakers"].as_array().unwrap().iter().map(|b| b["position"].clone()).collect();
     assert_eq!(positions, [0, 1]);
 }
+
+/// A filter failing closed on a cache hit answers as the route says (its
+/// failure status, the error body with the request id), as on a miss;
+/// Pingora's own answer there was a bare 500.
+#[test]
+fn a_filter_failing_on_a_cache_hit_answers_as_the_route_says() {
+    let routes = "[[route]]\nname = \"cached\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\n\
+                  [[route.filters]]\nmodule = \"misbehave\"\non_error = \"fail-closed\"\nfailure_status = 503\n\
+                  config = { on_response = \"panic\", only_when_triggered = true }\n";
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &["misbehave"]));
+    assert_eq!(proxy.get("/page", &[]).status, 200);
+    let hit = proxy.get("/page", &[]);
+    assert!(hit.header("cache-status").unwrap_or_default().contains("hit"), "{hit:?}");
+    let failed = proxy.get("/page", &[TRIGGER]);
+    assert!(failed.header("cache-status").unwrap_or_default().contains("hit"), "{failed:?}");
+    assert_eq!(failed.status, 503, "{failed:?}");
+    assert_eq!(failed.json()["request_id"], failed.header("x-request-id").unwrap());
+}

@@ -300,6 +300,12 @@ pub fn outcome(cache: &HttpCache) -> &'static str {
     }
 }
 
+/// Whether the response comes from storage (a hit, or stale), not from an
+/// upstream.
+pub fn served_from_cache(cache: &HttpCache) -> bool {
+    matches!(cache.phase(), CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating)
+}
+
 /// This node's member of the `Cache-Status` list (RFC 9211). The member of
 /// a request the cache never saw (a route without caching) is made once per
 /// config, not formatted on every request.

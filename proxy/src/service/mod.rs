@@ -594,7 +594,15 @@ impl ProxyHttp for CascadeProxy {
             drop(chain);
             if let Err(failure) = result {
                 let message = failure.to_string();
+                let error = ErrorReply::filter_failed(&failure);
                 ctx.failure = Some(failure);
+                // On a cache hit Pingora answers this error itself, with a
+                // bare 500 and no fail_to_proxy: answer first, as the route
+                // says (its failure status, our error body, the request id).
+                if cache::served_from_cache(&session.cache) {
+                    session.set_keepalive(None);
+                    let _ = reply::send_error(session, ctx, error).await;
+                }
                 return Error::e_explain(ErrorType::HTTPStatus(500), message);
             }
         }
