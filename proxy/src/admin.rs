@@ -147,7 +147,10 @@ impl AdminApi {
                 .body(control.metrics.render(&control.runtime, control.cache, &control.breakers()).into_bytes())
                 .expect("a valid response"),
             ("POST", ["config", "reload"]) => match control.reload().await {
-                Ok(()) => reply(200, json!({ "reloaded": true, "routes": control.routes_json() })),
+                Ok(restart_needed) => reply(
+                    200,
+                    json!({ "reloaded": true, "restart_needed": restart_needed, "routes": control.routes_json() }),
+                ),
                 Err(e) => error(e.status(), e.to_string()),
             },
             ("POST", ["cache", "purge"]) => {

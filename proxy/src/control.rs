@@ -83,6 +83,26 @@ pub struct ControlPlane {
     admin_token: arc_swap::ArcSwapOption<Vec<u8>>,
 }
 
+/// The keys whose change a reload cannot apply: listeners, threads and
+/// the engine, cache and store sized or opened at start. TLS certificates
+/// are read at start too: a reload with TLS on always names them, since
+/// their files may have changed under the same names.
+fn restart_needed(running: &Config, loaded: &Config) -> Vec<&'static str> {
+    let (old, new) = (running, loaded);
+    let changed = [
+        ("server.listen", old.server.listen != new.server.listen),
+        ("server.threads", old.server.threads != new.server.threads),
+        ("server.shutdown_grace_secs", old.server.shutdown_grace != new.server.shutdown_grace),
+        ("server.tls", old.server.tls != new.server.tls || new.server.tls.is_some()),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("admin.max_upload_mb", old.admin.max_body_bytes != new.admin.max_body_bytes),
+        ("modules.store", old.modules.store != new.modules.store),
+        ("limits.max_instances", old.limits.max_instances != new.limits.max_instances),
+        ("cache", old.cache != new.cache),
+    ];
+    changed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
+}
+
 /// Every module: the modules directory (less the files deleted through the
 /// admin API), then the active uploaded versions, which win over a file of
 /// the same name.
@@ -272,10 +292,15 @@ impl ControlPlane {
     }
 
     /// Reload the config files, modules and the admin token; on any error
-    /// the old snapshot and token keep serving.
-    pub async fn reload(&self) -> Result<(), ControlError> {
+    /// the old snapshot and token keep serving. The answer lists the keys
+    /// that changed but only take effect at a restart.
+    pub async fn reload(&self) -> Result<Vec<&'static str>, ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
+        let restart_needed = restart_needed(&self.current.load().config, &config);
+        if !restart_needed.is_empty() {
+            log::warn!("config reload: changes to {} take effect only at a restart", restart_needed.join(", "));
+        }
         let token = match self.admin_token() {
             Some(_) => Some(crate::admin::read_token(&config.admin).map_err(ControlError::AdminToken)?),
             None => None,
@@ -287,7 +312,7 @@ impl ControlPlane {
             self.set_admin_token(token);
         }
         self.metrics.record_reload();
-        Ok(())
+        Ok(restart_needed)
     }
 
     /// The admin API's token, while it serves.

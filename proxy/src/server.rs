@@ -161,7 +161,8 @@ fn reload_on_sighup(control: Arc<ControlPlane>) {
         runtime.block_on(async move {
             while hangups.recv().await.is_some() {
                 match control.reload().await {
-                    Ok(()) => log::info!("SIGHUP: config reloaded"),
+                    // What a restart would still change was logged by reload.
+                    Ok(_) => log::info!("SIGHUP: config reloaded"),
                     Err(e) => log::error!("SIGHUP: reload refused, the old config keeps serving: {e}"),
                 }
             }

@@ -292,10 +292,21 @@ fn broken_reload_keeps_the_old_routes() {
         format!("{ROUTES}\n[[route]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"origin\"\n"),
     )
     .unwrap();
-    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    let reloaded = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(reloaded.status, 200);
+    assert_eq!(reloaded.json()["restart_needed"], serde_json::json!([]), "{reloaded:?}");
     let plain = proxy.get("/plain", &[]);
     assert_eq!(plain.status, 200);
     assert!(plain.header("x-misbehave").is_none());
+
+    // A change a reload cannot apply is named in the answer and the log.
+    let main = proxy.dir.path().join("cascade.toml");
+    let config = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, config.replace("threads = 2", "threads = 3")).unwrap();
+    let reloaded = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(reloaded.status, 200, "{reloaded:?}");
+    assert_eq!(reloaded.json()["restart_needed"], serde_json::json!(["server.threads"]), "{reloaded:?}");
+    proxy.wait_for_log_line(&["config reload: changes to server.threads take effect only at a restart"]);
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub struct Config {
 }
 
 /// The edge cache. Its size is fixed at start; a reload keeps the cache.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub max_size_bytes: usize,
     pub lock_timeout: Duration,
@@ -95,7 +95,7 @@ pub struct RequestLimits {
 }
 
 /// HTTPS with HTTP/2 (ALPN `h2`, falling back to HTTP/1.1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub listen: SocketAddr,
     pub cert: PathBuf,
