@@ -67,6 +67,9 @@ pub struct Metrics {
     upstream_attempts: Series<&'static str, u64>,
     module_swaps: AtomicU64,
     reloads: AtomicU64,
+    /// Background refreshes of stale entries: replays no client waits on,
+    /// kept out of the requests and cache outcomes.
+    cache_refreshes: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +104,10 @@ impl Metrics {
 
     pub fn record_reload(&self) {
         self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_cache_refresh(&self) {
+        self.cache_refreshes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -162,6 +169,11 @@ impl Metrics {
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
             ("cascade_config_reloads_total", "Successful config reloads.", self.reloads.load(Ordering::Relaxed)),
+            (
+                "cascade_cache_refreshes_total",
+                "Background refreshes of stale entries (not counted as requests).",
+                self.cache_refreshes.load(Ordering::Relaxed),
+            ),
             ("cascade_module_compilations_total", "Components compiled (not from cache).", runtime.compilations()),
             ("cascade_cache_evictions_total", "Cache entries evicted to stay within max_size_mb.", cache.evictions()),
         ];

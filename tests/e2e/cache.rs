@@ -194,6 +194,11 @@ fn stale_while_revalidate_answers_at_once_and_refreshes() {
     assert_eq!(origin_count(&stale), origin_count(&first), "the stale copy is served");
     assert!(cache_status(&stale).contains("hit"), "{stale:?}");
     eventually("the background refresh", Duration::from_secs(10), || origin.requests() == 2);
+    // The refresh is counted as one, not as a client's request.
+    proxy.wait_for_metrics(&[
+        "cascade_cache_refreshes_total 1",
+        "cascade_requests_total{route=\"site\",status=\"200\"} 2",
+    ]);
     eventually("the refreshed copy", Duration::from_secs(10), || {
         origin_count(&get_with(&proxy, "/swr", headers, &[])) == 2
     });

@@ -662,9 +662,16 @@ impl ProxyHttp for CascadeProxy {
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let route_name = ctx.route.as_ref().map_or("-", |r| &r.name);
-        self.metrics.record_request(route_name, status);
-        if ctx.route.as_ref().is_some_and(|r| r.config.cache.enabled) {
-            self.metrics.record_cache(route_name, cache::outcome(&session.cache));
+        // A stale-while-revalidate refresh is Pingora replaying the request
+        // in the background: no client sent it, or waits on it.
+        let background = session.subrequest_ctx.is_some();
+        if background {
+            self.metrics.record_cache_refresh();
+        } else {
+            self.metrics.record_request(route_name, status);
+            if ctx.route.as_ref().is_some_and(|r| r.config.cache.enabled) {
+                self.metrics.record_cache(route_name, cache::outcome(&session.cache));
+            }
         }
         if !log::log_enabled!(target: "cascade::access", log::Level::Info) {
             return;
@@ -681,6 +688,7 @@ impl ProxyHttp for CascadeProxy {
             "status": status,
             "duration_us": ctx.started.elapsed().as_micros() as u64,
             "filter_failure": ctx.failure.as_ref().map(|f| f.to_string()),
+            "background": background,
             "error": e.map(|e| e.to_string()),
         });
         log::info!(target: "cascade::access", "{line}");
