@@ -81,14 +81,18 @@ pub struct ControlPlane {
     /// The admin API's token while it serves; a reload reads it again, so a
     /// rotated token file takes effect without a restart.
     admin_token: arc_swap::ArcSwapOption<Vec<u8>>,
+    /// The config the process started with: what its listeners, threads,
+    /// pool and cache were made from, whatever reloads came since.
+    started: Config,
 }
 
-/// The keys whose change a reload cannot apply: listeners, threads and
-/// the engine, cache and store sized or opened at start. TLS certificates
-/// are read at start too: a reload with TLS on always names them, since
-/// their files may have changed under the same names.
-fn restart_needed(running: &Config, loaded: &Config) -> Vec<&'static str> {
-    let (old, new) = (running, loaded);
+/// The keys whose change from the config the process `started` with a
+/// reload cannot apply: listeners, threads and the engine, cache and store
+/// sized or opened at start. TLS certificates are read at start too: a
+/// reload with TLS on always names them, since their files may have changed
+/// under the same names.
+fn restart_needed(started: &Config, loaded: &Config) -> Vec<&'static str> {
+    let (old, new) = (started, loaded);
     let changed = [
         ("server.listen", old.server.listen != new.server.listen),
         ("server.threads", old.server.threads != new.server.threads),
@@ -139,6 +143,7 @@ impl ControlPlane {
     pub async fn start(path: &Path, runtime: Arc<FilterRuntime>, config: Config) -> Result<Self, ControlError> {
         let store = ModuleStore::open(&config.modules.store, runtime.engine())?;
         let cache = EdgeCache::new(&config.cache);
+        let started = config.clone();
         let snapshot = snapshot_of(&runtime, config, &store, None).await?;
         runtime.fit_tick_to(snapshot.shortest_filter_timeout());
         Ok(Self {
@@ -150,6 +155,7 @@ impl ControlPlane {
             store,
             changes: tokio::sync::Mutex::new(()),
             admin_token: Default::default(),
+            started,
         })
     }
 
@@ -297,10 +303,7 @@ impl ControlPlane {
     pub async fn reload(&self) -> Result<Vec<&'static str>, ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
-        let restart_needed = restart_needed(&self.current.load().config, &config);
-        if !restart_needed.is_empty() {
-            log::warn!("config reload: changes to {} take effect only at a restart", restart_needed.join(", "));
-        }
+        let restart_needed = restart_needed(&self.started, &config);
         let token = match self.admin_token() {
             Some(_) => Some(crate::admin::read_token(&config.admin).map_err(ControlError::AdminToken)?),
             None => None,
@@ -312,6 +315,9 @@ impl ControlPlane {
             self.set_admin_token(token);
         }
         self.metrics.record_reload();
+        if !restart_needed.is_empty() {
+            log::warn!("config reload: changes to {} take effect only at a restart", restart_needed.join(", "));
+        }
         Ok(restart_needed)
     }
 

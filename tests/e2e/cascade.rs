@@ -119,6 +119,38 @@ fn cut_short() -> SocketAddr {
     addr
 }
 
+/// A server that answers each request with `103 Early Hints`, then closes.
+fn hints_then_gone() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n");
+        }
+    });
+    addr
+}
+
+/// An interim answer is no answer yet: an upstream that fails after a 103
+/// still gets the client its error answer.
+#[test]
+fn an_upstream_failing_after_an_interim_answer_still_gets_an_error_answer() {
+    let routes = "[[route]]\nname = \"site\"\nupstream = \"origin\"\n";
+    let proxy = Proxy::start(&ProxyConfig::over(hints_then_gone(), routes));
+    let (_, raw) = send_raw_bytes(proxy.port, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let finals: Vec<&str> =
+        raw.lines().filter(|l| l.starts_with("HTTP/1.1 ") && !l.starts_with("HTTP/1.1 1")).collect();
+    assert_eq!(finals, ["HTTP/1.1 502 Bad Gateway"], "{raw}");
+}
+
 /// An upstream that fails in the middle of its body: the client gets what
 /// came, then a closed connection with the message unfinished, never an
 /// error answer glued to the origin's bytes and ended as if whole.

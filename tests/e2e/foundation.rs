@@ -301,6 +301,14 @@ fn http2_over_tls() {
     assert_eq!(echoed["path"], "/v2/h2", "{echoed}");
     assert_eq!(echoed["headers"]["host"], host.as_str(), "{echoed}");
 
+    // On a TLS listener the scheme is https, whatever the client says.
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--http2", "-H", "x-forwarded-proto: http", &url])
+        .output()
+        .expect("curl is installed");
+    let echoed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https", "{echoed}");
+
     // Browsers send each cookie on a line of its own over HTTP/2; the
     // HTTP/1.1 origin gets them on one line, joined by "; ".
     let out = std::process::Command::new("curl")
@@ -311,14 +319,27 @@ fn http2_over_tls() {
     assert_eq!(echoed["headers"]["cookie"], "a=1; b=2", "{echoed}");
 }
 
-/// `X-Forwarded-Proto` says how the client reached the proxy, whatever the
-/// client sent in it.
+/// `X-Forwarded-Proto` is `http` or `https`: on a plain listener a client's
+/// (an edge's) `https` is kept and anything else is `http`; the cache keeps
+/// the two apart, since an origin answers them differently.
 #[test]
-fn x_forwarded_proto_is_the_proxys_own() {
-    let proxy = Proxy::start(&ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]));
-    let reply = proxy.get("/api/proto", &[("x-forwarded-proto", "https")]);
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "http", "{reply:?}");
+fn x_forwarded_proto_is_one_of_two_and_in_the_cache_key() {
+    let routes = "[[route]]\nname = \"cached\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\n";
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &[]));
+    let seen = |proto: Option<&str>| {
+        let headers: Vec<(&str, &str)> = proto.map(|p| ("x-forwarded-proto", p)).into_iter().collect();
+        let reply = proxy.get("/page", &headers);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        (reply.json()["headers"]["x-forwarded-proto"].as_str().unwrap().to_string(), origin_count(&reply))
+    };
+    let (plain, first) = seen(None);
+    assert_eq!(plain, "http");
+    let (tls, second) = seen(Some("HTTPS"));
+    assert_eq!(tls, "https");
+    assert_ne!(first, second, "an https answer was served from the http entry");
+    // Anything else is http, and shares the http entry.
+    assert_eq!(seen(Some("gopher")), ("http".to_string(), first));
+    assert_eq!(seen(Some("https")), ("https".to_string(), second));
 }
 
 #[test]

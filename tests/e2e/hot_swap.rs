@@ -307,6 +307,12 @@ fn broken_reload_keeps_the_old_routes() {
     assert_eq!(reloaded.status, 200, "{reloaded:?}");
     assert_eq!(reloaded.json()["restart_needed"], serde_json::json!(["server.threads"]), "{reloaded:?}");
     proxy.wait_for_log_line(&["config reload: changes to server.threads take effect only at a restart"]);
+    // Measured against what the process started with, not the last reload.
+    let again = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(again.json()["restart_needed"], serde_json::json!(["server.threads"]), "{again:?}");
+    std::fs::write(&main, config).unwrap();
+    let back = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(back.json()["restart_needed"], serde_json::json!([]), "{back:?}");
 }
 
 #[test]

@@ -94,8 +94,8 @@ impl EdgeCache {
     }
 
     /// The cache key for a request starting now (see `cache_key`).
-    pub fn key(&self, client_url: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
-        let mut key = cache_key(client_url, upstream, upstream_target, headers);
+    pub fn key(&self, client_url: &str, proto: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
+        let mut key = cache_key(client_url, proto, upstream, upstream_target, headers);
         key.extensions.insert(self.storage.purges_seen());
         key
     }
@@ -151,16 +151,26 @@ pub fn request_may_use_cache(req: &RequestHeader) -> bool {
     // representation: a stored answer to a plain GET of the same URL is no
     // answer to it, and handshakes must not wait on each other's cache lock.
     request_cacheable(req)
-        && !req.headers.contains_key(http::header::UPGRADE)
+        && !asks_for_another_protocol(req)
         && !CacheControl::from_req_headers(req).is_some_and(|cc| cc.no_store())
 }
 
+/// An `Upgrade` to anything but `h2c` (which clients offer on plain GETs,
+/// and the proxy does not take up).
+fn asks_for_another_protocol(req: &RequestHeader) -> bool {
+    req.headers.get_all(http::header::UPGRADE).iter().any(|value| {
+        value.to_str().map_or(true, |v| v.split(',').any(|token| !token.trim().eq_ignore_ascii_case("h2c")))
+    })
+}
+
 /// The cache key: the URL the client asked for (what a purge names), then
-/// where the request went after the filters (upstream group and target), so
-/// an A/B variant routed elsewhere gets its own entry, then the route's
+/// the scheme the origin is told (`X-Forwarded-Proto`: an origin's answer to
+/// `http`, a redirect to HTTPS say, is no answer to `https`), then where the
+/// request went after the filters (upstream group and target), so an A/B
+/// variant routed elsewhere gets its own entry, then the route's
 /// `key_headers` ([`key_headers`]).
-fn cache_key(client_url: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
-    CacheKey::new(format!("{client_url}{URL_END}{upstream}{URL_END}{upstream_target}{headers}"), "")
+fn cache_key(client_url: &str, proto: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
+    CacheKey::new(format!("{client_url}{URL_END}{proto}{URL_END}{upstream}{URL_END}{upstream_target}{headers}"), "")
 }
 
 /// The values of the route's `key_headers` in `req`, as the filters left
@@ -359,6 +369,7 @@ mod tests {
         assert!(!request("POST", &[]));
         assert!(!request("GET", &[("cache-control", "no-store")]));
         assert!(!request("GET", &[("connection", "upgrade"), ("upgrade", "websocket")]), "a WebSocket handshake");
+        assert!(request("GET", &[("connection", "upgrade"), ("upgrade", "h2c")]), "an h2c offer is a plain GET");
     }
 
     #[test]

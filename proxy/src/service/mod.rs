@@ -97,6 +97,9 @@ pub struct RequestCtx {
     cache_url: Option<String>,
     /// The client sent `Authorization` (before any filter removed it).
     authorization: bool,
+    /// The scheme the upstream is told in `X-Forwarded-Proto`, and the
+    /// cache key holds.
+    forwarded_proto: &'static str,
     /// An HTTP/2 request before the filters (path normalized), for a
     /// stale-while-revalidate refresh to replay (see `ready_http2_replay`).
     client_request: Option<Box<RequestHeader>>,
@@ -219,6 +222,7 @@ impl CascadeProxy {
         }
         ctx.upstream = route.config.upstream.clone();
         ctx.route = Some(route.clone());
+        ctx.forwarded_proto = forwarded_proto(session);
         let header = session.req_header();
         ctx.authorization = header.headers.contains_key(http::header::AUTHORIZATION);
         if route.config.cache.enabled && cache::request_may_use_cache(header) {
@@ -301,6 +305,23 @@ fn may_fail_over(ctx: &RequestCtx) -> bool {
     snapshot.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some() && ctx.attempts < group.config.max_attempts
 }
 
+/// The scheme the upstream is told (`X-Forwarded-Proto`): `https` on a TLS
+/// listener, whatever the client says; on a plain one, the client's own
+/// `https` is kept (a regional tier hears from its edge over plain HTTP) and
+/// anything else is `http`, so the value, which the cache key holds, is
+/// one of two.
+fn forwarded_proto(session: &Session) -> &'static str {
+    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        return "https";
+    }
+    let said_https = session
+        .req_header()
+        .headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    if said_https { "https" } else { "http" }
+}
+
 /// The request's host: the `Host` header, or the URI authority (HTTP/2).
 fn request_host(session: &Session) -> &str {
     let header = session.req_header();
@@ -336,6 +357,7 @@ impl ProxyHttp for CascadeProxy {
             timings: Vec::new(),
             cache_url: None,
             authorization: false,
+            forwarded_proto: "http",
             client_request: None,
             filtered_request: None,
             tier: 0,
@@ -378,7 +400,7 @@ impl ProxyHttp for CascadeProxy {
         let target = session.req_header().uri.path_and_query().map_or("/", |pq| pq.as_str());
         let policy = &route.config.cache;
         let headers = cache::key_headers(session.req_header(), policy);
-        Ok(self.cache.key(url, &ctx.upstream, &cache::key_target(target, policy), &headers))
+        Ok(self.cache.key(url, ctx.forwarded_proto, &ctx.upstream, &cache::key_target(target, policy), &headers))
     }
 
     fn response_cache_filter(
@@ -521,17 +543,12 @@ impl ProxyHttp for CascadeProxy {
             let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", ip);
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
-        if session.is_http2()
-            && let Some(cookies) = joined_cookies(&upstream_request.headers)
-        {
+        // HTTP/2 clients send each cookie on a line of its own (so may a
+        // refresh replaying one); an HTTP/1.1 origin expects one line.
+        if let Some(cookies) = joined_cookies(&upstream_request.headers) {
             upstream_request.insert_header(http::header::COOKIE, cookies)?;
         }
-        // Set, never passed on: a client's own `https` would make an origin
-        // that trusts it skip its redirect to HTTPS, or build its links, for
-        // every client the cache then serves (as Envoy at the edge does).
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static(ctx.forwarded_proto))?;
         Ok(())
     }
 
@@ -622,7 +639,11 @@ impl ProxyHttp for CascadeProxy {
         // the origin's bytes and end the message as if it were whole, for the
         // client and for any cache in front. The connection closes with the
         // message unfinished, which says it is broken.
-        if session.response_written().is_some() {
+        let head_sent = session.response_written().is_some_and(|r| {
+            // A 100 or 103 before it is no answer yet: the error still can be.
+            !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+        });
+        if head_sent {
             if let Some(mut chain) = chain {
                 ctx.collect(chain.get_mut());
             }

@@ -45,8 +45,7 @@ impl Capabilities {
                 previous.map(|p| &p.rate_limits),
             ),
             keysets,
-            // Each worker thread, and the thread checking configs.
-            patterns: patterns::PatternCache::new(patterns::CACHE_BYTES, config.server.threads + 1),
+            patterns: patterns::PatternCache::for_threads(config.server.threads),
         })
     }
 }

@@ -24,8 +24,11 @@ const MAX_COMPILED_BYTES: usize = 1 << 20;
 /// slower engine that needs none.
 const SEARCH_CACHE_BYTES: usize = 64 << 10;
 /// What every cached pattern may weigh together; past this the cache
-/// starts over.
-pub const CACHE_BYTES: usize = 64 << 20;
+/// starts over. Each pattern's weight grows with the threads that may search
+/// it, so the budget does too ([`PatternCache::for_threads`]).
+const CACHE_BYTES: usize = 64 << 20;
+/// The budget for each searching thread past the fourth.
+const CACHE_BYTES_PER_THREAD: usize = 16 << 20;
 
 #[derive(Debug)]
 pub struct PatternCache {
@@ -84,6 +87,13 @@ fn search_cache_bound(regex: &Regex) -> usize {
 }
 
 impl PatternCache {
+    /// The cache of a proxy with `workers` worker threads: they and the
+    /// thread checking configs may search, and the budget grows with them.
+    pub fn for_threads(workers: usize) -> Self {
+        let searching = workers + 1;
+        Self::new(CACHE_BYTES.max(CACHE_BYTES_PER_THREAD.saturating_mul(searching)), searching)
+    }
+
     /// A cache whose patterns weigh at most `bytes` together, searched by
     /// up to `searching_threads` threads at once.
     pub fn new(bytes: usize, searching_threads: usize) -> Self {
