@@ -554,25 +554,14 @@ fn a_busy_listen_port_stops_start_up_naming_it() {
 /// its answer within the grace period; then the process exits.
 #[test]
 fn sigterm_lets_a_request_in_flight_finish() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let origin = listener.local_addr().unwrap();
+    use std::io::Write;
     let (arrived, arrival) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            arrived.send(()).unwrap();
-            // Answer well after the signal.
-            std::thread::sleep(std::time::Duration::from_millis(500));
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
-        }
+    let arrived = std::sync::Mutex::new(arrived);
+    let origin = raw_origin(move |stream| {
+        arrived.lock().unwrap().send(()).unwrap();
+        // Answer well after the signal.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
     });
     let mut config = ProxyConfig::over(origin, "[[route]]\nname = \"slow\"\nupstream = \"origin\"\n");
     config.server_extra.push_str("shutdown_grace_secs = 3\n");

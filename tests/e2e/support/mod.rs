@@ -435,6 +435,28 @@ pub fn origin_count(reply: &Reply) -> u64 {
 }
 
 /// Run `cascade` with these arguments to completion.
+/// A raw origin: for each connection it reads the request head, then hands
+/// the stream to `answer`, which writes what it likes (a broken answer,
+/// say) and lets the connection close.
+pub fn raw_origin(answer: impl Fn(&mut TcpStream) + Send + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            answer(&mut stream);
+        }
+    });
+    addr
+}
+
 pub fn run_cascade(args: &[&str]) -> Output {
     Command::new(cascade_bin()).args(args).output().expect("run cascade")
 }
