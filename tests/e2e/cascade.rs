@@ -2,7 +2,7 @@
 //! hashing, upstream TLS, the CDN-Loop guard, and three real processes
 //! (PoP Cascade → regional Cascade → origin).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -70,32 +70,9 @@ fn configured_5xx_fails_over_for_idempotent_requests_only() {
 /// A server that reads each whole request (its `Content-Length` body too),
 /// then answers `status` with the body `nope` and closes.
 fn always(status: u16) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 65536];
-            let complete = |r: &[u8]| {
-                let text = String::from_utf8_lossy(r);
-                let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
-                let length = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                body.len() >= length
-            };
-            while !complete(&request) {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(stream, "HTTP/1.1 {status} Nope\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
-        }
-    });
-    addr
+    raw_origin(move |stream| {
+        let _ = write!(stream, "HTTP/1.1 {status} Nope\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
+    })
 }
 
 /// A server that answers each request with the head of a chunked 200 and

@@ -434,18 +434,17 @@ pub fn origin_count(reply: &Reply) -> u64 {
     reply.json()["count"].as_u64().unwrap_or_else(|| panic!("no count in {}", reply.body))
 }
 
-/// Run `cascade` with these arguments to completion.
-/// A raw origin: for each connection it reads the request head, then hands
-/// the stream to `answer`, which writes what it likes (a broken answer,
-/// say) and lets the connection close.
+/// A raw origin: for each connection it reads the whole request (its
+/// `Content-Length` body too), then hands the stream to `answer`, which
+/// writes what it likes (a broken answer, say) and lets the connection close.
 pub fn raw_origin(answer: impl Fn(&mut TcpStream) + Send + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
             let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 65536];
+            while !whole_request(&request) {
                 match stream.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => request.extend_from_slice(&buf[..n]),
@@ -457,6 +456,20 @@ pub fn raw_origin(answer: impl Fn(&mut TcpStream) + Send + 'static) -> SocketAdd
     addr
 }
 
+/// Whether `request` holds a whole head and as much body as its
+/// `Content-Length` says.
+fn whole_request(request: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(request);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+/// Run `cascade` with these arguments to completion.
 pub fn run_cascade(args: &[&str]) -> Output {
     Command::new(cascade_bin()).args(args).output().expect("run cascade")
 }
