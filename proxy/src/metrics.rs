@@ -182,6 +182,11 @@ impl Metrics {
         }
         let gauges = [
             (
+                "cascade_requests_in_flight",
+                "Requests being served, from their head to their log line (background refreshes included).",
+                crate::service::in_flight() as i64,
+            ),
+            (
                 "cascade_filter_instances_live",
                 "Filter instances serving a request (each holds a pool slot).",
                 runtime.live_instances(),

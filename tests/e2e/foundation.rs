@@ -517,18 +517,6 @@ fn std_stdio_in_a_filter_behaves_as_the_host_would() {
     assert_eq!(proxy.get("/stdio", &[]).status, 200);
 }
 
-/// Wait up to a minute for `child` to exit; its status.
-fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(std::time::Instant::now() < deadline, "cascade did not exit within a minute");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// A listen address another process holds stops start-up with the key and
 /// the address, instead of a process that runs on and serves nothing.
 #[test]
@@ -551,31 +539,52 @@ fn a_busy_listen_port_stops_start_up_naming_it() {
 }
 
 /// On SIGTERM the proxy stops accepting, and a request in flight still gets
-/// its answer within the grace period; then the process exits.
+/// its answer; the process exits as soon as none is left, long before the
+/// grace period ends, however many idle keep-alive clients it has.
 #[test]
-fn sigterm_lets_a_request_in_flight_finish() {
-    use std::io::Write;
+fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    use std::io::{Read, Write};
     let (arrived, arrival) = std::sync::mpsc::channel();
-    let arrived = std::sync::Mutex::new(arrived);
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (arrived, released) = (std::sync::Mutex::new(arrived), std::sync::Mutex::new(released));
+    let answered = std::sync::atomic::AtomicUsize::new(0);
     let origin = raw_origin(move |stream| {
-        arrived.lock().unwrap().send(()).unwrap();
-        // Answer well after the signal.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // The first request is answered at once; the second is held until
+        // the test releases it, after the signal.
+        if answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            arrived.lock().unwrap().send(()).unwrap();
+            let _ = released.lock().unwrap().recv();
+        }
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
     });
-    let mut config = ProxyConfig::over(origin, "[[route]]\nname = \"slow\"\nupstream = \"origin\"\n");
-    config.server_extra.push_str("shutdown_grace_secs = 3\n");
+    let mut config = ProxyConfig::over(origin, "[[route]]\nname = \"slow\"\nupstream = \"origin\"\n").with_admin();
+    // An hour: only the drain can end it within the test.
+    config.server_extra.push_str("shutdown_grace_secs = 3600\n");
     let mut proxy = Proxy::start(&config);
+
+    // A keep-alive client, idle once it has its answer.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    idle.write_all(b"GET /slow HTTP/1.1\r\nhost: example.com\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"slow") {
+        let n = idle.read(&mut buf).unwrap();
+        assert!(n > 0, "the keep-alive client's answer was cut: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+
     let url = proxy.url("/slow");
     let client = std::thread::spawn(move || send("GET", &url, &[]));
     arrival.recv().unwrap();
+    proxy.wait_for_metrics(&["cascade_requests_in_flight 1\n"]);
     proxy.signal("TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(proxy.is_running(), "the proxy exited with a request in flight");
+    release.send(()).unwrap();
     let reply = client.join().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body, "slow");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while proxy.is_running() {
-        assert!(std::time::Instant::now() < deadline, "cascade did not exit after SIGTERM");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let status = proxy.wait_for_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(!proxy.log_lines("no request in flight, exiting").is_empty());
 }

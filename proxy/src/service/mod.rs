@@ -22,6 +22,7 @@
 
 mod admission;
 pub(crate) mod headers;
+mod in_flight;
 mod reply;
 mod request_id;
 
@@ -43,6 +44,8 @@ use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;
 use headers::{empty_request, empty_response, ip_text, joined_cookies, with_member};
+use in_flight::InFlight;
+pub use in_flight::in_flight;
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -110,6 +113,9 @@ pub struct RequestCtx {
     /// upstream attempts it has made.
     tier: usize,
     attempts: usize,
+    /// Counts this request as in flight until its context is dropped, after
+    /// its log line.
+    _in_flight: InFlight,
 }
 
 /// Ready an HTTP/2 request for Pingora's background replay, which it makes
@@ -362,6 +368,7 @@ impl ProxyHttp for CascadeProxy {
             filtered_request: None,
             tier: 0,
             attempts: 0,
+            _in_flight: InFlight::start(),
         }
     }
 

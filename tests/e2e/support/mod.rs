@@ -249,6 +249,11 @@ impl Proxy {
         self.child.id()
     }
 
+    /// Wait (up to a minute) for the proxy process to exit on its own.
+    pub fn wait_for_exit(&mut self) -> std::process::ExitStatus {
+        exit_of(&mut self.child)
+    }
+
     /// Whether the proxy process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -467,6 +472,18 @@ fn whole_request(request: &[u8]) -> bool {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
     body.len() >= length
+}
+
+/// Wait up to a minute for `child` to exit; its status.
+pub fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "cascade did not exit within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Run `cascade` with these arguments to completion.
