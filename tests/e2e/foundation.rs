@@ -319,27 +319,68 @@ fn http2_over_tls() {
     assert_eq!(echoed["headers"]["cookie"], "a=1; b=2", "{echoed}");
 }
 
-/// `X-Forwarded-Proto` is `http` or `https`: on a plain listener a client's
-/// (an edge's) `https` is kept and anything else is `http`; the cache keeps
-/// the two apart, since an origin answers them differently.
+/// `X-Forwarded-Proto` is one of two values, and in the cache key. A
+/// client's own `X-Forwarded-Proto: https` and `X-Forwarded-For` are
+/// believed only from a trusted proxy (`server.trusted_proxies`), whose
+/// `X-Forwarded-For` names the client that filters see (a rate limit's
+/// bucket, here).
 #[test]
-fn x_forwarded_proto_is_one_of_two_and_in_the_cache_key() {
-    let routes = "[[route]]\nname = \"cached\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\n";
-    let proxy = Proxy::start(&ProxyConfig::new(routes, &[]));
-    let seen = |proto: Option<&str>| {
+fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let routes = r#"
+[[route]]
+name = "cached"
+path_prefix = "/page"
+upstream = "origin"
+[route.cache]
+ttl_secs = 60
+
+[[route]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "origin"
+[[route.filters]]
+module = "rate_limit"
+config = { policy = "one", key = "ip" }
+"#;
+    let config =
+        ProxyConfig::new(routes, &["rate_limit"]).with_main("[rate_limits.one]\nrate = 1\nper = \"hour\"\nburst = 1\n");
+    let mut behind_a_tier = config.clone();
+    behind_a_tier.server_extra.push_str("trusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n");
+    let facing_clients = Proxy::start(&config);
+    let behind_a_tier = Proxy::start(&behind_a_tier);
+    let seen = |proxy: &Proxy, proto: Option<&str>| {
         let headers: Vec<(&str, &str)> = proto.map(|p| ("x-forwarded-proto", p)).into_iter().collect();
         let reply = proxy.get("/page", &headers);
         assert_eq!(reply.status, 200, "{reply:?}");
         (reply.json()["headers"]["x-forwarded-proto"].as_str().unwrap().to_string(), origin_count(&reply))
     };
-    let (plain, first) = seen(None);
+    let limited = |proxy: &Proxy, forwarded_for: &str| {
+        let reply = proxy.get("/limited", &[("x-forwarded-for", forwarded_for)]);
+        (reply.status, reply)
+    };
+
+    // From a trusted proxy: its https is kept, in an entry of its own.
+    let (plain, first) = seen(&behind_a_tier, None);
     assert_eq!(plain, "http");
-    let (tls, second) = seen(Some("HTTPS"));
+    let (tls, second) = seen(&behind_a_tier, Some("HTTPS"));
     assert_eq!(tls, "https");
     assert_ne!(first, second, "an https answer was served from the http entry");
     // Anything else is http, and shares the http entry.
-    assert_eq!(seen(Some("gopher")), ("http".to_string(), first));
-    assert_eq!(seen(Some("https")), ("https".to_string(), second));
+    assert_eq!(seen(&behind_a_tier, Some("gopher")), ("http".to_string(), first));
+    assert_eq!(seen(&behind_a_tier, Some("https")), ("https".to_string(), second));
+    // Its X-Forwarded-For names the client: one bucket each.
+    let (status, reply) = limited(&behind_a_tier, "203.0.113.7");
+    assert_eq!(status, 200, "{reply:?}");
+    assert_eq!(reply.json()["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1", "the hop is appended");
+    assert_eq!(limited(&behind_a_tier, "198.51.100.1").0, 200, "another client, another bucket");
+    // What the client itself put left of the last untrusted hop is not read.
+    assert_eq!(limited(&behind_a_tier, "192.0.2.1, 203.0.113.7, 10.1.2.3").0, 429);
+
+    // From a client: it cannot claim https, nor be someone else.
+    let (plain, first) = seen(&facing_clients, None);
+    assert_eq!(seen(&facing_clients, Some("https")), (plain, first), "a client's https claim was believed");
+    assert_eq!(limited(&facing_clients, "203.0.113.7").0, 200);
+    assert_eq!(limited(&facing_clients, "198.51.100.1").0, 429, "a client chose its own rate-limit bucket");
 }
 
 #[test]

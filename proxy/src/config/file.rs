@@ -138,6 +138,8 @@ pub struct ServerSection {
     pub max_body_mb: u64,
     /// On SIGTERM, how long requests in flight have to finish.
     pub shutdown_grace_secs: u64,
+    /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 impl Default for ServerSection {
@@ -152,6 +154,7 @@ impl Default for ServerSection {
             max_header_kb: Spanned::new(0..0, 60),
             max_body_mb: 100,
             shutdown_grace_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }

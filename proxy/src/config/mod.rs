@@ -122,6 +122,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             return Err(main.invalid(value, key, message));
         }
     }
+    let trusted_proxies = file
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|net| net.get_ref().parse().map_err(|message| main.invalid(net, "server.trusted_proxies", message)))
+        .collect::<Result<_, _>>()?;
     let server = ServerConfig {
         listen,
         threads: file.server.threads.max(1),
@@ -146,6 +152,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             max_header_bytes: (*file.server.max_header_kb.get_ref()).max(1) << 10,
             max_body_bytes: file.server.max_body_mb.max(1) << 20,
         },
+        trusted_proxies,
     };
     if let (Some(_), Some(token_file)) = (&file.admin.token_env, &file.admin.token_file) {
         let message = "set `token_env` or `token_file`, not both".into();
@@ -725,13 +732,21 @@ servers = ["127.0.0.1:9000"]
     }
 
     #[test]
-    fn limits_past_the_parser_and_two_token_sources_are_refused() {
+    fn limits_past_the_parser_bad_address_blocks_and_two_token_sources_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"origin\"\n");
         for (extra, why) in [
             ("\n[server]\nmax_headers = 1000\n", "key `server.max_headers`: 1000 is more than the 256"),
             ("\n[server]\nmax_header_kb = 2048\n", "key `server.max_header_kb`: 2048 is more than the 1023"),
             ("\n[admin]\ntoken_env = \"T\"\ntoken_file = \"t\"\n", "key `admin.token_file`: set `token_env` or"),
+            (
+                "\n[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+                "key `server.trusted_proxies`: \"10.0.0.0/33\": the prefix length must be 0 to 32",
+            ),
+            (
+                "\n[server]\ntrusted_proxies = [\"lb.internal\"]\n",
+                "key `server.trusted_proxies`: \"lb.internal\" is not an IP address or block",
+            ),
         ] {
             let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{extra}"));
             let err = load(&main).unwrap_err().to_string();

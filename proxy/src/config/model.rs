@@ -83,6 +83,62 @@ pub struct ServerConfig {
     /// `<node_id>; fwd=bypass`: every response of a route without caching.
     pub cache_status_bypass: http::HeaderValue,
     pub request_limits: RequestLimits,
+    /// Peers (regional tiers' edges, load balancers) whose forwarding headers
+    /// are believed: their `X-Forwarded-Proto: https`, and the client named
+    /// in their `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a
+/// block of one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`.
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => Self::same_prefix(net.to_bits(), ip.to_bits(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => Self::same_prefix(net.to_bits(), ip.to_bits(), self.prefix),
+            _ => false,
+        }
+    }
+
+    fn same_prefix<T>(net: T, ip: T, prefix: u8) -> bool
+    where
+        T: std::ops::BitXor<Output = T> + std::ops::Shr<u32, Output = T> + PartialEq + Default,
+    {
+        let bits = (std::mem::size_of::<T>() * 8) as u32;
+        let prefix = u32::from(prefix);
+        prefix == 0 || (net ^ ip) >> (bits - prefix) == T::default()
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr =
+            addr.parse().map_err(|_| format!("{text:?} is not an IP address or block (10.0.0.0/8, 2001:db8::/32)"))?;
+        let most = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => most,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= most)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {most}"))?,
+        };
+        Ok(Self { addr: addr.to_canonical(), prefix })
+    }
 }
 
 /// What a client's request may hold (Envoy's defaults for headers).

@@ -21,6 +21,7 @@
 //! ```
 
 mod admission;
+mod forwarded;
 pub(crate) mod headers;
 mod in_flight;
 mod reply;
@@ -228,7 +229,7 @@ impl CascadeProxy {
         }
         ctx.upstream = route.config.upstream.clone();
         ctx.route = Some(route.clone());
-        ctx.forwarded_proto = forwarded_proto(session);
+        ctx.forwarded_proto = forwarded::forwarded_proto(session, &snapshot.config.server.trusted_proxies);
         let header = session.req_header();
         ctx.authorization = header.headers.contains_key(http::header::AUTHORIZATION);
         if route.config.cache.enabled && cache::request_may_use_cache(header) {
@@ -247,8 +248,10 @@ impl CascadeProxy {
             ctx.client_request = Some(Box::new(session.req_header().clone()));
         }
 
-        let client_ip: Arc<str> =
-            session.client_addr().and_then(|a| a.as_inet()).map(|a| ip_text(a.ip())).unwrap_or_default().into();
+        let client_ip: Arc<str> = forwarded::client_ip(session, &snapshot.config.server.trusted_proxies)
+            .map(ip_text)
+            .unwrap_or_default()
+            .into();
         let head = RequestHead {
             header: std::mem::replace(session.req_header_mut(), empty_request()),
             id: ctx.id.clone(),
@@ -309,23 +312,6 @@ fn may_fail_over(ctx: &RequestCtx) -> bool {
     let Some(snapshot) = ctx.snapshot.as_ref() else { return false };
     let Some(group) = snapshot.upstreams.get(&ctx.upstream) else { return false };
     snapshot.upstreams.tier(&ctx.upstream, ctx.tier + 1).is_some() && ctx.attempts < group.config.max_attempts
-}
-
-/// The scheme the upstream is told (`X-Forwarded-Proto`): `https` on a TLS
-/// listener, whatever the client says; on a plain one, the client's own
-/// `https` is kept (a regional tier hears from its edge over plain HTTP) and
-/// anything else is `http`, so the value, which the cache key holds, is
-/// one of two.
-fn forwarded_proto(session: &Session) -> &'static str {
-    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
-        return "https";
-    }
-    let said_https = session
-        .req_header()
-        .headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    if said_https { "https" } else { "http" }
 }
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2).
@@ -545,7 +531,7 @@ impl ProxyHttp for CascadeProxy {
             let via = with_member(&upstream_request.headers, "via", server.via.clone());
             upstream_request.insert_header("via", via)?;
         }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(ip) = forwarded::peer_ip(session) {
             let ip = HeaderValue::try_from(ip_text(ip)).expect("an IP address is a valid header value");
             let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", ip);
             upstream_request.insert_header("x-forwarded-for", forwarded)?;

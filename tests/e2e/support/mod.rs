@@ -45,6 +45,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A config for one proxy under test, written out by [`Proxy::start`].
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Extra text appended to `cascade.toml` (upstreams, limits, TLS...).
     pub main_extra: String,
