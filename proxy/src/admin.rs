@@ -213,6 +213,7 @@ struct PurgeRequest {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let _in_flight = crate::drain::InFlight::admin_call();
         let response = self.route(session).await;
         self.discard_body(session).await;
         response

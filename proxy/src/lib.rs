@@ -10,7 +10,7 @@
 //!
 //! Follow a request through the modules in this order: [`service`] (the only
 //! place the phases are wired), [`route`], [`filters`], [`cache`], [`upstream`]. Start-up
-//! is [`server`]; configuration is [`config`], and [`snapshot`] is the
+//! is [`server`], shutdown [`drain`]; configuration is [`config`], and [`snapshot`] is the
 //! consistent version of both that each request pins.
 
 pub mod admin;
@@ -19,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod demo_origin;
+pub mod drain;
 pub mod filters;
 pub mod metrics;
 pub mod route;

@@ -184,7 +184,7 @@ impl Metrics {
             (
                 "cascade_requests_in_flight",
                 "Requests being served, from their head to their log line (background refreshes included).",
-                crate::service::in_flight() as i64,
+                crate::drain::requests_in_flight() as i64,
             ),
             (
                 "cascade_filter_instances_live",

@@ -6,14 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pingora::listeners::tls::TlsSettings;
+use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
-use pingora::services::background::{BackgroundService, background_service};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::{self, AdminApi};
 use crate::config::{self, Config};
 use crate::control::{ControlError, ControlPlane};
+use crate::drain::Drain;
 use crate::filters::FilterRuntime;
 use crate::service::CascadeProxy;
 use crate::snapshot::SnapshotError;
@@ -140,37 +141,6 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     server.add_service(background_service("drain", Drain));
     reload_on_sighup(control);
     server.run_forever()
-}
-
-/// Ends SIGTERM's grace period as soon as no request is in flight. Pingora
-/// sleeps the whole period whatever is left, so an idle proxy took
-/// `shutdown_grace_secs` to stop; nginx and Envoy stop once drained.
-struct Drain;
-
-/// How often a draining proxy looks at its requests in flight.
-const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
-#[async_trait::async_trait]
-impl BackgroundService for Drain {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                return;
-            }
-        }
-        // Twice in a row: a request whose head was read as the listeners
-        // closed has its context (and its count) a moment later.
-        let mut idle_polls = 0;
-        while idle_polls < 2 {
-            tokio::time::sleep(DRAIN_POLL).await;
-            idle_polls = if crate::service::in_flight() == 0 { idle_polls + 1 } else { 0 };
-        }
-        log::info!("SIGTERM: no request in flight, exiting before the grace period ends");
-        log::logger().flush();
-        // Pingora's main thread is asleep for the rest of the grace period;
-        // nothing else is left to finish.
-        std::process::exit(0)
-    }
 }
 
 /// Reload the config on SIGHUP, as `POST /config/reload` does. A refused

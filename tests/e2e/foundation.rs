@@ -627,5 +627,5 @@ fn sigterm_lets_a_request_in_flight_finish_then_exits() {
     assert_eq!(reply.body, "slow");
     let status = proxy.wait_for_exit();
     assert!(status.success(), "{status:?}");
-    assert!(!proxy.log_lines("no request in flight, exiting").is_empty());
+    assert!(!proxy.log_lines("nothing in flight, exiting").is_empty());
 }

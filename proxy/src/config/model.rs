@@ -137,7 +137,15 @@ impl std::str::FromStr for IpNet {
                 .filter(|p| *p <= most)
                 .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {most}"))?,
         };
-        Ok(Self { addr: addr.to_canonical(), prefix })
+        // `::ffff:10.0.0.0/104` is `10.0.0.0/8`, as peers are compared.
+        let canonical = addr.to_canonical();
+        if canonical == addr {
+            return Ok(Self { addr, prefix });
+        }
+        let prefix = prefix
+            .checked_sub(96)
+            .ok_or_else(|| format!("{text:?}: an IPv4-mapped block needs a prefix of 96 or more"))?;
+        Ok(Self { addr: canonical, prefix })
     }
 }
 

@@ -11,9 +11,11 @@ use pingora::proxy::Session;
 use super::headers::joined_lines;
 use crate::config::IpNet;
 
-/// The socket's peer, when it is an IP address.
+/// The socket's peer, when it is an IP address; an IPv4 client of a
+/// dual-stack listener as IPv4 (`203.0.113.7`, not `::ffff:203.0.113.7`), so
+/// it is one client whichever listener it came through.
 pub(super) fn peer_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical())
 }
 
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -57,13 +59,24 @@ pub(super) fn client_ip(session: &Session, trusted: &[IpNet]) -> Option<IpAddr> 
 fn rightmost_untrusted(list: &[u8], trusted: &[IpNet]) -> Option<IpAddr> {
     let mut client = None;
     for entry in list.rsplit(|b| *b == b',') {
-        let Some(ip) = std::str::from_utf8(entry).ok().and_then(|e| e.trim().parse::<IpAddr>().ok()) else { break };
+        let Some(ip) = std::str::from_utf8(entry).ok().and_then(|e| forwarded_address(e.trim())) else { break };
         client = Some(ip);
         if !is_trusted(ip, trusted) {
             break;
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry's address: `203.0.113.7`, `2001:db8::1`, or
+/// with a port as some load balancers write it (`203.0.113.7:4711`,
+/// `[2001:db8::1]:4711`), or bracketed (`[2001:db8::1]`).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let ip =
+        entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())).or_else(
+            || entry.strip_prefix('[')?.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
+        )?;
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -82,8 +95,14 @@ mod tests {
         assert_eq!(client("10.0.0.1, 10.0.0.2"), Some("10.0.0.1".into()));
         // Garbage stops the walk: the address right of it is taken.
         assert_eq!(client("203.0.113.7, unknown, 10.0.0.2"), Some("10.0.0.2".into()));
-        assert_eq!(client("203.0.113.7, 10.0.0.2:443"), None);
+        assert_eq!(client("203.0.113.7, 10.0.0.2/8"), None);
         assert_eq!(client(""), None);
+        // Ports and brackets, as some load balancers write them; IPv4-mapped
+        // addresses as IPv4.
+        assert_eq!(client("203.0.113.7:4711, 10.0.0.2:443"), Some("203.0.113.7".into()));
+        assert_eq!(client("[2001:db9::1]:4711"), Some("2001:db9::1".into()));
+        assert_eq!(client("[2001:db9::1], [2001:db8::2]"), Some("2001:db9::1".into()));
+        assert_eq!(client("::ffff:203.0.113.7, ::ffff:10.0.0.1"), Some("203.0.113.7".into()));
     }
 
     #[test]
@@ -100,7 +119,12 @@ mod tests {
         assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
         assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
         assert!(net("::/0").contains(ip("2001:db8::1")));
-        for bad in ["10.0.0.0/33", "2001:db8::/129", "10.0.0/8", "10.0.0.0/x", "example.com"] {
+        // IPv4-mapped blocks are the IPv4 blocks they map.
+        assert!(net("::ffff:10.0.0.0/104").contains(ip("10.1.2.3")));
+        assert!(!net("::ffff:10.0.0.0/104").contains(ip("11.0.0.1")));
+        assert!(net("::ffff:192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(net("::ffff:0:0/96").contains(ip("198.51.100.1")));
+        for bad in ["10.0.0.0/33", "2001:db8::/129", "10.0.0/8", "10.0.0.0/x", "example.com", "::ffff:10.0.0.0/64"] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
         }
     }

@@ -23,7 +23,6 @@
 mod admission;
 mod forwarded;
 pub(crate) mod headers;
-mod in_flight;
 mod reply;
 mod request_id;
 
@@ -39,14 +38,13 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, RangeType, range_header_filter};
 
 use crate::cache::{self, EdgeCache};
+use crate::drain::InFlight;
 use crate::filters::{FilterFailure, FilterRuntime, FilterTiming, InFlightChain, RequestHead, RequestOutcome};
 use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;
 use headers::{empty_request, empty_response, ip_text, joined_cookies, with_member};
-use in_flight::InFlight;
-pub use in_flight::in_flight;
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -354,7 +352,7 @@ impl ProxyHttp for CascadeProxy {
             filtered_request: None,
             tier: 0,
             attempts: 0,
-            _in_flight: InFlight::start(),
+            _in_flight: InFlight::request(),
         }
     }
 
