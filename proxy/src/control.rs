@@ -102,6 +102,7 @@ fn restart_needed(started: &Config, loaded: &Config) -> Vec<&'static str> {
         ("admin.max_upload_mb", old.admin.max_body_bytes != new.admin.max_body_bytes),
         ("modules.store", old.modules.store != new.modules.store),
         ("limits.max_instances", old.limits.max_instances != new.limits.max_instances),
+        ("limits.filter_memory_mb", old.limits.filter_memory_bytes != new.limits.filter_memory_bytes),
         ("cache", old.cache != new.cache),
     ];
     changed.into_iter().filter(|(_, changed)| *changed).map(|(key, _)| key).collect()
@@ -127,12 +128,19 @@ fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -
 /// the snapshot serving until now, on a reload: unchanged rate-limit policies
 /// and health-checked servers carry their state over.
 async fn snapshot_of(
-    runtime: &FilterRuntime,
+    runtime: &Arc<FilterRuntime>,
     config: Config,
     store: &ModuleStore,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ControlError> {
-    let modules = load_modules(runtime, &config, store)?;
+    // Off the calling thread, as `compile` is: a reload that finds a new or
+    // changed module compiles it, and the admin API has one thread.
+    let modules = {
+        let (runtime, config, store) = (runtime.clone(), config.clone(), store.clone());
+        tokio::task::spawn_blocking(move || load_modules(&runtime, &config, &store))
+            .await
+            .map_err(|e| ControlError::CompileTask(e.to_string()))??
+    };
     let caps = Arc::new(Capabilities::build(&config, previous.map(|p| p.caps.as_ref())).map_err(SnapshotError::from)?);
     let upstreams = Upstreams::start(&config.upstreams, previous.map(|p| p.upstreams.as_ref()));
     Ok(Snapshot::build(config, upstreams, Arc::new(modules), caps, runtime, previous).await?)

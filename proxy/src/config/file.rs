@@ -199,7 +199,7 @@ pub struct ModulesSection {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub filter_timeout_ms: u64,
-    pub filter_memory_mb: u64,
+    pub filter_memory_mb: Spanned<u64>,
     pub max_instances: u32,
     /// What a fail-closed filter failure answers; 500 when not set.
     pub failure_status: Option<Spanned<u16>>,
@@ -216,7 +216,7 @@ impl Default for LimitsSection {
         let limits = super::Limits::default();
         Self {
             filter_timeout_ms: limits.filter_timeout.as_millis() as u64,
-            filter_memory_mb: limits.filter_memory_bytes >> 20,
+            filter_memory_mb: Spanned::new(0..0, limits.filter_memory_bytes >> 20),
             max_instances: limits.max_instances,
             failure_status: None,
             breaker: BreakerSection::default(),
@@ -390,8 +390,8 @@ pub struct FilterSection {
     pub config: Option<Spanned<toml::Table>>,
     /// Overrides `limits.filter_timeout_ms` for this entry.
     pub timeout_ms: Option<u64>,
-    /// Overrides `limits.filter_memory_mb` for this entry.
-    pub memory_mb: Option<u64>,
+    /// Overrides `limits.filter_memory_mb` for this entry, below it.
+    pub memory_mb: Option<Spanned<u64>>,
     /// Serve many requests, one at a time, with each instance.
     #[serde(default)]
     pub reuse_instances: bool,

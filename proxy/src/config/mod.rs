@@ -172,9 +172,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         None => Limits::default().failure_status,
         Some(status) => server_error(&main, status, "limits.failure_status")?,
     };
+    let filter_memory_mb = &file.limits.filter_memory_mb;
+    if *filter_memory_mb.get_ref() > MAX_FILTER_MEMORY_BYTES >> 20 {
+        let message = format!(
+            "{} is more than the {} a filter instance may have",
+            filter_memory_mb.get_ref(),
+            MAX_FILTER_MEMORY_BYTES >> 20
+        );
+        return Err(main.invalid(filter_memory_mb, "limits.filter_memory_mb", message));
+    }
     let limits = Limits {
         filter_timeout: Duration::from_millis(file.limits.filter_timeout_ms.max(1)),
-        filter_memory_bytes: file.limits.filter_memory_mb.max(1) << 20,
+        filter_memory_bytes: (*filter_memory_mb.get_ref()).max(1) << 20,
         max_instances: file.limits.max_instances.max(1),
         failure_status,
         breaker: BreakerConfig::default().merged(&file.limits.breaker),
@@ -490,7 +499,19 @@ fn route(
             config_json: Arc::from(config_json),
             limits: FilterLimits {
                 timeout: entry.timeout_ms.map(|ms| Duration::from_millis(ms.max(1))).unwrap_or(limits.filter_timeout),
-                memory_bytes: entry.memory_mb.map(|mb| mb.max(1) << 20).unwrap_or(limits.filter_memory_bytes),
+                memory_bytes: match &entry.memory_mb {
+                    None => limits.filter_memory_bytes,
+                    // The engine's memory slots are sized by the global cap.
+                    Some(mb) if *mb.get_ref() > limits.filter_memory_bytes >> 20 => {
+                        let message = format!(
+                            "{} is more than limits.filter_memory_mb ({}), which sizes every instance's memory: raise that",
+                            mb.get_ref(),
+                            limits.filter_memory_bytes >> 20
+                        );
+                        return Err(src.invalid(mb, "route.filters.memory_mb", message));
+                    }
+                    Some(mb) => (*mb.get_ref()).max(1) << 20,
+                },
                 failure_status: match &entry.failure_status {
                     None => limits.failure_status,
                     Some(status) => server_error(src, status, "route.filters.failure_status")?,
@@ -744,6 +765,10 @@ servers = ["127.0.0.1:9000"]
                 "key `server.trusted_proxies`: \"10.0.0.0/33\": the prefix length must be 0 to 32",
             ),
             (
+                "\n[limits]\nfilter_memory_mb = 512\n",
+                "key `limits.filter_memory_mb`: 512 is more than the 256 a filter",
+            ),
+            (
                 "\n[server]\ntrusted_proxies = [\"lb.internal\"]\n",
                 "key `server.trusted_proxies`: \"lb.internal\" is not an IP address or block",
             ),
@@ -752,6 +777,25 @@ servers = ["127.0.0.1:9000"]
             let err = load(&main).unwrap_err().to_string();
             assert!(err.contains(why), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn an_entry_cannot_have_more_memory_than_the_engine_gives_each_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}\n[limits]\nfilter_memory_mb = 32\n"));
+        let entry = |mb: u64| {
+            format!(
+                "[[route]]\nname = \"a\"\nupstream = \"origin\"\n[[route.filters]]\nmodule = \"m\"\nmemory_mb = {mb}\n"
+            )
+        };
+        write(dir.path(), "routes/a.toml", &entry(32));
+        assert!(load(&main).is_ok());
+        write(dir.path(), "routes/a.toml", &entry(64));
+        let err = load(&main).unwrap_err().to_string();
+        assert!(
+            err.contains("a.toml:6: key `route.filters.memory_mb`: 64 is more than limits.filter_memory_mb (32)"),
+            "{err}"
+        );
     }
 
     #[test]

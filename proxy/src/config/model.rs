@@ -149,6 +149,10 @@ impl std::str::FromStr for IpNet {
     }
 }
 
+/// The largest linear memory a filter instance may have
+/// (`limits.filter_memory_mb`).
+pub const MAX_FILTER_MEMORY_BYTES: u64 = 256 << 20;
+
 /// What a client's request may hold (Envoy's defaults for headers).
 #[derive(Debug, Clone)]
 pub struct RequestLimits {

@@ -274,7 +274,7 @@ impl FilterHost {
             skips_on_response: false,
             logged: LoggedLines::default(),
             wasi: None,
-            table: ResourceTable::new(),
+            table: resource_table(),
         }
     }
 
@@ -367,10 +367,27 @@ impl WasiView for FilterHost {
         WasiCtxView {
             // The default context has no preopens, no network and no env; stdio
             // goes nowhere.
-            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build()),
             table: &mut self.table,
         }
     }
+}
+
+/// Host-side handles (WASI streams, pollables, this host's own resources)
+/// one instance may hold at once. Each is host memory the guest's cap does
+/// not count, and a guest looping on `get-stdout` adds one per call:
+/// Wasmtime's default of a million is tens of megabytes. A filter uses a
+/// handful.
+const MAX_RESOURCES: usize = 1024;
+
+/// The most one WASI random call returns. The host fills the buffer in one
+/// call the epoch cannot interrupt; WASI's default is 64 MiB.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
 }
 
 /// Whether `name` is an HTTP field name: an RFC 9110 token.
@@ -860,6 +877,15 @@ mod tests {
         let message = format!("{}🦀{}", "a".repeat(MAX_LOG_LINE_BYTES - 2), "b".repeat(10));
         let line = log_line(&message);
         assert_eq!(line, format!("{}… (14 bytes more cut)", "a".repeat(MAX_LOG_LINE_BYTES - 2)));
+    }
+
+    #[test]
+    fn the_handles_an_instance_may_hold_are_bounded() {
+        let mut table = resource_table();
+        for _ in 0..MAX_RESOURCES {
+            table.push(()).unwrap();
+        }
+        assert!(table.push(()).is_err(), "a handle past the bound was taken");
     }
 
     #[test]

@@ -26,9 +26,6 @@ const COARSEST_TICK: Duration = Duration::from_millis(10);
 /// gone and exit (a wake-up for a new instance is never lost: see below).
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 
-/// Largest linear memory any instance may have; per-entry caps sit below it.
-const MAX_MEMORY_BYTES: u64 = 256 << 20;
-
 /// The Wasm engine and the host functions linked into every filter.
 pub struct FilterRuntime {
     engine: Engine,
@@ -89,7 +86,7 @@ impl Drop for InstanceCount {
 impl FilterRuntime {
     /// Build the engine for `limits` and start the epoch ticker.
     pub fn new(limits: &Limits) -> wasmtime::Result<Arc<Self>> {
-        let max_memory_bytes = limits.filter_memory_bytes.clamp(1 << 20, MAX_MEMORY_BYTES);
+        let max_memory_bytes = limits.filter_memory_bytes.clamp(1 << 20, crate::config::MAX_FILTER_MEMORY_BYTES);
         let instances = limits.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)

@@ -58,7 +58,10 @@ fn in_file(path: &Path, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
-/// Write `bytes` to `path` atomically: a temporary file, fsync, rename.
+/// Write `bytes` to `path` atomically and durably: a temporary file, fsync,
+/// rename, then fsync of the directory, without which the rename itself
+/// may not survive a power cut (and `state.json` could name a version whose
+/// file did not).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -71,7 +74,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl ModuleStore {
