@@ -400,18 +400,24 @@ fn a_purge_during_a_fetch_is_not_undone_by_it() {
     assert_eq!(origin.requests(), 2);
 }
 
-// The host in the key is normalized as routing has it: case, port and a
-// trailing dot do not make new entries, so they cannot dodge a purge.
+// A Host the origin sees differently (a port, a trailing dot) gets an entry
+// of its own, so an origin's links to `:1337` are never served for the bare
+// name; case does not. One purge of the URL removes every spelling.
 #[test]
-fn host_spellings_share_one_entry() {
+fn host_spellings_are_kept_apart_and_purged_together() {
     let (origin, proxy) = cached(ROUTE);
-    for host in ["example.com", "EXAMPLE.com", "example.com:80", "example.com."] {
+    let spellings = ["example.com", "EXAMPLE.com", "example.com:1337", "example.com."];
+    for host in spellings {
         let reply = get_with(&proxy, "/h", "cache-control: max-age=600", &[("host", host)]);
         assert_eq!(reply.status, 200, "{host}");
     }
-    assert_eq!(origin.requests(), 1);
+    assert_eq!(origin.requests(), 3, "the two spellings that differ in case share an entry");
     let purge = proxy.admin("POST", "/cache/purge", b"{\"url\": \"http://Example.com/h\"}", None);
-    assert_eq!(purge.json()["purged"], 1, "{purge:?}");
+    assert_eq!(purge.json()["purged"], 3, "{purge:?}");
+    for host in spellings {
+        get_with(&proxy, "/h", "cache-control: max-age=600", &[("host", host)]);
+    }
+    assert_eq!(origin.requests(), 6, "a spelling outlived the purge");
 }
 
 // Refetching one Vary variant in full does not invalidate the others.
@@ -506,4 +512,52 @@ fn vary_reads_every_line_of_a_header() {
     let (_, alice_again) = send_raw(port, &request("alice"));
     assert_eq!(origin.requests(), 2, "alice's variant is served from the cache");
     assert!(alice_again.contains("session=alice"), "{alice_again}");
+}
+
+// A body past `cache.max_object_mb` is served whole and not stored, whether
+// the origin declares its length or sends it chunked; one under it is.
+#[test]
+fn an_object_past_the_size_cap_is_served_whole_and_not_stored() {
+    const BIG: usize = 1_572_864;
+    let origin = EchoOrigin::start().unwrap();
+    let chunked_answers = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answers = chunked_answers.clone();
+    let chunked_origin = raw_origin(move |stream| {
+        use std::io::Write;
+        answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let head =
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+        let _ = stream.write_all(head.as_bytes());
+        let chunk = vec![b'x'; 65_536];
+        for _ in 0..BIG / chunk.len() {
+            let _ = stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+            let _ = stream.write_all(&chunk);
+            let _ = stream.write_all(b"\r\n");
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+    });
+    let routes =
+        format!("{ROUTE}\n[[route]]\nname = \"chunked\"\npath_prefix = \"/chunked\"\nupstream = \"chunked\"\n");
+    let config = ProxyConfig::over(origin.addr(), &routes).with_admin().with_main(&format!(
+        "\n[upstreams.chunked]\nservers = [\"{chunked_origin}\"]\n\n[cache]\nmax_size_mb = 8\nmax_object_mb = 1\n"
+    ));
+    let proxy = Proxy::start(&config);
+    let get = |path: &str, bytes: usize| {
+        let reply = proxy
+            .get(path, &[("x-echo-header", "cache-control: max-age=600"), ("x-echo-body-bytes", &bytes.to_string())]);
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(reply.body.len() >= bytes, "{path}: {} bytes of {bytes}", reply.body.len());
+        reply
+    };
+    for _ in 0..3 {
+        get("/big", BIG);
+    }
+    assert_eq!(origin.requests(), 3, "a declared body past the cap was stored");
+    for _ in 0..2 {
+        get("/chunked", BIG);
+    }
+    assert_eq!(chunked_answers.load(std::sync::atomic::Ordering::SeqCst), 2, "a chunked body past the cap was stored");
+    get("/small", 512 * 1024);
+    let hit = get("/small", 512 * 1024);
+    assert!(cache_status(&hit).contains("hit"), "{:?}", hit.header("cache-status"));
 }

@@ -56,13 +56,16 @@ pub struct EdgeCache {
     /// not serialized behind one another; a storable answer takes the key off
     /// the list. (Its tables are allocated up front: more keys, more memory.)
     predictor: &'static Predictor<16>,
+    /// The largest body an entry may hold (`cache.max_object_mb`).
+    max_object_bytes: usize,
 }
 
 impl EdgeCache {
     pub fn new(config: &CacheConfig) -> &'static Self {
         let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
         Box::leak(Box::new(Self {
-            storage: Box::leak(Box::default()),
+            storage: Box::leak(Box::new(EdgeStorage::new(config.max_object_bytes))),
+            max_object_bytes: config.max_object_bytes,
             eviction: Box::leak(Box::new(simple_lru::Manager::new(config.max_size_bytes))),
             lock,
             predictor: Box::leak(Box::new(Predictor::new(1_024, None))),
@@ -98,6 +101,15 @@ impl EdgeCache {
         let mut key = cache_key(client_url, proto, upstream, upstream_target, headers);
         key.extensions.insert(self.storage.purges_seen());
         key
+    }
+
+    /// Whether a response says it is longer than an entry may be. Refused
+    /// here, by its header, it is also remembered as uncacheable, so later
+    /// requests for it are not held behind one another's fetch. (A body
+    /// without a length is measured as it is stored.)
+    pub fn too_large(&self, resp: &ResponseHeader) -> bool {
+        let length = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        length.is_some_and(|length| length > self.max_object_bytes as u64)
     }
 
     pub fn size_bytes(&self) -> usize {
@@ -166,9 +178,9 @@ fn asks_for_another_protocol(req: &RequestHeader) -> bool {
 /// The cache key: the URL the client asked for (what a purge names), then
 /// the scheme the origin is told (`X-Forwarded-Proto`: an origin's answer to
 /// `http`, a redirect to HTTPS say, is no answer to `https`), then where the
-/// request went after the filters (upstream group and target), so an A/B
-/// variant routed elsewhere gets its own entry, then the route's
-/// `key_headers` ([`key_headers`]).
+/// request went after the filters (upstream group, then the `Host` and
+/// target it was sent), so an A/B variant routed elsewhere gets its own
+/// entry, then the route's `key_headers` ([`key_headers`]).
 fn cache_key(client_url: &str, proto: &str, upstream: &str, upstream_target: &str, headers: &str) -> CacheKey {
     CacheKey::new(format!("{client_url}{URL_END}{proto}{URL_END}{upstream}{URL_END}{upstream_target}{headers}"), "")
 }
@@ -207,7 +219,11 @@ pub fn key_headers(req: &RequestHeader, policy: &RouteCachePolicy) -> String {
 /// `Vary: *`, `Set-Cookie` and the rules for requests that carried
 /// `Authorization` always hold.
 pub fn cacheability(resp: &ResponseHeader, policy: &RouteCachePolicy, authorization: bool) -> RespCacheable {
-    let vary_star = resp.headers.get_all(http::header::VARY).iter().any(|v| v.as_bytes().trim_ascii() == b"*");
+    let vary_star = resp
+        .headers
+        .get_all(http::header::VARY)
+        .iter()
+        .any(|v| v.as_bytes().split(|b| *b == b',').any(|name| name.trim_ascii() == b"*"));
     // A response that sets a cookie is one client's (a session, say): stored,
     // it would hand that cookie to every client after it. nginx and most CDNs
     // refuse these by default too.
@@ -445,6 +461,14 @@ mod tests {
         assert!(!cacheability(&response(200, &[("cache-control", "private, max-age=60")]), &p, false).is_cacheable());
         assert!(
             !cacheability(&response(200, &[("cache-control", "max-age=60"), ("vary", "*")]), &p, false).is_cacheable()
+        );
+        assert!(
+            !cacheability(
+                &response(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding, *")]),
+                &p,
+                false
+            )
+            .is_cacheable()
         );
         // Section 3.5: Authorization needs public, s-maxage or must-revalidate.
         assert!(!cacheability(&response(200, &[("cache-control", "max-age=60")]), &p, true).is_cacheable());

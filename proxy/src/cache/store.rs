@@ -125,6 +125,8 @@ pub struct EdgeStorage {
     /// Bumped by every invalidating purge. A fill that began before a purge
     /// is not stored, so a purge cannot be undone by a fetch in flight.
     purges: AtomicU64,
+    /// The largest body one entry may hold (`cache.max_object_mb`).
+    max_object_bytes: usize,
 }
 
 #[derive(Default)]
@@ -151,18 +153,17 @@ impl Index {
     }
 }
 
-impl Default for EdgeStorage {
-    fn default() -> Self {
+impl EdgeStorage {
+    pub fn new(max_object_bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             index: Mutex::default(),
             evictions: AtomicU64::new(0),
             purges: AtomicU64::new(0),
+            max_object_bytes,
         }
     }
-}
 
-impl EdgeStorage {
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
@@ -217,12 +218,16 @@ impl Storage for EdgeStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        // Room for the whole body when its length is known (a body grown by
+        // doubling would hold up to twice its size), never past the cap.
+        let length = meta.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         Ok(Box::new(Fill {
             storage: self,
             key: key.to_compact(),
             url: key.primary_key_str().and_then(|p| p.split(URL_END).next()).map(str::to_string),
             meta: Some(StoredMeta::from_meta(meta)),
-            body: BytesMut::new(),
+            body: BytesMut::with_capacity(length.unwrap_or(0).min(self.max_object_bytes)),
+            too_large: false,
             purges_at_start: key
                 .extensions
                 .get::<PurgesSeen>()
@@ -331,25 +336,38 @@ struct Fill {
     url: Option<String>,
     meta: Option<StoredMeta>,
     body: BytesMut,
+    /// The body passed `max_object_bytes` (it came without a length, or
+    /// with a wrong one): the client still gets it all, the cache nothing.
+    too_large: bool,
     purges_at_start: u64,
 }
 
 #[async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
+        if self.too_large || self.body.len() + data.len() > self.storage.max_object_bytes {
+            self.too_large = true;
+            self.body = BytesMut::new();
+        } else {
+            self.body.extend_from_slice(&data);
+        }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        let meta = self.meta.take().expect("finish runs once");
-        let entry = Entry::new(meta, std::mem::take(&mut self.body).freeze());
-        let size = entry.weight;
-        if self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start {
-            // The eviction manager will track a phantom entry until it ages
-            // out; purging it then finds nothing, which is harmless.
-            return Ok(MissFinishType::Created(size));
+        // An entry not stored weighs nothing in the eviction manager, which
+        // tracks it until it ages out; purging it then finds nothing.
+        if self.too_large || self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start {
+            return Ok(MissFinishType::Created(0));
         }
+        let meta = self.meta.take().expect("finish runs once");
+        let body = std::mem::take(&mut self.body);
+        // A body that outgrew its reservation may hold much more than it
+        // uses, which the weight would not count.
+        let body =
+            if body.capacity() > body.len() + body.len() / 8 { Bytes::copy_from_slice(&body) } else { body.freeze() };
+        let entry = Entry::new(meta, body);
+        let size = entry.weight;
         let entry = Arc::new(entry);
         let hash = self.key.combined_bin();
         self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);

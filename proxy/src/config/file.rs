@@ -39,13 +39,16 @@ pub struct CacheSection {
     pub enabled: bool,
     /// Bodies and headers kept at once; least recently used entries go first.
     pub max_size_mb: u64,
+    /// The largest body one entry may hold; an eighth of `max_size_mb` when
+    /// not set.
+    pub max_object_mb: Option<Spanned<u64>>,
     /// How long a request waits for another request fetching the same key.
     pub lock_timeout_ms: u64,
 }
 
 impl Default for CacheSection {
     fn default() -> Self {
-        Self { enabled: true, max_size_mb: 256, lock_timeout_ms: 5_000 }
+        Self { enabled: true, max_size_mb: 256, max_object_mb: None, lock_timeout_ms: 5_000 }
     }
 }
 

@@ -198,8 +198,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         upstreams.insert(name.clone(), upstream(&main, &base, name, section)?);
     }
     check_tiers(&main, &file.upstreams, &upstreams)?;
+    let max_size_bytes = (file.cache.max_size_mb.max(1) << 20) as usize;
+    let max_object_bytes = match &file.cache.max_object_mb {
+        // One object may not push out more than an eighth of the cache.
+        None => max_size_bytes / 8,
+        Some(mb) if *mb.get_ref() > file.cache.max_size_mb => {
+            let message = format!("{} is more than cache.max_size_mb ({})", mb.get_ref(), file.cache.max_size_mb);
+            return Err(main.invalid(mb, "cache.max_object_mb", message));
+        }
+        Some(mb) => ((*mb.get_ref()).max(1) << 20) as usize,
+    };
     let cache = CacheConfig {
-        max_size_bytes: (file.cache.max_size_mb.max(1) << 20) as usize,
+        max_size_bytes,
+        max_object_bytes,
         lock_timeout: Duration::from_millis(file.cache.lock_timeout_ms.max(1)),
     };
 

@@ -29,6 +29,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub max_size_bytes: usize,
+    /// The largest response body one entry may hold.
+    pub max_object_bytes: usize,
     pub lock_timeout: Duration,
 }
 

@@ -391,7 +391,12 @@ impl ProxyHttp for CascadeProxy {
         let target = session.req_header().uri.path_and_query().map_or("/", |pq| pq.as_str());
         let policy = &route.config.cache;
         let headers = cache::key_headers(session.req_header(), policy);
-        Ok(self.cache.key(url, ctx.forwarded_proto, &ctx.upstream, &cache::key_target(target, policy), &headers))
+        // The Host the upstream is sent, port and all: an origin may answer
+        // `example.com:1337` with links to that port, and no one else may be
+        // served them. (The URL, which purges go by, has the routing form.)
+        let upstream_target =
+            format!("{}{}", request_host(session).to_ascii_lowercase(), cache::key_target(target, policy));
+        Ok(self.cache.key(url, ctx.forwarded_proto, &ctx.upstream, &upstream_target, &headers))
     }
 
     fn response_cache_filter(
@@ -401,6 +406,9 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<pingora::cache::RespCacheable> {
         Ok(match &ctx.route {
+            Some(_) if self.cache.too_large(resp) => {
+                pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::ResponseTooLarge)
+            }
             Some(route) => cache::cacheability(resp, &route.config.cache, ctx.authorization),
             None => pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
         })
