@@ -87,6 +87,7 @@ impl Bench {
                 balance: Default::default(),
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(1),
+                fail_timeout: Duration::from_secs(10),
                 tls: None,
                 failover_statuses: Vec::new(),
                 max_attempts: 1,

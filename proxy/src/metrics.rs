@@ -92,8 +92,9 @@ impl Metrics {
         self.cache_results.update(route, outcome, |n| *n += 1);
     }
 
-    /// An upstream attempt to `tier`: `sent`, or `failover` when the request
-    /// moved on to the next tier.
+    /// An upstream attempt to `tier`: `sent`, `retry` when a connection
+    /// failed and another server of the tier was tried, or `failover` when
+    /// the request moved on to the next tier.
     pub fn record_upstream(&self, tier: &str, outcome: &'static str) {
         self.upstream_attempts.update(tier, outcome, |n| *n += 1);
     }
@@ -145,7 +146,7 @@ impl Metrics {
             let _ =
                 writeln!(out, "cascade_cache_requests_total{{route=\"{}\",result=\"{result}\"}} {n}", escape(route));
         });
-        out.push_str("# HELP cascade_upstream_attempts_total Upstream attempts by tier: sent, and failover (moved on to the next tier).\n");
+        out.push_str("# HELP cascade_upstream_attempts_total Upstream attempts by tier: sent, retry (a connection failed; another server of the tier was tried) and failover (moved on to the next tier).\n");
         out.push_str("# TYPE cascade_upstream_attempts_total counter\n");
         self.upstream_attempts.for_each(|tier, outcome, n| {
             let _ =

@@ -159,6 +159,22 @@ fn a_read_timeout_with_no_tier_left_is_a_504() {
     assert_eq!(send("POST", &proxy.url("/slow"), &[]).status, 504);
 }
 
+/// An expired entry whose refresh meets a failover status on the first tier
+/// goes on to the next tier, as a miss would: stale-if-error is for when no
+/// tier is left to answer.
+#[test]
+fn stale_if_error_waits_for_the_last_tier() {
+    let origin = EchoOrigin::start().unwrap();
+    let proxy = Proxy::start(&tiered(always(503), origin.addr(), "failover_on = [503]\n"));
+    let headers = [("x-echo-header", "cache-control: max-age=1, stale-if-error=600")];
+    assert_eq!(proxy.get("/page", &headers).status, 200);
+    assert_eq!(origin.requests(), 1);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let reply = proxy.get("/page", &headers);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(origin.requests(), 2, "the stale copy was served without asking the next tier: {reply:?}");
+}
+
 #[test]
 fn failover_budget_caps_the_attempts() {
     let origin = EchoOrigin::start().unwrap();
@@ -182,11 +198,18 @@ fn health_checks_take_a_down_server_out_of_rotation() {
         origin.addr()
     ));
     let proxy = Proxy::start(&config.with_admin());
-    // Once the checker has marked the dead server down, every request goes
-    // to the live one. Round-robin alone would send every other one to 502.
-    eventually("the dead server leaving the rotation", Duration::from_secs(20), || {
-        (0..20).all(|_| proxy.get("/", &[]).status == 200)
-    });
+    // A request sent to the dead server is retried on the live one (a
+    // `retry`); once the checker has marked it down, none is sent there.
+    let retries = || {
+        let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+        let series = "cascade_upstream_attempts_total{tier=\"pair\",outcome=\"retry\"} ";
+        metrics.lines().find_map(|l| l.strip_prefix(series)).map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let none_sent_to_the_dead_server = || {
+        let before = retries();
+        (0..20).all(|_| proxy.get("/", &[]).status == 200) && retries() == before
+    };
+    eventually("the dead server leaving the rotation", Duration::from_secs(20), none_sent_to_the_dead_server);
 
     // A reload keeps the verdict: the new checker (now probing once a
     // minute, so it could not find the server dead again in time) starts
@@ -197,9 +220,39 @@ fn health_checks_take_a_down_server_out_of_rotation() {
     let text = text.replace("interval_ms = 50", "interval_ms = 60000");
     std::fs::write(&main, text).unwrap();
     assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
-    for _ in 0..20 {
-        assert_eq!(proxy.get("/", &[]).status, 200, "a reload put the dead server back into rotation");
-    }
+    assert!(none_sent_to_the_dead_server(), "a reload put the dead server back into rotation");
+}
+
+/// A connection refused by one server of a tier is retried on another of
+/// the same tier (as nginx's `proxy_next_upstream error`), for any method,
+/// without spending the failover budget; the server is then out of
+/// rotation for `fail_timeout_ms`, so later requests do not try it first.
+#[test]
+fn a_refused_connection_is_retried_on_another_server_of_the_tier() {
+    let origin = EchoOrigin::start().unwrap();
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let retried_after_six = |fail_timeout_ms: u64| {
+        let mut config = ProxyConfig::over(origin.addr(), EDGE_ROUTE).with_admin();
+        config.main_extra.push_str(&format!(
+            "\n[upstreams.pair]\nservers = [\"{dead}\", \"{}\"]\nfail_timeout_ms = {fail_timeout_ms}\n\
+             [upstreams.edge]\ntiers = [\"pair\"]\nmax_attempts = 1\n",
+            origin.addr()
+        ));
+        let proxy = Proxy::start(&config);
+        for i in 0..6 {
+            let method = if i % 2 == 0 { "GET" } else { "POST" };
+            let reply = send(method, &proxy.url("/x"), &[]);
+            assert_eq!(reply.status, 200, "{method}: {reply:?}");
+        }
+        let metrics = proxy.admin("GET", "/metrics", b"", None).body;
+        metric_value(&metrics, "cascade_upstream_attempts_total{tier=\"pair\",outcome=\"retry\"}")
+    };
+    // Out of rotation after its first failure (for ten minutes here).
+    assert_eq!(retried_after_six(600_000), 1);
+    // Never out of rotation: round-robin still sends only every other
+    // request to it first.
+    assert_eq!(retried_after_six(0), 3);
+    assert_eq!(origin.requests(), 12);
 }
 
 #[test]

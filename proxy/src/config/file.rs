@@ -260,6 +260,9 @@ pub struct UpstreamSection {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// How long a server that failed a connection stays out of rotation.
+    #[serde(default = "default_fail_timeout_ms")]
+    pub fail_timeout_ms: u64,
     /// Connect with TLS, verifying the certificate against `sni`.
     #[serde(default)]
     pub tls: bool,
@@ -329,6 +332,10 @@ pub fn default_connect_timeout_ms() -> u64 {
 
 pub fn default_read_timeout_ms() -> u64 {
     30_000
+}
+
+pub fn default_fail_timeout_ms() -> u64 {
+    10_000
 }
 
 /// One `conf/routes/*.toml` file.

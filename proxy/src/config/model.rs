@@ -269,6 +269,9 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// How long a server that failed a connection is out of rotation
+    /// (zero: never taken out).
+    pub fail_timeout: Duration,
     pub tls: Option<UpstreamTls>,
     /// Statuses that send a request on to the next tier.
     pub failover_statuses: Vec<u16>,

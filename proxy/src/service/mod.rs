@@ -109,9 +109,12 @@ pub struct RequestCtx {
     /// form; the cache-hit hooks read it and put it back.
     filtered_request: Option<Box<RequestHeader>>,
     /// The tier of the upstream group this request is on, and how many
-    /// upstream attempts it has made.
+    /// upstream attempts it has made (a connection refused and retried on
+    /// the same tier is none).
     tier: usize,
     attempts: usize,
+    /// Servers of this tier the request could not connect to.
+    unreachable: Vec<std::net::SocketAddr>,
     /// Counts this request as in flight until its context is dropped, after
     /// its log line.
     _in_flight: InFlight,
@@ -286,23 +289,54 @@ impl CascadeProxy {
 }
 
 impl CascadeProxy {
-    /// The tier this request is on.
-    fn current_tier<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a UpstreamGroup> {
-        ctx.snapshot.as_ref()?.upstreams.tier(&ctx.upstream, ctx.tier)
-    }
-
     /// Move the request on to the next tier, if its group has one and the
     /// failover budget allows another attempt.
     fn fail_over(&self, ctx: &mut RequestCtx) -> bool {
         if !may_fail_over(ctx) {
             return false;
         }
-        if let Some(tier) = self.current_tier(ctx) {
+        if let Some(tier) = current_tier(ctx) {
             self.metrics.record_upstream(tier.name(), "failover");
         }
         ctx.tier += 1;
+        ctx.unreachable.clear();
         true
     }
+
+    /// After `peer` refused a connection or timed out connecting, send the
+    /// request to another server of the same tier, each server once (as
+    /// nginx's `proxy_next_upstream error timeout`), if one is up.
+    fn retry_in_tier(&self, ctx: &mut RequestCtx, peer: &HttpPeer) -> bool {
+        let Some(&addr) = peer._address.as_inet() else { return false };
+        ctx.unreachable.push(addr);
+        let Some(tier) = current_tier(ctx) else { return false };
+        tier.mark_unreachable(addr);
+        if !tier.has_server_besides(&ctx.unreachable) {
+            return false;
+        }
+        self.metrics.record_upstream(tier.name(), "retry");
+        // Nothing reached the server: the failover budget is for upstreams
+        // that answered badly, and a tier's next server is no failover.
+        ctx.attempts -= 1;
+        true
+    }
+}
+
+/// The tier of its upstream group the request is on.
+fn current_tier(ctx: &RequestCtx) -> Option<&UpstreamGroup> {
+    ctx.snapshot.as_ref()?.upstreams.tier(&ctx.upstream, ctx.tier)
+}
+
+/// Whether an answer of `status` from the current tier sends the request on
+/// to the next: a failover status, and a retry that can be made (a request
+/// whose body outgrew the retry buffer cannot be sent again, and the client
+/// then gets the tier's own answer, not an error of ours in its place).
+fn fails_over_on(session: &Session, ctx: &RequestCtx, status: u16) -> bool {
+    let Some(tier) = current_tier(ctx) else { return false };
+    tier.config.failover_statuses.contains(&status)
+        && session.req_header().method.is_idempotent()
+        && !session.as_ref().retry_buffer_truncated()
+        && may_fail_over(ctx)
 }
 
 /// Whether the request's group has a next tier and budget for another attempt.
@@ -352,6 +386,7 @@ impl ProxyHttp for CascadeProxy {
             filtered_request: None,
             tier: 0,
             attempts: 0,
+            unreachable: Vec::new(),
             _in_flight: InFlight::request(),
         }
     }
@@ -435,8 +470,16 @@ impl ProxyHttp for CascadeProxy {
                 true
             }
             // stale-if-error (window checked by Pingora too): only when the
-            // upstream failed, not when the client did.
-            Some(e) => e.esource() == &ErrorSource::Upstream,
+            // upstream failed, not when the client did, and not while a tier
+            // answering a failover status has a next tier to try (Pingora
+            // asks before `upstream_response_filter` could fail over).
+            Some(e) => {
+                let failing_over = match e.etype() {
+                    ErrorType::HTTPStatus(status) => fails_over_on(session, ctx, *status),
+                    _ => false,
+                };
+                e.esource() == &ErrorSource::Upstream && !failing_over
+            }
         }
     }
 
@@ -471,7 +514,7 @@ impl ProxyHttp for CascadeProxy {
             };
             // A tier whose servers are all down is skipped while a later tier
             // remains; the last tier is tried regardless.
-            let addr = match tier.pick(key_hash) {
+            let addr = match tier.pick(key_hash, &ctx.unreachable) {
                 Some(addr) => addr,
                 None if self.fail_over(ctx) => continue,
                 None => tier.any_server(),
@@ -485,12 +528,14 @@ impl ProxyHttp for CascadeProxy {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream, so any method may go on.
-        e.set_retry(self.fail_over(ctx));
+        // Nothing reached the upstream, so any method may go on: to another
+        // server of this tier, else to the next tier.
+        let retry = self.retry_in_tier(ctx, peer) || self.fail_over(ctx);
+        e.set_retry(retry);
         e
     }
 
@@ -558,15 +603,7 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        let Some(tier) = self.current_tier(ctx) else { return Ok(()) };
-        // Only when the retry can be made: a request whose body outgrew the
-        // retry buffer cannot be sent again, and the client then gets the
-        // tier's own answer, not an error of ours in its place.
-        let fails_over = tier.config.failover_statuses.contains(&status)
-            && session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated()
-            && may_fail_over(ctx);
-        if fails_over {
+        if let Some(tier) = current_tier(ctx).filter(|_| fails_over_on(session, ctx, status)) {
             // An upstream error here reaches `error_while_proxy`, which moves
             // the request on to the next tier; nothing was sent downstream yet.
             let message = format!("tier {:?} answered {status}", tier.name());
@@ -703,7 +740,7 @@ impl ProxyHttp for CascadeProxy {
             "path": header.uri.path(),
             "route": ctx.route.as_ref().map(|r| r.name.as_ref()),
             "upstream": ctx.upstream,
-            "tier": self.current_tier(ctx).filter(|_| ctx.attempts > 0).map(|t| t.name()),
+            "tier": current_tier(ctx).filter(|_| ctx.attempts > 0).map(|t| t.name()),
             "cache": cache::outcome(&session.cache),
             "status": status,
             "duration_us": ctx.started.elapsed().as_micros() as u64,

@@ -10,10 +10,10 @@
 mod health;
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
@@ -26,12 +26,34 @@ use crate::config::{Balance, UpstreamConfig};
 pub struct Server {
     pub addr: SocketAddr,
     healthy: Arc<AtomicBool>,
+    /// After a failed connection, the server is out of rotation until this
+    /// time (on [`now_ms`]'s clock; 0: it is not), as nginx's `fail_timeout`
+    /// does: no request waits on a dead server's connect timeout while a
+    /// live one is at hand, health checks or not.
+    unreachable_until: AtomicU64,
 }
 
 impl Server {
+    fn new(addr: SocketAddr) -> Self {
+        Self { addr, healthy: Arc::new(AtomicBool::new(true)), unreachable_until: AtomicU64::new(0) }
+    }
+
+    /// What the health checker last concluded.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    /// Healthy, and not recently unreachable: requests may be sent to it.
+    fn in_rotation(&self) -> bool {
+        let until = self.unreachable_until.load(Ordering::Relaxed);
+        self.is_healthy() && (until == 0 || now_ms() >= until)
+    }
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// One upstream group: a tier of servers, or a list of tiers.
@@ -51,8 +73,7 @@ impl std::fmt::Debug for UpstreamGroup {
 
 impl UpstreamGroup {
     pub fn new(config: UpstreamConfig) -> Self {
-        let servers =
-            config.servers.iter().map(|&addr| Server { addr, healthy: Arc::new(AtomicBool::new(true)) }).collect();
+        let servers = config.servers.iter().map(|&addr| Server::new(addr)).collect();
         let ca = config.tls.as_ref().and_then(|tls| tls.ca_der.clone()).map(|der| {
             let cert = WrappedX509::new(der, pingora::utils::tls::parse_x509);
             Arc::from(vec![cert])
@@ -65,22 +86,50 @@ impl UpstreamGroup {
     }
 
     /// A server for a request whose cache key hashes to `key_hash`, among the
-    /// healthy ones; `None` when every server of this tier is down.
-    pub fn pick(&self, key_hash: u64) -> Option<SocketAddr> {
-        let healthy = || self.servers.iter().filter(|s| s.is_healthy());
+    /// healthy ones the request has not `failed` to connect to; `None` when
+    /// there is none.
+    pub fn pick(&self, key_hash: u64, failed: &[SocketAddr]) -> Option<SocketAddr> {
+        let healthy = || self.servers.iter().filter(|s| s.in_rotation() && !failed.contains(&s.addr));
         match self.config.balance {
             Balance::RoundRobin => {
                 let up = healthy().count();
                 if up == 0 {
                     return None;
                 }
-                let n = self.next.fetch_add(1, Ordering::Relaxed) % up;
+                // A retry takes the next server without turning the wheel,
+                // or a dead server would be every request's first.
+                let n = match failed.is_empty() {
+                    true => self.next.fetch_add(1, Ordering::Relaxed) % up,
+                    false => self.next.load(Ordering::Relaxed) % up,
+                };
                 // Health may change between the count and the pick.
                 healthy().nth(n).or_else(|| healthy().next()).map(|s| s.addr)
             }
             // Rendezvous hashing: the server with the highest score for this
             // key wins, so losing a server moves only that server's keys.
             Balance::ConsistentHash => healthy().max_by_key(|s| score(key_hash, s.addr)).map(|s| s.addr),
+        }
+    }
+
+    /// Whether a healthy server other than `failed` is left.
+    pub fn has_server_besides(&self, failed: &[SocketAddr]) -> bool {
+        self.servers.iter().any(|s| s.in_rotation() && !failed.contains(&s.addr))
+    }
+
+    /// `addr` refused a connection or timed out: out of rotation for this
+    /// tier's `fail_timeout`.
+    pub fn mark_unreachable(&self, addr: SocketAddr) {
+        if self.config.fail_timeout.is_zero() {
+            return;
+        }
+        if let Some(server) = self.servers.iter().find(|s| s.addr == addr) {
+            let until = now_ms() + self.config.fail_timeout.as_millis() as u64;
+            server.unreachable_until.store(until, Ordering::Relaxed);
+            log::warn!(
+                "upstream {} server {addr} is out of rotation for {:?}: a connection failed",
+                self.name(),
+                self.config.fail_timeout
+            );
         }
     }
 
@@ -106,10 +155,43 @@ impl UpstreamGroup {
 }
 
 fn score(key_hash: u64, addr: SocketAddr) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    key_hash.hash(&mut hasher);
-    addr.hash(&mut hasher);
+    let mut hasher = StableHasher::default();
+    hasher.write(&key_hash.to_le_bytes());
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => hasher.write(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hasher.write(&ip.octets()),
+    }
+    hasher.write(&addr.port().to_le_bytes());
     hasher.finish()
+}
+
+/// FNV-1a, 64 bits, finalized: the same on every build, so edges built by different
+/// compilers send a key to the same regional server (std's `DefaultHasher`
+/// may change between Rust releases).
+struct StableHasher(u64);
+
+impl Default for StableHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for StableHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // FNV alone barely moves its high bits for inputs that differ in the
+        // last bytes (servers a port apart): MurmurHash3's finalizer mixes
+        // every bit into every other.
+        let mut h = self.0;
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
 }
 
 /// Every upstream group, by name.
@@ -168,8 +250,8 @@ impl Upstreams {
 
 /// A stable hash of a cache key, for consistent hashing.
 pub fn key_hash(key: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    key.hash(&mut hasher);
+    let mut hasher = StableHasher::default();
+    hasher.write(key.as_bytes());
     hasher.finish()
 }
 
@@ -190,6 +272,7 @@ mod tests {
             balance,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            fail_timeout: Duration::from_secs(600),
             tls: None,
             failover_statuses: vec![502],
             max_attempts: 1,
@@ -238,15 +321,49 @@ mod tests {
     }
 
     #[test]
+    fn a_key_goes_to_the_same_server_on_every_build() {
+        // Pinned: a change here moves keys between regional servers when a
+        // fleet is upgraded node by node.
+        // FNV-1a with MurmurHash3's finalizer, computed apart from this code.
+        assert_eq!(key_hash("example.com/a"), 0xd4f0_6c73_604f_1e86);
+        assert_eq!(score(key_hash("example.com/a"), SocketAddr::from(([10, 0, 0, 1], 8080))), 0x6413_2237_facc_0a5b);
+    }
+
+    #[test]
+    fn a_server_the_request_failed_to_reach_is_not_picked_again() {
+        for balance in [Balance::RoundRobin, Balance::ConsistentHash] {
+            let servers = addrs(3);
+            let g = group(balance, &servers);
+            let first = g.pick(7, &[]).unwrap();
+            let second = g.pick(7, &[first]).unwrap();
+            assert_ne!(first, second);
+            let third = g.pick(7, &[first, second]).unwrap();
+            assert!(third != first && third != second);
+            assert_eq!(g.pick(7, &servers), None);
+        }
+    }
+
+    #[test]
+    fn an_unreachable_server_is_out_of_rotation_for_its_fail_timeout() {
+        let servers = addrs(2);
+        let g = group(Balance::RoundRobin, &servers);
+        g.mark_unreachable(servers[0]);
+        assert!((0..10).all(|_| g.pick(0, &[]) == Some(servers[1])));
+        assert!(g.servers[0].is_healthy(), "the health checker's verdict is its own");
+        g.servers[0].unreachable_until.store(now_ms(), Ordering::Relaxed);
+        assert!((0..10).any(|_| g.pick(0, &[]) == Some(servers[0])), "back once the time is up");
+    }
+
+    #[test]
     fn round_robin_skips_unhealthy_servers() {
         let servers = addrs(3);
         let g = group(Balance::RoundRobin, &servers);
-        let picked: Vec<SocketAddr> = (0..3).map(|_| g.pick(0).unwrap()).collect();
+        let picked: Vec<SocketAddr> = (0..3).map(|_| g.pick(0, &[]).unwrap()).collect();
         assert_eq!(picked, servers);
         g.servers[1].healthy.store(false, Ordering::Relaxed);
-        assert!((0..10).all(|_| g.pick(0) != Some(servers[1])));
+        assert!((0..10).all(|_| g.pick(0, &[]) != Some(servers[1])));
         g.servers.iter().for_each(|s| s.healthy.store(false, Ordering::Relaxed));
-        assert_eq!(g.pick(0), None);
+        assert_eq!(g.pick(0, &[]), None);
         assert!(servers.contains(&g.any_server()));
     }
 
@@ -255,15 +372,15 @@ mod tests {
         let servers = addrs(4);
         let g = group(Balance::ConsistentHash, &servers);
         let keys: Vec<u64> = (0..1000).map(|i| key_hash(&format!("/k{i}"))).collect();
-        let before: Vec<SocketAddr> = keys.iter().map(|&k| g.pick(k).unwrap()).collect();
+        let before: Vec<SocketAddr> = keys.iter().map(|&k| g.pick(k, &[]).unwrap()).collect();
         // Every server gets a share, and a key always lands on the same one.
         for s in &servers {
             assert!(before.iter().filter(|a| *a == s).count() > 150, "{s} is starved");
         }
-        assert_eq!(before, keys.iter().map(|&k| g.pick(k).unwrap()).collect::<Vec<_>>());
+        assert_eq!(before, keys.iter().map(|&k| g.pick(k, &[]).unwrap()).collect::<Vec<_>>());
         g.servers[2].healthy.store(false, Ordering::Relaxed);
         for (k, was) in keys.iter().zip(&before) {
-            let now = g.pick(*k).unwrap();
+            let now = g.pick(*k, &[]).unwrap();
             if *was != servers[2] {
                 assert_eq!(now, *was, "a key moved although its server is up");
             } else {
