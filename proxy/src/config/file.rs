@@ -298,6 +298,8 @@ pub fn default_failover_statuses() -> Vec<u16> {
 pub struct HealthCheckSection {
     #[serde(default = "default_health_path")]
     pub path: String,
+    /// The probe's `Host`; the server's address when not set.
+    pub host: Option<Spanned<String>>,
     #[serde(default = "default_health_interval_ms")]
     pub interval_ms: u64,
     #[serde(default = "default_health_timeout_ms")]

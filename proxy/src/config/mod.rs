@@ -387,6 +387,12 @@ fn upstream(
         let message = "`sni` and `ca_file` need `tls = true`".into();
         return Err(src.invalid(section, &format!("upstreams.{name}.tls"), message));
     }
+    if let Some(host) = s.health_check.as_ref().and_then(|h| h.host.as_ref())
+        && !normalize::valid_host(host.get_ref())
+    {
+        let message = format!("{:?} is not a host name or address, with an optional port", host.get_ref());
+        return Err(src.invalid(host, &format!("upstreams.{name}.health_check.host"), message));
+    }
     if let Some(status) = s.failover_on.iter().find(|s| !(500..600).contains(*s)) {
         let message = format!("{status} is not a 5xx status; only server errors fail over");
         return Err(src.invalid(section, &format!("upstreams.{name}.failover_on"), message));
@@ -421,6 +427,7 @@ fn upstream(
         max_attempts: s.max_attempts.unwrap_or(s.tiers.len().max(1)).max(1),
         health_check: s.health_check.as_ref().map(|h| HealthCheckConfig {
             path: h.path.clone(),
+            host: h.host.as_ref().map(|host| host.get_ref().clone()),
             interval: Duration::from_millis(h.interval_ms.max(10)),
             timeout: Duration::from_millis(h.timeout_ms.max(1)),
             unhealthy_threshold: h.unhealthy_threshold.max(1),

@@ -292,6 +292,9 @@ pub struct UpstreamTls {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheckConfig {
     pub path: String,
+    /// The probe's `Host` (origins that route by name answer a bare
+    /// address with a 4xx); `None`: the server's address.
+    pub host: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     pub unhealthy_threshold: u32,

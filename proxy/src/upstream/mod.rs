@@ -285,6 +285,7 @@ mod tests {
         // A checker that will not change anything during the test.
         let check = crate::config::HealthCheckConfig {
             path: "/".into(),
+            host: None,
             interval: Duration::from_secs(3600),
             timeout: Duration::from_millis(10),
             unhealthy_threshold: 1000,
