@@ -265,3 +265,52 @@ impl ModuleRegistry {
         self.modules.remove(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component that instantiates a core module with one table (the
+    /// most a module may have) `instances` times, and does nothing else.
+    fn component_with_tables(instances: u32) -> Vec<u8> {
+        use wasm_encoder::{
+            Component, InstanceSection, Module, ModuleArg, ModuleSection, RefType, TableSection, TableType,
+        };
+        let mut table = TableSection::new();
+        table.table(TableType {
+            element_type: RefType::FUNCREF,
+            table64: false,
+            minimum: 1,
+            maximum: None,
+            shared: false,
+        });
+        let mut module = Module::new();
+        module.section(&table);
+        let mut component = Component::new();
+        component.section(&ModuleSection(&module));
+        let mut section = InstanceSection::new();
+        for _ in 0..instances {
+            section.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+        }
+        component.section(&section);
+        component.finish()
+    }
+
+    /// A component that would take more of the instance pool's shared slots
+    /// than its share is refused at load, naming the limit, instead of
+    /// starving every other route's filters at run time.
+    #[test]
+    fn a_component_heavier_than_the_pool_allows_is_refused() {
+        let runtime = FilterRuntime::new(&crate::config::Limits::default()).unwrap();
+        let compile = |tables| FilterModule::compile(&runtime, "heavy", &component_with_tables(tables), None);
+        // Four tables compile; the component is then refused for what it
+        // lacks (the filter world), not for its weight.
+        let light = compile(4).err().map(|e| e.to_string());
+        assert!(matches!(compile(4), Err(ModuleError::WrongWorld { .. })), "{light:?}");
+        match compile(5) {
+            Err(ModuleError::Compile { reason, .. }) => assert!(reason.contains("table"), "{reason}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("five tables loaded"),
+        }
+    }
+}

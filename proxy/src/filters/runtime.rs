@@ -95,6 +95,14 @@ impl FilterRuntime {
             .total_core_instances(instances.saturating_mul(4))
             .total_memories(instances.saturating_mul(2))
             .total_tables(instances.saturating_mul(2))
+            // What one component may take of those totals, so that a heavy
+            // (or hostile) component is refused at load rather than using
+            // up the slots of every other route's filters: at most twice
+            // the tables and four times the core instances a Rust filter
+            // averages, and as many memories.
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
             .max_memory_size(max_memory_bytes as usize)
             // Reusing a slot resets the pages a request dirtied back to the
             // module's image instead of unmapping them: PAGEMAP_SCAN (Linux
