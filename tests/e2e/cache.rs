@@ -124,6 +124,25 @@ fn stale_response_is_revalidated_with_etag() {
     assert_eq!(origin.requests(), 2);
 }
 
+// RFC 9111 section 4.3.4: a 304 that says how old it is (a regional tier's
+// copy) renews the entry for the rest of that lifetime only.
+#[test]
+fn a_revalidation_counts_the_304s_age() {
+    let (origin, proxy) = cached(ROUTE);
+    get_with(&proxy, "/r", "cache-control: max-age=1|etag: \"v1\"", &[]);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let renewed = "cache-control: max-age=100|etag: \"v1\"|age: 60";
+    let second = get_with(&proxy, "/r", renewed, &[]);
+    assert_eq!(cache_status(&second), "edge; fwd=stale; fwd-status=304; stored");
+    let hit = get_with(&proxy, "/r", renewed, &[]);
+    let status = cache_status(&hit);
+    let ttl: i64 = status.split("ttl=").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
+    assert!(status.starts_with("edge; hit; ttl=") && ttl <= 40, "forty seconds were left, not a hundred: {hit:?}");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!(age >= 60, "the hit's Age counts on from the 304's: {hit:?}");
+    assert_eq!(origin.requests(), 2);
+}
+
 // The same with Last-Modified and If-Modified-Since.
 #[test]
 fn stale_response_is_revalidated_with_last_modified() {

@@ -115,6 +115,10 @@ pub struct RequestCtx {
     attempts: usize,
     /// Servers of this tier the request could not connect to.
     unreachable: Vec<std::net::SocketAddr>,
+    /// The `Age` of a 304 that revalidated a stored entry: Pingora merges
+    /// the 304 into the stored head without it, and the entry's new
+    /// freshness must count it (a regional tier's copy was already old).
+    revalidated_age: Option<HeaderValue>,
     /// Counts this request as in flight until its context is dropped, after
     /// its log line.
     _in_flight: InFlight,
@@ -387,6 +391,7 @@ impl ProxyHttp for CascadeProxy {
             tier: 0,
             attempts: 0,
             unreachable: Vec::new(),
+            revalidated_age: None,
             _in_flight: InFlight::request(),
         }
     }
@@ -444,7 +449,15 @@ impl ProxyHttp for CascadeProxy {
             Some(_) if self.cache.too_large(resp) => {
                 pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::ResponseTooLarge)
             }
-            Some(route) => cache::cacheability(resp, &route.config.cache, ctx.authorization),
+            Some(route) => match ctx.revalidated_age.take() {
+                None => cache::cacheability(resp, &route.config.cache, ctx.authorization),
+                // `resp` is the stored head with the 304 merged in.
+                Some(age) => {
+                    let mut merged = resp.clone();
+                    merged.insert_header(http::header::AGE, age)?;
+                    cache::cacheability(&merged, &route.config.cache, ctx.authorization)
+                }
+            },
             None => pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
         })
     }
@@ -603,6 +616,9 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if status == 304 {
+            ctx.revalidated_age = upstream_response.headers.get(http::header::AGE).cloned();
+        }
         if let Some(tier) = current_tier(ctx).filter(|_| fails_over_on(session, ctx, status)) {
             // An upstream error here reaches `error_while_proxy`, which moves
             // the request on to the next tier; nothing was sent downstream yet.
