@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::cache::EdgeCache;
 use crate::config::{self, Config};
 use crate::filters::chain::ChainError;
-use crate::filters::store::StoredModule;
+use crate::filters::store::{StoredModule, sha256_hex};
 use crate::filters::{Capabilities, FilterModule, FilterRuntime, ModuleError, ModuleRegistry, ModuleStore};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -242,12 +242,25 @@ impl ControlPlane {
             .map_err(ControlError::from)
     }
 
-    /// Keep the modules directory's file of `name`, if there is one, as a
-    /// version in the store; its sha256. A file that cannot be read is only
-    /// logged: the upload goes on without a version to roll back to.
+    /// Keep the modules directory's file of `name`, if there is one and it
+    /// is the version serving, as a version in the store; its sha256. A file
+    /// changed since it was loaded never served, so it is no version to go
+    /// back to. A file that cannot be read is only logged: the upload goes on
+    /// without a version to roll back to.
     fn keep_shipped_version(&self, name: &str) -> Option<String> {
         let path = self.shipped_file(name);
-        match std::fs::read(&path).and_then(|bytes| self.store.put_version(&bytes)) {
+        let serving = self.current.load().modules.get(name).map(|m| m.sha256.clone());
+        let kept = std::fs::read(&path).and_then(|bytes| {
+            if serving.as_deref() != Some(sha256_hex(&bytes).as_str()) {
+                log::warn!(
+                    "module {name:?}: {} changed since it was loaded: no version to roll back to",
+                    path.display()
+                );
+                return Err(io::ErrorKind::NotFound.into());
+            }
+            self.store.put_version(&bytes)
+        });
+        match kept {
             Ok(sha) => Some(sha),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -266,7 +279,14 @@ impl ControlPlane {
     pub async fn rollback(&self, name: &str) -> Result<Value, ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
         let mut state = self.store.state()?;
-        let entry = state.modules.get_mut(name).ok_or_else(|| ControlError::NoSuchModule(name.to_string()))?;
+        let Some(entry) = state.modules.get_mut(name) else {
+            // A module of the modules directory that was never uploaded over
+            // exists, but has no earlier version.
+            return Err(match self.current.load().modules.get(name) {
+                Some(_) => ControlError::NoEarlierVersion(name.to_string()),
+                None => ControlError::NoSuchModule(name.to_string()),
+            });
+        };
         if entry.history.len() < 2 {
             return Err(ControlError::NoEarlierVersion(name.to_string()));
         }

@@ -132,6 +132,11 @@ fn bad_uploads_change_nothing() {
 fn rollback_returns_to_the_shipped_module() {
     let proxy = proxy();
     assert_eq!(version(&proxy.get("/x", &[])), 1);
+    // Before any upload there is nothing to go back to: the module exists,
+    // so that is a conflict, not a missing module.
+    let nothing = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(nothing.status, 409, "{nothing:?}");
+    assert_eq!(proxy.admin("POST", "/modules/nonesuch/rollback", b"", None).status, 404);
     assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
     assert_eq!(version(&proxy.get("/x", &[])), 2);
     let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
@@ -140,6 +145,22 @@ fn rollback_returns_to_the_shipped_module() {
     // And it stays so across a restart.
     let proxy = proxy.restart();
     assert_eq!(version(&proxy.get("/x", &[])), 1);
+}
+
+/// A modules-directory file changed on disk since it was loaded never
+/// served: the first upload over the module does not keep it as the
+/// version a rollback goes back to.
+#[test]
+fn a_shipped_file_changed_since_it_was_loaded_is_no_rollback_target() {
+    let proxy = proxy();
+    // The same component with a custom section more: other bytes, not loaded.
+    let mut changed = v1();
+    changed.extend_from_slice(&[0, 7, 5, b'e', b'd', b'i', b't', b's', 1]);
+    std::fs::write(proxy.dir.path().join("modules/swappable.wasm"), changed).unwrap();
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
+    let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(back.status, 409, "rolled back to bytes that never served: {back:?}");
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
 }
 
 /// A module of the modules directory, once deleted, stays deleted across a
