@@ -102,6 +102,25 @@ fn an_upstream_failing_after_an_interim_answer_still_gets_an_error_answer() {
     assert_eq!(finals, ["HTTP/1.1 502 Bad Gateway"], "{raw}");
 }
 
+/// A tier that sends Early Hints and then a failover status still fails
+/// over: the client gets the next tier's answer after the hints.
+#[test]
+fn a_failover_status_after_an_interim_answer_still_fails_over() {
+    let origin = EchoOrigin::start().unwrap();
+    let hints_then_503 = raw_origin(|stream| {
+        let _ = stream.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n");
+        // Apart, so the hints go on to the client before the failure comes.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = stream.write_all(b"HTTP/1.1 503 Busy\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy");
+    });
+    let proxy = Proxy::start(&tiered(hints_then_503, origin.addr(), "failover_on = [503]\n"));
+    let (_, raw) = send_raw_bytes(proxy.port, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let statuses: Vec<&str> = raw.lines().filter_map(|l| l.strip_prefix("HTTP/1.1 ")?.get(..3)).collect();
+    assert_eq!(statuses.last(), Some(&"200"), "{raw}");
+    assert!(!statuses.contains(&"503") && !statuses.contains(&"502"), "{raw}");
+    assert_eq!(origin.requests(), 1);
+}
+
 /// An upstream that fails in the middle of its body: the client gets what
 /// came, then a closed connection with the message unfinished, never an
 /// error answer glued to the origin's bytes and ended as if whole.

@@ -570,7 +570,8 @@ impl ProxyHttp for CascadeProxy {
             && ctx.failure.is_none()
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
+            // An interim answer (103 Early Hints) is no answer yet.
+            && session.response_written().is_none_or(|r| r.status.is_informational());
         if replayable && self.fail_over(ctx) {
             e.set_retry(true);
         } else if replayable {
