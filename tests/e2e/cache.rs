@@ -419,6 +419,29 @@ fn a_purge_during_a_fetch_is_not_undone_by_it() {
     assert_eq!(origin.requests(), 2);
 }
 
+// A purge cancels only the fetches in flight that it covers: another URL's
+// fetch is stored as usual (before, any purge cancelled every fetch, so a
+// busy purger kept large objects from ever being cached).
+#[test]
+fn a_purge_of_another_url_during_a_fetch_does_not_cancel_it() {
+    let (origin, proxy) = cached(ROUTE);
+    let url = proxy.url("/slow");
+    let fetch = std::thread::spawn(move || {
+        send("GET", &url, &[("x-echo-header", "cache-control: max-age=600"), ("x-echo-delay-ms", "800")])
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for body in [
+        format!("{{\"url\": \"127.0.0.1:{}/other\"}}", proxy.port),
+        format!("{{\"prefix\": \"127.0.0.1:{}/sl/\"}}", proxy.port),
+    ] {
+        assert_eq!(proxy.admin("POST", "/cache/purge", body.as_bytes(), None).status, 200);
+    }
+    assert_eq!(fetch.join().unwrap().status, 200);
+    let after = get_with(&proxy, "/slow", "cache-control: max-age=600", &[]);
+    assert!(cache_status(&after).contains("hit"), "{after:?}");
+    assert_eq!(origin.requests(), 1);
+}
+
 // A Host the origin sees differently (a port, a trailing dot) gets an entry
 // of its own, so an origin's links to `:1337` are never served for the bare
 // name; case does not. One purge of the URL removes every spelling.

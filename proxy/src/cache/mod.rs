@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
+use pingora::cache::VarianceBuilder;
 use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::eviction::simple_lru;
@@ -21,10 +22,7 @@ use pingora::cache::filters::{calculate_fresh_until, calculate_serve_stale_durat
 use pingora::cache::key::HashBinary;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
-use pingora::cache::storage::{PurgeTarget, PurgeType};
-use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, HttpCache, NoCacheReason, RespCacheable};
-use pingora::cache::{Storage, VarianceBuilder};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheConfig, RouteCachePolicy, ServerConfig};
@@ -81,15 +79,11 @@ impl EdgeCache {
     /// URL that starts with it. Returns how many entries went.
     pub async fn purge(&self, url: &str, prefix: bool) -> usize {
         let url = purge_url(url);
-        self.storage.cancel_fills();
-        let span = Span::inactive().handle();
+        self.storage.cancel_fills(&url, prefix);
         let mut purged = 0;
         for key in self.storage.keys_for(&url, prefix) {
-            let entry = store::entry(key);
-            self.eviction.remove((&entry).into());
-            if let Ok(pingora::cache::storage::PurgeOutcome::Purged(_)) =
-                self.storage.purge(PurgeTarget::Exact(&entry), PurgeType::Invalidation, &span).await
-            {
+            self.eviction.remove((&store::entry(key.clone())).into());
+            if self.storage.remove(&key) {
                 purged += 1;
             }
         }

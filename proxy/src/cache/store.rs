@@ -122,11 +122,42 @@ pub struct EdgeStorage {
     /// (one per `Vary` variant), and back.
     index: Mutex<Index>,
     evictions: AtomicU64,
-    /// Bumped by every invalidating purge. A fill that began before a purge
-    /// is not stored, so a purge cannot be undone by a fetch in flight.
+    /// How many invalidating purges there have been: a fill records the
+    /// count when its request looked the key up (`PurgesSeen`).
     purges: AtomicU64,
+    /// The recent purges' targets. A fill that began before a purge of its
+    /// URL is not stored, so a purge cannot be undone by a fetch in flight;
+    /// fills of other URLs are not held back by it.
+    purge_log: Mutex<PurgeLog>,
     /// The largest body one entry may hold (`cache.max_object_mb`).
     max_object_bytes: usize,
+}
+
+/// Purges kept for fills in flight to check against; a fill older than all
+/// of them is not stored, as it may predate a purge that is forgotten.
+const PURGES_KEPT: usize = 4096;
+
+#[derive(Default)]
+struct PurgeLog {
+    /// (purge number, URL or prefix, whether a prefix), oldest first.
+    recent: std::collections::VecDeque<(u64, String, bool)>,
+    /// The number of the oldest purge kept.
+    first_kept: u64,
+}
+
+impl PurgeLog {
+    /// Whether a purge numbered `seen` or later may have covered `url`
+    /// (`None`: a fill whose URL is unknown, which any purge covers).
+    fn covers(&self, seen: u64, url: Option<&str>) -> bool {
+        if seen < self.first_kept {
+            return true;
+        }
+        self.recent.iter().filter(|(number, ..)| *number >= seen).any(|(_, target, prefix)| match url {
+            None => true,
+            Some(url) if *prefix => url.starts_with(target.as_str()),
+            Some(url) => url == target,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -160,6 +191,7 @@ impl EdgeStorage {
             index: Mutex::default(),
             evictions: AtomicU64::new(0),
             purges: AtomicU64::new(0),
+            purge_log: Mutex::default(),
             max_object_bytes,
         }
     }
@@ -183,11 +215,28 @@ impl EdgeStorage {
         }
     }
 
-    /// Keep every fill in flight from being stored: a purge is coming, and
-    /// a fill may hold content from before it (even for a URL not yet
-    /// indexed, because its first fetch is still running).
-    pub fn cancel_fills(&self) {
-        self.purges.fetch_add(1, Ordering::SeqCst);
+    /// Keep the fills in flight for `url` (or every URL under it) from
+    /// being stored: a purge is coming, and they may hold content from
+    /// before it (even for a URL not yet indexed, because its first fetch is
+    /// still running).
+    pub fn cancel_fills(&self, url: &str, prefix: bool) {
+        let mut log = self.purge_log.lock().expect("cache purge log lock");
+        let number = self.purges.fetch_add(1, Ordering::SeqCst);
+        log.recent.push_back((number, url.to_string(), prefix));
+        if log.recent.len() > PURGES_KEPT {
+            log.recent.pop_front();
+            log.first_kept = log.recent.front().map_or(number, |(n, ..)| *n);
+        }
+    }
+
+    /// Drop the entry stored under `key`; whether there was one.
+    pub fn remove(&self, key: &CompactCacheKey) -> bool {
+        let hash = key.combined_bin();
+        if self.shard(&hash).write().expect("cache shard lock").remove(&hash).is_none() {
+            return false;
+        }
+        self.index.lock().expect("cache index lock").remove(key);
+        true
     }
 
     pub fn purges_seen(&self) -> PurgesSeen {
@@ -247,15 +296,19 @@ impl Storage for EdgeStorage {
         {
             return Ok(PurgeOutcome::NotFound);
         }
-        if matches!(purge_type, PurgeType::Invalidation) {
-            self.cancel_fills();
-        }
         let key = target.key();
-        let hash = key.combined_bin();
-        if self.shard(&hash).write().expect("cache shard lock").remove(&hash).is_none() {
+        if matches!(purge_type, PurgeType::Invalidation) {
+            // Pingora's own purge of one key: its URL's fills, or all of
+            // them if the key is not indexed yet.
+            let url = self.index.lock().expect("cache index lock").url_of.get(key).cloned();
+            match url {
+                Some(url) => self.cancel_fills(&url, false),
+                None => self.cancel_fills("", true),
+            }
+        }
+        if !self.remove(key) {
             return Ok(PurgeOutcome::NotFound);
         }
-        self.index.lock().expect("cache index lock").remove(key);
         if matches!(purge_type, PurgeType::Eviction) {
             self.evictions.fetch_add(1, Ordering::Relaxed);
         }
@@ -357,7 +410,7 @@ impl HandleMiss for Fill {
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         // An entry not stored weighs nothing in the eviction manager, which
         // tracks it until it ages out; purging it then finds nothing.
-        if self.too_large || self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start {
+        if self.too_large {
             return Ok(MissFinishType::Created(0));
         }
         let meta = self.meta.take().expect("finish runs once");
@@ -370,10 +423,19 @@ impl HandleMiss for Fill {
         let size = entry.weight;
         let entry = Arc::new(entry);
         let hash = self.key.combined_bin();
+        // Checked and stored under the purge log's lock: a purge recorded
+        // after the check finds the entry in the index.
+        let log = self.storage.purge_log.lock().expect("cache purge log lock");
+        if self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start
+            && log.covers(self.purges_at_start, self.url.as_deref())
+        {
+            return Ok(MissFinishType::Created(0));
+        }
         self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);
         if let Some(url) = &self.url {
             self.storage.index.lock().expect("cache index lock").insert(url, self.key.clone());
         }
+        drop(log);
         Ok(MissFinishType::Created(size))
     }
 }
@@ -381,4 +443,29 @@ impl HandleMiss for Fill {
 /// A purge target for an entry found in the index.
 pub fn entry(key: CompactCacheKey) -> CacheEntryKey {
     CacheEntryKey::key_only(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_is_held_back_only_by_the_purges_that_cover_it() {
+        let storage = EdgeStorage::new(1 << 20);
+        let seen = storage.purges_seen().0;
+        storage.cancel_fills("a.example/x", false);
+        storage.cancel_fills("b.example/", true);
+        let log = storage.purge_log.lock().unwrap();
+        assert!(log.covers(seen, Some("a.example/x")));
+        assert!(!log.covers(seen, Some("a.example/y")));
+        assert!(log.covers(seen, Some("b.example/any")));
+        assert!(log.covers(seen, None), "a fill of an unknown URL is covered by any purge");
+        assert!(!log.covers(seen + 2, Some("a.example/x")), "a purge before the fill began does not count");
+        drop(log);
+        // Past what the log keeps, a fill that began before all of it is held back.
+        for i in 0..PURGES_KEPT {
+            storage.cancel_fills(&format!("c.example/{i}"), false);
+        }
+        assert!(storage.purge_log.lock().unwrap().covers(seen, Some("z.example/")));
+    }
 }
