@@ -115,12 +115,52 @@ fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -
     let state = store.state()?;
     let mut registry = ModuleRegistry::load_dir(runtime, &config.modules.dir, Some(store), &state.deleted)?;
     for (name, stored) in state.modules {
-        let bytes = store.read_version(&stored.active)?;
-        let module = FilterModule::compile(runtime, &name, &bytes, Some(store))
-            .map_err(|e| e.in_file(&store.version_path(&stored.active)))?;
-        registry.insert(module);
+        // The active version; if its file is lost or damaged, the newest
+        // earlier one that loads, then the modules directory's file: one bad
+        // file on disk must not keep the proxy from serving.
+        let earlier = stored.history.iter().rev().filter(|sha| **sha != stored.active);
+        let mut first_error = None;
+        for sha in std::iter::once(&stored.active).chain(earlier) {
+            match load_version(runtime, store, &name, sha) {
+                Ok(module) => {
+                    if first_error.take().is_some() {
+                        log::error!("module {name:?}: serving the earlier version {sha} instead");
+                    }
+                    registry.insert(module);
+                    break;
+                }
+                Err(e) => {
+                    log::error!("module {name:?}: version {sha} cannot be loaded: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => {}
+            Some(_) if registry.get(&name).is_some() => {
+                log::error!("module {name:?}: no stored version loads; serving the modules directory's file")
+            }
+            Some(e) => return Err(e),
+        }
     }
     Ok(registry)
+}
+
+/// Version `sha` of module `name` from the store, compiled (or from its
+/// cached artifact); refused if its bytes are not the ones stored.
+fn load_version(
+    runtime: &FilterRuntime,
+    store: &ModuleStore,
+    name: &str,
+    sha: &str,
+) -> Result<FilterModule, ControlError> {
+    let bytes = store.read_version(sha)?;
+    let path = store.version_path(sha);
+    if sha256_hex(&bytes) != sha {
+        let message = format!("{}: damaged (its sha256 is not {sha})", path.display());
+        return Err(ControlError::Store(io::Error::new(io::ErrorKind::InvalidData, message)));
+    }
+    Ok(FilterModule::compile(runtime, name, &bytes, Some(store)).map_err(|e| e.in_file(&path))?)
 }
 
 /// A snapshot of `config` and everything it names: modules (from the

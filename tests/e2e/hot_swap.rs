@@ -237,6 +237,25 @@ fn upload_rollback_delete_and_restart_without_recompiling() {
     assert_eq!(module["active"]["from_cache"], true);
 }
 
+/// A stored version damaged on disk does not keep the proxy from starting:
+/// it serves the newest earlier version that loads, and says so.
+#[test]
+fn a_damaged_stored_version_falls_back_to_an_earlier_one_at_start() {
+    let proxy = proxy();
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
+    let damaged = active_sha(&proxy, "swappable");
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
+    let stored = proxy.dir.path().join(format!("store/versions/{damaged}.wasm"));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let proxy = proxy.restart();
+    assert_eq!(version(&proxy.get("/x", &[])), 1, "the shipped version, the one before, serves");
+    assert!(!proxy.log_lines(&format!("version {damaged} cannot be loaded")).is_empty());
+    assert!(!proxy.log_lines("serving the earlier version").is_empty());
+}
+
 #[test]
 fn swaps_under_load_drop_nothing_and_never_mix_versions() {
     let proxy = Arc::new(proxy());
