@@ -111,10 +111,21 @@ fn restart_needed(started: &Config, loaded: &Config) -> Vec<&'static str> {
 /// Every module: the modules directory (less the files deleted through the
 /// admin API), then the active uploaded versions, which win over a file of
 /// the same name.
-fn load_modules(runtime: &FilterRuntime, config: &Config, store: &ModuleStore) -> Result<ModuleRegistry, ControlError> {
+fn load_modules(
+    runtime: &FilterRuntime,
+    config: &Config,
+    store: &ModuleStore,
+    serving: Option<&ModuleRegistry>,
+) -> Result<ModuleRegistry, ControlError> {
     let state = store.state()?;
     let mut registry = ModuleRegistry::load_dir(runtime, &config.modules.dir, Some(store), &state.deleted)?;
     for (name, stored) in state.modules {
+        // On a reload, the active version already serving is kept as it is,
+        // whatever became of its file since.
+        if let Some(module) = serving.and_then(|s| s.get(&name)).filter(|m| m.sha256 == stored.active) {
+            registry.insert_shared(module.clone());
+            continue;
+        }
         // The active version; if its file is lost or damaged, the newest
         // earlier one that loads, then the modules directory's file: one bad
         // file on disk must not keep the proxy from serving.
@@ -177,7 +188,8 @@ async fn snapshot_of(
     // changed module compiles it, and the admin API has one thread.
     let modules = {
         let (runtime, config, store) = (runtime.clone(), config.clone(), store.clone());
-        tokio::task::spawn_blocking(move || load_modules(&runtime, &config, &store))
+        let serving = previous.map(|p| p.modules.clone());
+        tokio::task::spawn_blocking(move || load_modules(&runtime, &config, &store, serving.as_deref()))
             .await
             .map_err(|e| ControlError::CompileTask(e.to_string()))??
     };

@@ -238,7 +238,8 @@ fn upload_rollback_delete_and_restart_without_recompiling() {
 }
 
 /// A stored version damaged on disk does not keep the proxy from starting:
-/// it serves the newest earlier version that loads, and says so.
+/// it serves the newest earlier version that loads, and says so. A reload
+/// before then keeps the version serving.
 #[test]
 fn a_damaged_stored_version_falls_back_to_an_earlier_one_at_start() {
     let proxy = proxy();
@@ -250,6 +251,10 @@ fn a_damaged_stored_version_falls_back_to_an_earlier_one_at_start() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&stored, bytes).unwrap();
+    // A reload keeps the version serving as it is.
+    let reload = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(reload.status, 200, "{reload:?}");
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
     let proxy = proxy.restart();
     assert_eq!(version(&proxy.get("/x", &[])), 1, "the shipped version, the one before, serves");
     assert!(!proxy.log_lines(&format!("version {damaged} cannot be loaded")).is_empty());

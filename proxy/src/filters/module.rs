@@ -232,8 +232,13 @@ impl ModuleRegistry {
     }
 
     pub fn insert(&mut self, module: FilterModule) {
+        self.insert_shared(Arc::new(module));
+    }
+
+    /// Insert a module another registry holds too.
+    pub fn insert_shared(&mut self, module: Arc<FilterModule>) {
         self.deleted.remove(&module.name);
-        self.modules.insert(module.name.clone(), Arc::new(module));
+        self.modules.insert(module.name.clone(), module);
     }
 
     /// Whether the modules directory's file of `name` was left out because
