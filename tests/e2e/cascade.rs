@@ -212,7 +212,7 @@ fn health_checks_take_a_down_server_out_of_rotation() {
     let dead = free_port();
     let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"pair\"\n");
     config.main_extra.push_str(&format!(
-        "\n[upstreams.pair]\nservers = [\"127.0.0.1:{dead}\", \"{}\"]\nconnect_timeout_ms = 300\n\
+        "\n[upstreams.pair]\nservers = [\"127.0.0.1:{dead}\", \"{}\"]\nconnect_timeout_ms = 300\nfail_timeout_ms = 0\n\
          [upstreams.pair.health_check]\npath = \"/healthz\"\ninterval_ms = 50\nunhealthy_threshold = 2\n",
         origin.addr()
     ));

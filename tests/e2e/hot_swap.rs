@@ -355,9 +355,18 @@ fn broken_reload_keeps_the_old_routes() {
     // Measured against what the process started with, not the last reload.
     let again = proxy.admin("POST", "/config/reload", b"", None);
     assert_eq!(again.json()["restart_needed"], serde_json::json!(["server.threads"]), "{again:?}");
-    std::fs::write(&main, config).unwrap();
+    std::fs::write(&main, config.clone()).unwrap();
     let back = proxy.admin("POST", "/config/reload", b"", None);
     assert_eq!(back.json()["restart_needed"], serde_json::json!([]), "{back:?}");
+
+    // A memory cap past the slots the engine started with is refused, not
+    // silently held to them.
+    std::fs::write(&main, format!("{config}\n[limits]\nfilter_memory_mb = 64\n")).unwrap();
+    let refused = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let error = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("64 MiB is more than the 16 MiB the engine was started with"), "{error}");
+    std::fs::write(&main, config).unwrap();
 }
 
 #[test]

@@ -73,6 +73,10 @@ impl EdgeCache {
     /// Turn the cache on for this request.
     pub fn enable(&'static self, cache: &mut HttpCache) {
         cache.enable(self.storage, Some(self.eviction), Some(self.predictor), Some(self.lock), None);
+        // Pingora refuses a response whose length says more, and stops
+        // storing (not serving) one that grows past it, remembering either
+        // as uncacheable so later requests do not queue on the cache lock.
+        cache.set_max_file_size_bytes(self.max_object_bytes);
     }
 
     /// Drop the entries cached for `url` (every `Vary` variant), or for every
@@ -95,15 +99,6 @@ impl EdgeCache {
         let mut key = cache_key(client_url, proto, upstream, upstream_target, headers);
         key.extensions.insert(self.storage.purges_seen());
         key
-    }
-
-    /// Whether a response says it is longer than an entry may be. Refused
-    /// here, by its header, it is also remembered as uncacheable, so later
-    /// requests for it are not held behind one another's fetch. (A body
-    /// without a length is measured as it is stored.)
-    pub fn too_large(&self, resp: &ResponseHeader) -> bool {
-        let length = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        length.is_some_and(|length| length > self.max_object_bytes as u64)
     }
 
     pub fn size_bytes(&self) -> usize {

@@ -276,7 +276,6 @@ impl Storage for EdgeStorage {
             url: key.primary_key_str().and_then(|p| p.split(URL_END).next()).map(str::to_string),
             meta: Some(StoredMeta::from_meta(meta)),
             body: BytesMut::with_capacity(length.unwrap_or(0).min(self.max_object_bytes)),
-            too_large: false,
             purges_at_start: key
                 .extensions
                 .get::<PurgesSeen>()
@@ -389,30 +388,18 @@ struct Fill {
     url: Option<String>,
     meta: Option<StoredMeta>,
     body: BytesMut,
-    /// The body passed `max_object_bytes` (it came without a length, or
-    /// with a wrong one): the client still gets it all, the cache nothing.
-    too_large: bool,
     purges_at_start: u64,
 }
 
 #[async_trait]
 impl HandleMiss for Fill {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        if self.too_large || self.body.len() + data.len() > self.storage.max_object_bytes {
-            self.too_large = true;
-            self.body = BytesMut::new();
-        } else {
-            self.body.extend_from_slice(&data);
-        }
+        // Pingora stops a body past `cache.max_object_mb` before it gets here.
+        self.body.extend_from_slice(&data);
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        // An entry not stored weighs nothing in the eviction manager, which
-        // tracks it until it ages out; purging it then finds nothing.
-        if self.too_large {
-            return Ok(MissFinishType::Created(0));
-        }
         let meta = self.meta.take().expect("finish runs once");
         let body = std::mem::take(&mut self.body);
         // A body that outgrew its reservation may hold much more than it
@@ -429,7 +416,10 @@ impl HandleMiss for Fill {
         if self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start
             && log.covers(self.purges_at_start, self.url.as_deref())
         {
-            return Ok(MissFinishType::Created(0));
+            // Not stored. The eviction manager sets the key's weight to what
+            // this returns: that of a newer entry stored under it meanwhile,
+            // if any, else nothing (it tracks the key until it ages out).
+            return Ok(MissFinishType::Created(self.storage.get(&hash).map_or(0, |e| e.weight)));
         }
         self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);
         if let Some(url) = &self.url {

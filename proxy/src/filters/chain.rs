@@ -68,6 +68,12 @@ pub enum ChainError {
     MissingModule { at: Location, module: String, loaded: String, hint: &'static str },
     #[error("{at}: module {module:?} rejected its config: {message}")]
     BadConfig { at: Location, module: String, message: String },
+    /// The entry's memory cap is past the slots the engine was started
+    /// with: `limits.filter_memory_mb` is raised only by a restart.
+    #[error(
+        "{at}: module {module:?}: a memory cap of {asked_mb} MiB is more than the {engine_mb} MiB the engine was started with; restart to raise limits.filter_memory_mb"
+    )]
+    MemoryPastEngine { at: Location, module: String, asked_mb: u64, engine_mb: u64 },
     /// Every instance slot was serving: the config could not be checked,
     /// which says nothing about the config. Try again when the load eases.
     #[error("{at}: module {module:?} could not check its config now: {message}")]
@@ -174,6 +180,14 @@ impl FilterChain {
     ) -> Result<Self, ChainError> {
         let mut links = Vec::new();
         for (index, entry) in entries.iter().enumerate() {
+            if entry.limits.memory_bytes > runtime.max_memory_bytes() {
+                return Err(ChainError::MemoryPastEngine {
+                    at: entry.at.clone(),
+                    module: entry.module.clone(),
+                    asked_mb: entry.limits.memory_bytes >> 20,
+                    engine_mb: runtime.max_memory_bytes() >> 20,
+                });
+            }
             let module = modules.get(&entry.module).ok_or_else(|| ChainError::MissingModule {
                 at: entry.at.clone(),
                 module: entry.module.clone(),

@@ -446,9 +446,6 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<pingora::cache::RespCacheable> {
         Ok(match &ctx.route {
-            Some(_) if self.cache.too_large(resp) => {
-                pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::ResponseTooLarge)
-            }
             Some(route) => match ctx.revalidated_age.take() {
                 None => cache::cacheability(resp, &route.config.cache, ctx.authorization),
                 // `resp` is the stored head with the 304 merged in.
@@ -570,8 +567,11 @@ impl ProxyHttp for CascadeProxy {
             && ctx.failure.is_none()
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            // An interim answer (103 Early Hints) is no answer yet.
-            && session.response_written().is_none_or(|r| r.status.is_informational());
+            // An interim answer (103 Early Hints) is no answer yet; a 101
+            // is (the connection is now the upgraded protocol's).
+            && session.response_written().is_none_or(|r| {
+                r.status.is_informational() && r.status != http::StatusCode::SWITCHING_PROTOCOLS
+            });
         if replayable && self.fail_over(ctx) {
             e.set_retry(true);
         } else if replayable {

@@ -217,11 +217,14 @@ impl Upstreams {
                 continue;
             }
             let mut group = UpstreamGroup::new(config.clone());
-            if let Some(before) = before.filter(|_| config.health_check.is_some()) {
-                for server in &mut group.servers {
-                    if let Some(old) = before.servers.iter().find(|old| old.addr == server.addr) {
-                        server.healthy = old.healthy.clone();
-                    }
+            for server in &mut group.servers {
+                let Some(old) = before.and_then(|b| b.servers.iter().find(|old| old.addr == server.addr)) else {
+                    continue;
+                };
+                // A server a failed connection took out stays out its time.
+                server.unreachable_until = AtomicU64::new(old.unreachable_until.load(Ordering::Relaxed));
+                if config.health_check.is_some() {
+                    server.healthy = old.healthy.clone();
                 }
             }
             let group = Arc::new(group);
