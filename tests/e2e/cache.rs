@@ -31,6 +31,14 @@ fn cache_status(reply: &Reply) -> &str {
     reply.header("cache-status").unwrap_or_default()
 }
 
+/// A hit's freshness left (`Cache-Status` ttl) and its `Age`, in seconds.
+fn hit_ttl_and_age(hit: &Reply) -> (i64, u64) {
+    let status = cache_status(hit);
+    assert!(status.starts_with("edge; hit; ttl="), "not a hit: {hit:?}");
+    let ttl = status.split("ttl=").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
+    (ttl, hit.header("age").unwrap().parse().unwrap())
+}
+
 // RFC 9111 section 4.2 (fresh responses are served without contacting the
 // origin), 5.1 (Age), RFC 9211 (hit, fwd=miss, stored).
 #[test]
@@ -135,10 +143,8 @@ fn a_revalidation_counts_the_304s_age() {
     let second = get_with(&proxy, "/r", renewed, &[]);
     assert_eq!(cache_status(&second), "edge; fwd=stale; fwd-status=304; stored");
     let hit = get_with(&proxy, "/r", renewed, &[]);
-    let status = cache_status(&hit);
-    let ttl: i64 = status.split("ttl=").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
-    assert!(status.starts_with("edge; hit; ttl=") && ttl <= 40, "forty seconds were left, not a hundred: {hit:?}");
-    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    let (ttl, age) = hit_ttl_and_age(&hit);
+    assert!(ttl <= 40, "forty seconds were left, not a hundred: {hit:?}");
     assert!(age >= 60, "the hit's Age counts on from the 304's: {hit:?}");
     assert_eq!(origin.requests(), 2);
 }
@@ -490,10 +496,8 @@ fn an_upstream_age_counts_toward_freshness() {
     let first = get_with(&proxy, "/aged", headers, &[]);
     assert_eq!(cache_status(&first), "edge; fwd=miss; stored");
     let hit = get_with(&proxy, "/aged", headers, &[]);
-    let status = cache_status(&hit);
-    let ttl: i64 = status.split("ttl=").nth(1).and_then(|t| t.split(';').next()).unwrap().parse().unwrap();
-    assert!(status.starts_with("edge; hit; ttl=") && ttl <= 10, "ten seconds were left, not sixty: {hit:?}");
-    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    let (ttl, age) = hit_ttl_and_age(&hit);
+    assert!(ttl <= 10, "ten seconds were left, not sixty: {hit:?}");
     assert!(age >= 50, "the hit's Age counts on from the upstream's: {hit:?}");
     assert_eq!(origin.requests(), 1);
     // Older than its lifetime on arrival: stale at once, so the next request
