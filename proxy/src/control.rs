@@ -151,7 +151,8 @@ fn load_modules(
             Some(_) if registry.get(&name).is_some() => {
                 log::error!("module {name:?}: no stored version loads; serving the modules directory's file")
             }
-            Some(e) => return Err(e),
+            // Left out: a route that names it is refused with that said.
+            Some(_) => log::error!("module {name:?}: no version loads; it is left out"),
         }
     }
     Ok(registry)
@@ -282,6 +283,16 @@ impl ControlPlane {
         Ok(self.module_json(name).unwrap_or(Value::Null))
     }
 
+    /// Load stored version `sha` of `name` (its bytes checked against it),
+    /// on the blocking pool as `compile` does.
+    async fn load_stored(&self, name: &str, sha: &str) -> Result<FilterModule, ControlError> {
+        let (runtime, store) = (self.runtime.clone(), self.store.clone());
+        let (name, sha) = (name.to_string(), sha.to_string());
+        tokio::task::spawn_blocking(move || load_version(&runtime, &store, &name, &sha))
+            .await
+            .map_err(|e| ControlError::CompileTask(e.to_string()))?
+    }
+
     /// Compile `bytes` as module `name` on the blocking pool, not on the
     /// admin API's one thread: a large component takes seconds, and health
     /// checks and metrics must not wait behind it.
@@ -339,14 +350,25 @@ impl ControlPlane {
                 None => ControlError::NoSuchModule(name.to_string()),
             });
         };
-        if entry.history.len() < 2 {
-            return Err(ControlError::NoEarlierVersion(name.to_string()));
-        }
-        let previous = entry.history[entry.history.len() - 2].clone();
-        let bytes = self.store.read_version(&previous)?;
-        let module = self.compile(name, &bytes).await?;
+        // Back from the version serving, which after a fallback at start
+        // (a damaged file) is not the last in the history; a version that no
+        // longer loads is passed over.
+        let serving = self.current.load().modules.get(name).map(|m| m.sha256.clone());
+        let at = serving.and_then(|s| entry.history.iter().rposition(|h| *h == s)).unwrap_or(entry.history.len());
+        let mut earlier = entry.history[..at].iter().rev().cloned().collect::<Vec<_>>().into_iter();
+        let (previous, module) = loop {
+            let Some(previous) = earlier.next() else {
+                return Err(ControlError::NoEarlierVersion(name.to_string()));
+            };
+            match self.load_stored(name, &previous).await {
+                Ok(module) => break (previous, module),
+                Err(e) => log::error!("module {name:?}: rollback passes over version {previous}: {e}"),
+            }
+        };
         let snapshot = self.build_with(|modules| modules.insert(module)).await?;
-        entry.history.pop();
+        // `previous` stays last; what came after it (the versions passed
+        // over too) is undone. Before it are what `earlier` has not taken.
+        entry.history.truncate(earlier.len() + 1);
         entry.active = previous;
         self.store.save_state(&state)?;
         self.activate(snapshot);

@@ -259,6 +259,40 @@ fn a_damaged_stored_version_falls_back_to_an_earlier_one_at_start() {
     assert_eq!(version(&proxy.get("/x", &[])), 1, "the shipped version, the one before, serves");
     assert!(!proxy.log_lines(&format!("version {damaged} cannot be loaded")).is_empty());
     assert!(!proxy.log_lines("serving the earlier version").is_empty());
+    // Nothing before the version serving: no rollback. Uploading the damaged
+    // version again repairs its file, so a restart serves it.
+    assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 409);
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
+    let proxy = proxy.restart();
+    assert_eq!(version(&proxy.get("/x", &[])), 2, "the re-upload left the damaged file as it was");
+}
+
+/// After a fallback at start, rollback goes back from the version serving,
+/// and passes over a version whose file no longer loads.
+#[test]
+fn rollback_passes_over_a_damaged_version() {
+    let proxy = proxy();
+    // The same components with a custom section more: other versions, the
+    // same behaviour.
+    let other = |mut bytes: Vec<u8>| {
+        bytes.extend_from_slice(&[0, 7, 5, b'e', b'd', b'i', b't', b's', 1]);
+        bytes
+    };
+    for upload in [v2(), other(v1())] {
+        assert_eq!(proxy.admin("PUT", "/modules/swappable", &upload, None).status, 200);
+    }
+    let damaged = active_sha(&proxy, "swappable");
+    let stored = proxy.dir.path().join(format!("store/versions/{damaged}.wasm"));
+    std::fs::remove_file(&stored).unwrap();
+    let proxy = proxy.restart();
+    assert_eq!(version(&proxy.get("/x", &[])), 2, "the upload before the lost one serves");
+    assert_eq!(proxy.admin("PUT", "/modules/swappable", &other(v2()), None).status, 200);
+    let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(back.status, 200, "{back:?}");
+    assert_eq!(version(&proxy.get("/x", &[])), 2, "rollback went to the lost version's place, not past it");
+    let back = proxy.admin("POST", "/modules/swappable/rollback", b"", None);
+    assert_eq!(back.status, 200, "{back:?}");
+    assert_eq!(version(&proxy.get("/x", &[])), 1, "then to the shipped file");
 }
 
 #[test]

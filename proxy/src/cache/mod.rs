@@ -101,6 +101,16 @@ impl EdgeCache {
         key
     }
 
+    /// Whether a response says (by `Content-Length`) it is longer than an
+    /// entry may be. Refused here as uncacheable, it keeps range requests
+    /// working: Pingora's own size check (which catches a body that grows
+    /// past the cap) turns ranges off for the response, so a seek in a large
+    /// video got the whole file.
+    pub fn too_large(&self, resp: &ResponseHeader) -> bool {
+        let length = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        length.is_some_and(|length| length > self.max_object_bytes as u64)
+    }
+
     pub fn size_bytes(&self) -> usize {
         self.eviction.total_size()
     }

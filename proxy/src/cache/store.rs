@@ -105,12 +105,15 @@ struct Entry {
     body: Bytes,
     /// What the entry counts for in the size bound.
     weight: usize,
+    /// How many purges there had been when it was stored: a purge numbered
+    /// below this came before it.
+    stored_after_purges: u64,
 }
 
 impl Entry {
-    fn new(meta: StoredMeta, body: Bytes) -> Self {
+    fn new(meta: StoredMeta, body: Bytes, stored_after_purges: u64) -> Self {
         let weight = body.len() + meta.weight();
-        Self { meta, body, weight }
+        Self { meta, body, weight, stored_after_purges }
     }
 }
 
@@ -146,17 +149,19 @@ struct PurgeLog {
 }
 
 impl PurgeLog {
-    /// Whether a purge numbered `seen` or later may have covered `url`
-    /// (`None`: a fill whose URL is unknown, which any purge covers).
-    fn covers(&self, seen: u64, url: Option<&str>) -> bool {
+    /// The latest purge numbered `seen` or later that may have covered
+    /// `url` (`None`: a fill whose URL is unknown, which any purge covers);
+    /// `u64::MAX` when such a purge may be forgotten.
+    fn covering(&self, seen: u64, url: Option<&str>) -> Option<u64> {
         if seen < self.first_kept {
-            return true;
+            return Some(u64::MAX);
         }
-        self.recent.iter().filter(|(number, ..)| *number >= seen).any(|(_, target, prefix)| match url {
+        let covers = |target: &String, prefix: bool| match url {
             None => true,
-            Some(url) if *prefix => url.starts_with(target.as_str()),
+            Some(url) if prefix => url.starts_with(target.as_str()),
             Some(url) => url == target,
-        })
+        };
+        self.recent.iter().rev().take_while(|(number, ..)| *number >= seen).find(|(_, t, p)| covers(t, *p)).map(|e| e.0)
     }
 }
 
@@ -318,7 +323,7 @@ impl Storage for EdgeStorage {
         let hash = key.combined_bin();
         let mut shard = self.shard(&hash).write().expect("cache shard lock");
         let Some(entry) = shard.get_mut(&hash) else { return Ok(false) };
-        *entry = Arc::new(Entry::new(StoredMeta::from_meta(meta), entry.body.clone()));
+        *entry = Arc::new(Entry::new(StoredMeta::from_meta(meta), entry.body.clone(), entry.stored_after_purges));
         Ok(true)
     }
 
@@ -406,21 +411,24 @@ impl HandleMiss for Fill {
         // uses, which the weight would not count.
         let body =
             if body.capacity() > body.len() + body.len() / 8 { Bytes::copy_from_slice(&body) } else { body.freeze() };
-        let entry = Entry::new(meta, body);
-        let size = entry.weight;
-        let entry = Arc::new(entry);
         let hash = self.key.combined_bin();
         // Checked and stored under the purge log's lock: a purge recorded
         // after the check finds the entry in the index.
         let log = self.storage.purge_log.lock().expect("cache purge log lock");
-        if self.storage.purges.load(Ordering::SeqCst) != self.purges_at_start
-            && log.covers(self.purges_at_start, self.url.as_deref())
-        {
+        let purges = self.storage.purges.load(Ordering::SeqCst);
+        let covering =
+            (purges != self.purges_at_start).then(|| log.covering(self.purges_at_start, self.url.as_deref())).flatten();
+        if let Some(covering) = covering {
             // Not stored. The eviction manager sets the key's weight to what
-            // this returns: that of a newer entry stored under it meanwhile,
-            // if any, else nothing (it tracks the key until it ages out).
-            return Ok(MissFinishType::Created(self.storage.get(&hash).map_or(0, |e| e.weight)));
+            // this returns: that of an entry stored under it after the purge
+            // (a newer fill's), else nothing (an older one is being purged;
+            // the manager tracks the key until it ages out).
+            let newer = self.storage.get(&hash).filter(|e| e.stored_after_purges > covering);
+            return Ok(MissFinishType::Created(newer.map_or(0, |e| e.weight)));
         }
+        let entry = Entry::new(meta, body, purges);
+        let size = entry.weight;
+        let entry = Arc::new(entry);
         self.storage.shard(&hash).write().expect("cache shard lock").insert(hash, entry);
         if let Some(url) = &self.url {
             self.storage.index.lock().expect("cache index lock").insert(url, self.key.clone());
@@ -446,16 +454,16 @@ mod tests {
         storage.cancel_fills("a.example/x", false);
         storage.cancel_fills("b.example/", true);
         let log = storage.purge_log.lock().unwrap();
-        assert!(log.covers(seen, Some("a.example/x")));
-        assert!(!log.covers(seen, Some("a.example/y")));
-        assert!(log.covers(seen, Some("b.example/any")));
-        assert!(log.covers(seen, None), "a fill of an unknown URL is covered by any purge");
-        assert!(!log.covers(seen + 2, Some("a.example/x")), "a purge before the fill began does not count");
+        assert_eq!(log.covering(seen, Some("a.example/x")), Some(seen));
+        assert_eq!(log.covering(seen, Some("a.example/y")), None);
+        assert_eq!(log.covering(seen, Some("b.example/any")), Some(seen + 1));
+        assert_eq!(log.covering(seen, None), Some(seen + 1), "a fill of an unknown URL is covered by any purge");
+        assert_eq!(log.covering(seen + 2, Some("a.example/x")), None, "a purge before the fill began does not count");
         drop(log);
         // Past what the log keeps, a fill that began before all of it is held back.
         for i in 0..PURGES_KEPT {
             storage.cancel_fills(&format!("c.example/{i}"), false);
         }
-        assert!(storage.purge_log.lock().unwrap().covers(seen, Some("z.example/")));
+        assert!(storage.purge_log.lock().unwrap().covering(seen, Some("z.example/")).is_some());
     }
 }

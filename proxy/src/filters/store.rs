@@ -93,7 +93,9 @@ impl ModuleStore {
     pub fn put_version(&self, bytes: &[u8]) -> io::Result<String> {
         let sha = sha256_hex(bytes);
         let path = self.version_path(&sha);
-        if !path.exists() {
+        // Written unless it is there whole: uploading a version again
+        // repairs a file lost or damaged on disk.
+        if std::fs::read(&path).map_or(true, |kept| sha256_hex(&kept) != sha) {
             write_atomic(&path, bytes)?;
         }
         Ok(sha)

@@ -446,6 +446,9 @@ impl ProxyHttp for CascadeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<pingora::cache::RespCacheable> {
         Ok(match &ctx.route {
+            Some(_) if self.cache.too_large(resp) => {
+                pingora::cache::RespCacheable::Uncacheable(pingora::cache::NoCacheReason::ResponseTooLarge)
+            }
             Some(route) => match ctx.revalidated_age.take() {
                 None => cache::cacheability(resp, &route.config.cache, ctx.authorization),
                 // `resp` is the stored head with the 304 merged in.
