@@ -389,11 +389,27 @@ impl ControlPlane {
         }
         let snapshot = self.build_with(|modules| modules.remove(name)).await?;
         let mut state = self.store.state()?;
-        let uploaded = state.modules.remove(name).is_some();
+        let uploaded = state.modules.remove(name);
         let shipped = self.shipped_file(name).exists();
         let newly_deleted = shipped && state.deleted.insert(name.to_string());
-        if uploaded || newly_deleted {
+        if uploaded.is_some() || newly_deleted {
             self.store.save_state(&state)?;
+        }
+        // Its stored versions go too, but for those another module keeps or
+        // serves (the same bytes under two names): a module is often
+        // deleted because of what it holds.
+        if let Some(uploaded) = uploaded {
+            let serving: std::collections::BTreeSet<&str> =
+                snapshot.modules.names().filter_map(|n| snapshot.modules.get(n)).map(|m| m.sha256.as_str()).collect();
+            let kept: std::collections::BTreeSet<&str> =
+                state.modules.values().flat_map(|m| &m.versions).map(String::as_str).collect();
+            for sha in
+                uploaded.versions.iter().filter(|sha| !serving.contains(sha.as_str()) && !kept.contains(sha.as_str()))
+            {
+                if let Err(e) = self.store.remove_version(sha) {
+                    log::warn!("module {name:?}: version {sha} is deleted but its file stays: {e}");
+                }
+            }
         }
         self.activate(snapshot);
         Ok(())

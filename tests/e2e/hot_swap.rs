@@ -224,6 +224,21 @@ fn upload_rollback_delete_and_restart_without_recompiling() {
     assert_eq!(proxy.admin("PUT", "/modules/spare", &v2(), None).status, 200);
     assert_eq!(proxy.admin("DELETE", "/modules/spare", b"", None).status, 200);
     assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404);
+    // A deleted module's stored bytes and artifact go, but for a version
+    // another module still has: spare was v2, which swappable keeps.
+    let stored = |sha: &str| proxy.dir.path().join(format!("store/versions/{sha}.wasm")).exists();
+    let swappable = proxy.admin("GET", "/modules/swappable", b"", None).json();
+    let kept: Vec<String> =
+        swappable["versions"].as_array().unwrap().iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kept.len(), 2, "{swappable}");
+    assert!(kept.iter().all(|sha| stored(sha)), "a version swappable keeps was removed with spare");
+    let mut unique = v2();
+    unique.extend_from_slice(&[0, 7, 5, b's', b'p', b'a', b'r', b'e', 1]);
+    assert_eq!(proxy.admin("PUT", "/modules/spare", &unique, None).status, 200);
+    let unique_sha = active_sha(&proxy, "spare");
+    assert!(stored(&unique_sha));
+    assert_eq!(proxy.admin("DELETE", "/modules/spare", b"", None).status, 200);
+    assert!(!stored(&unique_sha), "a deleted module's bytes stayed on disk");
 
     // Upload v2 again, then restart on the same store: the active version
     // survives, and every module comes from the artifact cache.

@@ -101,6 +101,17 @@ impl ModuleStore {
         Ok(sha)
     }
 
+    /// Remove version `sha` and its compiled artifact, if there.
+    pub fn remove_version(&self, sha: &str) -> io::Result<()> {
+        for path in [self.version_path(sha), self.artifact_path(sha)] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(in_file(&path, e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The bytes of version `sha`; an error names the file.
     pub fn read_version(&self, sha: &str) -> io::Result<Vec<u8>> {
         let path = self.version_path(sha);

@@ -8,7 +8,7 @@
 //! request_cache_filter,
 //! cache_key_callback ─────► cache: enable, key                    (hit: served)
 //! upstream_peer ──────────► upstream: this tier's server
-//! fail_to_connect,
+//! fail_to_connect ────────► another server of the tier, else the next tier
 //! error_while_proxy ──────► failover to the next tier
 //! upstream_request_filter ► request id, X-Forwarded-For, CDN-Loop, Via
 //! upstream_response_filter► failover on a configured 5xx
