@@ -158,6 +158,15 @@ fn load_modules(
     Ok(registry)
 }
 
+/// Run `work` (a compile) on the blocking pool, not on the calling thread:
+/// the admin API has one, and a large component takes seconds to compile,
+/// which health checks and metrics must not wait behind.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ControlError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ControlError::CompileTask(e.to_string()))?
+}
+
 /// Version `sha` of module `name` from the store, compiled (or from its
 /// cached artifact); refused if its bytes are not the ones stored.
 fn load_version(
@@ -185,14 +194,11 @@ async fn snapshot_of(
     store: &ModuleStore,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ControlError> {
-    // Off the calling thread, as `compile` is: a reload that finds a new or
-    // changed module compiles it, and the admin API has one thread.
+    // A reload that finds a new or changed module compiles it.
     let modules = {
         let (runtime, config, store) = (runtime.clone(), config.clone(), store.clone());
         let serving = previous.map(|p| p.modules.clone());
-        tokio::task::spawn_blocking(move || load_modules(&runtime, &config, &store, serving.as_deref()))
-            .await
-            .map_err(|e| ControlError::CompileTask(e.to_string()))??
+        on_blocking_pool(move || load_modules(&runtime, &config, &store, serving.as_deref())).await?
     };
     let caps = Arc::new(Capabilities::build(&config, previous.map(|p| p.caps.as_ref())).map_err(SnapshotError::from)?);
     let upstreams = Upstreams::start(&config.upstreams, previous.map(|p| p.upstreams.as_ref()));
@@ -283,14 +289,16 @@ impl ControlPlane {
         Ok(self.module_json(name).unwrap_or(Value::Null))
     }
 
-    /// Load stored version `sha` of `name` (its bytes checked against it),
-    /// on the blocking pool as `compile` does.
+    /// Load stored version `sha` of `name` (its bytes checked against it).
     async fn load_stored(&self, name: &str, sha: &str) -> Result<FilterModule, ControlError> {
         let (runtime, store) = (self.runtime.clone(), self.store.clone());
         let (name, sha) = (name.to_string(), sha.to_string());
-        tokio::task::spawn_blocking(move || load_version(&runtime, &store, &name, &sha))
-            .await
-            .map_err(|e| ControlError::CompileTask(e.to_string()))?
+        on_blocking_pool(move || load_version(&runtime, &store, &name, &sha)).await
+    }
+
+    /// The sha256 of the version of `name` serving now.
+    fn serving_sha(&self, name: &str) -> Option<String> {
+        self.current.load().modules.get(name).map(|m| m.sha256.clone())
     }
 
     /// Compile `bytes` as module `name` on the blocking pool, not on the
@@ -299,10 +307,7 @@ impl ControlPlane {
     async fn compile(&self, name: &str, bytes: &[u8]) -> Result<FilterModule, ControlError> {
         let (runtime, store) = (self.runtime.clone(), self.store.clone());
         let (name, bytes) = (name.to_string(), bytes.to_vec());
-        tokio::task::spawn_blocking(move || FilterModule::compile(&runtime, &name, &bytes, Some(&store)))
-            .await
-            .map_err(|e| ControlError::CompileTask(e.to_string()))?
-            .map_err(ControlError::from)
+        on_blocking_pool(move || Ok(FilterModule::compile(&runtime, &name, &bytes, Some(&store))?)).await
     }
 
     /// Keep the modules directory's file of `name`, if there is one and it
@@ -312,25 +317,21 @@ impl ControlPlane {
     /// without a version to roll back to.
     fn keep_shipped_version(&self, name: &str) -> Option<String> {
         let path = self.shipped_file(name);
-        let serving = self.current.load().modules.get(name).map(|m| m.sha256.clone());
-        let kept = std::fs::read(&path).and_then(|bytes| {
-            if serving.as_deref() != Some(sha256_hex(&bytes).as_str()) {
-                log::warn!(
-                    "module {name:?}: {} changed since it was loaded: no version to roll back to",
-                    path.display()
-                );
-                return Err(io::ErrorKind::NotFound.into());
-            }
-            self.store.put_version(&bytes)
-        });
-        match kept {
-            Ok(sha) => Some(sha),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        let cannot_keep =
+            |e: io::Error| log::warn!("module {name:?}: cannot keep {} to roll back to: {e}", path.display());
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
-                log::warn!("module {name:?}: cannot keep {} to roll back to: {e}", path.display());
-                None
+                cannot_keep(e);
+                return None;
             }
+        };
+        if self.serving_sha(name).as_deref() != Some(sha256_hex(&bytes).as_str()) {
+            log::warn!("module {name:?}: {} changed since it was loaded: no version to roll back to", path.display());
+            return None;
         }
+        self.store.put_version(&bytes).map_err(cannot_keep).ok()
     }
 
     /// Where the modules directory keeps module `name`, if it ships one.
@@ -353,7 +354,7 @@ impl ControlPlane {
         // Back from the version serving, which after a fallback at start
         // (a damaged file) is not the last in the history; a version that no
         // longer loads is passed over.
-        let serving = self.current.load().modules.get(name).map(|m| m.sha256.clone());
+        let serving = self.serving_sha(name);
         let at = serving.and_then(|s| entry.history.iter().rposition(|h| *h == s)).unwrap_or(entry.history.len());
         let mut earlier = entry.history[..at].iter().rev().cloned().collect::<Vec<_>>().into_iter();
         let (previous, module) = loop {
@@ -400,7 +401,7 @@ impl ControlPlane {
         // deleted because of what it holds.
         if let Some(uploaded) = uploaded {
             let serving: std::collections::BTreeSet<&str> =
-                snapshot.modules.names().filter_map(|n| snapshot.modules.get(n)).map(|m| m.sha256.as_str()).collect();
+                snapshot.modules.modules().map(|m| m.sha256.as_str()).collect();
             let kept: std::collections::BTreeSet<&str> =
                 state.modules.values().flat_map(|m| &m.versions).map(String::as_str).collect();
             for sha in

@@ -24,6 +24,7 @@ use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
 use pingora::cache::{CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, HttpCache, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::common::header_value_content_length;
 
 use crate::config::{CacheConfig, RouteCachePolicy, ServerConfig};
 use crate::service::headers::joined_lines;
@@ -62,7 +63,7 @@ impl EdgeCache {
     pub fn new(config: &CacheConfig) -> &'static Self {
         let lock: &'static CacheLock = Box::leak(Box::new(CacheLock::new(config.lock_timeout)));
         Box::leak(Box::new(Self {
-            storage: Box::leak(Box::new(EdgeStorage::new(config.max_object_bytes))),
+            storage: Box::leak(Box::default()),
             max_object_bytes: config.max_object_bytes,
             eviction: Box::leak(Box::new(simple_lru::Manager::new(config.max_size_bytes))),
             lock,
@@ -107,8 +108,8 @@ impl EdgeCache {
     /// past the cap) turns ranges off for the response, so a seek in a large
     /// video got the whole file.
     pub fn too_large(&self, resp: &ResponseHeader) -> bool {
-        let length = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        length.is_some_and(|length| length > self.max_object_bytes as u64)
+        header_value_content_length(resp.headers.get(http::header::CONTENT_LENGTH))
+            .is_some_and(|length| length > self.max_object_bytes)
     }
 
     pub fn size_bytes(&self) -> usize {

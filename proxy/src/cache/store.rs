@@ -28,6 +28,7 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::v1::common::header_value_content_length;
 
 /// Separates the URL a client asked for from the rest of a primary key.
 pub const URL_END: char = '\u{0}';
@@ -132,8 +133,6 @@ pub struct EdgeStorage {
     /// URL is not stored, so a purge cannot be undone by a fetch in flight;
     /// fills of other URLs are not held back by it.
     purge_log: Mutex<PurgeLog>,
-    /// The largest body one entry may hold (`cache.max_object_mb`).
-    max_object_bytes: usize,
 }
 
 /// Purges kept for fills in flight to check against; a fill older than all
@@ -189,18 +188,19 @@ impl Index {
     }
 }
 
-impl EdgeStorage {
-    pub fn new(max_object_bytes: usize) -> Self {
+impl Default for EdgeStorage {
+    fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             index: Mutex::default(),
             evictions: AtomicU64::new(0),
             purges: AtomicU64::new(0),
             purge_log: Mutex::default(),
-            max_object_bytes,
         }
     }
+}
 
+impl EdgeStorage {
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
@@ -273,14 +273,15 @@ impl Storage for EdgeStorage {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         // Room for the whole body when its length is known (a body grown by
-        // doubling would hold up to twice its size), never past the cap.
-        let length = meta.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        // doubling would hold up to twice its size); a length past the cap
+        // never gets here (`EdgeCache::too_large`).
+        let length = header_value_content_length(meta.headers().get(http::header::CONTENT_LENGTH));
         Ok(Box::new(Fill {
             storage: self,
             key: key.to_compact(),
             url: key.primary_key_str().and_then(|p| p.split(URL_END).next()).map(str::to_string),
             meta: Some(StoredMeta::from_meta(meta)),
-            body: BytesMut::with_capacity(length.unwrap_or(0).min(self.max_object_bytes)),
+            body: BytesMut::with_capacity(length.unwrap_or(0)),
             purges_at_start: key
                 .extensions
                 .get::<PurgesSeen>()
@@ -449,7 +450,7 @@ mod tests {
 
     #[test]
     fn a_fill_is_held_back_only_by_the_purges_that_cover_it() {
-        let storage = EdgeStorage::new(1 << 20);
+        let storage = EdgeStorage::default();
         let seen = storage.purges_seen().0;
         storage.cancel_fills("a.example/x", false);
         storage.cancel_fills("b.example/", true);

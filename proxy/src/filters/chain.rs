@@ -480,13 +480,14 @@ impl ChainLink {
     /// request if the entry reuses instances, dropped otherwise.
     fn release(&self, runtime: &FilterRuntime, instance: Instance) {
         if self.entry.reuse_instances {
-            self.idle.park(runtime, instance, self.memory_cap(runtime));
+            self.idle.park(runtime, instance, self.memory_cap());
         }
     }
 
-    /// This entry's memory cap, within the runtime's largest.
-    fn memory_cap(&self, runtime: &FilterRuntime) -> u64 {
-        self.entry.limits.memory_bytes.min(runtime.max_memory_bytes())
+    /// This entry's memory cap (within the runtime's largest: `build`
+    /// refuses one past it).
+    fn memory_cap(&self) -> u64 {
+        self.entry.limits.memory_bytes
     }
 
     async fn instantiate(
@@ -495,7 +496,7 @@ impl ChainLink {
         caps: &Arc<Capabilities>,
         tag: InstanceTag,
     ) -> Result<Instance, FilterFailure> {
-        let memory = self.memory_cap(runtime);
+        let memory = self.memory_cap();
         let output = self.entry.limits.output;
         let live = runtime.instance_opened();
         let undoes_failed_calls = self.entry.on_error == OnError::FailOpen;

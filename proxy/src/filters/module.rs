@@ -251,6 +251,10 @@ impl ModuleRegistry {
         self.modules.get(name)
     }
 
+    pub fn modules(&self) -> impl Iterator<Item = &Arc<FilterModule>> {
+        self.modules.values()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.modules.keys().map(String::as_str)
     }

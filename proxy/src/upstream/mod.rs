@@ -89,7 +89,7 @@ impl UpstreamGroup {
     /// healthy ones the request has not `failed` to connect to; `None` when
     /// there is none.
     pub fn pick(&self, key_hash: u64, failed: &[SocketAddr]) -> Option<SocketAddr> {
-        let healthy = || self.servers.iter().filter(|s| s.in_rotation() && !failed.contains(&s.addr));
+        let healthy = || self.candidates(failed);
         match self.config.balance {
             Balance::RoundRobin => {
                 let up = healthy().count();
@@ -113,7 +113,12 @@ impl UpstreamGroup {
 
     /// Whether a healthy server other than `failed` is left.
     pub fn has_server_besides(&self, failed: &[SocketAddr]) -> bool {
-        self.servers.iter().any(|s| s.in_rotation() && !failed.contains(&s.addr))
+        self.candidates(failed).next().is_some()
+    }
+
+    /// The servers in rotation but those in `failed`.
+    fn candidates<'a>(&'a self, failed: &'a [SocketAddr]) -> impl Iterator<Item = &'a Server> {
+        self.servers.iter().filter(|s| s.in_rotation() && !failed.contains(&s.addr))
     }
 
     /// `addr` refused a connection or timed out: out of rotation for this
