@@ -7,6 +7,7 @@
 //! swapped in. A request in flight keeps the snapshot it started with, and an
 //! old module version is freed when the last request holding it ends.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 use crate::cache::EdgeCache;
 use crate::config::{self, Config};
 use crate::filters::chain::ChainError;
-use crate::filters::store::{StoredModule, sha256_hex};
+use crate::filters::store::{StoreState, StoredModule, sha256_hex};
 use crate::filters::{Capabilities, FilterModule, FilterRuntime, ModuleError, ModuleRegistry, ModuleStore};
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -284,9 +285,32 @@ impl ControlPlane {
             entry.history.push(sha.clone());
         }
         entry.active = sha;
+        let forgotten = entry.retain_recent(snapshot.config.modules.keep_versions);
         self.store.save_state(&state)?;
+        self.remove_files(name, &forgotten, &state, &snapshot.modules);
         self.activate(snapshot);
         Ok(self.module_json(name).unwrap_or(Value::Null))
+    }
+
+    /// Remove the files of versions of `name` the store no longer records,
+    /// but for bytes another module keeps or `serving` serves (the same
+    /// bytes under two names), and those of the modules directory's file of
+    /// `name` while it is not deleted: every start still compiles that file,
+    /// from its artifact. A file that cannot be removed is logged: the change
+    /// is made either way.
+    fn remove_files(&self, name: &str, versions: &[String], state: &StoreState, serving: &ModuleRegistry) {
+        let mut kept: BTreeSet<String> = serving.modules().map(|m| m.sha256.clone()).collect();
+        kept.extend(state.modules.values().flat_map(|m| m.versions.iter().cloned()));
+        if !state.deleted.contains(name)
+            && let Ok(shipped) = std::fs::read(self.shipped_file(name))
+        {
+            kept.insert(sha256_hex(&shipped));
+        }
+        for sha in versions.iter().filter(|sha| !kept.contains(*sha)) {
+            if let Err(e) = self.store.remove_version(sha) {
+                log::warn!("module {name:?}: version {sha} is gone from the store but its file stays: {e}");
+            }
+        }
     }
 
     /// Load stored version `sha` of `name` (its bytes checked against it).
@@ -396,21 +420,10 @@ impl ControlPlane {
         if uploaded.is_some() || newly_deleted {
             self.store.save_state(&state)?;
         }
-        // Its stored versions go too, but for those another module keeps or
-        // serves (the same bytes under two names): a module is often
-        // deleted because of what it holds.
+        // Its stored versions go too: a module is often deleted because of
+        // what it holds.
         if let Some(uploaded) = uploaded {
-            let serving: std::collections::BTreeSet<&str> =
-                snapshot.modules.modules().map(|m| m.sha256.as_str()).collect();
-            let kept: std::collections::BTreeSet<&str> =
-                state.modules.values().flat_map(|m| &m.versions).map(String::as_str).collect();
-            for sha in
-                uploaded.versions.iter().filter(|sha| !serving.contains(sha.as_str()) && !kept.contains(sha.as_str()))
-            {
-                if let Err(e) = self.store.remove_version(sha) {
-                    log::warn!("module {name:?}: version {sha} is deleted but its file stays: {e}");
-                }
-            }
+            self.remove_files(name, &uploaded.versions, &state, &snapshot.modules);
         }
         self.activate(snapshot);
         Ok(())

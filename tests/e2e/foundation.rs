@@ -51,16 +51,8 @@ fn unreachable_origin_gets_502() {
          module = \"rewrite\"\nconfig = { response_headers = { set = { \"x-served-by\" = \"cascade\" } } }\n",
     );
     routes.push_str(&misbehave_route("trap", "/trap", "fail-closed", r#"{ on_response = "panic" }"#));
-    let config = ProxyConfig {
-        main_extra: format!(
-            "[upstreams.origin]\nservers = [\"127.0.0.1:{}\"]\nconnect_timeout_ms = 500\n",
-            free_port()
-        ),
-        routes,
-        modules: vec![],
-        admin: false,
-        server_extra: String::new(),
-    };
+    let nothing_listens = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = ProxyConfig::over(nothing_listens, &routes).with_main("connect_timeout_ms = 500\n");
     let proxy = Proxy::start(&config.with_built_module("rewrite").with_built_module("misbehave"));
     let reply = proxy.get("/", &[]);
     assert_eq!(reply.status, 502, "{reply:?}");

@@ -252,6 +252,59 @@ fn upload_rollback_delete_and_restart_without_recompiling() {
     assert_eq!(module["active"]["from_cache"], true);
 }
 
+/// The store keeps `modules.keep_versions` versions of a module: an upload
+/// past them forgets the oldest, and its file and compiled artifact go, so
+/// a store does not grow with every deploy.
+#[test]
+fn an_upload_past_keep_versions_forgets_the_oldest() {
+    let proxy = Proxy::start(
+        &ProxyConfig::new(ROUTES, &[])
+            .with_module("swappable", v1())
+            .with_modules_key("keep_versions = 2")
+            .with_admin(),
+    );
+    let shipped = active_sha(&proxy, "swappable");
+    // v2 made distinct by a custom section: each upload a new version.
+    let variant = |n: u8| {
+        let mut bytes = v2();
+        bytes.extend_from_slice(&[0, 5, 3, b'v', b'e', b'r', n]);
+        bytes
+    };
+    let files = |sha: &str| {
+        let store = proxy.dir.path().join("store");
+        let artifacts = std::fs::read_dir(store.join("compiled")).unwrap().flatten();
+        let artifact = artifacts.map(|d| d.path().join(format!("{sha}.cwasm"))).any(|p| p.exists());
+        (store.join(format!("versions/{sha}.wasm")).exists(), artifact)
+    };
+    let listed = || -> Vec<String> {
+        let module = proxy.admin("GET", "/modules/swappable", b"", None).json();
+        module["versions"].as_array().unwrap().iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect()
+    };
+    let mut uploaded = Vec::new();
+    for n in 1..=3 {
+        let up = proxy.admin("PUT", "/modules/swappable", &variant(n), None);
+        assert_eq!(up.status, 200, "{up:?}");
+        uploaded.push(active_sha(&proxy, "swappable"));
+    }
+    assert_eq!(listed(), uploaded[1..], "the store keeps the last two");
+    assert_eq!(files(&uploaded[0]), (false, false), "a forgotten version's files stayed");
+    for kept in &uploaded[1..] {
+        assert_eq!(files(kept), (true, true));
+    }
+    // The modules directory's file is forgotten as a version too, but each
+    // start still loads it (an upload overrides it after): it keeps its
+    // artifact, so a restart compiles nothing.
+    assert!(files(&shipped).1, "the modules directory's artifact went");
+    // A rollback reaches the versions kept and no further.
+    assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 200);
+    assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);
+    assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 409);
+    assert_eq!(version(&proxy.get("/x", &[])), 2);
+    let proxy = proxy.restart();
+    assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);
+    proxy.wait_for_metrics(&["cascade_module_compilations_total 0"]);
+}
+
 /// A stored version damaged on disk does not keep the proxy from starting:
 /// it serves the newest earlier version that loads, and says so. A reload
 /// before then keeps the version serving.

@@ -196,6 +196,8 @@ impl Default for AdminSection {
 pub struct ModulesSection {
     pub dir: Spanned<String>,
     pub store: Option<String>,
+    /// Versions of each uploaded module the store keeps; 10 when not set.
+    pub keep_versions: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,6 +94,9 @@ impl Source {
 const PARSER_MAX_HEADERS: usize = 256;
 const PARSER_MAX_HEADER_KB: usize = 1023;
 
+/// As Kubernetes keeps ten revisions of a deployment to roll back to.
+const DEFAULT_KEEP_VERSIONS: usize = 10;
+
 /// Read and check `path` and every route file it names.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let main = Source::read(path)?;
@@ -164,9 +167,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         token_file: file.admin.token_file.as_ref().map(|f| base.join(f.get_ref())),
         max_body_bytes: (file.admin.max_upload_mb.max(1) << 20) as usize,
     };
+    let keep_versions = match &file.modules.keep_versions {
+        None => DEFAULT_KEEP_VERSIONS,
+        Some(keep) if *keep.get_ref() >= 1 => *keep.get_ref(),
+        Some(keep) => {
+            let message = "must be at least 1: the active version is always kept".into();
+            return Err(main.invalid(keep, "modules.keep_versions", message));
+        }
+    };
     let modules = ModulesConfig {
         dir: base.join(file.modules.dir.get_ref()),
         store: base.join(file.modules.store.as_deref().unwrap_or("../var/modules")),
+        keep_versions,
     };
     let failure_status = match &file.limits.failure_status {
         None => Limits::default().failure_status,
@@ -797,6 +809,19 @@ servers = ["127.0.0.1:9000"]
             let err = load(&main).unwrap_err().to_string();
             assert!(err.contains(why), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn the_store_must_keep_the_active_version() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"origin\"\n");
+        let main = write(dir.path(), "cascade.toml", &MAIN.replace("[modules]\n", "[modules]\nkeep_versions = 0\n"));
+        let err = load(&main).unwrap_err().to_string();
+        assert!(err.contains("cascade.toml:4: key `modules.keep_versions`: must be at least 1"), "{err}");
+        let main = write(dir.path(), "cascade.toml", &MAIN.replace("[modules]\n", "[modules]\nkeep_versions = 1\n"));
+        assert_eq!(load(&main).unwrap().modules.keep_versions, 1);
+        let main = write(dir.path(), "cascade.toml", MAIN);
+        assert_eq!(load(&main).unwrap().modules.keep_versions, DEFAULT_KEEP_VERSIONS);
     }
 
     #[test]

@@ -186,6 +186,9 @@ pub struct ModulesConfig {
     pub dir: PathBuf,
     /// Uploaded versions and the compiled-artifact cache.
     pub store: PathBuf,
+    /// Versions of each uploaded module the store keeps, the active one
+    /// among them; an upload forgets the oldest past it.
+    pub keep_versions: usize,
 }
 
 /// Sandbox limits for filter instances.

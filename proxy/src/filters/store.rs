@@ -31,6 +31,34 @@ pub struct StoredModule {
     pub history: Vec<String>,
 }
 
+impl StoredModule {
+    /// Keep `keep` versions and forget the rest; returns those forgotten.
+    /// The active version is kept first, then those a rollback goes back to,
+    /// newest first, then versions a rollback undid, newest first: the
+    /// store must not grow with every deploy.
+    pub fn retain_recent(&mut self, keep: usize) -> Vec<String> {
+        let mut kept: Vec<&String> = Vec::with_capacity(keep);
+        let by_recency =
+            std::iter::once(&self.active).chain(self.history.iter().rev()).chain(self.versions.iter().rev());
+        for sha in by_recency {
+            if kept.len() == keep {
+                break;
+            }
+            if !kept.contains(&sha) {
+                kept.push(sha);
+            }
+        }
+        let kept: BTreeSet<String> = kept.into_iter().cloned().collect();
+        let (stay, forgotten) = std::mem::take(&mut self.versions).into_iter().partition(|sha| kept.contains(sha));
+        self.versions = stay;
+        self.history.retain(|sha| kept.contains(sha));
+        // A version forgotten between two of the same (A, B, A) leaves no
+        // step from a version back to itself.
+        self.history.dedup();
+        forgotten
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoreState {
     pub modules: BTreeMap<String, StoredModule>,
@@ -168,6 +196,28 @@ mod tests {
         state.deleted.insert("shipped".into());
         store.save_state(&state).unwrap();
         assert_eq!(store.state().unwrap(), state);
+    }
+
+    #[test]
+    fn retention_keeps_the_active_version_then_the_rollback_path() {
+        let shas = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Uploads a to e; a rollback from e to d left e undone.
+        let mut module = StoredModule {
+            versions: shas(&["a", "b", "c", "d", "e"]),
+            active: "d".into(),
+            history: shas(&["a", "b", "a", "c", "d"]),
+        };
+        assert!(module.clone().retain_recent(5).is_empty());
+        let mut three = module.clone();
+        assert_eq!(three.retain_recent(3), shas(&["b", "e"]));
+        assert_eq!(three.versions, shas(&["a", "c", "d"]));
+        assert_eq!(three.history, shas(&["a", "c", "d"]), "a step from a back to a");
+        // The undone version goes before any rollback target does.
+        let mut four = module.clone();
+        assert_eq!(four.retain_recent(4), shas(&["e"]));
+        assert_eq!(four.history, shas(&["a", "b", "a", "c", "d"]));
+        assert_eq!(module.retain_recent(1), shas(&["a", "b", "c", "e"]));
+        assert_eq!((module.versions.clone(), module.history.clone()), (shas(&["d"]), shas(&["d"])));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub fn free_port() -> u16 {
 pub struct ProxyConfig {
     /// Extra text appended to `cascade.toml` (upstreams, limits, TLS...).
     pub main_extra: String,
+    /// Extra keys of its `[modules]` table.
+    pub modules_extra: String,
     /// The route file's text.
     pub routes: String,
     /// Modules to put in the modules dir: (name, component bytes).
@@ -77,6 +79,7 @@ impl ProxyConfig {
             modules: Vec::new(),
             admin: false,
             server_extra: String::new(),
+            modules_extra: String::new(),
         }
     }
 
@@ -88,6 +91,13 @@ impl ProxyConfig {
 
     pub fn with_admin(mut self) -> Self {
         self.admin = true;
+        self
+    }
+
+    /// One more key of the `[modules]` table, such as `keep_versions = 2`.
+    pub fn with_modules_key(mut self, line: &str) -> Self {
+        self.modules_extra.push_str(line);
+        self.modules_extra.push('\n');
         self
     }
 
@@ -130,8 +140,9 @@ impl ProxyConfig {
         }
         let main = format!(
             "routes = [\"routes/*.toml\"]\n\n[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 2\n{}\n\
-             [modules]\ndir = \"modules\"\nstore = \"store\"\n\n{}{}",
+             [modules]\ndir = \"modules\"\nstore = \"store\"\n{}\n{}{}",
             self.server_extra,
+            self.modules_extra,
             self.main_extra,
             if self.admin {
                 format!(
