@@ -17,7 +17,7 @@ use crate::control::{ControlError, ControlPlane};
 use crate::drain::Drain;
 use crate::filters::FilterRuntime;
 use crate::service::CascadeProxy;
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{IdleReaper, SnapshotError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +139,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         Err(reason) => log::warn!("admin API is off: {reason}"),
     }
     server.add_service(background_service("drain", Drain));
+    server.add_service(background_service("idle filter instances", IdleReaper(control.current.clone())));
     reload_on_sighup(control);
     server.run_forever()
 }

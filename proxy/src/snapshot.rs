@@ -7,6 +7,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 
 use crate::config::{Config, ConfigError};
 use crate::filters::Capabilities;
@@ -71,5 +76,34 @@ impl Snapshot {
     pub fn shortest_filter_timeout(&self) -> std::time::Duration {
         let entries = self.config.routes.iter().flat_map(|route| &route.filters);
         entries.map(|entry| entry.limits.timeout).min().unwrap_or(self.config.limits.filter_timeout)
+    }
+
+    /// Drop the instances parked for reuse longer than
+    /// `limits.idle_instance_timeout_secs`; how many.
+    pub fn expire_idle_instances(&self, now: Instant) -> usize {
+        let Some(cutoff) = now.checked_sub(self.config.limits.idle_instance_timeout) else { return 0 };
+        self.routes.routes().iter().map(|route| route.chain.expire_idle(cutoff)).sum()
+    }
+}
+
+/// Drops the current snapshot's idle filter instances once they are past
+/// their timeout, whether or not requests come: a route that had a burst
+/// and then none would otherwise hold the burst's slots and memory. A
+/// replaced snapshot's instances go with it.
+pub struct IdleReaper(pub Arc<ArcSwap<Snapshot>>);
+
+#[async_trait::async_trait]
+impl BackgroundService for IdleReaper {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            // Read each time: a reload may change the timeout. An instance
+            // goes within a quarter of it (5 s at most) after it is due.
+            let timeout = self.0.load().config.limits.idle_instance_timeout;
+            tokio::time::sleep((timeout / 4).min(Duration::from_secs(5))).await;
+            let expired = self.0.load().expire_idle_instances(Instant::now());
+            if expired > 0 {
+                log::debug!("dropped {expired} filter instances idle past {timeout:?}");
+            }
+        }
     }
 }

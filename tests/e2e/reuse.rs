@@ -125,3 +125,18 @@ fn a_reload_drops_the_idle_instances_of_the_config_it_replaced() {
         metric_value(&text, "cascade_filter_instances_idle") == 2
     });
 }
+
+/// An instance idle past `limits.idle_instance_timeout_secs` is dropped
+/// with no request to notice it: after a burst, its pool slot and memory
+/// come back, and the next request gets a fresh instance.
+#[test]
+fn an_instance_idle_past_its_timeout_is_dropped() {
+    let config = ProxyConfig::new(ROUTES, &["misbehave"]).with_main("\n[limits]\nidle_instance_timeout_secs = 1\n");
+    let proxy = Proxy::start(&config.with_admin());
+    assert_eq!(seen(&proxy, "/reused", &[]), 1);
+    eventually("the idle instances dropped", Duration::from_secs(30), || {
+        let text = proxy.wait_for_metrics(&["cascade_filter_instances_live 0"]);
+        metric_value(&text, "cascade_filter_instances_idle") == 0
+    });
+    assert_eq!(seen(&proxy, "/reused", &[]), 1, "the idle instance served again");
+}

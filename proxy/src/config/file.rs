@@ -206,6 +206,7 @@ pub struct LimitsSection {
     pub filter_timeout_ms: u64,
     pub filter_memory_mb: Spanned<u64>,
     pub max_instances: u32,
+    pub idle_instance_timeout_secs: u64,
     /// What a fail-closed filter failure answers; 500 when not set.
     pub failure_status: Option<Spanned<u16>>,
     pub breaker: BreakerSection,
@@ -223,6 +224,7 @@ impl Default for LimitsSection {
             filter_timeout_ms: limits.filter_timeout.as_millis() as u64,
             filter_memory_mb: Spanned::new(0..0, limits.filter_memory_bytes >> 20),
             max_instances: limits.max_instances,
+            idle_instance_timeout_secs: limits.idle_instance_timeout.as_secs(),
             failure_status: None,
             breaker: BreakerSection::default(),
             max_header_value_kb: None,

@@ -197,6 +197,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         filter_timeout: Duration::from_millis(file.limits.filter_timeout_ms.max(1)),
         filter_memory_bytes: (*filter_memory_mb.get_ref()).max(1) << 20,
         max_instances: file.limits.max_instances.max(1),
+        idle_instance_timeout: Duration::from_secs(file.limits.idle_instance_timeout_secs.max(1)),
         failure_status,
         breaker: BreakerConfig::default().merged(&file.limits.breaker),
         output: OutputLimits::default().merged((

@@ -200,6 +200,9 @@ pub struct Limits {
     pub filter_memory_bytes: u64,
     /// Filter instances alive at once, across all requests.
     pub max_instances: u32,
+    /// How long an instance parked for reuse may sit idle before it is
+    /// dropped, giving back its pool slot and memory.
+    pub idle_instance_timeout: Duration,
     pub failure_status: u16,
     pub breaker: BreakerConfig,
     pub output: OutputLimits,
@@ -213,6 +216,8 @@ impl Default for Limits {
             filter_timeout: Duration::from_millis(50),
             filter_memory_bytes: 16 << 20,
             max_instances: 10_000,
+            // nginx keeps an idle upstream connection as long.
+            idle_instance_timeout: Duration::from_secs(60),
             failure_status: 500,
             breaker: BreakerConfig::default(),
             output: OutputLimits::default(),

@@ -167,6 +167,11 @@ pub struct FilterTiming {
 }
 
 impl FilterChain {
+    /// Drop the instances its links parked before `cutoff`; how many.
+    pub fn expire_idle(&self, cutoff: std::time::Instant) -> usize {
+        self.links.iter().map(|link| link.idle.expire(cutoff)).sum()
+    }
+
     /// Resolve `entries` against `modules`, and ask each filter to check its
     /// config once, so a bad config is refused before it serves. `previous`
     /// is this route's chain in the config version being replaced, if any.

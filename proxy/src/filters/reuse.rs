@@ -16,11 +16,15 @@
 //!   little per request is replaced before the leak can fail a request;
 //! - idle instances hold pool slots, so a link keeps at most
 //!   [`MAX_IDLE_PER_LINK`] and the runtime at most a quarter of
-//!   `limits.max_instances` (`FilterRuntime::instance_parked`);
+//!   `limits.max_instances` (`FilterRuntime::instance_parked`), and one
+//!   idle past `limits.idle_instance_timeout_secs` is dropped
+//!   ([`IdleInstances::expire`]): after a burst, the slots and memory it
+//!   took are given back;
 //! - the idle instances belong to their chain link, so a reload or a module
 //!   swap drops them with the config version they were made for.
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use wasmtime::Store;
 
@@ -48,10 +52,18 @@ pub struct Instance {
     pub admission: Admission,
 }
 
-/// A chain entry's idle instances, most recently used last.
+/// An instance waiting for its next request.
+struct Parked {
+    instance: Instance,
+    _counted_idle: InstanceCount,
+    since: Instant,
+}
+
+/// A chain entry's idle instances, most recently used last, so the oldest
+/// parked come first.
 #[derive(Default)]
 pub struct IdleInstances {
-    parked: Mutex<Vec<(Instance, InstanceCount)>>,
+    parked: Mutex<Vec<Parked>>,
 }
 
 impl std::fmt::Debug for IdleInstances {
@@ -64,7 +76,7 @@ impl IdleInstances {
     /// The most recently parked instance (its pages are the likeliest to be
     /// in cache), made live again and tagged for the request it now serves.
     pub fn take(&self, runtime: &FilterRuntime, tag: InstanceTag) -> Option<Instance> {
-        let (mut instance, _idle) = self.parked.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
+        let Parked { mut instance, .. } = self.parked.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
         let host = instance.store.data_mut();
         host.serve(tag);
         host.live = Some(runtime.instance_opened());
@@ -80,15 +92,26 @@ impl IdleInstances {
         if instance.served >= MAX_REQUESTS_PER_INSTANCE || grown {
             return;
         }
-        let Some(idle) = runtime.instance_parked() else { return };
+        let Some(counted_idle) = runtime.instance_parked() else { return };
         host.live = None;
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if parked.len() < MAX_IDLE_PER_LINK {
-            parked.push((instance, idle));
+            parked.push(Parked { instance, _counted_idle: counted_idle, since: Instant::now() });
             return;
         }
         // Full: drop the instance after the lock, since a drop resets its memory.
         drop(parked);
+    }
+
+    /// Drop the instances parked before `cutoff`; returns how many.
+    pub fn expire(&self, cutoff: Instant) -> usize {
+        let expired: Vec<Parked> = {
+            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+            let stale = parked.iter().take_while(|p| p.since < cutoff).count();
+            parked.drain(..stale).collect()
+        };
+        // Dropped here, after the lock: each drop resets an instance's memory.
+        expired.len()
     }
 
     pub fn len(&self) -> usize {
