@@ -296,31 +296,80 @@ fn consistent_hashing_keeps_each_key_on_one_server() {
     assert_eq!(used.len(), 2, "both shards get keys");
 }
 
-#[test]
-fn upstream_tls_verifies_the_certificate() {
-    let fixtures = root().join("tests/fixtures/tls/chain");
-    let origin = EchoOrigin::start().unwrap();
-    let tls_port = free_port();
-    let regional = Proxy::start(
-        &ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"origin\"\n")
-            .with_tls(tls_port, &fixtures),
-    );
-    let pop = |sni: &str| {
-        let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"secure\"\n");
+/// A regional tier serving TLS with the fixture chain (its certificate
+/// names localhost) over an echo origin, for PoPs that reach it over TLS.
+struct TlsRegional {
+    origin: EchoOrigin,
+    /// Where the regional tier serves TLS.
+    addr: String,
+    _regional: Proxy,
+}
+
+impl TlsRegional {
+    fn start() -> Self {
+        let origin = EchoOrigin::start().unwrap();
+        let tls_port = free_port();
+        let regional = Proxy::start(
+            &ProxyConfig::over(origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"origin\"\n")
+                .with_tls(tls_port, &Self::fixtures()),
+        );
+        Self { origin, addr: format!("127.0.0.1:{tls_port}"), _regional: regional }
+    }
+
+    fn fixtures() -> std::path::PathBuf {
+        root().join("tests/fixtures/tls/chain")
+    }
+
+    /// A PoP whose one route goes to upstream `secure`: `servers` over TLS,
+    /// with `sni`, trusting the fixtures' CA; `more` is added to that
+    /// upstream's table.
+    fn pop(&self, servers: &[&str], sni: &str, more: &str) -> Proxy {
+        let mut config = ProxyConfig::over(self.origin.addr(), "[[route]]\nname = \"all\"\nupstream = \"secure\"\n");
         config.main_extra.push_str(&format!(
-            "\n[upstreams.secure]\nservers = [\"127.0.0.1:{tls_port}\"]\ntls = true\nsni = \"{sni}\"\nca_file = \"{}\"\n",
-            fixtures.join("ca.pem").display()
+            "\n[upstreams.secure]\nservers = {servers:?}\ntls = true\nsni = \"{sni}\"\nca_file = \"{}\"\n{more}",
+            Self::fixtures().join("ca.pem").display()
         ));
         Proxy::start(&config)
-    };
-    let good = pop("localhost");
+    }
+}
+
+#[test]
+fn upstream_tls_verifies_the_certificate() {
+    let regional = TlsRegional::start();
+    let good = regional.pop(&[&regional.addr], "localhost", "");
     let reply = good.get("/secure", &[]);
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json()["path"], "/secure");
     // A certificate that does not name the server is refused.
-    let bad = pop("example.com");
+    let bad = regional.pop(&[&regional.addr], "example.com", "");
     assert_eq!(bad.get("/secure", &[]).status, 502);
-    drop(regional);
+}
+
+/// A TLS tier is health-checked over TLS, verified as requests are: a
+/// server that accepts connections but speaks no TLS, or whose certificate
+/// does not name the tier's SNI, is marked down (a TCP connect would pass
+/// both); one that completes a verified handshake and answers stays up.
+#[test]
+fn a_tls_tier_is_health_checked_over_verified_tls() {
+    let regional = TlsRegional::start();
+    let (tls_server, plain_server) = (regional.addr.clone(), regional.origin.addr().to_string());
+    let checked = "[upstreams.secure.health_check]\npath = \"/healthz\"\ninterval_ms = 50\nunhealthy_threshold = 1\n";
+    let pop = |sni: &str| regional.pop(&[&tls_server, &plain_server], sni, checked);
+    let marked_down = |proxy: &Proxy, server: &str| !proxy.log_lines(&format!("server {server} is down")).is_empty();
+
+    let pop_named_right = pop("localhost");
+    eventually("the server without TLS marked down", Duration::from_secs(20), || {
+        marked_down(&pop_named_right, &plain_server)
+    });
+    // Each round probes the TLS server first: it has passed by now.
+    assert!(!marked_down(&pop_named_right, &tls_server), "a server with a verified certificate was marked down");
+    for _ in 0..10 {
+        assert_eq!(pop_named_right.get("/x", &[]).status, 200);
+    }
+    let pop_named_wrong = pop("example.com");
+    eventually("a certificate that does not name the SNI failing its checks", Duration::from_secs(20), || {
+        marked_down(&pop_named_wrong, &tls_server)
+    });
 }
 
 #[test]
