@@ -285,7 +285,8 @@ impl ControlPlane {
             entry.history.push(sha.clone());
         }
         entry.active = sha;
-        let forgotten = entry.retain_recent(snapshot.config.modules.keep_versions);
+        let serving = self.serving_sha(name);
+        let forgotten = entry.retain_recent(snapshot.config.modules.keep_versions, serving.as_deref());
         self.store.save_state(&state)?;
         self.remove_files(name, &forgotten, &state, &snapshot.modules);
         self.activate(snapshot);
@@ -294,23 +295,42 @@ impl ControlPlane {
 
     /// Remove the files of versions of `name` the store no longer records,
     /// but for bytes another module keeps or `serving` serves (the same
-    /// bytes under two names), and those of the modules directory's file of
-    /// `name` while it is not deleted: every start still compiles that file,
-    /// from its artifact. A file that cannot be removed is logged: the change
-    /// is made either way.
+    /// bytes under two names). The bytes of a modules directory's file keep
+    /// their compiled artifact: every start loads that file (an upload may
+    /// override it after), from the artifact. A file that cannot be removed
+    /// is logged: the change is made either way.
     fn remove_files(&self, name: &str, versions: &[String], state: &StoreState, serving: &ModuleRegistry) {
-        let mut kept: BTreeSet<String> = serving.modules().map(|m| m.sha256.clone()).collect();
-        kept.extend(state.modules.values().flat_map(|m| m.versions.iter().cloned()));
-        if !state.deleted.contains(name)
-            && let Ok(shipped) = std::fs::read(self.shipped_file(name))
-        {
-            kept.insert(sha256_hex(&shipped));
+        let mut kept: BTreeSet<&str> = serving.modules().map(|m| m.sha256.as_str()).collect();
+        kept.extend(state.modules.values().flat_map(|m| &m.versions).map(String::as_str));
+        let gone: Vec<&String> = versions.iter().filter(|sha| !kept.contains(sha.as_str())).collect();
+        if gone.is_empty() {
+            return;
         }
-        for sha in versions.iter().filter(|sha| !kept.contains(*sha)) {
-            if let Err(e) = self.store.remove_version(sha) {
-                log::warn!("module {name:?}: version {sha} is gone from the store but its file stays: {e}");
+        let shipped = self.shipped_shas(&state.deleted);
+        for sha in gone {
+            let mut removed = self.store.remove_version(sha);
+            if !shipped.contains(sha) {
+                removed = removed.and(self.store.remove_artifact(sha));
+            }
+            if let Err(e) = removed {
+                log::warn!("module {name:?}: version {sha} is gone from the store but a file of it stays: {e}");
             }
         }
+    }
+
+    /// The sha256 of each file of the modules directory a start loads: all
+    /// but those of modules `deleted`.
+    fn shipped_shas(&self, deleted: &BTreeSet<String>) -> BTreeSet<String> {
+        let dir = self.current.load().config.modules.dir.clone();
+        let files = match ModuleRegistry::dir_files(&dir) {
+            Ok(files) => files,
+            Err(e) => {
+                log::warn!("module store: cannot tell which artifacts the modules directory needs: {e}");
+                return BTreeSet::new();
+            }
+        };
+        let loaded = files.into_iter().filter(|(name, _)| !deleted.contains(name));
+        loaded.filter_map(|(_, path)| std::fs::read(path).ok()).map(|bytes| sha256_hex(&bytes)).collect()
     }
 
     /// Load stored version `sha` of `name` (its bytes checked against it).
@@ -420,11 +440,14 @@ impl ControlPlane {
         if uploaded.is_some() || newly_deleted {
             self.store.save_state(&state)?;
         }
-        // Its stored versions go too: a module is often deleted because of
-        // what it holds.
-        if let Some(uploaded) = uploaded {
-            self.remove_files(name, &uploaded.versions, &state, &snapshot.modules);
+        // Its stored versions and artifacts go too, the modules directory's
+        // file's among them: a module is often deleted because of what it
+        // holds.
+        let mut gone = uploaded.map(|uploaded| uploaded.versions).unwrap_or_default();
+        if newly_deleted && let Ok(bytes) = std::fs::read(self.shipped_file(name)) {
+            gone.push(sha256_hex(&bytes));
         }
+        self.remove_files(name, &gone, &state, &snapshot.modules);
         self.activate(snapshot);
         Ok(())
     }

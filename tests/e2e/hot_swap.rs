@@ -171,8 +171,14 @@ fn a_deleted_module_of_the_modules_directory_stays_deleted() {
     let proxy = Proxy::start(
         &ProxyConfig::new(ROUTES, &[]).with_module("swappable", v1()).with_module("spare", v2()).with_admin(),
     );
-    assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 200);
+    let spare = active_sha(&proxy, "spare");
+    let artifact_of_spare = || {
+        let compiled = std::fs::read_dir(proxy.dir.path().join("store/compiled")).unwrap().flatten();
+        compiled.map(|d| d.path().join(format!("{spare}.cwasm"))).any(|p| p.exists())
+    };
+    assert!(artifact_of_spare());
     assert_eq!(proxy.admin("DELETE", "/modules/spare", b"", None).status, 200);
+    assert!(!artifact_of_spare(), "the deleted module's artifact stayed");
     assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
     assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404, "a reload loaded the file again");
     let proxy = proxy.restart();
@@ -291,10 +297,11 @@ fn an_upload_past_keep_versions_forgets_the_oldest() {
     for kept in &uploaded[1..] {
         assert_eq!(files(kept), (true, true));
     }
-    // The modules directory's file is forgotten as a version too, but each
-    // start still loads it (an upload overrides it after): it keeps its
-    // artifact, so a restart compiles nothing.
-    assert!(files(&shipped).1, "the modules directory's artifact went");
+    // The modules directory's file is forgotten as a version too, and its
+    // copy in the store goes, but each start still loads it (an upload
+    // overrides it after): it keeps its artifact, so a restart compiles
+    // nothing.
+    assert_eq!(files(&shipped), (false, true), "the modules directory's copy stayed, or its artifact went");
     // A rollback reaches the versions kept and no further.
     assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 200);
     assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);

@@ -189,6 +189,19 @@ pub struct ModuleRegistry {
 }
 
 impl ModuleRegistry {
+    /// The module files of `dir` (every `*.wasm`), by name, in order.
+    pub fn dir_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, ModuleError> {
+        let read_dir_error = |source| ModuleError::ReadDir { path: dir.to_path_buf(), source };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_dir_error)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+            .collect();
+        paths.sort();
+        let name = |path: &PathBuf| path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        Ok(paths.into_iter().map(|path| (name(&path), path)).collect())
+    }
+
     /// Load every `*.wasm` in `dir` but those named in `deleted`; the module
     /// name is the file stem. Any invalid file fails the whole load, naming
     /// the file.
@@ -198,16 +211,8 @@ impl ModuleRegistry {
         store: Option<&ModuleStore>,
         deleted: &BTreeSet<String>,
     ) -> Result<Self, ModuleError> {
-        let read_dir_error = |source| ModuleError::ReadDir { path: dir.to_path_buf(), source };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(read_dir_error)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
-            .collect();
-        paths.sort();
         let mut registry = Self::default();
-        for path in paths {
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        for (name, path) in Self::dir_files(dir)? {
             if deleted.contains(&name) {
                 log::info!("module {name:?}: {} stays deleted until a module of that name is uploaded", path.display());
                 registry.deleted.insert(name);

@@ -33,28 +33,33 @@ pub struct StoredModule {
 
 impl StoredModule {
     /// Keep `keep` versions and forget the rest; returns those forgotten.
-    /// The active version is kept first, then those a rollback goes back to,
-    /// newest first, then versions a rollback undid, newest first: the
-    /// store must not grow with every deploy.
-    pub fn retain_recent(&mut self, keep: usize) -> Vec<String> {
-        let mut kept: Vec<&String> = Vec::with_capacity(keep);
-        let by_recency =
-            std::iter::once(&self.active).chain(self.history.iter().rev()).chain(self.versions.iter().rev());
+    /// Kept first are the active version, then `serving`, the version that
+    /// served until now (after a fallback at start, not the one before the
+    /// active version in the history), then those a rollback goes back to,
+    /// newest first, then those a rollback undid, newest first. The history
+    /// keeps each version once, at its last activation: a rollback never
+    /// comes back to where it started, and the history is bounded too.
+    pub fn retain_recent(&mut self, keep: usize, serving: Option<&str>) -> Vec<String> {
+        let serving = serving.and_then(|serving| self.versions.iter().find(|sha| *sha == serving));
+        let by_recency = std::iter::once(&self.active)
+            .chain(serving)
+            .chain(self.history.iter().rev())
+            .chain(self.versions.iter().rev());
+        let mut kept: BTreeSet<&String> = BTreeSet::new();
         for sha in by_recency {
             if kept.len() == keep {
                 break;
             }
-            if !kept.contains(&sha) {
-                kept.push(sha);
-            }
+            kept.insert(sha);
         }
         let kept: BTreeSet<String> = kept.into_iter().cloned().collect();
         let (stay, forgotten) = std::mem::take(&mut self.versions).into_iter().partition(|sha| kept.contains(sha));
         self.versions = stay;
-        self.history.retain(|sha| kept.contains(sha));
-        // A version forgotten between two of the same (A, B, A) leaves no
-        // step from a version back to itself.
-        self.history.dedup();
+        let mut placed = BTreeSet::new();
+        let mut history: Vec<String> =
+            self.history.drain(..).rev().filter(|sha| kept.contains(sha) && placed.insert(sha.clone())).collect();
+        history.reverse();
+        self.history = history;
         forgotten
     }
 }
@@ -84,6 +89,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// `error`, saying which file it is about.
 fn in_file(path: &Path, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(in_file(path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Write `bytes` to `path` atomically and durably: a temporary file, fsync,
@@ -129,15 +141,14 @@ impl ModuleStore {
         Ok(sha)
     }
 
-    /// Remove version `sha` and its compiled artifact, if there.
+    /// Remove version `sha`'s bytes, if there.
     pub fn remove_version(&self, sha: &str) -> io::Result<()> {
-        for path in [self.version_path(sha), self.artifact_path(sha)] {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(in_file(&path, e)),
-                _ => {}
-            }
-        }
-        Ok(())
+        remove_if_there(&self.version_path(sha))
+    }
+
+    /// Remove version `sha`'s compiled artifact, if there.
+    pub fn remove_artifact(&self, sha: &str) -> io::Result<()> {
+        remove_if_there(&self.artifact_path(sha))
     }
 
     /// The bytes of version `sha`; an error names the file.
@@ -207,17 +218,23 @@ mod tests {
             active: "d".into(),
             history: shas(&["a", "b", "a", "c", "d"]),
         };
-        assert!(module.clone().retain_recent(5).is_empty());
-        let mut three = module.clone();
-        assert_eq!(three.retain_recent(3), shas(&["b", "e"]));
-        assert_eq!(three.versions, shas(&["a", "c", "d"]));
-        assert_eq!(three.history, shas(&["a", "c", "d"]), "a step from a back to a");
+        let retained = |keep: usize, serving: Option<&str>| {
+            let mut module = module.clone();
+            let forgotten = module.retain_recent(keep, serving);
+            (forgotten, module.versions, module.history)
+        };
+        // Each version once in the history, at its last activation.
+        assert_eq!(retained(5, None), (vec![], shas(&["a", "b", "c", "d", "e"]), shas(&["b", "a", "c", "d"])));
+        assert_eq!(retained(3, None), (shas(&["b", "e"]), shas(&["a", "c", "d"]), shas(&["a", "c", "d"])));
         // The undone version goes before any rollback target does.
-        let mut four = module.clone();
-        assert_eq!(four.retain_recent(4), shas(&["e"]));
-        assert_eq!(four.history, shas(&["a", "b", "a", "c", "d"]));
-        assert_eq!(module.retain_recent(1), shas(&["a", "b", "c", "e"]));
-        assert_eq!((module.versions.clone(), module.history.clone()), (shas(&["d"]), shas(&["d"])));
+        assert_eq!(retained(4, None), (shas(&["e"]), shas(&["a", "b", "c", "d"]), shas(&["b", "a", "c", "d"])));
+        assert_eq!(retained(1, None), (shas(&["a", "b", "c", "e"]), shas(&["d"]), shas(&["d"])));
+        // The version serving until now (a fallback at start) is kept next,
+        // unless it is no stored version (the modules directory's file).
+        assert_eq!(retained(2, Some("a")), (shas(&["b", "c", "e"]), shas(&["a", "d"]), shas(&["a", "d"])));
+        assert_eq!(retained(2, Some("z")), (shas(&["a", "b", "e"]), shas(&["c", "d"]), shas(&["c", "d"])));
+        module.retain_recent(2, None);
+        assert_eq!(module.active, "d");
     }
 
     #[test]
