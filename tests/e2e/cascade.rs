@@ -353,12 +353,16 @@ fn upstream_tls_verifies_the_certificate() {
 fn a_tls_tier_is_health_checked_over_verified_tls() {
     let regional = TlsRegional::start();
     let (tls_server, plain_server) = (regional.addr.clone(), regional.origin.addr().to_string());
-    let checked = "[upstreams.secure.health_check]\npath = \"/healthz\"\ninterval_ms = 50\nunhealthy_threshold = 1\n";
+    // A long timeout: one slow probe on a busy machine must not fail the
+    // good server.
+    let checked = "[upstreams.secure.health_check]\npath = \"/healthz\"\ninterval_ms = 50\ntimeout_ms = 10000\n\
+                   unhealthy_threshold = 1\n";
     let pop = |sni: &str| regional.pop(&[&tls_server, &plain_server], sni, checked);
     let marked_down = |proxy: &Proxy, server: &str| !proxy.log_lines(&format!("server {server} is down")).is_empty();
 
     let pop_named_right = pop("localhost");
-    eventually("the server without TLS marked down", Duration::from_secs(20), || {
+    // Its probe waits out the timeout: the server reads on, for a request.
+    eventually("the server without TLS marked down", Duration::from_secs(60), || {
         marked_down(&pop_named_right, &plain_server)
     });
     // Each round probes the TLS server first: it has passed by now.
@@ -367,7 +371,7 @@ fn a_tls_tier_is_health_checked_over_verified_tls() {
         assert_eq!(pop_named_right.get("/x", &[]).status, 200);
     }
     let pop_named_wrong = pop("example.com");
-    eventually("a certificate that does not name the SNI failing its checks", Duration::from_secs(20), || {
+    eventually("a certificate that does not name the SNI failing its checks", Duration::from_secs(60), || {
         marked_down(&pop_named_wrong, &tls_server)
     });
 }

@@ -1,14 +1,17 @@
 //! Active health checks: a thread per checked group probes each server with
 //! `GET <path>` and marks it down after `unhealthy_threshold` failures in a
 //! row, up again after `healthy_threshold` passes. A 2xx or 3xx passes. A TLS
-//! tier is probed over TLS, verified as the proxy's own connections are: a
-//! server that accepts connections but cannot complete a handshake the
-//! proxy would trust serves no request, so it fails its checks.
+//! tier is probed over TLS, verified as Pingora's connector verifies the
+//! proxy's own connections: a server that accepts connections but cannot
+//! complete a handshake the proxy would trust serves no request, so it fails
+//! its checks. Each probe has `timeout` in all, however slowly a server
+//! trickles its answer.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use pingora::tls::{CertificateDer, ClientConfig, RootCertStore, ServerName};
 
@@ -17,23 +20,14 @@ use crate::config::{HealthCheckConfig, UpstreamTls};
 
 pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
     let spawned = std::thread::Builder::new().name("cascade-health".into()).spawn(move || {
-        let tls = match group.upgrade().and_then(|g| g.config.tls.clone()) {
-            None => None,
-            Some(tls) => match TlsProbe::new(&tls) {
-                Ok(probe) => Some(probe),
-                Err(e) => {
-                    let name = group.upgrade().map(|g| g.name().to_string()).unwrap_or_default();
-                    return log::error!("upstream {name}: health checks are off: {e}");
-                }
-            },
-        };
+        let Some(how) = group.upgrade().map(|group| Probe::for_group(&group)) else { return };
         // Consecutive results per server: positive passes, negative failures.
         let mut streaks: Vec<i64> = Vec::new();
         loop {
             let Some(group) = group.upgrade() else { return };
             streaks.resize(group.servers.len(), 0);
             for (server, streak) in group.servers.iter().zip(streaks.iter_mut()) {
-                let passed = probe(server.addr, &check, tls.as_ref());
+                let passed = probe(server.addr, &check, &how);
                 *streak = match (passed, *streak) {
                     (true, s) if s > 0 => s + 1,
                     (true, _) => 1,
@@ -63,9 +57,35 @@ pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
     }
 }
 
-/// How a TLS tier's servers are probed: the tier's CA (else the system's
-/// roots) and its SNI name, which the certificate must match, as Pingora's
-/// connector checks them on the request path.
+/// How a group's servers are probed.
+enum Probe {
+    Http,
+    Tls(TlsProbe),
+    /// A TCP connect only: a TLS tier without `sni`, whose certificate
+    /// Pingora does not check either (as nginx does not), or one whose TLS
+    /// settings the probe cannot take.
+    Connect,
+}
+
+impl Probe {
+    fn for_group(group: &UpstreamGroup) -> Self {
+        match &group.config.tls {
+            None => Self::Http,
+            Some(tls) if tls.sni.is_empty() => Self::Connect,
+            Some(tls) => TlsProbe::new(tls).map_or_else(
+                |e| {
+                    log::error!("upstream {}: health checks only connect: {e}", group.name());
+                    Self::Connect
+                },
+                Self::Tls,
+            ),
+        }
+    }
+}
+
+/// The settings Pingora's rustls connector uses on the request path: the
+/// tier's CA instead of the system's roots, TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, and the SNI name checked against the certificate.
 struct TlsProbe {
     config: Arc<ClientConfig>,
     sni: ServerName<'static>,
@@ -80,36 +100,88 @@ impl TlsProbe {
                 .map_err(|e| format!("the system's CA certificates: {e}"))?,
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let sni = ServerName::try_from(tls.sni.clone()).map_err(|e| format!("sni {:?}: {e}", tls.sni))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // A resumed session is not verified again: every probe must check
+        // the certificate the server has now.
+        config.resumption = rustls::client::Resumption::disabled();
+        let name = leftmost_underscores_as_hyphens(&tls.sni).unwrap_or_else(|| tls.sni.clone());
+        let sni = ServerName::try_from(name).map_err(|e| format!("sni {:?}: {e}", tls.sni))?;
         Ok(Self { config: Arc::new(config), sni })
     }
 }
 
+/// Pingora checks a name whose leftmost label (of a subdomain) has
+/// underscores as if they were hyphens (`replace_leftmost_underscore` in its
+/// TLS connectors, not public): no certificate can name a label with an
+/// underscore.
+fn leftmost_underscores_as_hyphens(sni: &str) -> Option<String> {
+    let (leftmost, rest) = sni.split_once('.')?;
+    (rest.contains('.') && leftmost.contains('_')).then(|| format!("{}.{rest}", leftmost.replace('_', "-")))
+}
+
 /// One probe of `addr`: `true` if it answers the check's `GET` with a 2xx or
-/// 3xx in time, over TLS when `tls` is given.
-fn probe(addr: SocketAddr, check: &HealthCheckConfig, tls: Option<&TlsProbe>) -> bool {
-    let Ok(mut tcp) = TcpStream::connect_timeout(&addr, check.timeout) else {
+/// 3xx within `check.timeout`.
+fn probe(addr: SocketAddr, check: &HealthCheckConfig, how: &Probe) -> bool {
+    let deadline = Instant::now() + check.timeout;
+    let Ok(tcp) = TcpStream::connect_timeout(&addr, check.timeout) else {
         return false;
     };
-    let _ = tcp.set_read_timeout(Some(check.timeout));
-    let _ = tcp.set_write_timeout(Some(check.timeout));
-    // A name-routed origin behind TLS is named by its SNI name.
-    let host = match (&check.host, tls) {
-        (Some(host), _) => host.clone(),
-        (None, Some(tls)) => tls.sni.to_str().into_owned(),
-        (None, None) => addr.to_string(),
-    };
-    let Some(tls) = tls else { return answers_ok(&mut tcp, &check.path, &host) };
-    let Ok(mut session) = rustls::ClientConnection::new(tls.config.clone(), tls.sni.clone()) else {
-        return false;
-    };
-    // The handshake happens on the first write, and fails it.
-    answers_ok(&mut rustls::Stream::new(&mut session, &mut tcp), &check.path, &host)
+    let mut tcp = Deadline { stream: tcp, deadline };
+    let host = check.host.clone();
+    match how {
+        Probe::Connect => true,
+        Probe::Http => answers_ok(&mut tcp, &check.path, &host.unwrap_or_else(|| addr.to_string())),
+        Probe::Tls(tls) => {
+            let Ok(mut session) = rustls::ClientConnection::new(tls.config.clone(), tls.sni.clone()) else {
+                return false;
+            };
+            // A name-routed origin behind TLS is named by its SNI name.
+            let host = host.unwrap_or_else(|| tls.sni.to_str().into_owned());
+            // The handshake happens on the first write, and fails it.
+            answers_ok(&mut rustls::Stream::new(&mut session, &mut tcp), &check.path, &host)
+        }
+    }
+}
+
+/// A socket whose every read and write may take only what is left until
+/// `deadline`: a per-call timeout alone lets a server that sends a byte
+/// now and then hold the checker, and every verdict of its group, forever.
+struct Deadline {
+    stream: TcpStream,
+    deadline: Instant,
+}
+
+impl Deadline {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "health check timed out"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 /// Send `GET path` and read the status line: a 2xx or 3xx passes.
@@ -166,8 +238,45 @@ mod tests {
             unhealthy_threshold: 1,
             healthy_threshold: 1,
         };
-        assert!(!probe(origin, &check, None), "a bare address is answered 404 by a name-routed origin");
+        assert!(!probe(origin, &check, &Probe::Http), "a bare address is answered 404 by a name-routed origin");
         check.host = Some("origin.example".into());
-        assert!(probe(origin, &check, None));
+        assert!(probe(origin, &check, &Probe::Http));
+    }
+
+    /// A server that answers one byte at a time, each within the timeout,
+    /// fails its check once the whole probe has taken the timeout.
+    #[test]
+    fn a_trickled_answer_fails_at_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n" {
+                        std::thread::sleep(Duration::from_millis(300));
+                        if stream.write_all(&[*byte]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let check = HealthCheckConfig {
+            path: "/".into(),
+            host: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+        };
+        assert!(!probe(addr, &check, &Probe::Http), "12 bytes, 300 ms apart, passed a 1 s check");
+    }
+
+    #[test]
+    fn leftmost_underscores_are_checked_as_hyphens_as_pingora_does() {
+        assert_eq!(leftmost_underscores_as_hyphens("my_svc.int.example").as_deref(), Some("my-svc.int.example"));
+        assert_eq!(leftmost_underscores_as_hyphens("my_svc.example"), None, "not a subdomain");
+        assert_eq!(leftmost_underscores_as_hyphens("svc.in_t.example"), None, "only the leftmost label");
+        assert_eq!(leftmost_underscores_as_hyphens("localhost"), None);
     }
 }
