@@ -6,7 +6,7 @@
 //! never mixes versions within one request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -78,29 +78,36 @@ impl Snapshot {
         entries.map(|entry| entry.limits.timeout).min().unwrap_or(self.config.limits.filter_timeout)
     }
 
-    /// Drop the instances parked for reuse longer than
-    /// `limits.idle_instance_timeout_secs`; how many.
-    pub fn expire_idle_instances(&self, now: Instant) -> usize {
-        let Some(cutoff) = now.checked_sub(self.config.limits.idle_instance_timeout) else { return 0 };
+    /// Drop the instances parked for reuse before `cutoff`; how many.
+    pub fn expire_idle_instances(&self, cutoff: Instant) -> usize {
         self.routes.routes().iter().map(|route| route.chain.expire_idle(cutoff)).sum()
     }
 }
 
-/// Drops the current snapshot's idle filter instances once they are past
-/// their timeout, whether or not requests come: a route that had a burst
-/// and then none would otherwise hold the burst's slots and memory. A
-/// replaced snapshot's instances go with it.
+/// Drops idle filter instances, whether or not requests come: the current
+/// snapshot's once they are past `limits.idle_instance_timeout_secs` (a
+/// route that had a burst and then none would otherwise hold the burst's
+/// slots and memory), and at once those of a replaced snapshot that a long
+/// request (a download, a WebSocket) still holds: no new request uses them.
 pub struct IdleReaper(pub Arc<ArcSwap<Snapshot>>);
 
 #[async_trait::async_trait]
 impl BackgroundService for IdleReaper {
     async fn start(&self, shutdown: ShutdownWatch) {
+        let mut serving = Arc::downgrade(&self.0.load_full());
+        let mut replaced: Vec<Weak<Snapshot>> = Vec::new();
         while !*shutdown.borrow() {
             // Read each time: a reload may change the timeout. An instance
             // goes within a quarter of it (5 s at most) after it is due.
             let timeout = self.0.load().config.limits.idle_instance_timeout;
             tokio::time::sleep((timeout / 4).min(Duration::from_secs(5))).await;
-            let expired = self.0.load().expire_idle_instances(Instant::now());
+            let now = Instant::now();
+            let current = self.0.load_full();
+            if !std::ptr::eq(serving.as_ptr(), Arc::as_ptr(&current)) {
+                replaced.push(std::mem::replace(&mut serving, Arc::downgrade(&current)));
+            }
+            replaced.retain(|old| old.upgrade().map(|old| old.expire_idle_instances(now)).is_some());
+            let expired = now.checked_sub(timeout).map_or(0, |cutoff| current.expire_idle_instances(cutoff));
             if expired > 0 {
                 log::debug!("dropped {expired} filter instances idle past {timeout:?}");
             }

@@ -140,3 +140,30 @@ fn an_instance_idle_past_its_timeout_is_dropped() {
     });
     assert_eq!(seen(&proxy, "/reused", &[]), 1, "the idle instance served again");
 }
+
+/// A replaced config's idle instances go at once, though a long request (a
+/// download, a WebSocket) still holds that config: no new request uses them.
+#[test]
+fn a_long_request_does_not_keep_a_replaced_configs_idle_instances() {
+    // An upstream that takes the request and answers only when told.
+    let stalling = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let routes = format!("{ROUTES}\n[[route]]\nname = \"held\"\npath_prefix = \"/held\"\nupstream = \"stalling\"\n");
+    let upstream = format!("\n[upstreams.stalling]\nservers = [\"{}\"]\n", stalling.local_addr().unwrap());
+    let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]).with_main(&upstream).with_admin());
+    let idle =
+        || metric_value(&proxy.wait_for_metrics(&["cascade_filter_instances_live 0"]), "cascade_filter_instances_idle");
+    // The reused route's instance and the leaky route's (its config check's).
+    assert_eq!(seen(&proxy, "/reused", &[]), 1);
+    assert_eq!(idle(), 2);
+
+    let url = proxy.url("/held");
+    let held = std::thread::spawn(move || send("GET", &url, &[]).status);
+    let (mut upstream_side, _) = stalling.accept().unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    // One idle instance per reused entry of the new config (its check's);
+    // the held request's config keeps none.
+    eventually("the replaced config's idle instances dropped", Duration::from_secs(30), || idle() == 2);
+    use std::io::Write;
+    upstream_side.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+    assert_eq!(held.join().unwrap(), 200);
+}

@@ -21,7 +21,9 @@
 //!   ([`IdleInstances::expire`]): after a burst, the slots and memory it
 //!   took are given back;
 //! - the idle instances belong to their chain link, so a reload or a module
-//!   swap drops them with the config version they were made for.
+//!   swap drops them with the config version they were made for, or
+//!   (`snapshot::IdleReaper`) within seconds if a long request keeps that
+//!   version alive.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
