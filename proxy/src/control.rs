@@ -21,7 +21,7 @@ use crate::filters::chain::ChainError;
 use crate::filters::store::{StoreState, StoredModule, sha256_hex};
 use crate::filters::{Capabilities, FilterModule, FilterRuntime, ModuleError, ModuleRegistry, ModuleStore};
 use crate::metrics::Metrics;
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::{ReplacedSnapshots, Snapshot, SnapshotError};
 use crate::upstream::Upstreams;
 
 /// Why a change was refused. Nothing changed in any case.
@@ -73,6 +73,8 @@ pub struct BreakerReport {
 pub struct ControlPlane {
     pub runtime: Arc<FilterRuntime>,
     pub current: Arc<ArcSwap<Snapshot>>,
+    /// Snapshots swapped out, for the idle-instance reaper.
+    pub replaced: Arc<ReplacedSnapshots>,
     pub metrics: Arc<Metrics>,
     /// The edge cache; sized at start, it lives as long as the process.
     pub cache: &'static EdgeCache,
@@ -168,6 +170,20 @@ async fn on_blocking_pool<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|e| ControlError::CompileTask(e.to_string()))?
 }
 
+/// The sha256 of each file of modules directory `dir` a start loads: all
+/// but those of modules `deleted`.
+fn shipped_shas(dir: &Path, deleted: &BTreeSet<String>) -> BTreeSet<String> {
+    let files = match ModuleRegistry::dir_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            log::warn!("module store: cannot tell which artifacts the modules directory needs: {e}");
+            return BTreeSet::new();
+        }
+    };
+    let loaded = files.into_iter().filter(|(name, _)| !deleted.contains(name));
+    loaded.filter_map(|(_, path)| std::fs::read(path).ok()).map(|bytes| sha256_hex(&bytes)).collect()
+}
+
 /// Version `sha` of module `name` from the store, compiled (or from its
 /// cached artifact); refused if its bytes are not the ones stored.
 fn load_version(
@@ -217,6 +233,7 @@ impl ControlPlane {
         Ok(Self {
             runtime,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
+            replaced: Arc::default(),
             metrics: Arc::default(),
             cache,
             config_path: path.to_path_buf(),
@@ -248,7 +265,8 @@ impl ControlPlane {
 
     fn serve(&self, snapshot: Snapshot) {
         self.runtime.fit_tick_to(snapshot.shortest_filter_timeout());
-        self.current.store(Arc::new(snapshot));
+        let replaced = self.current.swap(Arc::new(snapshot));
+        self.replaced.record(&replaced);
     }
 
     // Each change below builds and checks the new snapshot first, then
@@ -288,7 +306,7 @@ impl ControlPlane {
         let serving = self.serving_sha(name);
         let forgotten = entry.retain_recent(snapshot.config.modules.keep_versions, serving.as_deref());
         self.store.save_state(&state)?;
-        self.remove_files(name, &forgotten, &state, &snapshot.modules);
+        self.remove_files(name, forgotten, &state, &snapshot.modules).await;
         self.activate(snapshot);
         Ok(self.module_json(name).unwrap_or(Value::Null))
     }
@@ -299,38 +317,33 @@ impl ControlPlane {
     /// their compiled artifact: every start loads that file (an upload may
     /// override it after), from the artifact. A file that cannot be removed
     /// is logged: the change is made either way.
-    fn remove_files(&self, name: &str, versions: &[String], state: &StoreState, serving: &ModuleRegistry) {
+    async fn remove_files(&self, name: &str, versions: Vec<String>, state: &StoreState, serving: &ModuleRegistry) {
         let mut kept: BTreeSet<&str> = serving.modules().map(|m| m.sha256.as_str()).collect();
         kept.extend(state.modules.values().flat_map(|m| &m.versions).map(String::as_str));
-        let gone: Vec<&String> = versions.iter().filter(|sha| !kept.contains(sha.as_str())).collect();
+        let gone: Vec<String> = versions.into_iter().filter(|sha| !kept.contains(sha.as_str())).collect();
         if gone.is_empty() {
             return;
         }
-        let shipped = self.shipped_shas(&state.deleted);
-        for sha in gone {
-            let mut removed = self.store.remove_version(sha);
-            if !shipped.contains(sha) {
-                removed = removed.and(self.store.remove_artifact(sha));
-            }
-            if let Err(e) = removed {
-                log::warn!("module {name:?}: version {sha} is gone from the store but a file of it stays: {e}");
-            }
-        }
-    }
-
-    /// The sha256 of each file of the modules directory a start loads: all
-    /// but those of modules `deleted`.
-    fn shipped_shas(&self, deleted: &BTreeSet<String>) -> BTreeSet<String> {
+        let (store, name, deleted) = (self.store.clone(), name.to_string(), state.deleted.clone());
         let dir = self.current.load().config.modules.dir.clone();
-        let files = match ModuleRegistry::dir_files(&dir) {
-            Ok(files) => files,
-            Err(e) => {
-                log::warn!("module store: cannot tell which artifacts the modules directory needs: {e}");
-                return BTreeSet::new();
+        // Reading and hashing the modules directory is disk work: off the
+        // admin API's one thread, as compiles are.
+        let removed = on_blocking_pool(move || {
+            let shipped = shipped_shas(&dir, &deleted);
+            for sha in gone {
+                let mut removed = store.remove_version(&sha);
+                if !shipped.contains(&sha) {
+                    removed = removed.and(store.remove_artifact(&sha));
+                }
+                if let Err(e) = removed {
+                    log::warn!("module {name:?}: version {sha} is gone from the store but a file of it stays: {e}");
+                }
             }
-        };
-        let loaded = files.into_iter().filter(|(name, _)| !deleted.contains(name));
-        loaded.filter_map(|(_, path)| std::fs::read(path).ok()).map(|bytes| sha256_hex(&bytes)).collect()
+            Ok(())
+        });
+        if let Err(e) = removed.await {
+            log::warn!("module store: files of forgotten versions stay: {e}");
+        }
     }
 
     /// Load stored version `sha` of `name` (its bytes checked against it).
@@ -447,7 +460,7 @@ impl ControlPlane {
         if newly_deleted && let Ok(bytes) = std::fs::read(self.shipped_file(name)) {
             gone.push(sha256_hex(&bytes));
         }
-        self.remove_files(name, &gone, &state, &snapshot.modules);
+        self.remove_files(name, gone, &state, &snapshot.modules).await;
         self.activate(snapshot);
         Ok(())
     }

@@ -139,7 +139,8 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
         Err(reason) => log::warn!("admin API is off: {reason}"),
     }
     server.add_service(background_service("drain", Drain));
-    server.add_service(background_service("idle filter instances", IdleReaper(control.current.clone())));
+    let reaper = IdleReaper { current: control.current.clone(), replaced: control.replaced.clone() };
+    server.add_service(background_service("idle filter instances", reaper));
     reload_on_sighup(control);
     server.run_forever()
 }

@@ -84,29 +84,52 @@ impl Snapshot {
     }
 }
 
+/// Snapshots swapped out while requests still hold them, recorded at the
+/// swap (not when the reaper next looks: two swaps may come between).
+#[derive(Default)]
+pub struct ReplacedSnapshots(std::sync::Mutex<Vec<Weak<Snapshot>>>);
+
+impl ReplacedSnapshots {
+    pub fn record(&self, old: &Arc<Snapshot>) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::downgrade(old));
+    }
+
+    /// Empty the idle lists of those still held, and forget those gone.
+    fn expire_idle_instances(&self, now: Instant) {
+        let held: Vec<Arc<Snapshot>> = {
+            let mut replaced = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            replaced.retain(|old| old.strong_count() > 0);
+            replaced.iter().filter_map(Weak::upgrade).collect()
+        };
+        // After the lock: each drop resets an instance's memory, and the
+        // last reference to a snapshot may go here.
+        for old in held {
+            old.expire_idle_instances(now);
+        }
+    }
+}
+
 /// Drops idle filter instances, whether or not requests come: the current
 /// snapshot's once they are past `limits.idle_instance_timeout_secs` (a
 /// route that had a burst and then none would otherwise hold the burst's
 /// slots and memory), and at once those of a replaced snapshot that a long
 /// request (a download, a WebSocket) still holds: no new request uses them.
-pub struct IdleReaper(pub Arc<ArcSwap<Snapshot>>);
+pub struct IdleReaper {
+    pub current: Arc<ArcSwap<Snapshot>>,
+    pub replaced: Arc<ReplacedSnapshots>,
+}
 
 #[async_trait::async_trait]
 impl BackgroundService for IdleReaper {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let mut serving = Arc::downgrade(&self.0.load_full());
-        let mut replaced: Vec<Weak<Snapshot>> = Vec::new();
         while !*shutdown.borrow() {
             // Read each time: a reload may change the timeout. An instance
             // goes within a quarter of it (5 s at most) after it is due.
-            let timeout = self.0.load().config.limits.idle_instance_timeout;
+            let timeout = self.current.load().config.limits.idle_instance_timeout;
             tokio::time::sleep((timeout / 4).min(Duration::from_secs(5))).await;
             let now = Instant::now();
-            let current = self.0.load_full();
-            if !std::ptr::eq(serving.as_ptr(), Arc::as_ptr(&current)) {
-                replaced.push(std::mem::replace(&mut serving, Arc::downgrade(&current)));
-            }
-            replaced.retain(|old| old.upgrade().map(|old| old.expire_idle_instances(now)).is_some());
+            self.replaced.expire_idle_instances(now);
+            let current = self.current.load_full();
             let expired = now.checked_sub(timeout).map_or(0, |cutoff| current.expire_idle_instances(cutoff));
             if expired > 0 {
                 log::debug!("dropped {expired} filter instances idle past {timeout:?}");

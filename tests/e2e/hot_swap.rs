@@ -42,6 +42,18 @@ fn version(reply: &Reply) -> u8 {
     if request_marked { 1 } else { 2 }
 }
 
+/// Whether the store keeps the bytes of version `sha`.
+fn stored_version(proxy: &Proxy, sha: &str) -> bool {
+    proxy.dir.path().join(format!("store/versions/{sha}.wasm")).exists()
+}
+
+/// Whether the store keeps a compiled artifact of version `sha` (for any
+/// engine).
+fn has_artifact(proxy: &Proxy, sha: &str) -> bool {
+    let compiled = std::fs::read_dir(proxy.dir.path().join("store/compiled")).unwrap().flatten();
+    compiled.map(|engine| engine.path().join(format!("{sha}.cwasm"))).any(|path| path.exists())
+}
+
 fn active_sha(proxy: &Proxy, name: &str) -> String {
     let reply = proxy.admin("GET", &format!("/modules/{name}"), b"", None);
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -172,13 +184,9 @@ fn a_deleted_module_of_the_modules_directory_stays_deleted() {
         &ProxyConfig::new(ROUTES, &[]).with_module("swappable", v1()).with_module("spare", v2()).with_admin(),
     );
     let spare = active_sha(&proxy, "spare");
-    let artifact_of_spare = || {
-        let compiled = std::fs::read_dir(proxy.dir.path().join("store/compiled")).unwrap().flatten();
-        compiled.map(|d| d.path().join(format!("{spare}.cwasm"))).any(|p| p.exists())
-    };
-    assert!(artifact_of_spare());
+    assert!(has_artifact(&proxy, &spare));
     assert_eq!(proxy.admin("DELETE", "/modules/spare", b"", None).status, 200);
-    assert!(!artifact_of_spare(), "the deleted module's artifact stayed");
+    assert!(!has_artifact(&proxy, &spare), "the deleted module's artifact stayed");
     assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
     assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404, "a reload loaded the file again");
     let proxy = proxy.restart();
@@ -232,7 +240,7 @@ fn upload_rollback_delete_and_restart_without_recompiling() {
     assert_eq!(proxy.admin("GET", "/modules/spare", b"", None).status, 404);
     // A deleted module's stored bytes and artifact go, but for a version
     // another module still has: spare was v2, which swappable keeps.
-    let stored = |sha: &str| proxy.dir.path().join(format!("store/versions/{sha}.wasm")).exists();
+    let stored = |sha: &str| stored_version(&proxy, sha);
     let swappable = proxy.admin("GET", "/modules/swappable", b"", None).json();
     let kept: Vec<String> =
         swappable["versions"].as_array().unwrap().iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect();
@@ -276,12 +284,7 @@ fn an_upload_past_keep_versions_forgets_the_oldest() {
         bytes.extend_from_slice(&[0, 5, 3, b'v', b'e', b'r', n]);
         bytes
     };
-    let files = |sha: &str| {
-        let store = proxy.dir.path().join("store");
-        let artifacts = std::fs::read_dir(store.join("compiled")).unwrap().flatten();
-        let artifact = artifacts.map(|d| d.path().join(format!("{sha}.cwasm"))).any(|p| p.exists());
-        (store.join(format!("versions/{sha}.wasm")).exists(), artifact)
-    };
+    let files = |sha: &str| (stored_version(&proxy, sha), has_artifact(&proxy, sha));
     let listed = || -> Vec<String> {
         let module = proxy.admin("GET", "/modules/swappable", b"", None).json();
         module["versions"].as_array().unwrap().iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect()

@@ -158,7 +158,14 @@ fn a_long_request_does_not_keep_a_replaced_configs_idle_instances() {
 
     let url = proxy.url("/held");
     let held = std::thread::spawn(move || send("GET", &url, &[]).status);
-    let (mut upstream_side, _) = stalling.accept().unwrap();
+    stalling.set_nonblocking(true).unwrap();
+    let mut upstream_side = None;
+    eventually("the held request reaching its upstream", Duration::from_secs(30), || {
+        upstream_side = stalling.accept().ok().map(|(stream, _)| stream);
+        upstream_side.is_some()
+    });
+    let mut upstream_side = upstream_side.unwrap();
+    upstream_side.set_nonblocking(false).unwrap();
     assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
     // One idle instance per reused entry of the new config (its check's);
     // the held request's config keeps none.

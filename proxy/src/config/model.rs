@@ -187,7 +187,8 @@ pub struct ModulesConfig {
     /// Uploaded versions and the compiled-artifact cache.
     pub store: PathBuf,
     /// Versions of each uploaded module the store keeps, the active one
-    /// among them; an upload forgets the oldest past it.
+    /// among them; an upload forgets the rest (`StoredModule::retain_recent`
+    /// says which go first).
     pub keep_versions: usize,
 }
 

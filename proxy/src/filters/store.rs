@@ -3,7 +3,7 @@
 //! precompiled artifacts.
 //!
 //! ```text
-//! <store>/versions/<sha256>.wasm          every uploaded component, immutable
+//! <store>/versions/<sha256>.wasm          every kept version, immutable
 //! <store>/state.json                      per module: version history, active version
 //! <store>/compiled/<engine>/<sha256>.cwasm precompiled, keyed by engine compatibility
 //! ```
@@ -22,11 +22,12 @@ use sha2::{Digest, Sha256};
 /// What the store remembers about one uploaded module.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoredModule {
-    /// Every version, oldest first.
+    /// The versions kept (`modules.keep_versions`), in upload order.
     pub versions: Vec<String>,
     /// The active version; rollback walks `history` back.
     pub active: String,
-    /// Versions activated, in order, for rollback.
+    /// Versions activated, each once at its last activation, in order:
+    /// what a rollback goes back through.
     #[serde(default)]
     pub history: Vec<String>,
 }

@@ -61,7 +61,7 @@ pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
 enum Probe {
     Http,
     Tls(TlsProbe),
-    /// A TCP connect only: a TLS tier without `sni`, whose certificate
+    /// A TCP connect only: a TLS tier with `sni = ""`, whose certificate
     /// Pingora does not check either (as nginx does not), or one whose TLS
     /// settings the probe cannot take.
     Connect,
@@ -88,7 +88,11 @@ impl Probe {
 /// `http/1.1`, and the SNI name checked against the certificate.
 struct TlsProbe {
     config: Arc<ClientConfig>,
+    /// The name the certificate is checked against.
     sni: ServerName<'static>,
+    /// The probe's `Host` unless the check names one: the `sni` as
+    /// configured (a name-routed origin behind TLS is named by it).
+    host: String,
 }
 
 impl TlsProbe {
@@ -111,7 +115,7 @@ impl TlsProbe {
         config.resumption = rustls::client::Resumption::disabled();
         let name = leftmost_underscores_as_hyphens(&tls.sni).unwrap_or_else(|| tls.sni.clone());
         let sni = ServerName::try_from(name).map_err(|e| format!("sni {:?}: {e}", tls.sni))?;
-        Ok(Self { config: Arc::new(config), sni })
+        Ok(Self { config: Arc::new(config), sni, host: tls.sni.clone() })
     }
 }
 
@@ -140,8 +144,7 @@ fn probe(addr: SocketAddr, check: &HealthCheckConfig, how: &Probe) -> bool {
             let Ok(mut session) = rustls::ClientConnection::new(tls.config.clone(), tls.sni.clone()) else {
                 return false;
             };
-            // A name-routed origin behind TLS is named by its SNI name.
-            let host = host.unwrap_or_else(|| tls.sni.to_str().into_owned());
+            let host = host.unwrap_or_else(|| tls.host.clone());
             // The handshake happens on the first write, and fails it.
             answers_ok(&mut rustls::Stream::new(&mut session, &mut tcp), &check.path, &host)
         }
