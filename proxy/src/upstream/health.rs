@@ -230,17 +230,22 @@ mod tests {
         addr
     }
 
-    #[test]
-    fn the_probe_names_the_host_it_is_told() {
-        let origin = name_routed_origin();
-        let mut check = HealthCheckConfig {
+    /// A check of `GET /healthz` that must pass within `timeout`.
+    fn check_within(timeout: Duration) -> HealthCheckConfig {
+        HealthCheckConfig {
             path: "/healthz".into(),
             host: None,
             interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(10),
+            timeout,
             unhealthy_threshold: 1,
             healthy_threshold: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn the_probe_names_the_host_it_is_told() {
+        let origin = name_routed_origin();
+        let mut check = check_within(Duration::from_secs(10));
         assert!(!probe(origin, &check, &Probe::Http), "a bare address is answered 404 by a name-routed origin");
         check.host = Some("origin.example".into());
         assert!(probe(origin, &check, &Probe::Http));
@@ -264,14 +269,7 @@ mod tests {
                 });
             }
         });
-        let check = HealthCheckConfig {
-            path: "/".into(),
-            host: None,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            unhealthy_threshold: 1,
-            healthy_threshold: 1,
-        };
+        let check = check_within(Duration::from_secs(1));
         assert!(!probe(addr, &check, &Probe::Http), "12 bytes, 300 ms apart, passed a 1 s check");
     }
 
