@@ -39,9 +39,19 @@ pub fn origin() -> SocketAddr {
     ORIGIN.get_or_init(|| EchoOrigin::start().expect("start echo origin")).addr()
 }
 
-/// A loopback port that nothing listens on right now.
+/// A loopback port that nothing listens on right now, and that no other
+/// test in this binary has been given. The kernel hands a released port out
+/// again, so two tests starting at once could otherwise both get it: the
+/// second proxy's readiness check then reaches the first one's listener.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: OnceLock<Mutex<std::collections::HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN.get_or_init(Default::default).lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A config for one proxy under test, written out by [`Proxy::start`].
@@ -185,7 +195,15 @@ impl Proxy {
 
     /// Start a proxy; `Err` if it exits before it accepts connections.
     pub fn try_start(config: &ProxyConfig) -> Result<Self, StartFailure> {
-        Self::try_start_on(config, free_port())
+        // A port no test holds can still be taken between the pick and the
+        // bind (a client connection's local port): then pick again.
+        let mut attempts = 0;
+        loop {
+            match Self::try_start_on(config, free_port()) {
+                Err(failure) if failure.stderr.contains(": cannot listen:") && attempts < 3 => attempts += 1,
+                started => return started,
+            }
+        }
     }
 
     /// Start a proxy listening on `port` (for a config that names its own port).
