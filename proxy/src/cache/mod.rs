@@ -332,10 +332,10 @@ pub fn served_from_cache(cache: &HttpCache) -> bool {
     matches!(cache.phase(), CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating)
 }
 
-/// This node's member of the `Cache-Status` list (RFC 9211). The member of
-/// a request the cache never saw (a route without caching) is made once per
-/// config, not formatted on every request.
-pub fn status_member(server: &ServerConfig, cache: &HttpCache) -> HeaderValue {
+/// This node's member of the `Cache-Status` list (RFC 9211) for `response`.
+/// The member of a request the cache never saw (a route without caching) is
+/// made once per config, not formatted on every request.
+pub fn status_member(server: &ServerConfig, cache: &HttpCache, response: &ResponseHeader) -> HeaderValue {
     let node = &server.node_id;
     let ttl = || {
         let meta = cache.cache_meta();
@@ -344,7 +344,10 @@ pub fn status_member(server: &ServerConfig, cache: &HttpCache) -> HeaderValue {
             Err(past) => -(past.duration().as_secs() as i64) - 1,
         }
     };
-    let stored = if cache.enabled() { "; stored" } else { "" };
+    // A body without a declared length can still grow past
+    // `max_object_mb` after this header is sent, and then is not stored.
+    let declares_length = response.headers.contains_key(http::header::CONTENT_LENGTH);
+    let stored = if cache.enabled() && declares_length { "; stored" } else { "" };
     let member = match cache.phase() {
         CachePhase::Disabled(NoCacheReason::NeverEnabled) | CachePhase::Uninit | CachePhase::CacheKey => {
             return server.cache_status_bypass.clone();

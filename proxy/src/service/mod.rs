@@ -649,7 +649,7 @@ impl ProxyHttp for CascadeProxy {
             let via = with_member(&upstream_response.headers, "via", server.via.clone());
             upstream_response.insert_header("via", via)?;
             if !interim {
-                let member = cache::status_member(server, &session.cache);
+                let member = cache::status_member(server, &session.cache, upstream_response);
                 let cache_status = with_member(&upstream_response.headers, "cache-status", member);
                 upstream_response.insert_header("cache-status", cache_status)?;
             }

@@ -147,7 +147,8 @@ async fn write(session: &mut Session, ctx: &RequestCtx, mut header: ResponseHead
     header.insert_header(REQUEST_ID_HEADER, ctx.id_header.clone())?;
     if let Some(snapshot) = &ctx.snapshot {
         // The proxy answered itself, before or after consulting the cache.
-        header.insert_header("cache-status", cache::status_member(&snapshot.config.server, &session.cache))?;
+        let member = cache::status_member(&snapshot.config.server, &session.cache, &header);
+        header.insert_header("cache-status", member)?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session.write_response_header(Box::new(header), head_only).await?;
