@@ -230,7 +230,7 @@ impl ControlPlane {
         let started = config.clone();
         let snapshot = snapshot_of(&runtime, config, &store, None).await?;
         runtime.fit_tick_to(snapshot.shortest_filter_timeout());
-        Ok(Self {
+        let control = Self {
             runtime,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             replaced: Arc::default(),
@@ -241,7 +241,40 @@ impl ControlPlane {
             changes: tokio::sync::Mutex::new(()),
             admin_token: Default::default(),
             started,
-        })
+        };
+        control.apply_retention().await;
+        Ok(control)
+    }
+
+    /// Forget, for every stored module, the versions past
+    /// `modules.keep_versions` as configured now: a lowered setting takes
+    /// effect at the start or reload that brings it, not at each module's
+    /// next upload. A store that cannot be read or written is logged; the
+    /// versions then stay until the next try.
+    async fn apply_retention(&self) {
+        let snapshot = self.current.load_full();
+        let keep = snapshot.config.modules.keep_versions;
+        let mut state = match self.store.state() {
+            Ok(state) => state,
+            Err(e) => return log::warn!("module store: cannot apply modules.keep_versions: {e}"),
+        };
+        let mut forgotten = Vec::new();
+        for (name, entry) in &mut state.modules {
+            let serving = snapshot.modules.get(name).map(|m| m.sha256.as_str());
+            let gone = entry.retain_recent(keep, serving);
+            if !gone.is_empty() {
+                forgotten.push((name.clone(), gone));
+            }
+        }
+        if forgotten.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.save_state(&state) {
+            return log::warn!("module store: cannot apply modules.keep_versions: {e}");
+        }
+        for (name, gone) in forgotten {
+            self.remove_files(&name, gone, &state, &snapshot.modules).await;
+        }
     }
 
     /// Build (and check) a snapshot with the current config and capabilities
@@ -479,6 +512,7 @@ impl ControlPlane {
         let previous = self.current.load_full();
         let snapshot = snapshot_of(&self.runtime, config, &self.store, Some(&previous)).await?;
         self.serve(snapshot);
+        self.apply_retention().await;
         if let Some(token) = token {
             self.set_admin_token(token);
         }

@@ -54,6 +54,17 @@ fn has_artifact(proxy: &Proxy, sha: &str) -> bool {
     compiled.map(|engine| engine.path().join(format!("{sha}.cwasm"))).any(|path| path.exists())
 }
 
+/// Whether version `sha` has its copy in the store, and an artifact.
+fn stored_files(proxy: &Proxy, sha: &str) -> (bool, bool) {
+    (stored_version(proxy, sha), has_artifact(proxy, sha))
+}
+
+/// The versions of `name` the admin API lists.
+fn listed_versions(proxy: &Proxy, name: &str) -> Vec<String> {
+    let module = proxy.admin("GET", &format!("/modules/{name}"), b"", None).json();
+    module["versions"].as_array().unwrap().iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect()
+}
+
 fn active_sha(proxy: &Proxy, name: &str) -> String {
     let reply = proxy.admin("GET", &format!("/modules/{name}"), b"", None);
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -284,35 +295,48 @@ fn an_upload_past_keep_versions_forgets_the_oldest() {
         bytes.extend_from_slice(&[0, 5, 3, b'v', b'e', b'r', n]);
         bytes
     };
-    let files = |sha: &str| (stored_version(&proxy, sha), has_artifact(&proxy, sha));
-    let listed = || -> Vec<String> {
-        let module = proxy.admin("GET", "/modules/swappable", b"", None).json();
-        module["versions"].as_array().unwrap().iter().map(|v| v["sha256"].as_str().unwrap().to_string()).collect()
-    };
     let mut uploaded = Vec::new();
     for n in 1..=3 {
         let up = proxy.admin("PUT", "/modules/swappable", &variant(n), None);
         assert_eq!(up.status, 200, "{up:?}");
         uploaded.push(active_sha(&proxy, "swappable"));
     }
-    assert_eq!(listed(), uploaded[1..], "the store keeps the last two");
-    assert_eq!(files(&uploaded[0]), (false, false), "a forgotten version's files stayed");
+    assert_eq!(listed_versions(&proxy, "swappable"), uploaded[1..], "the store keeps the last two");
+    assert_eq!(stored_files(&proxy, &uploaded[0]), (false, false), "a forgotten version's files stayed");
     for kept in &uploaded[1..] {
-        assert_eq!(files(kept), (true, true));
+        assert_eq!(stored_files(&proxy, kept), (true, true));
     }
     // The modules directory's file is forgotten as a version too, and its
     // copy in the store goes, but each start still loads it (an upload
     // overrides it after): it keeps its artifact, so a restart compiles
     // nothing.
-    assert_eq!(files(&shipped), (false, true), "the modules directory's copy stayed, or its artifact went");
+    assert_eq!(
+        stored_files(&proxy, &shipped),
+        (false, true),
+        "the modules directory's copy stayed, or its artifact went"
+    );
     // A rollback reaches the versions kept and no further.
     assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 200);
     assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);
     assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 409);
     assert_eq!(version(&proxy.get("/x", &[])), 2);
+    // Artifacts of another Wasmtime build (before an upgrade) can never
+    // load again: the next start removes them.
+    let older_engine = proxy.dir.path().join("store/compiled/0123456789abcdef");
+    std::fs::create_dir_all(&older_engine).unwrap();
+    std::fs::write(older_engine.join(format!("{}.cwasm", uploaded[1])), b"old").unwrap();
     let proxy = proxy.restart();
     assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);
     proxy.wait_for_metrics(&["cascade_module_compilations_total 0"]);
+    assert!(!older_engine.exists(), "another engine's artifacts stayed");
+    // A lowered setting applies at the reload that brings it.
+    let main = proxy.dir.path().join("cascade.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, text.replace("keep_versions = 2", "keep_versions = 1")).unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert_eq!(listed_versions(&proxy, "swappable"), uploaded[1..2], "the store keeps the active version only");
+    assert_eq!(stored_files(&proxy, &uploaded[2]), (false, false), "a version past the lowered setting kept its files");
+    assert_eq!(stored_files(&proxy, &uploaded[1]), (true, true));
 }
 
 /// A stored version damaged on disk does not keep the proxy from starting:

@@ -119,6 +119,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Remove the artifacts directories of engines other than the one that
+/// owns `current`: after an upgrade of Cascade (or of its Wasmtime) they
+/// can never load again, and without this every upgrade left a full set on
+/// disk. A process of the old build still running (a graceful upgrade)
+/// keeps what it has loaded, and writes its directory again if it compiles.
+fn remove_other_engines_artifacts(current: &Path) {
+    let Some(parent) = current.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let an_engines = name.len() == 16 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
+        if path == current || !an_engines || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => log::info!("removed the artifacts of another Wasmtime build: {}", path.display()),
+            Err(e) => log::warn!("cannot remove the artifacts of another Wasmtime build at {}: {e}", path.display()),
+        }
+    }
+}
+
 impl ModuleStore {
     /// Open (creating) the store at `root` for artifacts of `engine`.
     pub fn open(root: &Path, engine: &wasmtime::Engine) -> io::Result<Self> {
@@ -127,6 +149,7 @@ impl ModuleStore {
         let compiled = root.join("compiled").join(format!("{:016x}", hasher.finish()));
         std::fs::create_dir_all(root.join("versions"))?;
         std::fs::create_dir_all(&compiled)?;
+        remove_other_engines_artifacts(&compiled);
         Ok(Self { root: root.to_path_buf(), compiled })
     }
 
@@ -189,6 +212,22 @@ impl ModuleStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_removes_the_artifacts_of_other_engines_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let older = dir.path().join("compiled/0123456789abcdef");
+        std::fs::create_dir_all(&older).unwrap();
+        std::fs::write(older.join("a.cwasm"), b"old").unwrap();
+        let not_ours = dir.path().join("compiled/notes");
+        std::fs::create_dir_all(&not_ours).unwrap();
+        let store = ModuleStore::open(dir.path(), &wasmtime::Engine::default()).unwrap();
+        std::fs::write(store.artifact_path("kept"), b"new").unwrap();
+        let again = ModuleStore::open(dir.path(), &wasmtime::Engine::default()).unwrap();
+        assert!(!older.exists(), "another engine's artifacts stay");
+        assert!(not_ours.exists(), "a directory that names no engine was removed");
+        assert_eq!(std::fs::read(again.artifact_path("kept")).unwrap(), b"new");
+    }
 
     #[test]
     fn versions_are_content_addressed_and_state_round_trips() {
