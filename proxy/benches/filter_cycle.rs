@@ -92,6 +92,7 @@ impl Bench {
                 failover_statuses: Vec::new(),
                 max_attempts: 1,
                 health_check: None,
+                names: None,
             },
         );
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -242,6 +242,51 @@ fn health_checks_take_a_down_server_out_of_rotation() {
     assert!(none_sent_to_the_dead_server(), "a reload put the dead server back into rotation");
 }
 
+/// A server given by name follows its DNS answers while it serves, unlike
+/// nginx's `proxy_pass` (resolved once, at start): when the name moves to
+/// another address, requests go there, and while the nameserver fails, the
+/// last addresses keep serving.
+#[test]
+fn a_server_name_follows_its_dns_answers() {
+    // Two origins on one port of two loopback addresses: the name's answer
+    // is all that tells them apart.
+    let (first, second) = std::iter::repeat_with(|| {
+        let second = TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = second.local_addr().unwrap().port();
+        Some((TcpListener::bind(("127.0.0.1", port)).ok()?, second))
+    })
+    .flatten()
+    .next()
+    .unwrap();
+    let port = first.local_addr().unwrap().port();
+    let (first, second) = (EchoOrigin::spawn(first).unwrap(), EchoOrigin::spawn(second).unwrap());
+    let dns = DnsServer::start("origin.test", [127, 0, 0, 1].into());
+    let mut config = ProxyConfig::over(first.addr(), "[[route]]\nname = \"site\"\nupstream = \"named\"\n");
+    config.main_extra.push_str(&format!(
+        "\n[upstreams.named]\nservers = [\"origin.test:{port}\"]\n\n[dns]\nnameservers = [\"{}\"]\nrefresh_secs = 1\n",
+        dns.addr
+    ));
+    let proxy = Proxy::start(&config);
+    assert_eq!(proxy.get("/", &[]).status, 200);
+    assert_eq!((first.requests(), second.requests()), (1, 0), "the name's address at start serves");
+
+    dns.answer(Some([127, 0, 0, 2].into()));
+    eventually("requests following the name to its new address", Duration::from_secs(30), || {
+        proxy.get("/", &[]).status == 200 && second.requests() > 0
+    });
+    let served_by_first = first.requests();
+
+    // The nameserver fails: the name keeps the address it had.
+    dns.answer(None);
+    let asked = dns.questions();
+    eventually("the name asked about again", Duration::from_secs(30), || dns.questions() >= asked + 2);
+    proxy.wait_for_log_line(&["upstream named: keeping the servers it has", "SERVFAIL"]);
+    for _ in 0..5 {
+        assert_eq!(proxy.get("/", &[]).status, 200);
+    }
+    assert_eq!(first.requests(), served_by_first, "a request went to the name's old address");
+}
+
 /// A connection refused by one server of a tier is retried on another of
 /// the same tier (as nginx's `proxy_next_upstream error`), for any method,
 /// without spending the failover budget; the server is then out of

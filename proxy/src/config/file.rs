@@ -29,6 +29,25 @@ pub struct MainFile {
     pub jwt: JwtSection,
     #[serde(default)]
     pub cache: CacheSection,
+    #[serde(default)]
+    pub dns: DnsSection,
+}
+
+/// `[dns]`: how upstream server names are resolved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Nameservers (`ip:port`) to ask instead of the system's resolver.
+    pub nameservers: Vec<Spanned<String>>,
+    /// How often names are resolved again while they serve; 0: only at
+    /// load.
+    pub refresh_secs: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self { nameservers: Vec::new(), refresh_secs: 30 }
+    }
 }
 
 /// `[cache]`: the edge cache shared by every route.

@@ -8,7 +8,7 @@ pub mod file;
 mod model;
 
 use std::fs;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,9 +206,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             file.limits.max_reply_body_kb,
         )),
     };
+    let dns = DnsConfig {
+        nameservers: file
+            .dns
+            .nameservers
+            .iter()
+            .map(|ns| socket_addr(&main, ns, "dns.nameservers"))
+            .collect::<Result<_, _>>()?,
+        refresh: Duration::from_secs(file.dns.refresh_secs),
+    };
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, section) in &file.upstreams {
-        upstreams.insert(name.clone(), upstream(&main, &base, name, section)?);
+        upstreams.insert(name.clone(), upstream(&main, &base, name, section, &dns)?);
     }
     check_tiers(&main, &file.upstreams, &upstreams)?;
     let max_size_bytes = (file.cache.max_size_mb.max(1) << 20) as usize;
@@ -358,6 +367,7 @@ fn upstream(
     base: &Path,
     name: &str,
     section: &Spanned<UpstreamSection>,
+    dns: &DnsConfig,
 ) -> Result<UpstreamConfig, ConfigError> {
     let s = section.get_ref();
     let key = format!("upstreams.{name}.servers");
@@ -365,13 +375,31 @@ fn upstream(
         let message = "an upstream group needs either `servers` or `tiers`, not both".into();
         return Err(src.invalid(section, &format!("upstreams.{name}"), message));
     }
-    let mut servers = Vec::new();
+    // A name stands for every address it resolves to, as in nginx.
+    let (mut servers, mut fixed, mut names) = (Vec::new(), Vec::new(), Vec::new());
     for server in &s.servers {
-        let addr = server.get_ref().to_socket_addrs().ok().and_then(|mut addrs| addrs.next()).ok_or_else(|| {
-            src.invalid(server, &key, format!("{:?} is not a resolvable host:port", server.get_ref()))
-        })?;
-        servers.push(addr);
+        if let Ok(addr) = server.get_ref().parse::<SocketAddr>() {
+            if !fixed.contains(&addr) {
+                fixed.push(addr);
+            }
+            if !servers.contains(&addr) {
+                servers.push(addr);
+            }
+            continue;
+        }
+        let not_host_port = || src.invalid(server, &key, format!("{:?} is not a host:port", server.get_ref()));
+        let (host, port) = server.get_ref().rsplit_once(':').ok_or_else(not_host_port)?;
+        let port: u16 = port.parse().map_err(|_| not_host_port())?;
+        let addrs = crate::upstream::dns::resolve(host, port, &dns.nameservers)
+            .map_err(|message| src.invalid(server, &key, message))?;
+        for addr in addrs {
+            if !servers.contains(&addr) {
+                servers.push(addr);
+            }
+        }
+        names.push((host.to_string(), port));
     }
+    let names = (!names.is_empty() && !dns.refresh.is_zero()).then(|| ServerNames { names, fixed, dns: dns.clone() });
     // Keys a group reads only from its own servers: on a group of tiers
     // they would be silently ignored (each tier group has its own).
     if !s.tiers.is_empty() {
@@ -438,6 +466,7 @@ fn upstream(
         tls,
         failover_statuses: s.failover_on.clone(),
         max_attempts: s.max_attempts.unwrap_or(s.tiers.len().max(1)).max(1),
+        names,
         health_check: s.health_check.as_ref().map(|h| HealthCheckConfig {
             path: h.path.clone(),
             host: h.host.as_ref().map(|host| host.get_ref().clone()),
@@ -783,6 +812,40 @@ servers = ["127.0.0.1:9000"]
         }
         let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{tiered}max_attempts = 2\n"));
         assert!(load(&main).is_ok());
+    }
+
+    #[test]
+    fn server_names_resolve_to_every_address_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "routes/a.toml", "[[route]]\nname = \"a\"\nupstream = \"o2\"\n");
+        // A nameserver that answers nothing: the name fails where it is written.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent = silent.local_addr().unwrap();
+        for (extra, at, why) in [
+            ("[dns]\nnameservers = [\"resolver\"]\n".to_string(), "key `dns.nameservers`", "is not an address"),
+            (
+                format!("[upstreams.o2]\nservers = [\"o.test:80\"]\n[dns]\nnameservers = [\"{silent}\"]\n"),
+                "key `upstreams.o2.servers`",
+                "nameserver",
+            ),
+            ("[upstreams.o2]\nservers = [\"o.test\"]\n".to_string(), "key `upstreams.o2.servers`", "not a host:port"),
+        ] {
+            let main = write(dir.path(), "cascade.toml", &format!("{MAIN}\n{extra}"));
+            let err = load(&main).unwrap_err().to_string();
+            assert!(err.contains(at) && err.contains(why), "{extra}: {err}");
+        }
+        // Addresses as given, a name's after them without repeats; names
+        // are resolved again only with a refresh interval.
+        let servers = "[upstreams.o2]\nservers = [\"127.0.0.1:80\", \"127.0.0.1:80\", \"localhost:80\"]\n";
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}\n{servers}"));
+        let config = load(&main).unwrap();
+        let o2 = &config.upstreams["o2"];
+        assert_eq!(o2.servers[0], "127.0.0.1:80".parse().unwrap());
+        assert_eq!(o2.servers.iter().filter(|a| **a == o2.servers[0]).count(), 1, "{:?}", o2.servers);
+        let names = o2.names.as_ref().unwrap();
+        assert_eq!((names.names.clone(), names.fixed.len()), (vec![("localhost".to_string(), 80)], 1));
+        let main = write(dir.path(), "cascade.toml", &format!("{MAIN}\n{servers}[dns]\nrefresh_secs = 0\n"));
+        assert_eq!(load(&main).unwrap().upstreams["o2"].names, None);
     }
 
     #[test]

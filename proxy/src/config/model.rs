@@ -287,6 +287,28 @@ pub struct UpstreamConfig {
     /// Upstream attempts one request may make, across tiers.
     pub max_attempts: usize,
     pub health_check: Option<HealthCheckConfig>,
+    /// The servers given by name, resolved again every so often; `None`
+    /// when every server is an address or names are resolved only at load.
+    pub names: Option<ServerNames>,
+}
+
+/// The servers of a group given by name, and how to resolve them again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerNames {
+    /// `(host, port)` of each server given by name.
+    pub names: Vec<(String, u16)>,
+    /// The servers given as addresses.
+    pub fixed: Vec<SocketAddr>,
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DnsConfig {
+    /// Empty: the system's resolver.
+    pub nameservers: Vec<SocketAddr>,
+    /// Zero: names are resolved at load only.
+    pub refresh: Duration,
 }
 
 pub use super::file::Balance;

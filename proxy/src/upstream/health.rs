@@ -7,6 +7,7 @@
 //! its checks. Each probe has `timeout` in all, however slowly a server
 //! trickles its answer.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
@@ -22,11 +23,15 @@ pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
     let spawned = std::thread::Builder::new().name("cascade-health".into()).spawn(move || {
         let Some(how) = group.upgrade().map(|group| Probe::for_group(&group)) else { return };
         // Consecutive results per server: positive passes, negative failures.
-        let mut streaks: Vec<i64> = Vec::new();
+        let mut streaks: HashMap<SocketAddr, i64> = HashMap::new();
         loop {
             let Some(group) = group.upgrade() else { return };
-            streaks.resize(group.servers.len(), 0);
-            for (server, streak) in group.servers.iter().zip(streaks.iter_mut()) {
+            // The servers now (a name's addresses may have changed), held
+            // as an `Arc`: the probes take a while.
+            let servers = arc_swap::Guard::into_inner(group.servers());
+            streaks.retain(|addr, _| servers.iter().any(|s| s.addr == *addr));
+            for server in servers.iter() {
+                let streak = streaks.entry(server.addr).or_default();
                 let passed = probe(server.addr, &check, &how);
                 *streak = match (passed, *streak) {
                     (true, s) if s > 0 => s + 1,
@@ -48,7 +53,7 @@ pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
                     server.healthy.store(true, Ordering::Relaxed);
                 }
             }
-            drop(group);
+            drop((servers, group));
             std::thread::sleep(check.interval);
         }
     });

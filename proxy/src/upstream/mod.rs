@@ -7,6 +7,7 @@
 //! Servers that fail their active health checks are skipped while another
 //! server in the tier is up.
 
+pub mod dns;
 mod health;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use arc_swap::ArcSwap;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 
@@ -38,6 +40,20 @@ impl Server {
         Self { addr, healthy: Arc::new(AtomicBool::new(true)), unreachable_until: AtomicU64::new(0) }
     }
 
+    /// `addr`, carrying over what is known of it as `before`: a server a
+    /// failed connection took out stays out its time, and with
+    /// `share_health` it shares the health checker's verdict.
+    fn carried_over(addr: SocketAddr, before: Option<&Server>, share_health: bool) -> Self {
+        let mut server = Self::new(addr);
+        if let Some(old) = before {
+            server.unreachable_until = AtomicU64::new(old.unreachable_until.load(Ordering::Relaxed));
+            if share_health {
+                server.healthy = old.healthy.clone();
+            }
+        }
+        server
+    }
+
     /// What the health checker last concluded.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -59,7 +75,8 @@ fn now_ms() -> u64 {
 /// One upstream group: a tier of servers, or a list of tiers.
 pub struct UpstreamGroup {
     pub config: UpstreamConfig,
-    pub servers: Vec<Server>,
+    /// The servers now: those given by name change when their addresses do.
+    servers: ArcSwap<Vec<Server>>,
     next: AtomicUsize,
     /// The CA from `ca_file`, in the form Pingora's connector takes.
     ca: Option<Arc<[WrappedX509]>>,
@@ -67,18 +84,49 @@ pub struct UpstreamGroup {
 
 impl std::fmt::Debug for UpstreamGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamGroup").field("name", &self.config.name).field("servers", &self.servers).finish()
+        f.debug_struct("UpstreamGroup").field("name", &self.config.name).field("servers", &self.servers()).finish()
     }
 }
 
 impl UpstreamGroup {
     pub fn new(config: UpstreamConfig) -> Self {
-        let servers = config.servers.iter().map(|&addr| Server::new(addr)).collect();
+        Self::carrying_over(config, None)
+    }
+
+    /// A group for `config` whose servers carry over what `before` knows of
+    /// them (see [`Server::carried_over`]).
+    fn carrying_over(config: UpstreamConfig, before: Option<&UpstreamGroup>) -> Self {
+        let before = before.map(|b| b.servers());
+        let share_health = config.health_check.is_some();
+        let servers = config
+            .servers
+            .iter()
+            .map(|&addr| {
+                let old = before.as_ref().and_then(|b| b.iter().find(|old| old.addr == addr));
+                Server::carried_over(addr, old, share_health)
+            })
+            .collect();
         let ca = config.tls.as_ref().and_then(|tls| tls.ca_der.clone()).map(|der| {
             let cert = WrappedX509::new(der, pingora::utils::tls::parse_x509);
             Arc::from(vec![cert])
         });
-        Self { config, servers, next: AtomicUsize::new(0), ca }
+        Self { config, servers: ArcSwap::from_pointee(servers), next: AtomicUsize::new(0), ca }
+    }
+
+    /// The servers now.
+    pub fn servers(&self) -> arc_swap::Guard<Arc<Vec<Server>>> {
+        self.servers.load()
+    }
+
+    /// Serve `addrs` from now on (the names resolved to them): a server that
+    /// stays keeps its state; a new one starts in rotation.
+    fn replace_servers(&self, addrs: &[SocketAddr]) {
+        let before = self.servers();
+        let servers = addrs
+            .iter()
+            .map(|&addr| Server::carried_over(addr, before.iter().find(|old| old.addr == addr), true))
+            .collect();
+        self.servers.store(Arc::new(servers));
     }
 
     pub fn name(&self) -> &str {
@@ -89,7 +137,8 @@ impl UpstreamGroup {
     /// healthy ones the request has not `failed` to connect to; `None` when
     /// there is none.
     pub fn pick(&self, key_hash: u64, failed: &[SocketAddr]) -> Option<SocketAddr> {
-        let healthy = || self.candidates(failed);
+        let servers = self.servers();
+        let healthy = || candidates(&servers, failed);
         match self.config.balance {
             Balance::RoundRobin => {
                 let up = healthy().count();
@@ -113,12 +162,7 @@ impl UpstreamGroup {
 
     /// Whether a healthy server other than `failed` is left.
     pub fn has_server_besides(&self, failed: &[SocketAddr]) -> bool {
-        self.candidates(failed).next().is_some()
-    }
-
-    /// The servers in rotation but those in `failed`.
-    fn candidates<'a>(&'a self, failed: &'a [SocketAddr]) -> impl Iterator<Item = &'a Server> {
-        self.servers.iter().filter(|s| s.in_rotation() && !failed.contains(&s.addr))
+        candidates(&self.servers(), failed).next().is_some()
     }
 
     /// `addr` refused a connection or timed out: out of rotation for this
@@ -127,7 +171,7 @@ impl UpstreamGroup {
         if self.config.fail_timeout.is_zero() {
             return;
         }
-        if let Some(server) = self.servers.iter().find(|s| s.addr == addr) {
+        if let Some(server) = self.servers().iter().find(|s| s.addr == addr) {
             let until = now_ms() + self.config.fail_timeout.as_millis() as u64;
             server.unreachable_until.store(until, Ordering::Relaxed);
             log::warn!(
@@ -141,7 +185,8 @@ impl UpstreamGroup {
     /// A server even when all are marked down: the health checker may be
     /// wrong, and trying beats refusing (nginx does the same).
     pub fn any_server(&self) -> SocketAddr {
-        self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len()].addr
+        let servers = self.servers();
+        servers[self.next.fetch_add(1, Ordering::Relaxed) % servers.len()].addr
     }
 
     /// A peer for `addr` with this tier's timeouts and TLS settings.
@@ -157,6 +202,11 @@ impl UpstreamGroup {
         peer.options.ca = self.ca.clone();
         Box::new(peer)
     }
+}
+
+/// The `servers` in rotation but those in `failed`.
+fn candidates<'a>(servers: &'a [Server], failed: &'a [SocketAddr]) -> impl Iterator<Item = &'a Server> {
+    servers.iter().filter(|s| s.in_rotation() && !failed.contains(&s.addr))
 }
 
 fn score(key_hash: u64, addr: SocketAddr) -> u64 {
@@ -221,20 +271,12 @@ impl Upstreams {
                 groups.insert(name.clone(), unchanged.clone());
                 continue;
             }
-            let mut group = UpstreamGroup::new(config.clone());
-            for server in &mut group.servers {
-                let Some(old) = before.and_then(|b| b.servers.iter().find(|old| old.addr == server.addr)) else {
-                    continue;
-                };
-                // A server a failed connection took out stays out its time.
-                server.unreachable_until = AtomicU64::new(old.unreachable_until.load(Ordering::Relaxed));
-                if config.health_check.is_some() {
-                    server.healthy = old.healthy.clone();
-                }
-            }
-            let group = Arc::new(group);
+            let group = Arc::new(UpstreamGroup::carrying_over(config.clone(), before.map(|b| b.as_ref())));
             if let Some(check) = &group.config.health_check {
                 health::spawn_checker(Arc::downgrade(&group), check.clone());
+            }
+            if let Some(names) = &group.config.names {
+                dns::spawn_refresher(Arc::downgrade(&group), names.dns.refresh);
             }
             groups.insert(name.clone(), group);
         }
@@ -285,6 +327,7 @@ mod tests {
             failover_statuses: vec![502],
             max_attempts: 1,
             health_check: None,
+            names: None,
         }
     }
 
@@ -304,18 +347,18 @@ mod tests {
             BTreeMap::from([("g".to_string(), config)])
         };
         let health = |upstreams: &Upstreams| -> Vec<bool> {
-            upstreams.get("g").unwrap().servers.iter().map(Server::is_healthy).collect()
+            upstreams.get("g").unwrap().servers().iter().map(Server::is_healthy).collect()
         };
         let servers = addrs(3);
         let before = Upstreams::start(&groups(&servers[..2], Some(check.clone())), None);
-        before.get("g").unwrap().servers[0].healthy.store(false, Ordering::Relaxed);
+        before.get("g").unwrap().servers()[0].healthy.store(false, Ordering::Relaxed);
 
         // The down server stays down; a server new to the group starts up.
         let after = Upstreams::start(&groups(&servers, Some(check.clone())), Some(&before));
         assert_eq!(health(&after), [false, true, true]);
         // A verdict the old checker reaches while the reload is still being
         // built (filters check their configs) reaches the new groups too.
-        before.get("g").unwrap().servers[1].healthy.store(false, Ordering::Relaxed);
+        before.get("g").unwrap().servers()[1].healthy.store(false, Ordering::Relaxed);
         assert_eq!(health(&after), [false, false, true]);
         // Without a checker nothing could bring it back, so nothing is kept.
         let unchecked = Upstreams::start(&groups(&servers, None), Some(&before));
@@ -358,8 +401,8 @@ mod tests {
         let g = group(Balance::RoundRobin, &servers);
         g.mark_unreachable(servers[0]);
         assert!((0..10).all(|_| g.pick(0, &[]) == Some(servers[1])));
-        assert!(g.servers[0].is_healthy(), "the health checker's verdict is its own");
-        g.servers[0].unreachable_until.store(now_ms(), Ordering::Relaxed);
+        assert!(g.servers()[0].is_healthy(), "the health checker's verdict is its own");
+        g.servers()[0].unreachable_until.store(now_ms(), Ordering::Relaxed);
         assert!((0..10).any(|_| g.pick(0, &[]) == Some(servers[0])), "back once the time is up");
     }
 
@@ -369,9 +412,9 @@ mod tests {
         let g = group(Balance::RoundRobin, &servers);
         let picked: Vec<SocketAddr> = (0..3).map(|_| g.pick(0, &[]).unwrap()).collect();
         assert_eq!(picked, servers);
-        g.servers[1].healthy.store(false, Ordering::Relaxed);
+        g.servers()[1].healthy.store(false, Ordering::Relaxed);
         assert!((0..10).all(|_| g.pick(0, &[]) != Some(servers[1])));
-        g.servers.iter().for_each(|s| s.healthy.store(false, Ordering::Relaxed));
+        g.servers().iter().for_each(|s| s.healthy.store(false, Ordering::Relaxed));
         assert_eq!(g.pick(0, &[]), None);
         assert!(servers.contains(&g.any_server()));
     }
@@ -387,7 +430,7 @@ mod tests {
             assert!(before.iter().filter(|a| *a == s).count() > 150, "{s} is starved");
         }
         assert_eq!(before, keys.iter().map(|&k| g.pick(k, &[]).unwrap()).collect::<Vec<_>>());
-        g.servers[2].healthy.store(false, Ordering::Relaxed);
+        g.servers()[2].healthy.store(false, Ordering::Relaxed);
         for (k, was) in keys.iter().zip(&before) {
             let now = g.pick(*k, &[]).unwrap();
             if *was != servers[2] {

@@ -520,3 +520,62 @@ pub fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
 pub fn run_cascade(args: &[&str]) -> Output {
     Command::new(cascade_bin()).args(args).output().expect("run cascade")
 }
+
+/// A nameserver on a loopback UDP port that answers A questions for one
+/// name with the address a test sets, AAAA questions with none, and every
+/// question with SERVFAIL while it is told to fail.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<Option<std::net::Ipv4Addr>>>,
+    questions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DnsServer {
+    pub fn start(name: &str, ip: std::net::Ipv4Addr) -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let answer = Arc::new(Mutex::new(Some(ip)));
+        let questions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (serving, asked) = (answer.clone(), questions.clone());
+        let mut wire_name: Vec<u8> = Vec::new();
+        for label in name.split('.') {
+            wire_name.push(label.len() as u8);
+            wire_name.extend_from_slice(label.as_bytes());
+        }
+        wire_name.push(0);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { return };
+                let question_end = 12 + wire_name.len() + 4;
+                if n < question_end || buf[12..12 + wire_name.len()] != wire_name[..] {
+                    continue;
+                }
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let qtype = u16::from_be_bytes([buf[question_end - 4], buf[question_end - 3]]);
+                let mut reply = buf[..question_end].to_vec();
+                let ip = *serving.lock().unwrap();
+                // An answer, recursion available; SERVFAIL when told to fail.
+                reply[2..4].copy_from_slice(if ip.is_some() { &[0x81, 0x80] } else { &[0x81, 0x82] });
+                reply[6..12].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
+                if let Some(ip) = ip.filter(|_| qtype == 1) {
+                    reply[7] = 1;
+                    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
+                    reply.extend_from_slice(&ip.octets());
+                }
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+        Self { addr, answer, questions }
+    }
+
+    /// Answer with `ip` from now on; `None`: fail every question.
+    pub fn answer(&self, ip: Option<std::net::Ipv4Addr>) {
+        *self.answer.lock().unwrap() = ip;
+    }
+
+    /// Questions asked about the name so far.
+    pub fn questions(&self) -> usize {
+        self.questions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

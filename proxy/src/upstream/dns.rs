@@ -1,0 +1,385 @@
+//! Resolving upstream server names, at load and again while they serve.
+//!
+//! With no `dns.nameservers`, names go to the system's resolver
+//! (`getaddrinfo`: `/etc/hosts`, then `resolv.conf`). With nameservers, a
+//! small stub client asks them directly over UDP for A and AAAA records, as
+//! nginx's `resolver` does; an operator can point Cascade at the PoP's own
+//! resolver without touching the host's.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use super::UpstreamGroup;
+use crate::config::ServerNames;
+
+/// How long one nameserver has to answer one question.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
+const CLASS_IN: u16 = 1;
+
+/// Resolve `group`'s server names every `every` while the group serves
+/// (a thread per group, as health checks have), and serve the addresses
+/// they resolve to from then on. A name that does not resolve keeps the
+/// last addresses it had: a resolver that is down must not take an origin
+/// out of service, as Envoy does.
+pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
+    let spawned = std::thread::Builder::new().name("cascade-dns".into()).spawn(move || {
+        loop {
+            std::thread::sleep(every);
+            let Some(group) = group.upgrade() else { return };
+            let Some(names) = &group.config.names else { return };
+            match names.resolve() {
+                Ok(addrs) => {
+                    let serving = group.servers();
+                    let same = addrs.len() == serving.len() && serving.iter().all(|s| addrs.contains(&s.addr));
+                    if !same {
+                        log::info!("upstream {}: servers are now {addrs:?} (were {:?})", group.name(), {
+                            serving.iter().map(|s| s.addr).collect::<Vec<_>>()
+                        });
+                        group.replace_servers(&addrs);
+                    }
+                }
+                Err(e) => log::warn!("upstream {}: keeping the servers it has: {e}", group.name()),
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start a DNS refresher: {e}");
+    }
+}
+
+impl ServerNames {
+    /// The servers these names and addresses stand for now.
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
+        let mut servers = self.fixed.clone();
+        for (host, port) in &self.names {
+            for addr in resolve(host, *port, &self.dns.nameservers)? {
+                if !servers.contains(&addr) {
+                    servers.push(addr);
+                }
+            }
+        }
+        Ok(servers)
+    }
+}
+
+/// Every address `host` resolves to, each with `port`, in the order given
+/// and without repeats; an error says why there is none.
+pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+    let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) if nameservers.is_empty() => {
+            let found = (host, port).to_socket_addrs().map_err(|e| format!("{host:?} does not resolve: {e}"))?;
+            found.map(|addr| addr.ip()).collect()
+        }
+        Err(_) => ask(host, nameservers)?,
+    };
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(ips.len());
+    for ip in ips {
+        let addr = SocketAddr::new(ip, port);
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("{host:?} has no address"));
+    }
+    Ok(addrs)
+}
+
+/// The A and AAAA records of `host`, from the first nameserver that
+/// answers both questions.
+fn ask(host: &str, nameservers: &[SocketAddr]) -> Result<Vec<IpAddr>, String> {
+    let name = encode_name(host)?;
+    let mut last_error = String::new();
+    for &nameserver in nameservers {
+        let answers = query(nameserver, &name, TYPE_A).and_then(|mut v4| {
+            v4.extend(query(nameserver, &name, TYPE_AAAA)?);
+            Ok(v4)
+        });
+        match answers {
+            Ok(ips) if ips.is_empty() => return Err(format!("{host:?} has no A or AAAA record (from {nameserver})")),
+            Ok(ips) => return Ok(ips),
+            Err(e) => last_error = format!("{host:?}: nameserver {nameserver}: {e}"),
+        }
+    }
+    Err(last_error)
+}
+
+/// `host` in DNS wire form: length-prefixed labels, then the root.
+fn encode_name(host: &str) -> Result<Vec<u8>, String> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let mut name = Vec::with_capacity(host.len() + 2);
+    for label in host.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("{host:?} is not a host name"));
+        }
+        name.push(label.len() as u8);
+        name.extend_from_slice(label.as_bytes());
+    }
+    name.push(0);
+    if name.len() > 255 {
+        return Err(format!("{host:?} is longer than a DNS name may be"));
+    }
+    Ok(name)
+}
+
+/// Ask `nameserver` for the `qtype` records of `name` (wire form).
+fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, String> {
+    let local: SocketAddr = match nameserver {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).map_err(|e| e.to_string())?;
+    // Connected: the kernel drops datagrams from anyone else.
+    socket.connect(nameserver).map_err(|e| e.to_string())?;
+    let id = query_id();
+    let mut message = Vec::with_capacity(12 + name.len() + 4);
+    // Header: the id, recursion desired, one question.
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    message.extend_from_slice(name);
+    message.extend_from_slice(&qtype.to_be_bytes());
+    message.extend_from_slice(&CLASS_IN.to_be_bytes());
+    socket.send(&message).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + QUERY_TIMEOUT;
+    let mut buf = [0u8; 1232];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no answer in {QUERY_TIMEOUT:?}"));
+        }
+        socket.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(format!("no answer in {QUERY_TIMEOUT:?}"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        // An answer to another question (a late one to an earlier query
+        // from this port) is not this one's.
+        match parse_answer(&buf[..n], id, name, qtype) {
+            Err(AnswerError::NotOurs) => continue,
+            Err(AnswerError::Failed(message)) => return Err(message),
+            Ok(ips) => return Ok(ips),
+        }
+    }
+}
+
+/// A query id no one on the path can predict (it and the source port are
+/// all that stand against a forged answer).
+fn query_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish() as u16
+}
+
+#[derive(Debug, PartialEq)]
+enum AnswerError {
+    /// Not an answer to the question asked: wait for another.
+    NotOurs,
+    Failed(String),
+}
+
+/// The addresses in `message`, the answer to query `id` for `name`'s
+/// `qtype` records. Every read is bounds-checked: the answer comes from the
+/// network.
+fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, AnswerError> {
+    let failed = |what: &str| AnswerError::Failed(what.to_string());
+    let mut reader = Reader { message, at: 0 };
+    let header = reader.take(12).ok_or(AnswerError::NotOurs)?;
+    let flags = u16::from_be_bytes([header[2], header[3]]);
+    let is_answer = flags & 0x8000 != 0;
+    if u16::from_be_bytes([header[0], header[1]]) != id || !is_answer {
+        return Err(AnswerError::NotOurs);
+    }
+    let questions = u16::from_be_bytes([header[4], header[5]]);
+    let answers = u16::from_be_bytes([header[6], header[7]]);
+    // The question must be ours, as written (names compare without case).
+    let echoed = reader.take(name.len()).ok_or(AnswerError::NotOurs)?;
+    let echoed_type = reader.u16().ok_or(AnswerError::NotOurs)?;
+    if questions != 1 || !echoed.eq_ignore_ascii_case(name) || echoed_type != qtype || reader.u16() != Some(CLASS_IN) {
+        return Err(AnswerError::NotOurs);
+    }
+    match flags & 0x000f {
+        0 => {}
+        // No such name: no addresses, which the caller reports.
+        3 => return Ok(Vec::new()),
+        2 => return Err(failed("the nameserver failed (SERVFAIL)")),
+        5 => return Err(failed("the nameserver refused the query")),
+        code => return Err(failed(&format!("the nameserver answered error {code}"))),
+    }
+    let mut ips = Vec::new();
+    for _ in 0..answers {
+        let record = reader.record().ok_or_else(|| failed("a malformed answer"))?;
+        if record.class != CLASS_IN {
+            continue;
+        }
+        // CNAME records lead to the addresses that follow them.
+        match (record.rtype, record.data.len()) {
+            (TYPE_A, 4) if qtype == TYPE_A => {
+                ips.push(IpAddr::from(<[u8; 4]>::try_from(record.data).expect("four bytes")));
+            }
+            (TYPE_AAAA, 16) if qtype == TYPE_AAAA => {
+                ips.push(IpAddr::from(<[u8; 16]>::try_from(record.data).expect("sixteen bytes")));
+            }
+            _ => {}
+        }
+    }
+    // A truncated answer holds whole records only; when it holds none, TCP
+    // would be needed, which this client does not speak.
+    if ips.is_empty() && flags & 0x0200 != 0 {
+        return Err(failed("the answer was truncated"));
+    }
+    Ok(ips)
+}
+
+struct Reader<'a> {
+    message: &'a [u8],
+    at: usize,
+}
+
+struct Record<'a> {
+    rtype: u16,
+    class: u16,
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.message.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(bytes)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// Step over a name: labels, ending at the root or at a pointer
+    /// (compression), which is all a name in an answer needs here.
+    fn skip_name(&mut self) -> Option<()> {
+        loop {
+            let length = *self.take(1)?.first()?;
+            match length {
+                0 => return Some(()),
+                l if l & 0xc0 == 0xc0 => return self.take(1).map(drop),
+                l if l & 0xc0 == 0 => self.take(usize::from(l)).map(drop)?,
+                _ => return None,
+            }
+        }
+    }
+
+    fn record(&mut self) -> Option<Record<'a>> {
+        self.skip_name()?;
+        let rtype = self.u16()?;
+        let class = self.u16()?;
+        self.take(4)?; // TTL: the refresh interval decides instead
+        let length = self.u16()?;
+        let data = self.take(usize::from(length))?;
+        Some(Record { rtype, class, data })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer to query `id` for `name`'s `qtype` records, with `records`
+    /// (each: type, data) under a compressed pointer to the question's name.
+    fn answer(id: u16, flags: u16, name: &[u8], qtype: u16, records: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&[0, 1]);
+        m.extend_from_slice(&(records.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        m.extend_from_slice(name);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&CLASS_IN.to_be_bytes());
+        for (rtype, data) in records {
+            m.extend_from_slice(&[0xc0, 12]);
+            m.extend_from_slice(&rtype.to_be_bytes());
+            m.extend_from_slice(&CLASS_IN.to_be_bytes());
+            m.extend_from_slice(&[0, 0, 0, 30]);
+            m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            m.extend_from_slice(data);
+        }
+        m
+    }
+
+    #[test]
+    fn an_answer_gives_its_addresses_past_a_cname() {
+        let name = encode_name("origin.example").unwrap();
+        assert_eq!(name, b"\x06origin\x07example\x00");
+        let cname = b"\x03lb1\xc0\x13";
+        let message =
+            answer(7, 0x8180, &name, TYPE_A, &[(5, cname), (TYPE_A, &[10, 0, 0, 1]), (TYPE_A, &[10, 0, 0, 2])]);
+        let ips = parse_answer(&message, 7, &name, TYPE_A).unwrap();
+        assert_eq!(ips, vec![IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])]);
+        let v6 = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        let message = answer(8, 0x8180, &name, TYPE_AAAA, &[(TYPE_AAAA, &v6)]);
+        assert_eq!(parse_answer(&message, 8, &name, TYPE_AAAA).unwrap(), vec![IpAddr::from(v6)]);
+    }
+
+    #[test]
+    fn answers_to_other_questions_are_passed_over() {
+        let name = encode_name("origin.example").unwrap();
+        let message = answer(7, 0x8180, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0, 1])]);
+        assert_eq!(parse_answer(&message, 8, &name, TYPE_A), Err(AnswerError::NotOurs), "another id");
+        let other = encode_name("other.example").unwrap();
+        assert_eq!(parse_answer(&message, 7, &other, TYPE_A), Err(AnswerError::NotOurs), "another name");
+        assert_eq!(parse_answer(&message, 7, &name, TYPE_AAAA), Err(AnswerError::NotOurs), "another type");
+        let query = answer(7, 0x0100, &name, TYPE_A, &[]);
+        assert_eq!(parse_answer(&query, 7, &name, TYPE_A), Err(AnswerError::NotOurs), "a query, not an answer");
+        let upper = encode_name("ORIGIN.example").unwrap();
+        assert!(parse_answer(&message, 7, &upper, TYPE_A).is_ok(), "names compare without case");
+    }
+
+    #[test]
+    fn errors_and_hostile_answers_say_what_went_wrong_and_never_panic() {
+        let name = encode_name("origin.example").unwrap();
+        let servfail = answer(7, 0x8182, &name, TYPE_A, &[]);
+        assert!(
+            matches!(parse_answer(&servfail, 7, &name, TYPE_A), Err(AnswerError::Failed(m)) if m.contains("SERVFAIL"))
+        );
+        let nxdomain = answer(7, 0x8183, &name, TYPE_A, &[]);
+        assert_eq!(parse_answer(&nxdomain, 7, &name, TYPE_A), Ok(vec![]));
+        let truncated = answer(7, 0x8380, &name, TYPE_A, &[]);
+        assert!(
+            matches!(parse_answer(&truncated, 7, &name, TYPE_A), Err(AnswerError::Failed(m)) if m.contains("truncated"))
+        );
+        // Every prefix of a good answer, and answers claiming more records
+        // than they hold: an error, never a panic or a read past the end.
+        let good = answer(7, 0x8180, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0, 1])]);
+        for end in 0..good.len() {
+            assert!(parse_answer(&good[..end], 7, &name, TYPE_A).is_err(), "a cut at {end} passed");
+        }
+        let mut lying = good.clone();
+        lying[7] = 200;
+        assert!(parse_answer(&lying, 7, &name, TYPE_A).is_err());
+        // A record of the wrong length for its type is no address.
+        let odd = answer(7, 0x8180, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0])]);
+        assert_eq!(parse_answer(&odd, 7, &name, TYPE_A), Ok(vec![]));
+    }
+
+    #[test]
+    fn names_that_cannot_be_asked_are_refused() {
+        assert!(encode_name("a..b").is_err());
+        assert!(encode_name(&"x".repeat(64)).is_err());
+        assert!(encode_name(&["abc"; 70].join(".")).is_err());
+        assert_eq!(encode_name("origin.example.").unwrap(), encode_name("origin.example").unwrap());
+    }
+
+    #[test]
+    fn an_address_needs_no_resolver_and_repeats_go() {
+        let nowhere = ["127.0.0.1:9".parse().unwrap()];
+        assert_eq!(resolve("10.0.0.1", 80, &nowhere).unwrap(), vec!["10.0.0.1:80".parse().unwrap()]);
+        assert_eq!(resolve("::1", 80, &[]).unwrap(), vec!["[::1]:80".parse().unwrap()]);
+    }
+}
