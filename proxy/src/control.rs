@@ -503,7 +503,10 @@ impl ControlPlane {
     /// that changed but only take effect at a restart.
     pub async fn reload(&self) -> Result<Vec<&'static str>, ControlError> {
         let _one_change_at_a_time = self.changes.lock().await;
-        let config = config::load(&self.config_path).map_err(SnapshotError::from)?;
+        // Loading resolves upstream names, which may wait on a nameserver:
+        // off the admin API's one thread.
+        let path = self.config_path.clone();
+        let config = on_blocking_pool(move || Ok(config::load(&path).map_err(SnapshotError::from)?)).await?;
         let restart_needed = restart_needed(&self.started, &config);
         let token = match self.admin_token() {
             Some(_) => Some(crate::admin::read_token(&config.admin).map_err(ControlError::AdminToken)?),

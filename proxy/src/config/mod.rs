@@ -338,6 +338,16 @@ fn socket_addr(src: &Source, value: &Spanned<String>, key: &str) -> Result<Socke
         .map_err(|_| src.invalid(value, key, format!("{:?} is not an address like 127.0.0.1:8080", value.get_ref())))
 }
 
+/// `host:port` split, the host unbracketed (`[::1]:80` and `::1:80` are
+/// both `::1`, port 80).
+fn host_port(server: &str) -> Option<(String, u16)> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    let (host, port) = server.rsplit_once(':')?;
+    Some((host.to_string(), port.parse().ok()?)).filter(|(host, _)| !host.is_empty())
+}
+
 fn existing_file(src: &Source, base: &Path, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
     let path = base.join(value.get_ref());
     if path.is_file() { Ok(path) } else { Err(src.invalid(value, key, format!("no file at {}", path.display()))) }
@@ -376,30 +386,24 @@ fn upstream(
         return Err(src.invalid(section, &format!("upstreams.{name}"), message));
     }
     // A name stands for every address it resolves to, as in nginx.
-    let (mut servers, mut fixed, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fixed, mut names): (Vec<SocketAddr>, Vec<NamedServer>) = (Vec::new(), Vec::new());
     for server in &s.servers {
-        if let Ok(addr) = server.get_ref().parse::<SocketAddr>() {
+        let (host, port) = host_port(server.get_ref())
+            .ok_or_else(|| src.invalid(server, &key, format!("{:?} is not a host:port", server.get_ref())))?;
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            let addr = SocketAddr::new(ip, port);
             if !fixed.contains(&addr) {
                 fixed.push(addr);
             }
-            if !servers.contains(&addr) {
-                servers.push(addr);
-            }
-            continue;
+        } else if !names.iter().any(|n| n.host == host && n.port == port) {
+            let addrs = crate::upstream::dns::resolve(&host, port, &dns.nameservers)
+                .map_err(|message| src.invalid(server, &key, message))?;
+            names.push(NamedServer { host, port, addrs });
         }
-        let not_host_port = || src.invalid(server, &key, format!("{:?} is not a host:port", server.get_ref()));
-        let (host, port) = server.get_ref().rsplit_once(':').ok_or_else(not_host_port)?;
-        let port: u16 = port.parse().map_err(|_| not_host_port())?;
-        let addrs = crate::upstream::dns::resolve(host, port, &dns.nameservers)
-            .map_err(|message| src.invalid(server, &key, message))?;
-        for addr in addrs {
-            if !servers.contains(&addr) {
-                servers.push(addr);
-            }
-        }
-        names.push((host.to_string(), port));
     }
-    let names = (!names.is_empty() && !dns.refresh.is_zero()).then(|| ServerNames { names, fixed, dns: dns.clone() });
+    let server_names = ServerNames { names, fixed, dns: dns.clone() };
+    let servers = server_names.servers();
+    let names = (!server_names.names.is_empty() && !dns.refresh.is_zero()).then_some(server_names);
     // Keys a group reads only from its own servers: on a group of tiers
     // they would be silently ignored (each tier group has its own).
     if !s.tiers.is_empty() {
@@ -843,7 +847,7 @@ servers = ["127.0.0.1:9000"]
         assert_eq!(o2.servers[0], "127.0.0.1:80".parse().unwrap());
         assert_eq!(o2.servers.iter().filter(|a| **a == o2.servers[0]).count(), 1, "{:?}", o2.servers);
         let names = o2.names.as_ref().unwrap();
-        assert_eq!((names.names.clone(), names.fixed.len()), (vec![("localhost".to_string(), 80)], 1));
+        assert_eq!((names.names[0].host.as_str(), names.names[0].port, names.fixed.len()), ("localhost", 80, 1));
         let main = write(dir.path(), "cascade.toml", &format!("{MAIN}\n{servers}[dns]\nrefresh_secs = 0\n"));
         assert_eq!(load(&main).unwrap().upstreams["o2"].names, None);
     }

@@ -295,11 +295,19 @@ pub struct UpstreamConfig {
 /// The servers of a group given by name, and how to resolve them again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerNames {
-    /// `(host, port)` of each server given by name.
-    pub names: Vec<(String, u16)>,
+    pub names: Vec<NamedServer>,
     /// The servers given as addresses.
     pub fixed: Vec<SocketAddr>,
     pub dns: DnsConfig,
+}
+
+/// A server given by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedServer {
+    pub host: String,
+    pub port: u16,
+    /// What it resolved to last.
+    pub addrs: Vec<SocketAddr>,
 }
 
 /// `[dns]`.

@@ -1,10 +1,13 @@
 //! Resolving upstream server names, at load and again while they serve.
 //!
 //! With no `dns.nameservers`, names go to the system's resolver
-//! (`getaddrinfo`: `/etc/hosts`, then `resolv.conf`). With nameservers, a
-//! small stub client asks them directly over UDP for A and AAAA records, as
+//! (`getaddrinfo`, as `nsswitch.conf` says: usually `/etc/hosts`, then DNS).
+//! With nameservers, a small stub client asks them directly over UDP, as
 //! nginx's `resolver` does; an operator can point Cascade at the PoP's own
-//! resolver without touching the host's.
+//! resolver without touching the host's. Either way a name stands for its
+//! IPv4 addresses when it has any, else its IPv6 ones (Envoy's
+//! `V4_PREFERRED`): a dual-stack origin seen from an edge without IPv6
+//! routes must not fail every other request.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::Weak;
@@ -23,26 +26,28 @@ const CLASS_IN: u16 = 1;
 /// Resolve `group`'s server names every `every` while the group serves
 /// (a thread per group, as health checks have), and serve the addresses
 /// they resolve to from then on. A name that does not resolve keeps the
-/// last addresses it had: a resolver that is down must not take an origin
-/// out of service, as Envoy does.
+/// addresses it last had, and the other names of the group still follow
+/// their answers: a resolver that is down takes no origin out of service
+/// (as Envoy's `STRICT_DNS` keeps its hosts).
 pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
     let spawned = std::thread::Builder::new().name("cascade-dns".into()).spawn(move || {
+        let Some(mut last) = group.upgrade().and_then(|g| g.config.names.clone()) else { return };
         loop {
             std::thread::sleep(every);
             let Some(group) = group.upgrade() else { return };
-            let Some(names) = &group.config.names else { return };
-            match names.resolve() {
-                Ok(addrs) => {
-                    let serving = group.servers();
-                    let same = addrs.len() == serving.len() && serving.iter().all(|s| addrs.contains(&s.addr));
-                    if !same {
-                        log::info!("upstream {}: servers are now {addrs:?} (were {:?})", group.name(), {
-                            serving.iter().map(|s| s.addr).collect::<Vec<_>>()
-                        });
-                        group.replace_servers(&addrs);
-                    }
+            for name in &mut last.names {
+                match resolve(&name.host, name.port, &last.dns.nameservers) {
+                    Ok(addrs) => name.addrs = addrs,
+                    Err(e) => log::warn!("upstream {}: keeping the addresses {:?} had: {e}", group.name(), name.host),
                 }
-                Err(e) => log::warn!("upstream {}: keeping the servers it has: {e}", group.name()),
+            }
+            let addrs = last.servers();
+            let serving = group.servers();
+            let same = addrs.len() == serving.len() && serving.iter().all(|s| addrs.contains(&s.addr));
+            if !same {
+                let were: Vec<SocketAddr> = serving.iter().map(|s| s.addr).collect();
+                log::info!("upstream {}: servers are now {addrs:?} (were {were:?})", group.name());
+                group.replace_servers(&addrs);
             }
         }
     });
@@ -52,28 +57,31 @@ pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
 }
 
 impl ServerNames {
-    /// The servers these names and addresses stand for now.
-    pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
+    /// The servers the addresses and the names' last answers stand for.
+    pub fn servers(&self) -> Vec<SocketAddr> {
         let mut servers = self.fixed.clone();
-        for (host, port) in &self.names {
-            for addr in resolve(host, *port, &self.dns.nameservers)? {
-                if !servers.contains(&addr) {
-                    servers.push(addr);
-                }
+        for addr in self.names.iter().flat_map(|name| &name.addrs) {
+            if !servers.contains(addr) {
+                servers.push(*addr);
             }
         }
-        Ok(servers)
+        servers
     }
 }
 
-/// Every address `host` resolves to, each with `port`, in the order given
-/// and without repeats; an error says why there is none.
+/// The addresses `host` stands for (its IPv4 ones if it has any, else its
+/// IPv6 ones), each with `port`, in the order given and without repeats;
+/// an error says why there is none.
 pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
     let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) if nameservers.is_empty() => {
             let found = (host, port).to_socket_addrs().map_err(|e| format!("{host:?} does not resolve: {e}"))?;
-            found.map(|addr| addr.ip()).collect()
+            let found: Vec<IpAddr> = found.map(|addr| addr.ip()).collect();
+            match found.iter().any(IpAddr::is_ipv4) {
+                true => found.into_iter().filter(IpAddr::is_ipv4).collect(),
+                false => found,
+            }
         }
         Err(_) => ask(host, nameservers)?,
     };
@@ -90,15 +98,17 @@ pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<
     Ok(addrs)
 }
 
-/// The A and AAAA records of `host`, from the first nameserver that
-/// answers both questions.
+/// The A records of `host`, or its AAAA records if it has no A record,
+/// from the first nameserver that answers. A question that fails (no
+/// answer, SERVFAIL, a truncated answer) sends it to the next nameserver:
+/// half an answer could leave half a name's servers.
 fn ask(host: &str, nameservers: &[SocketAddr]) -> Result<Vec<IpAddr>, String> {
     let name = encode_name(host)?;
     let mut last_error = String::new();
     for &nameserver in nameservers {
-        let answers = query(nameserver, &name, TYPE_A).and_then(|mut v4| {
-            v4.extend(query(nameserver, &name, TYPE_AAAA)?);
-            Ok(v4)
+        let answers = query(nameserver, &name, TYPE_A).and_then(|v4| match v4.is_empty() {
+            true => query(nameserver, &name, TYPE_AAAA),
+            false => Ok(v4),
         });
         match answers {
             Ok(ips) if ips.is_empty() => return Err(format!("{host:?} has no A or AAAA record (from {nameserver})")),
@@ -171,12 +181,12 @@ fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>,
 }
 
 /// A query id no one on the path can predict (it and the source port are
-/// all that stand against a forged answer).
+/// all that stand against a forged answer). `RandomState`'s SipHash keys
+/// are random per thread and step at every `new`, so each hash is a fresh
+/// secret-keyed value whatever it hashes.
 fn query_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    hasher.finish() as u16
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8) as u16
 }
 
 #[derive(Debug, PartialEq)]
@@ -231,9 +241,9 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
             _ => {}
         }
     }
-    // A truncated answer holds whole records only; when it holds none, TCP
-    // would be needed, which this client does not speak.
-    if ips.is_empty() && flags & 0x0200 != 0 {
+    // A truncated answer may hold some of the records only; the rest would
+    // need TCP, which this client does not speak.
+    if flags & 0x0200 != 0 {
         return Err(failed("the answer was truncated"));
     }
     Ok(ips)
@@ -350,7 +360,8 @@ mod tests {
         );
         let nxdomain = answer(7, 0x8183, &name, TYPE_A, &[]);
         assert_eq!(parse_answer(&nxdomain, 7, &name, TYPE_A), Ok(vec![]));
-        let truncated = answer(7, 0x8380, &name, TYPE_A, &[]);
+        // Truncated: the records it holds may be some of the name's only.
+        let truncated = answer(7, 0x8380, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0, 1])]);
         assert!(
             matches!(parse_answer(&truncated, 7, &name, TYPE_A), Err(AnswerError::Failed(m)) if m.contains("truncated"))
         );

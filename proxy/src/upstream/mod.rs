@@ -32,12 +32,14 @@ pub struct Server {
     /// time (on [`now_ms`]'s clock; 0: it is not), as nginx's `fail_timeout`
     /// does: no request waits on a dead server's connect timeout while a
     /// live one is at hand, health checks or not.
-    unreachable_until: AtomicU64,
+    /// Shared, as `healthy` is, with the same server in the group a
+    /// reload or a name's new answer replaces.
+    unreachable_until: Arc<AtomicU64>,
 }
 
 impl Server {
     fn new(addr: SocketAddr) -> Self {
-        Self { addr, healthy: Arc::new(AtomicBool::new(true)), unreachable_until: AtomicU64::new(0) }
+        Self { addr, healthy: Arc::new(AtomicBool::new(true)), unreachable_until: Arc::new(AtomicU64::new(0)) }
     }
 
     /// `addr`, carrying over what is known of it as `before`: a server a
@@ -46,7 +48,7 @@ impl Server {
     fn carried_over(addr: SocketAddr, before: Option<&Server>, share_health: bool) -> Self {
         let mut server = Self::new(addr);
         if let Some(old) = before {
-            server.unreachable_until = AtomicU64::new(old.unreachable_until.load(Ordering::Relaxed));
+            server.unreachable_until = old.unreachable_until.clone();
             if share_health {
                 server.healthy = old.healthy.clone();
             }

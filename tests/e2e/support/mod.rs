@@ -522,21 +522,19 @@ pub fn run_cascade(args: &[&str]) -> Output {
 }
 
 /// A nameserver on a loopback UDP port that answers A questions for one
-/// name with the address a test sets, AAAA questions with none, and every
+/// name with the addresses a test sets, AAAA questions with none, and every
 /// question with SERVFAIL while it is told to fail.
 pub struct DnsServer {
     pub addr: SocketAddr,
-    answer: Arc<Mutex<Option<std::net::Ipv4Addr>>>,
-    questions: Arc<std::sync::atomic::AtomicUsize>,
+    answer: Arc<Mutex<Option<Vec<std::net::Ipv4Addr>>>>,
 }
 
 impl DnsServer {
     pub fn start(name: &str, ip: std::net::Ipv4Addr) -> Self {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let answer = Arc::new(Mutex::new(Some(ip)));
-        let questions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (serving, asked) = (answer.clone(), questions.clone());
+        let answer = Arc::new(Mutex::new(Some(vec![ip])));
+        let serving = answer.clone();
         let mut wire_name: Vec<u8> = Vec::new();
         for label in name.split('.') {
             wire_name.push(label.len() as u8);
@@ -551,31 +549,26 @@ impl DnsServer {
                 if n < question_end || buf[12..12 + wire_name.len()] != wire_name[..] {
                     continue;
                 }
-                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let qtype = u16::from_be_bytes([buf[question_end - 4], buf[question_end - 3]]);
                 let mut reply = buf[..question_end].to_vec();
-                let ip = *serving.lock().unwrap();
+                let ips = serving.lock().unwrap().clone();
                 // An answer, recursion available; SERVFAIL when told to fail.
-                reply[2..4].copy_from_slice(if ip.is_some() { &[0x81, 0x80] } else { &[0x81, 0x82] });
+                reply[2..4].copy_from_slice(if ips.is_some() { &[0x81, 0x80] } else { &[0x81, 0x82] });
                 reply[6..12].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
-                if let Some(ip) = ip.filter(|_| qtype == 1) {
-                    reply[7] = 1;
+                let records = ips.filter(|_| qtype == 1).unwrap_or_default();
+                reply[7] = records.len() as u8;
+                for ip in records {
                     reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4]);
                     reply.extend_from_slice(&ip.octets());
                 }
                 let _ = socket.send_to(&reply, from);
             }
         });
-        Self { addr, answer, questions }
+        Self { addr, answer }
     }
 
-    /// Answer with `ip` from now on; `None`: fail every question.
-    pub fn answer(&self, ip: Option<std::net::Ipv4Addr>) {
-        *self.answer.lock().unwrap() = ip;
-    }
-
-    /// Questions asked about the name so far.
-    pub fn questions(&self) -> usize {
-        self.questions.load(std::sync::atomic::Ordering::SeqCst)
+    /// Answer with `ips` from now on; `None`: fail every question.
+    pub fn answer(&self, ips: Option<&[std::net::Ipv4Addr]>) {
+        *self.answer.lock().unwrap() = ips.map(<[_]>::to_vec);
     }
 }
