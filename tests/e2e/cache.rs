@@ -620,3 +620,63 @@ fn an_object_past_the_size_cap_is_served_whole_and_not_stored() {
     let hit = get("/small", 512 * 1024);
     assert!(cache_status(&hit).contains("hit"), "{:?}", hit.header("cache-status"));
 }
+
+// Requests for an object known to be too large to store are not queued on
+// the cache lock behind one another (as a cacheable miss is): they reach the
+// origin together. With the lock, the second would wait for the first, which
+// this origin holds until a second request arrives.
+#[test]
+fn requests_for_an_object_too_large_to_store_do_not_wait_on_each_other() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Condvar, Mutex};
+    // (requests in flight now, the most at once), and whether to hold each
+    // request until another is in flight (up to 10 s).
+    let state = Arc::new((Mutex::new((0usize, 0usize, false)), Condvar::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin_state = state.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let state = origin_state.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let (lock, arrived) = &*state;
+                let mut counts = lock.lock().unwrap();
+                counts.0 += 1;
+                counts.1 = counts.1.max(counts.0);
+                arrived.notify_all();
+                if counts.2 {
+                    counts = arrived.wait_timeout_while(counts, Duration::from_secs(10), |c| c.0 < 2).unwrap().0;
+                }
+                drop(counts);
+                let body = vec![b'x'; 1_572_864];
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+                lock.lock().unwrap().0 -= 1;
+            });
+        }
+    });
+    let config = ProxyConfig::over(addr, ROUTE).with_main("\n[cache]\nmax_object_mb = 1\nlock_timeout_ms = 60000\n");
+    let proxy = std::sync::Arc::new(Proxy::start(&config));
+    // The first answer shows the object too large; the key is remembered.
+    assert_eq!(proxy.get("/big", &[]).status, 200);
+    state.0.lock().unwrap().2 = true;
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || proxy.get("/big", &[]))
+        })
+        .collect();
+    for client in clients {
+        let reply = client.join().unwrap();
+        assert_eq!((reply.status, reply.body.len()), (200, 1_572_864));
+    }
+    assert_eq!(state.0.lock().unwrap().1, 2, "the second request waited for the first");
+}
