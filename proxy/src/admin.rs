@@ -146,7 +146,7 @@ impl AdminApi {
             ("GET", ["metrics"]) => Response::builder()
                 .status(200)
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(control.metrics.render(&control.runtime, control.cache, &control.breakers()).into_bytes())
+                .body(control.render_metrics().into_bytes())
                 .expect("a valid response"),
             ("POST", ["config", "reload"]) => match control.reload().await {
                 Ok(restart_needed) => reply(

@@ -578,6 +578,12 @@ impl ControlPlane {
     }
 
     /// Every chain entry's circuit breaker, route by route.
+    /// The Prometheus text exposition of everything serving now.
+    pub fn render_metrics(&self) -> String {
+        let current = self.current.load();
+        self.metrics.render(&self.runtime, self.cache, &self.breakers(), &current.upstreams)
+    }
+
     pub fn breakers(&self) -> Vec<BreakerReport> {
         let current = self.current.load();
         let mut reports = Vec::new();

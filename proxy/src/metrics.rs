@@ -1,6 +1,6 @@
 //! Prometheus metrics: requests by route and status, filter failures and
 //! latency, cache outcomes and size, upstream attempts and failovers by tier,
-//! module swaps and compilations.
+//! servers up and down by tier, module swaps and compilations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,6 +13,7 @@ use crate::control::BreakerReport;
 use crate::filters::breaker::BreakerState;
 use crate::filters::module::live_modules;
 use crate::filters::{FilterRuntime, FilterTiming};
+use crate::upstream::Upstreams;
 
 /// Series keyed by a name label (route or module) and a second label. The
 /// name is looked up by `&str`, so recording allocates only for a new series.
@@ -112,7 +113,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, runtime: &FilterRuntime, cache: &EdgeCache, breakers: &[BreakerReport]) -> String {
+    pub fn render(
+        &self,
+        runtime: &FilterRuntime,
+        cache: &EdgeCache,
+        breakers: &[BreakerReport],
+        upstreams: &Upstreams,
+    ) -> String {
         let mut out = String::new();
         out.push_str("# HELP cascade_requests_total Requests answered, by route and status.\n");
         out.push_str("# TYPE cascade_requests_total counter\n");
@@ -152,6 +159,16 @@ impl Metrics {
             let _ =
                 writeln!(out, "cascade_upstream_attempts_total{{tier=\"{}\",outcome=\"{outcome}\"}} {n}", escape(tier));
         });
+        out.push_str("# HELP cascade_upstream_servers Servers of each tier: up (in rotation) or down (failed its health checks, or out for fail_timeout_ms after a failed connection). A host name counts once per address it resolves to now.\n");
+        out.push_str("# TYPE cascade_upstream_servers gauge\n");
+        for tier in upstreams.groups().filter(|g| g.config.tiers.is_empty()) {
+            let servers = tier.servers();
+            let up = servers.iter().filter(|s| s.in_rotation()).count();
+            for (state, n) in [("up", up), ("down", servers.len() - up)] {
+                let _ =
+                    writeln!(out, "cascade_upstream_servers{{tier=\"{}\",state=\"{state}\"}} {n}", escape(tier.name()));
+            }
+        }
         out.push_str("# HELP cascade_filter_breaker_open Whether a chain entry's circuit breaker is open (1), half-open (0.5) or closed (0).\n");
         out.push_str("# TYPE cascade_filter_breaker_open gauge\n");
         for b in breakers {

@@ -229,6 +229,10 @@ fn health_checks_take_a_down_server_out_of_rotation() {
         (0..20).all(|_| proxy.get("/", &[]).status == 200) && retries() == before
     };
     eventually("the dead server leaving the rotation", Duration::from_secs(20), none_sent_to_the_dead_server);
+    proxy.wait_for_metrics(&[
+        "cascade_upstream_servers{tier=\"pair\",state=\"up\"} 1",
+        "cascade_upstream_servers{tier=\"pair\",state=\"down\"} 1",
+    ]);
 
     // A reload keeps the verdict: the new checker (now probing once a
     // minute, so it could not find the server dead again in time) starts
@@ -266,7 +270,7 @@ fn a_server_name_follows_its_dns_answers() {
         "\n[upstreams.named]\nservers = [\"origin.test:{port}\"]\n\n[dns]\nnameservers = [\"{}\"]\nrefresh_secs = 1\n",
         dns.addr
     ));
-    let proxy = Proxy::start(&config);
+    let proxy = Proxy::start(&config.with_admin());
     assert_eq!(proxy.get("/", &[]).status, 200);
     assert_eq!((first.requests(), second.requests()), (1, 0), "the name's address at start serves");
 
@@ -280,6 +284,7 @@ fn a_server_name_follows_its_dns_answers() {
     assert!((0..4).all(|_| proxy.get("/", &[]).status == 200));
     assert_eq!(first.requests() - before_first, 2, "round robin left out the first address");
     assert_eq!(second.requests() - before_second, 2);
+    proxy.wait_for_metrics(&["cascade_upstream_servers{tier=\"named\",state=\"up\"} 2"]);
 
     // It loses the first: none go there once the name is asked again.
     dns.answer(Some(&[two]));
@@ -287,6 +292,7 @@ fn a_server_name_follows_its_dns_answers() {
     let served_by_first = first.requests();
     assert!((0..4).all(|_| proxy.get("/", &[]).status == 200));
     assert_eq!(first.requests(), served_by_first, "a request went to an address the name lost");
+    proxy.wait_for_metrics(&["cascade_upstream_servers{tier=\"named\",state=\"up\"} 1"]);
 
     // The nameserver fails: the name keeps the address it had.
     dns.answer(None);

@@ -62,7 +62,7 @@ impl Server {
     }
 
     /// Healthy, and not recently unreachable: requests may be sent to it.
-    fn in_rotation(&self) -> bool {
+    pub fn in_rotation(&self) -> bool {
         let until = self.unreachable_until.load(Ordering::Relaxed);
         self.is_healthy() && (until == 0 || now_ms() >= until)
     }
@@ -283,6 +283,10 @@ impl Upstreams {
             groups.insert(name.clone(), group);
         }
         Arc::new(Self(groups))
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &UpstreamGroup> {
+        self.0.values().map(|g| g.as_ref())
     }
 
     pub fn get(&self, name: &str) -> Option<&UpstreamGroup> {
