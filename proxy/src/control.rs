@@ -164,6 +164,11 @@ fn load_modules(
 /// Run `work` (a compile) on the blocking pool, not on the calling thread:
 /// the admin API has one, and a large component takes seconds to compile,
 /// which health checks and metrics must not wait behind.
+/// How long the compiled artifacts of another engine (a Wasmtime build and
+/// its settings) are kept after it last started: a rollback of the binary
+/// or of a setting within that time compiles nothing.
+const ARTIFACTS_KEPT_UNUSED: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
 async fn on_blocking_pool<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ControlError> + Send + 'static,
 ) -> Result<T, ControlError> {
@@ -230,7 +235,7 @@ impl ControlPlane {
         let started = config.clone();
         let snapshot = snapshot_of(&runtime, config, &store, None).await?;
         runtime.fit_tick_to(snapshot.shortest_filter_timeout());
-        let control = Self {
+        Ok(Self {
             runtime,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             replaced: Arc::default(),
@@ -241,9 +246,16 @@ impl ControlPlane {
             changes: tokio::sync::Mutex::new(()),
             admin_token: Default::default(),
             started,
-        };
-        control.apply_retention().await;
-        Ok(control)
+        })
+    }
+
+    /// Bring the store in line with the config `serve` starts with: forget
+    /// versions past `modules.keep_versions`, and remove the artifacts of
+    /// engines unused for a month. Not part of `start`: `cascade check`
+    /// must change nothing, and a start that stops (a busy port) neither.
+    pub async fn tidy_store(&self) {
+        self.apply_retention().await;
+        self.store.remove_unused_artifacts(ARTIFACTS_KEPT_UNUSED);
     }
 
     /// Forget, for every stored module, the versions past
@@ -261,6 +273,10 @@ impl ControlPlane {
         let mut forgotten = Vec::new();
         for (name, entry) in &mut state.modules {
             let serving = snapshot.modules.get(name).map(|m| m.sha256.as_str());
+            // After a fallback at start (the active version does not load)
+            // the version serving is kept too, whatever the setting: it is
+            // the one the next start can fall back to.
+            let keep = if serving.is_some_and(|s| s != entry.active) { keep.max(2) } else { keep };
             let gone = entry.retain_recent(keep, serving);
             if !gone.is_empty() {
                 forgotten.push((name.clone(), gone));

@@ -95,6 +95,7 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     if admin_token.is_ok() {
         check_listen("admin.listen", config.admin.listen)?;
     }
+    block_on(control.tidy_store());
 
     let conf = ServerConf {
         threads: config.server.threads,

@@ -621,6 +621,19 @@ fn an_object_past_the_size_cap_is_served_whole_and_not_stored() {
     assert!(cache_status(&hit).contains("hit"), "{:?}", hit.header("cache-status"));
 }
 
+// A conditional miss is answered 304 (RFC 9110, 13.1.2) and still stored:
+// Cache-Status says so, though the 304 declares no length.
+#[test]
+fn a_conditional_miss_says_stored() {
+    let (origin, proxy) = cached(ROUTE);
+    let origin_headers = "cache-control: max-age=60|etag: \"v1\"";
+    let miss = get_with(&proxy, "/conditional", origin_headers, &[("if-none-match", "\"v1\"")]);
+    assert_eq!(miss.status, 304, "{miss:?}");
+    assert_eq!(cache_status(&miss), "edge; fwd=miss; stored");
+    assert!(cache_status(&get_with(&proxy, "/conditional", origin_headers, &[])).starts_with("edge; hit"));
+    assert_eq!(origin.requests(), 1);
+}
+
 // Requests for an object known to be too large to store are not queued on
 // the cache lock behind one another (as a cacheable miss is): they reach the
 // origin together. With the lock, the second would wait for the first, which

@@ -320,23 +320,46 @@ fn an_upload_past_keep_versions_forgets_the_oldest() {
     assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);
     assert_eq!(proxy.admin("POST", "/modules/swappable/rollback", b"", None).status, 409);
     assert_eq!(version(&proxy.get("/x", &[])), 2);
-    // Artifacts of another Wasmtime build (before an upgrade) can never
-    // load again: the next start removes them.
+    // Artifacts of another Wasmtime build (before an upgrade) that has not
+    // started for a month go at the next start.
     let older_engine = proxy.dir.path().join("store/compiled/0123456789abcdef");
     std::fs::create_dir_all(&older_engine).unwrap();
     std::fs::write(older_engine.join(format!("{}.cwasm", uploaded[1])), b"old").unwrap();
+    let marker = std::fs::File::create(older_engine.join(".last-start")).unwrap();
+    marker.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 86_400)).unwrap();
+    // A lowered setting applies at the start that brings it, and
+    // `cascade check` of it changes nothing.
+    let main = proxy.dir.path().join("cascade.toml");
+    let set_keep = |from: usize, to: usize| {
+        let text = std::fs::read_to_string(&main).unwrap();
+        let (from, to) = (format!("keep_versions = {from}"), format!("keep_versions = {to}"));
+        assert!(text.contains(&from), "{text}");
+        std::fs::write(&main, text.replace(&from, &to)).unwrap();
+    };
+    set_keep(2, 1);
+    let check = run_cascade(&["check", "--config", main.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}");
+    assert_eq!(listed_versions(&proxy, "swappable"), uploaded[1..], "cascade check changed the store");
+    assert_eq!(stored_files(&proxy, &uploaded[2]), (true, true), "cascade check removed a version's files");
+    assert!(older_engine.exists(), "cascade check removed artifacts");
     let proxy = proxy.restart();
     assert_eq!(active_sha(&proxy, "swappable"), uploaded[1]);
     proxy.wait_for_metrics(&["cascade_module_compilations_total 0"]);
-    assert!(!older_engine.exists(), "another engine's artifacts stayed");
-    // A lowered setting applies at the reload that brings it.
-    let main = proxy.dir.path().join("cascade.toml");
-    let text = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(&main, text.replace("keep_versions = 2", "keep_versions = 1")).unwrap();
-    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert!(!older_engine.exists(), "artifacts of an engine unused for a month stayed");
     assert_eq!(listed_versions(&proxy, "swappable"), uploaded[1..2], "the store keeps the active version only");
     assert_eq!(stored_files(&proxy, &uploaded[2]), (false, false), "a version past the lowered setting kept its files");
     assert_eq!(stored_files(&proxy, &uploaded[1]), (true, true));
+    // And at the reload that brings it.
+    set_keep(1, 3);
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    for n in 4..=5 {
+        assert_eq!(proxy.admin("PUT", "/modules/swappable", &variant(n), None).status, 200);
+    }
+    assert_eq!(listed_versions(&proxy, "swappable").len(), 3);
+    let active = active_sha(&proxy, "swappable");
+    set_keep(3, 1);
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    assert_eq!(listed_versions(&proxy, "swappable"), [active], "a reload lowering keep_versions forgot nothing");
 }
 
 /// A stored version damaged on disk does not keep the proxy from starting:
@@ -367,6 +390,33 @@ fn a_damaged_stored_version_falls_back_to_an_earlier_one_at_start() {
     assert_eq!(proxy.admin("PUT", "/modules/swappable", &v2(), None).status, 200);
     let proxy = proxy.restart();
     assert_eq!(version(&proxy.get("/x", &[])), 2, "the re-upload left the damaged file as it was");
+}
+
+/// A start that falls back from a damaged version keeps the version it
+/// serves whatever `keep_versions` says, so the next start can fall back to
+/// it again (a module with no file in the modules directory would be left
+/// out otherwise).
+#[test]
+fn a_fallback_version_is_kept_past_a_lowered_keep_versions() {
+    let proxy = Proxy::start(
+        &ProxyConfig::new(ROUTES, &[])
+            .with_module("swappable", v1())
+            .with_modules_key("keep_versions = 2")
+            .with_admin(),
+    );
+    for upload in [v1(), v2()] {
+        assert_eq!(proxy.admin("PUT", "/modules/extra", &upload, None).status, 200);
+    }
+    let [fallback, damaged] = [0, 1].map(|i| listed_versions(&proxy, "extra")[i].clone());
+    let stored = proxy.dir.path().join(format!("store/versions/{damaged}.wasm"));
+    std::fs::write(&stored, b"damaged").unwrap();
+    let main = proxy.dir.path().join("cascade.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, text.replace("keep_versions = 2", "keep_versions = 1")).unwrap();
+    let proxy = proxy.restart();
+    assert_eq!(active_sha(&proxy, "extra"), fallback);
+    let proxy = proxy.restart();
+    assert_eq!(active_sha(&proxy, "extra"), fallback, "the second start lost the version it fell back to");
 }
 
 /// After a fallback at start, rollback goes back from the version serving,

@@ -346,7 +346,10 @@ pub fn status_member(server: &ServerConfig, cache: &HttpCache, response: &Respon
     };
     // A body without a declared length can still grow past
     // `max_object_mb` after this header is sent, and then is not stored.
-    let declares_length = response.headers.contains_key(http::header::CONTENT_LENGTH);
+    // The origin's head says, not the client's answer: a miss answered 304
+    // to a conditional request has no length of its own.
+    let origin_head = cache.maybe_cache_meta().map_or(&response.headers, |meta| meta.headers());
+    let declares_length = origin_head.contains_key(http::header::CONTENT_LENGTH);
     let stored = if cache.enabled() && declares_length { "; stored" } else { "" };
     let member = match cache.phase() {
         CachePhase::Disabled(NoCacheReason::NeverEnabled) | CachePhase::Uninit | CachePhase::CacheKey => {

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -119,28 +120,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Remove the artifacts directories of engines other than the one that
-/// owns `current`: after an upgrade of Cascade (or of its Wasmtime) they
-/// can never load again, and without this every upgrade left a full set on
-/// disk. A process of the old build still running (a graceful upgrade)
-/// keeps what it has loaded, and writes its directory again if it compiles.
-fn remove_other_engines_artifacts(current: &Path) {
-    let Some(parent) = current.parent() else { return };
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let an_engines = name.len() == 16 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
-        if path == current || !an_engines || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        match std::fs::remove_dir_all(&path) {
-            Ok(()) => log::info!("removed the artifacts of another Wasmtime build: {}", path.display()),
-            Err(e) => log::warn!("cannot remove the artifacts of another Wasmtime build at {}: {e}", path.display()),
-        }
-    }
-}
-
 impl ModuleStore {
     /// Open (creating) the store at `root` for artifacts of `engine`.
     pub fn open(root: &Path, engine: &wasmtime::Engine) -> io::Result<Self> {
@@ -149,8 +128,42 @@ impl ModuleStore {
         let compiled = root.join("compiled").join(format!("{:016x}", hasher.finish()));
         std::fs::create_dir_all(root.join("versions"))?;
         std::fs::create_dir_all(&compiled)?;
-        remove_other_engines_artifacts(&compiled);
         Ok(Self { root: root.to_path_buf(), compiled })
+    }
+
+    /// Mark this engine's artifacts as in use, and remove those of other
+    /// engines not in use for `unused_for`. An engine is a Wasmtime build
+    /// with its settings (`limits.filter_memory_mb` among them): after an
+    /// upgrade, the old build's artifacts can never load again, and without
+    /// this every upgrade left a full set on disk. Kept for a while, they
+    /// serve a rollback of the binary or a setting without compiling.
+    pub fn remove_unused_artifacts(&self, unused_for: Duration) {
+        let marker = |dir: &Path| dir.join(".last-start");
+        if let Err(e) = std::fs::write(marker(&self.compiled), b"") {
+            log::warn!("cannot mark {} as in use: {e}", self.compiled.display());
+        }
+        let Some(all) = self.compiled.parent() else { return };
+        let Ok(entries) = std::fs::read_dir(all) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let an_engines =
+                name.len() == 16 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if path == self.compiled || !an_engines || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let last_used = std::fs::metadata(marker(&path)).or_else(|_| entry.metadata()).and_then(|m| m.modified());
+            let unused = last_used.ok().and_then(|t| t.elapsed().ok()).is_some_and(|idle| idle >= unused_for);
+            if !unused {
+                continue;
+            }
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    log::info!("removed the artifacts of an engine unused for {unused_for:?}: {}", path.display())
+                }
+                Err(e) => log::warn!("cannot remove the unused artifacts at {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Keep `bytes` as a version; returns its sha256.
@@ -214,19 +227,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn opening_removes_the_artifacts_of_other_engines_only() {
+    fn the_artifacts_of_engines_unused_for_a_while_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let older = dir.path().join("compiled/0123456789abcdef");
-        std::fs::create_dir_all(&older).unwrap();
-        std::fs::write(older.join("a.cwasm"), b"old").unwrap();
+        let engine_dir = |name: &str, started_days_ago: Option<u64>| {
+            let path = dir.path().join("compiled").join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("a.cwasm"), b"old").unwrap();
+            if let Some(days) = started_days_ago {
+                let marker = std::fs::File::create(path.join(".last-start")).unwrap();
+                marker.set_modified(std::time::SystemTime::now() - Duration::from_secs(days * 86_400)).unwrap();
+            }
+            path
+        };
+        let (older, recent, no_marker) = (
+            engine_dir("0123456789abcdef", Some(40)),
+            engine_dir("fedcba9876543210", Some(2)),
+            engine_dir("00000000000000ff", None),
+        );
         let not_ours = dir.path().join("compiled/notes");
         std::fs::create_dir_all(&not_ours).unwrap();
         let store = ModuleStore::open(dir.path(), &wasmtime::Engine::default()).unwrap();
+        assert!(older.exists(), "opening the store removed something");
         std::fs::write(store.artifact_path("kept"), b"new").unwrap();
-        let again = ModuleStore::open(dir.path(), &wasmtime::Engine::default()).unwrap();
-        assert!(!older.exists(), "another engine's artifacts stay");
+        store.remove_unused_artifacts(Duration::from_secs(30 * 86_400));
+        assert!(!older.exists(), "an engine unused for 40 days kept its artifacts");
+        assert!(recent.exists() && no_marker.exists(), "artifacts of an engine used lately were removed");
         assert!(not_ours.exists(), "a directory that names no engine was removed");
-        assert_eq!(std::fs::read(again.artifact_path("kept")).unwrap(), b"new");
+        assert_eq!(std::fs::read(store.artifact_path("kept")).unwrap(), b"new");
     }
 
     #[test]
