@@ -180,11 +180,40 @@ pub struct Proxy {
     log: Arc<Mutex<Vec<u8>>>,
 }
 
-/// The proxy exited instead of serving.
+/// The proxy exited instead of serving (or was stopped, not listening).
 #[derive(Debug)]
 pub struct StartFailure {
     pub status: std::process::ExitStatus,
     pub stderr: String,
+}
+
+impl StartFailure {
+    /// Another socket had a port by the time the proxy bound it: caught by
+    /// the proxy's own check, or by Pingora's bind after it.
+    fn lost_its_port(&self) -> bool {
+        self.stderr.contains(": cannot listen:") || self.stderr.contains("Failed to build listeners")
+    }
+}
+
+/// Whether process `pid` holds a socket listening on `port`. A connect is
+/// no proof: it could reach another process's listener on that port.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            let sockets = table.lines().skip(1).filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+                let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+                (*state == "0A" && local_port == port).then(|| format!("socket:[{inode}]"))
+            });
+            sockets.collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| listening.iter().any(|s| to.as_os_str() == s.as_str())))
 }
 
 impl Proxy {
@@ -200,7 +229,7 @@ impl Proxy {
         let mut attempts = 0;
         loop {
             match Self::try_start_on(config, free_port()) {
-                Err(failure) if failure.stderr.contains(": cannot listen:") && attempts < 3 => attempts += 1,
+                Err(failure) if failure.lost_its_port() && attempts < 3 => attempts += 1,
                 started => return started,
             }
         }
@@ -238,14 +267,20 @@ impl Proxy {
             .spawn()
             .expect("spawn cascade");
         let deadline = Instant::now() + Duration::from_secs(60);
+        let pid = child.id();
         loop {
+            if Instant::now() >= deadline {
+                // Up but not listening: Pingora's bind failed in a task
+                // (the port was taken after the proxy's own check).
+                let _ = child.kill();
+            }
             if let Some(status) = child.try_wait().unwrap() {
                 let mut stderr = String::new();
                 child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
                 return Err(StartFailure { status, stderr });
             }
             // Pingora binds each service's listener on its own: wait for both.
-            let listening = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+            let listening = |port: u16| listens_on(pid, port);
             if listening(port) && (!admin || listening(admin_port)) {
                 // Read stderr in the background, so the proxy never blocks on
                 // it and a test can read the log.
@@ -264,7 +299,6 @@ impl Proxy {
                 });
                 return Ok(Self { child, port, admin_port, admin, dir, log });
             }
-            assert!(Instant::now() < deadline, "proxy did not start listening in 60s");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -571,4 +605,19 @@ impl DnsServer {
     pub fn answer(&self, ips: Option<&[std::net::Ipv4Addr]>) {
         *self.answer.lock().unwrap() = ips.map(<[_]>::to_vec);
     }
+}
+
+/// The harness's readiness check tells a process's own listener from
+/// another process's on the same port.
+#[test]
+fn readiness_tells_whose_listener_a_port_is() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    assert!(listens_on(std::process::id(), port));
+    let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+    assert!(!listens_on(other.id(), port), "another process's listener counted as its own");
+    let _ = other.kill();
+    let _ = other.wait();
+    drop(held);
+    assert!(!listens_on(std::process::id(), port), "a closed listener still counts");
 }
