@@ -314,7 +314,9 @@ impl ControlPlane {
 
     fn serve(&self, snapshot: Snapshot) {
         self.runtime.fit_tick_to(snapshot.shortest_filter_timeout());
+        let serving_upstreams = snapshot.upstreams.clone();
         let replaced = self.current.swap(Arc::new(snapshot));
+        replaced.upstreams.retire_replaced(&serving_upstreams);
         self.replaced.record(&replaced);
     }
 

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,19 @@ pub struct StoreState {
 pub struct ModuleStore {
     root: PathBuf,
     compiled: PathBuf,
+    /// A shared lock on this engine's `.in-use` file, held as long as the
+    /// process runs: another engine's tidy (a newer binary started beside
+    /// this one on the same store) leaves artifacts alone that a live
+    /// process may load, however long ago it started.
+    _in_use: Option<Arc<std::fs::File>>,
 }
+
+/// In an engine's artifacts directory: when a process of that engine last
+/// started.
+const LAST_START: &str = ".last-start";
+/// In an engine's artifacts directory: locked (shared) by every process of
+/// that engine while it runs.
+const IN_USE: &str = ".in-use";
 
 /// The hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -128,7 +141,17 @@ impl ModuleStore {
         let compiled = root.join("compiled").join(format!("{:016x}", hasher.finish()));
         std::fs::create_dir_all(root.join("versions"))?;
         std::fs::create_dir_all(&compiled)?;
-        Ok(Self { root: root.to_path_buf(), compiled })
+        let in_use = Self::hold_in_use(&compiled)
+            .map_err(|e| log::warn!("cannot mark {} as in use: {e}", compiled.display()))
+            .ok()
+            .map(Arc::new);
+        Ok(Self { root: root.to_path_buf(), compiled, _in_use: in_use })
+    }
+
+    fn hold_in_use(dir: &Path) -> io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(IN_USE))?;
+        file.lock_shared()?;
+        Ok(file)
     }
 
     /// Mark this engine's artifacts as in use, and remove those of other
@@ -138,7 +161,7 @@ impl ModuleStore {
     /// this every upgrade left a full set on disk. Kept for a while, they
     /// serve a rollback of the binary or a setting without compiling.
     pub fn remove_unused_artifacts(&self, unused_for: Duration) {
-        let marker = |dir: &Path| dir.join(".last-start");
+        let marker = |dir: &Path| dir.join(LAST_START);
         if let Err(e) = std::fs::write(marker(&self.compiled), b"") {
             log::warn!("cannot mark {} as in use: {e}", self.compiled.display());
         }
@@ -155,6 +178,15 @@ impl ModuleStore {
             let last_used = std::fs::metadata(marker(&path)).or_else(|_| entry.metadata()).and_then(|m| m.modified());
             let unused = last_used.ok().and_then(|t| t.elapsed().ok()).is_some_and(|idle| idle >= unused_for);
             if !unused {
+                continue;
+            }
+            // Held until the directory is gone: a process of that engine
+            // starting now waits for the removal.
+            let in_use = std::fs::OpenOptions::new().write(true).open(path.join(IN_USE));
+            if let Ok(lock) = &in_use
+                && let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock()
+            {
+                log::info!("kept the artifacts at {}: a process still runs that engine", path.display());
                 continue;
             }
             match std::fs::remove_dir_all(&path) {
@@ -234,7 +266,7 @@ mod tests {
             std::fs::create_dir_all(&path).unwrap();
             std::fs::write(path.join("a.cwasm"), b"old").unwrap();
             if let Some(days) = started_days_ago {
-                let marker = std::fs::File::create(path.join(".last-start")).unwrap();
+                let marker = std::fs::File::create(path.join(LAST_START)).unwrap();
                 marker.set_modified(std::time::SystemTime::now() - Duration::from_secs(days * 86_400)).unwrap();
             }
             path
@@ -244,6 +276,10 @@ mod tests {
             engine_dir("fedcba9876543210", Some(2)),
             engine_dir("00000000000000ff", None),
         );
+        // A process of an engine started 40 days ago that still runs.
+        let running = engine_dir("00000000000000aa", Some(40));
+        let running_process = std::fs::File::create(running.join(IN_USE)).unwrap();
+        running_process.lock_shared().unwrap();
         let not_ours = dir.path().join("compiled/notes");
         std::fs::create_dir_all(&not_ours).unwrap();
         let store = ModuleStore::open(dir.path(), &wasmtime::Engine::default()).unwrap();
@@ -253,6 +289,10 @@ mod tests {
         assert!(!older.exists(), "an engine unused for 40 days kept its artifacts");
         assert!(recent.exists() && no_marker.exists(), "artifacts of an engine used lately were removed");
         assert!(not_ours.exists(), "a directory that names no engine was removed");
+        assert!(running.join("a.cwasm").exists(), "the artifacts of an engine a process still runs were removed");
+        drop(running_process);
+        store.remove_unused_artifacts(Duration::from_secs(30 * 86_400));
+        assert!(!running.exists(), "the artifacts of an engine no process runs were kept");
         assert_eq!(std::fs::read(store.artifact_path("kept")).unwrap(), b"new");
     }
 

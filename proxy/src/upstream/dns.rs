@@ -34,7 +34,7 @@ pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
         let Some(mut last) = group.upgrade().and_then(|g| g.config.names.clone()) else { return };
         loop {
             std::thread::sleep(every);
-            let Some(group) = group.upgrade() else { return };
+            let Some(group) = group.upgrade().filter(|g| !g.is_retired()) else { return };
             for name in &mut last.names {
                 match resolve(&name.host, name.port, &last.dns.nameservers) {
                     Ok(addrs) => name.addrs = addrs,

@@ -25,7 +25,7 @@ pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
         // Consecutive results per server: positive passes, negative failures.
         let mut streaks: HashMap<SocketAddr, i64> = HashMap::new();
         loop {
-            let Some(group) = group.upgrade() else { return };
+            let Some(group) = group.upgrade().filter(|g| !g.is_retired()) else { return };
             // The servers now (a name's addresses may have changed), held
             // as an `Arc`: the probes take a while.
             let servers = arc_swap::Guard::into_inner(group.servers());
@@ -33,6 +33,9 @@ pub fn spawn_checker(group: Weak<UpstreamGroup>, check: HealthCheckConfig) {
             for server in servers.iter() {
                 let streak = streaks.entry(server.addr).or_default();
                 let passed = probe(server.addr, &check, &how);
+                if group.is_retired() {
+                    return;
+                }
                 *streak = match (passed, *streak) {
                     (true, s) if s > 0 => s + 1,
                     (true, _) => 1,
@@ -233,6 +236,46 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A reload that changes a group's check: the old group, still held by
+    /// the old config's requests, stops checking once the new config is
+    /// swapped in, or its verdicts (by the old check) and the new group's
+    /// would take turns on the flag they share.
+    #[test]
+    fn a_replaced_groups_checker_stops_writing_the_verdicts_it_shared() {
+        use crate::upstream::Upstreams;
+        use std::collections::BTreeMap;
+        let origin = name_routed_origin();
+        let checking_host = |host: &str| {
+            let check = HealthCheckConfig {
+                host: Some(host.into()),
+                interval: Duration::from_millis(10),
+                ..check_within(Duration::from_secs(5))
+            };
+            let config = crate::upstream::tests::config(crate::config::Balance::RoundRobin, &[origin]);
+            BTreeMap::from([("g".to_string(), crate::config::UpstreamConfig { health_check: Some(check), ..config })])
+        };
+        let healthy = |upstreams: &Upstreams| upstreams.get("g").unwrap().servers()[0].is_healthy();
+        let wait_until = |what: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !what() {
+                assert!(Instant::now() < deadline, "the checker never reached its verdict");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        // The old check names a host the origin answers 404.
+        let old = Upstreams::start(&checking_host("other.example"), None);
+        wait_until(&|| !healthy(&old));
+        let new = Upstreams::start(&checking_host("origin.example"), Some(&old));
+        old.retire_replaced(&new);
+        wait_until(&|| healthy(&new));
+        // Many of the old checker's intervals: it would have written `down` by now.
+        for _ in 0..100 {
+            assert!(healthy(&new), "the replaced group's checker took the server down again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(old);
     }
 
     /// A check of `GET /healthz` that must pass within `timeout`.

@@ -82,7 +82,20 @@ pub struct UpstreamGroup {
     next: AtomicUsize,
     /// The CA from `ca_file`, in the form Pingora's connector takes.
     ca: Option<Arc<[WrappedX509]>>,
+    /// Servers a name's answer dropped, latest last, with what was known of
+    /// them: an address that comes back (a flapping answer, a rotating
+    /// pool) is not taken for new, which would put a server its checks took
+    /// down back in rotation.
+    departed: std::sync::Mutex<Vec<Server>>,
+    /// A reload replaced this group: its health checker and DNS refresher
+    /// stop, though requests of the old config may still hold it. Its
+    /// checker, probing as the old config said, would otherwise go on
+    /// writing the verdicts it shares with the group serving now.
+    retired: AtomicBool,
 }
+
+/// How many servers a group remembers after a name's answer dropped them.
+const DEPARTED_KEPT: usize = 64;
 
 impl std::fmt::Debug for UpstreamGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,21 +111,27 @@ impl UpstreamGroup {
     /// A group for `config` whose servers carry over what `before` knows of
     /// them (see [`Server::carried_over`]).
     fn carrying_over(config: UpstreamConfig, before: Option<&UpstreamGroup>) -> Self {
-        let before = before.map(|b| b.servers());
         let share_health = config.health_check.is_some();
-        let servers = config
-            .servers
-            .iter()
-            .map(|&addr| {
-                let old = before.as_ref().and_then(|b| b.iter().find(|old| old.addr == addr));
-                Server::carried_over(addr, old, share_health)
-            })
-            .collect();
+        let servers = match before {
+            Some(before) => {
+                let (serving, departed) = (before.servers(), before.departed.lock().unwrap_or_else(|e| e.into_inner()));
+                let known = |addr| serving.iter().chain(departed.iter()).find(|old: &&Server| old.addr == addr);
+                config.servers.iter().map(|&addr| Server::carried_over(addr, known(addr), share_health)).collect()
+            }
+            None => config.servers.iter().map(|&addr| Server::new(addr)).collect(),
+        };
         let ca = config.tls.as_ref().and_then(|tls| tls.ca_der.clone()).map(|der| {
             let cert = WrappedX509::new(der, pingora::utils::tls::parse_x509);
             Arc::from(vec![cert])
         });
-        Self { config, servers: ArcSwap::from_pointee(servers), next: AtomicUsize::new(0), ca }
+        Self {
+            config,
+            servers: ArcSwap::from_pointee(servers),
+            next: AtomicUsize::new(0),
+            ca,
+            departed: Default::default(),
+            retired: AtomicBool::new(false),
+        }
     }
 
     /// The servers now.
@@ -121,14 +140,35 @@ impl UpstreamGroup {
     }
 
     /// Serve `addrs` from now on (the names resolved to them): a server that
-    /// stays keeps its state; a new one starts in rotation.
+    /// stays, or comes back, keeps its state; a new one starts in rotation.
     fn replace_servers(&self, addrs: &[SocketAddr]) {
         let before = self.servers();
-        let servers = addrs
+        let mut departed = self.departed.lock().unwrap_or_else(|e| e.into_inner());
+        let servers: Vec<Server> = addrs
             .iter()
-            .map(|&addr| Server::carried_over(addr, before.iter().find(|old| old.addr == addr), true))
+            .map(|&addr| {
+                let known = before.iter().chain(departed.iter()).find(|old| old.addr == addr);
+                Server::carried_over(addr, known, true)
+            })
             .collect();
+        departed.retain(|old| !addrs.contains(&old.addr));
+        for gone in before.iter().filter(|old| !addrs.contains(&old.addr)) {
+            departed.retain(|old| old.addr != gone.addr);
+            departed.push(Server::carried_over(gone.addr, Some(gone), true));
+        }
+        let excess = departed.len().saturating_sub(DEPARTED_KEPT);
+        departed.drain(..excess);
         self.servers.store(Arc::new(servers));
+    }
+
+    /// Stop this group's health checker and DNS refresher: a reload
+    /// replaced it (see [`Upstreams::retire_replaced`]).
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -263,8 +303,8 @@ impl Upstreams {
     /// the reload leaves unchanged is kept whole, checker and all. In a
     /// changed group, a server that is still health-checked shares its
     /// verdict with the old group (whose checker runs on until the old
-    /// config's last request ends), so a reload never puts a dead server back
-    /// into rotation.
+    /// reload is swapped in, see [`Self::retire_replaced`]), so a reload never
+    /// puts a dead server back into rotation.
     pub fn start(configs: &BTreeMap<String, UpstreamConfig>, previous: Option<&Upstreams>) -> Arc<Self> {
         let mut groups = BTreeMap::new();
         for (name, config) in configs {
@@ -283,6 +323,17 @@ impl Upstreams {
             groups.insert(name.clone(), group);
         }
         Arc::new(Self(groups))
+    }
+
+    /// The groups of `self` that `serving` (the snapshot swapped in for
+    /// `self`'s) does not keep stop their checks: only the groups serving
+    /// write the health verdicts they share.
+    pub fn retire_replaced(&self, serving: &Upstreams) {
+        for (name, group) in &self.0 {
+            if !serving.0.get(name).is_some_and(|now| Arc::ptr_eq(now, group)) {
+                group.retire();
+            }
+        }
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &UpstreamGroup> {
@@ -320,7 +371,7 @@ mod tests {
         UpstreamGroup::new(config(balance, servers))
     }
 
-    fn config(balance: Balance, servers: &[SocketAddr]) -> UpstreamConfig {
+    pub(super) fn config(balance: Balance, servers: &[SocketAddr]) -> UpstreamConfig {
         UpstreamConfig {
             name: "g".into(),
             servers: servers.to_vec(),
@@ -376,6 +427,25 @@ mod tests {
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (1..=n).map(|p| SocketAddr::from(([127, 0, 0, 1], p))).collect()
+    }
+
+    #[test]
+    fn a_server_a_names_answer_drops_is_known_again_when_it_comes_back() {
+        let servers = addrs(3);
+        let g = group(Balance::RoundRobin, &servers[..2]);
+        g.servers()[0].healthy.store(false, Ordering::Relaxed);
+        g.mark_unreachable(servers[1]);
+        // The answer drops both, then brings them back with a new one.
+        g.replace_servers(&servers[2..]);
+        g.replace_servers(&servers);
+        let now = g.servers();
+        assert!(!now[0].is_healthy(), "a server its checks took down came back healthy");
+        assert!(!now[1].in_rotation(), "a server a failed connection took out came back in rotation");
+        assert!(now[2].in_rotation(), "a new server starts in rotation");
+        // A reload that names them again knows them too.
+        g.replace_servers(&servers[2..]);
+        let reloaded = UpstreamGroup::carrying_over(config(Balance::RoundRobin, &servers), Some(&g));
+        assert!(!reloaded.servers()[1].in_rotation());
     }
 
     #[test]
