@@ -524,7 +524,12 @@ impl ControlPlane {
         // Loading resolves upstream names, which may wait on a nameserver:
         // off the admin API's one thread.
         let path = self.config_path.clone();
-        let config = on_blocking_pool(move || Ok(config::load(&path).map_err(SnapshotError::from)?)).await?;
+        let serving = self.current.load().upstreams.clone();
+        let config = on_blocking_pool(move || {
+            let last_answer = |host: &str, port| serving.last_answer(host, port);
+            Ok(config::load_knowing(&path, &last_answer).map_err(SnapshotError::from)?)
+        })
+        .await?;
         let restart_needed = restart_needed(&self.started, &config);
         let token = match self.admin_token() {
             Some(_) => Some(crate::admin::read_token(&config.admin).map_err(ControlError::AdminToken)?),

@@ -301,6 +301,53 @@ fn a_server_name_follows_its_dns_answers() {
     assert_eq!(first.requests(), served_by_first, "a failed answer brought the old address back");
 }
 
+/// A reload while the nameserver is down: a name the serving config follows
+/// keeps the addresses it had, so a change elsewhere (here, a route) is not
+/// refused for it, as nginx refuses it (`host not found in upstream`). A
+/// name no config resolved before is still refused, with its key, and the
+/// config serving stays.
+#[test]
+fn a_reload_while_the_nameserver_is_down_keeps_a_names_addresses() {
+    let origin = EchoOrigin::start().unwrap();
+    let port = origin.addr().port();
+    let dns = DnsServer::start("origin.test", [127, 0, 0, 1].into());
+    let site = "[[route]]\nname = \"site\"\npath_prefix = \"/\"\nupstream = \"named\"\n";
+    let mut config = ProxyConfig::over(origin.addr(), site).with_admin();
+    config.main_extra.push_str(&format!(
+        "\n[upstreams.named]\nservers = [\"origin.test:{port}\"]\n\n[dns]\nnameservers = [\"{}\"]\nrefresh_secs = 1\n",
+        dns.addr
+    ));
+    let proxy = Proxy::start(&config);
+    assert_eq!(proxy.get("/", &[]).status, 200);
+    dns.answer(None);
+    proxy.wait_for_log_line(&["upstream named: keeping the addresses \"origin.test\" had", "SERVFAIL"]);
+
+    let routes = proxy.dir.path().join("routes/test.toml");
+    let more = "[[route]]\nname = \"more\"\npath_prefix = \"/more\"\nupstream = \"named\"\n";
+    std::fs::write(&routes, format!("{site}{more}")).unwrap();
+    let reload = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    proxy.wait_for_log_line(&["upstreams.named.servers", "SERVFAIL", "keeping the addresses it had"]);
+    let listed = proxy.admin("GET", "/routes", b"", None).body;
+    assert!(listed.contains("\"more\""), "the reload's route is not serving: {listed}");
+    let served = origin.requests();
+    assert_eq!(proxy.get("/more/x", &[]).status, 200);
+    assert_eq!(origin.requests(), served + 1, "the name's address did not serve");
+
+    // A name no config has resolved: refused, and nothing changes.
+    let main = proxy.dir.path().join("cascade.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(&main, text.replace("origin.test:", "other.test:")).unwrap();
+    let refused = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("upstreams.named.servers") && refused.body.contains("other.test"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(proxy.get("/more/x", &[]).status, 200);
+}
+
 /// A connection refused by one server of a tier is retried on another of
 /// the same tier (as nginx's `proxy_next_upstream error`), for any method,
 /// without spending the failover budget; the server is then out of

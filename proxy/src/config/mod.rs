@@ -99,6 +99,17 @@ const DEFAULT_KEEP_VERSIONS: usize = 10;
 
 /// Read and check `path` and every route file it names.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_knowing(path, &|_, _| None)
+}
+
+/// Where a server name pointed last, for a name that does not resolve now:
+/// `None` if it is not known.
+pub type LastAnswer<'a> = &'a dyn Fn(&str, u16) -> Option<Vec<SocketAddr>>;
+
+/// [`load`], for a reload: a server name that does not resolve now (the
+/// nameserver is down) keeps the addresses `last_answer` knows for it,
+/// rather than refusing a change that may not touch it at all.
+pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, ConfigError> {
     let main = Source::read(path)?;
     let file: MainFile = main.parse()?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -217,7 +228,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, section) in &file.upstreams {
-        upstreams.insert(name.clone(), upstream(&main, &base, name, section, &dns)?);
+        upstreams.insert(name.clone(), upstream(&main, &base, name, section, &dns, last_answer)?);
     }
     check_tiers(&main, &file.upstreams, &upstreams)?;
     let max_size_bytes = (file.cache.max_size_mb.max(1) << 20) as usize;
@@ -378,6 +389,7 @@ fn upstream(
     name: &str,
     section: &Spanned<UpstreamSection>,
     dns: &DnsConfig,
+    last_answer: LastAnswer,
 ) -> Result<UpstreamConfig, ConfigError> {
     let s = section.get_ref();
     let key = format!("upstreams.{name}.servers");
@@ -396,8 +408,16 @@ fn upstream(
                 fixed.push(addr);
             }
         } else if !names.iter().any(|n| n.host == host && n.port == port) {
-            let addrs = crate::upstream::dns::resolve(&host, port, &dns.nameservers)
-                .map_err(|message| src.invalid(server, &key, message))?;
+            let addrs = match crate::upstream::dns::resolve(&host, port, &dns.nameservers) {
+                Ok(addrs) => addrs,
+                Err(message) => match last_answer(&host, port) {
+                    Some(addrs) => {
+                        log::warn!("{key}: {message}; keeping the addresses it had: {addrs:?}");
+                        addrs
+                    }
+                    None => return Err(src.invalid(server, &key, message)),
+                },
+            };
             names.push(NamedServer { host, port, addrs });
         }
     }

@@ -41,6 +41,7 @@ pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
                     Err(e) => log::warn!("upstream {}: keeping the addresses {:?} had: {e}", group.name(), name.host),
                 }
             }
+            group.record_answers(&last.names);
             let addrs = last.servers();
             let serving = group.servers();
             let same = addrs.len() == serving.len() && serving.iter().all(|s| addrs.contains(&s.addr));
@@ -100,8 +101,8 @@ pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<
 
 /// The A records of `host`, or its AAAA records if it has no A record,
 /// from the first nameserver that answers. A question that fails (no
-/// answer, SERVFAIL, a truncated answer) sends it to the next nameserver:
-/// half an answer could leave half a name's servers.
+/// answer, SERVFAIL, a truncated answer not whole over TCP either) sends it
+/// to the next nameserver: half an answer could leave half a name's servers.
 fn ask(host: &str, nameservers: &[SocketAddr]) -> Result<Vec<IpAddr>, String> {
     let name = encode_name(host)?;
     let mut last_error = String::new();
@@ -137,46 +138,108 @@ fn encode_name(host: &str) -> Result<Vec<u8>, String> {
     Ok(name)
 }
 
-/// Ask `nameserver` for the `qtype` records of `name` (wire form).
+/// The UDP payload size this client offers (EDNS0): the size DNS Flag Day
+/// 2020 settled on, which no path fragments. Without it an answer is cut
+/// at 512 bytes, about 29 addresses.
+const UDP_PAYLOAD: u16 = 1232;
+
+/// Ask `nameserver` for the `qtype` records of `name` (wire form): over
+/// UDP, and over TCP when the answer does not fit a datagram (a large
+/// pool), as a resolver must (RFC 7766).
 fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, String> {
+    let id = query_id();
+    let message = question(id, name, qtype);
+    match over_udp(nameserver, &message, id, name, qtype) {
+        Err(AnswerError::Truncated) => over_tcp(nameserver, &message, id, name, qtype),
+        Err(AnswerError::Failed(message)) => Err(message),
+        Err(AnswerError::NotOurs) => Err(format!("no answer in {QUERY_TIMEOUT:?}")),
+        Ok(ips) => Ok(ips),
+    }
+}
+
+/// Query `id` for `name`'s `qtype` records, recursion desired, offering
+/// [`UDP_PAYLOAD`] bytes of answer.
+fn question(id: u16, name: &[u8], qtype: u16) -> Vec<u8> {
+    let mut message = Vec::with_capacity(12 + name.len() + 4 + 11);
+    // Header: the id, recursion desired, one question, one additional
+    // record (the OPT below).
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    message.extend_from_slice(name);
+    message.extend_from_slice(&qtype.to_be_bytes());
+    message.extend_from_slice(&CLASS_IN.to_be_bytes());
+    // OPT: the root name, type 41, the payload size as its class, no
+    // extended flags, no options.
+    message.extend_from_slice(&[0, 0, 41]);
+    message.extend_from_slice(&UDP_PAYLOAD.to_be_bytes());
+    message.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    message
+}
+
+fn over_udp(
+    nameserver: SocketAddr,
+    message: &[u8],
+    id: u16,
+    name: &[u8],
+    qtype: u16,
+) -> Result<Vec<IpAddr>, AnswerError> {
+    let failed = |e: std::io::Error| AnswerError::Failed(e.to_string());
     let local: SocketAddr = match nameserver {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(local).map_err(|e| e.to_string())?;
+    let socket = UdpSocket::bind(local).map_err(failed)?;
     // Connected: the kernel drops datagrams from anyone else.
-    socket.connect(nameserver).map_err(|e| e.to_string())?;
-    let id = query_id();
-    let mut message = Vec::with_capacity(12 + name.len() + 4);
-    // Header: the id, recursion desired, one question.
-    message.extend_from_slice(&id.to_be_bytes());
-    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    message.extend_from_slice(name);
-    message.extend_from_slice(&qtype.to_be_bytes());
-    message.extend_from_slice(&CLASS_IN.to_be_bytes());
-    socket.send(&message).map_err(|e| e.to_string())?;
+    socket.connect(nameserver).map_err(failed)?;
+    socket.send(message).map_err(failed)?;
     let deadline = Instant::now() + QUERY_TIMEOUT;
-    let mut buf = [0u8; 1232];
+    let mut buf = [0u8; UDP_PAYLOAD as usize];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("no answer in {QUERY_TIMEOUT:?}"));
+            return Err(AnswerError::NotOurs);
         }
-        socket.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        socket.set_read_timeout(Some(left)).map_err(failed)?;
         let n = match socket.recv(&mut buf) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(format!("no answer in {QUERY_TIMEOUT:?}"));
+                return Err(AnswerError::NotOurs);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(failed(e)),
         };
         // An answer to another question (a late one to an earlier query
         // from this port) is not this one's.
         match parse_answer(&buf[..n], id, name, qtype) {
             Err(AnswerError::NotOurs) => continue,
-            Err(AnswerError::Failed(message)) => return Err(message),
-            Ok(ips) => return Ok(ips),
+            answer => return answer,
         }
+    }
+}
+
+/// The same question over TCP: each message prefixed by its length.
+fn over_tcp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, String> {
+    use std::io::{Read, Write};
+    let over_tcp = |e: std::io::Error| format!("over TCP: {e}");
+    let deadline = Instant::now() + QUERY_TIMEOUT;
+    let left = || match deadline.saturating_duration_since(Instant::now()) {
+        left if left.is_zero() => Err(format!("over TCP: no answer in {QUERY_TIMEOUT:?}")),
+        left => Ok(Some(left)),
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&nameserver, QUERY_TIMEOUT).map_err(over_tcp)?;
+    stream.set_write_timeout(left()?).map_err(over_tcp)?;
+    let length = u16::try_from(message.len()).map_err(|_| "over TCP: the question is too long".to_string())?;
+    stream.write_all(&[&length.to_be_bytes()[..], message].concat()).map_err(over_tcp)?;
+    stream.set_read_timeout(left()?).map_err(over_tcp)?;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).map_err(over_tcp)?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.set_read_timeout(left()?).map_err(over_tcp)?;
+    stream.read_exact(&mut answer).map_err(over_tcp)?;
+    match parse_answer(&answer, id, name, qtype) {
+        Ok(ips) => Ok(ips),
+        Err(AnswerError::Failed(message)) => Err(format!("over TCP: {message}")),
+        Err(AnswerError::NotOurs) => Err("over TCP: an answer to another question".into()),
+        Err(AnswerError::Truncated) => Err("over TCP: the answer was truncated".into()),
     }
 }
 
@@ -193,6 +256,9 @@ fn query_id() -> u16 {
 enum AnswerError {
     /// Not an answer to the question asked: wait for another.
     NotOurs,
+    /// Cut to fit a datagram: the records it holds may be some of the
+    /// name's only; ask again over TCP.
+    Truncated,
     Failed(String),
 }
 
@@ -224,6 +290,10 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
         5 => return Err(failed("the nameserver refused the query")),
         code => return Err(failed(&format!("the nameserver answered error {code}"))),
     }
+    // Cut to fit: its last record may be cut too.
+    if flags & 0x0200 != 0 {
+        return Err(AnswerError::Truncated);
+    }
     let mut ips = Vec::new();
     for _ in 0..answers {
         let record = reader.record().ok_or_else(|| failed("a malformed answer"))?;
@@ -240,11 +310,6 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
             }
             _ => {}
         }
-    }
-    // A truncated answer may hold some of the records only; the rest would
-    // need TCP, which this client does not speak.
-    if flags & 0x0200 != 0 {
-        return Err(failed("the answer was truncated"));
     }
     Ok(ips)
 }
@@ -362,9 +427,7 @@ mod tests {
         assert_eq!(parse_answer(&nxdomain, 7, &name, TYPE_A), Ok(vec![]));
         // Truncated: the records it holds may be some of the name's only.
         let truncated = answer(7, 0x8380, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0, 1])]);
-        assert!(
-            matches!(parse_answer(&truncated, 7, &name, TYPE_A), Err(AnswerError::Failed(m)) if m.contains("truncated"))
-        );
+        assert_eq!(parse_answer(&truncated, 7, &name, TYPE_A), Err(AnswerError::Truncated));
         // Every prefix of a good answer, and answers claiming more records
         // than they hold: an error, never a panic or a read past the end.
         let good = answer(7, 0x8180, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0, 1])]);
@@ -377,6 +440,71 @@ mod tests {
         // A record of the wrong length for its type is no address.
         let odd = answer(7, 0x8180, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0])]);
         assert_eq!(parse_answer(&odd, 7, &name, TYPE_A), Ok(vec![]));
+    }
+
+    /// A nameserver on UDP and TCP at one port, as nameservers are: over
+    /// UDP it answers with `addresses` only if the question offers room for
+    /// them (EDNS0), else with what fits in 512 bytes, marked truncated;
+    /// over TCP (if `on_tcp`) with all of them.
+    fn pool_nameserver(addresses: usize, on_tcp: bool) -> SocketAddr {
+        let (udp, tcp) = std::iter::repeat_with(|| {
+            let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+            let tcp = std::net::TcpListener::bind(udp.local_addr().ok()?).ok()?;
+            Some((udp, tcp))
+        })
+        .flatten()
+        .next()
+        .unwrap();
+        let records: Vec<[u8; 4]> = (0..addresses).map(|i| [10, 0, (i / 250) as u8, (i % 250) as u8 + 1]).collect();
+        let reply = move |query: &[u8], room: usize| {
+            let (id, question) = (u16::from_be_bytes([query[0], query[1]]), &query[12..]);
+            let name_end = question.iter().position(|&b| b == 0).unwrap() + 1;
+            let (name, qtype) =
+                (&question[..name_end], u16::from_be_bytes([question[name_end], question[name_end + 1]]));
+            let fitting = records.len().min((room - 12 - name.len() - 4) / 16);
+            let flags = if fitting < records.len() { 0x8380 } else { 0x8180 };
+            let records: Vec<(u16, &[u8])> = records[..fitting].iter().map(|ip| (TYPE_A, &ip[..])).collect();
+            answer(id, flags, name, qtype, if qtype == TYPE_A { &records } else { &[] })
+        };
+        let udp_reply = reply.clone();
+        let addr = udp.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let query = &buf[..n];
+                // The OPT record, last: its class is the room offered.
+                let offered = (n >= 11 && query[n - 11..n - 8] == [0, 0, 41])
+                    .then(|| usize::from(u16::from_be_bytes([query[n - 8], query[n - 7]])));
+                let _ = udp.send_to(&udp_reply(query, offered.unwrap_or(512).max(512)), from);
+            }
+        });
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for mut stream in tcp.incoming().flatten().filter(|_| on_tcp) {
+                let mut length = [0u8; 2];
+                let _ = stream.read_exact(&mut length);
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+                let _ = stream.read_exact(&mut query);
+                let message = reply(&query, 65_535);
+                let _ = stream.write_all(&[&(message.len() as u16).to_be_bytes()[..], &message].concat());
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_large_pool_is_read_whole() {
+        // 60 addresses fit in the room EDNS0 offers, not in 512 bytes.
+        let nameserver = pool_nameserver(60, false);
+        assert_eq!(resolve("pool.example", 80, &[nameserver]).unwrap().len(), 60);
+        // 200 fit no datagram: the answer comes over TCP.
+        let nameserver = pool_nameserver(200, true);
+        let addrs = resolve("pool.example", 80, &[nameserver]).unwrap();
+        assert_eq!(addrs.len(), 200);
+        assert_eq!(addrs[199], "10.0.0.200:80".parse().unwrap());
+        // Not whole over TCP either: an error that says so, not part of the pool.
+        let error = resolve("pool.example", 80, &[pool_nameserver(200, false)]).unwrap_err();
+        assert!(error.contains("over TCP"), "{error}");
     }
 
     #[test]

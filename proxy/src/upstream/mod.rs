@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
 
-use crate::config::{Balance, UpstreamConfig};
+use crate::config::{Balance, NamedServer, UpstreamConfig};
 
 /// One server of a tier and what the health checker last concluded. The
 /// verdict is shared with the same server in the groups of later configs.
@@ -87,6 +87,9 @@ pub struct UpstreamGroup {
     /// pool) is not taken for new, which would put a server its checks took
     /// down back in rotation.
     departed: std::sync::Mutex<Vec<Server>>,
+    /// What each server name resolved to last (the DNS refresher keeps
+    /// it): a reload made while the nameserver is down falls back on it.
+    answers: std::sync::Mutex<Vec<NamedServer>>,
     /// A reload replaced this group: its health checker and DNS refresher
     /// stop, though requests of the old config may still hold it. Its
     /// checker, probing as the old config said, would otherwise go on
@@ -124,12 +127,14 @@ impl UpstreamGroup {
             let cert = WrappedX509::new(der, pingora::utils::tls::parse_x509);
             Arc::from(vec![cert])
         });
+        let answers = config.names.as_ref().map_or_else(Vec::new, |n| n.names.clone());
         Self {
             config,
             servers: ArcSwap::from_pointee(servers),
             next: AtomicUsize::new(0),
             ca,
             departed: Default::default(),
+            answers: std::sync::Mutex::new(answers),
             retired: AtomicBool::new(false),
         }
     }
@@ -159,6 +164,17 @@ impl UpstreamGroup {
         let excess = departed.len().saturating_sub(DEPARTED_KEPT);
         departed.drain(..excess);
         self.servers.store(Arc::new(servers));
+    }
+
+    /// Record the names' latest answers (see `answers`).
+    fn record_answers(&self, names: &[NamedServer]) {
+        *self.answers.lock().unwrap_or_else(|e| e.into_inner()) = names.to_vec();
+    }
+
+    /// Where server name `host:port` pointed last, if this group follows it.
+    fn last_answer(&self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.iter().find(|name| name.host == host && name.port == port).map(|name| name.addrs.clone())
     }
 
     /// Stop this group's health checker and DNS refresher: a reload
@@ -334,6 +350,12 @@ impl Upstreams {
                 group.retire();
             }
         }
+    }
+
+    /// Where server name `host:port` pointed last in any group that follows
+    /// it (see [`crate::config::load_knowing`]).
+    pub fn last_answer(&self, host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+        self.groups().find_map(|group| group.last_answer(host, port))
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &UpstreamGroup> {
