@@ -32,11 +32,39 @@ pub enum StartError {
     Listen { key: &'static str, addr: SocketAddr, reason: std::io::Error },
 }
 
-/// Bind `addr` once and let it go, so that a port another process holds
-/// stops start-up with its key and address. Pingora binds later, in a
-/// background task whose panic would leave this process up, serving nothing.
-fn check_listen(key: &'static str, addr: SocketAddr) -> Result<(), StartError> {
-    std::net::TcpListener::bind(addr).map(drop).map_err(|reason| StartError::Listen { key, addr, reason })
+/// Bind every listen address, all at once, then let them go: a port
+/// another process holds, or two of the config's own addresses that
+/// overlap (`0.0.0.0:8080` and `127.0.0.1:8080`), stop start-up with the
+/// key and the address. Pingora binds later, in a background task whose
+/// failure alone would leave this process up (see
+/// [`exit_when_a_listener_fails`]).
+fn check_listen(addrs: &[(&'static str, SocketAddr)]) -> Result<(), StartError> {
+    let mut held = Vec::with_capacity(addrs.len());
+    for &(key, addr) in addrs {
+        held.push(std::net::TcpListener::bind(addr).map_err(|reason| StartError::Listen { key, addr, reason })?);
+    }
+    Ok(())
+}
+
+/// What Pingora's listening service panics with when a bind fails.
+const LISTENER_FAILED: &str = "Failed to build listeners";
+
+/// End the process when Pingora fails to bind a listener: it binds in a
+/// task, whose panic ends only that task, and the process would run on
+/// without the port (another process took it after [`check_listen`]),
+/// where an exit lets a supervisor start it again. Other panics keep the
+/// default: they end their own task or request only.
+fn exit_when_a_listener_fails() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with(LISTENER_FAILED)) {
+            eprintln!("cascade: cannot listen: a listener failed to bind (see above); exiting");
+            std::process::exit(1);
+        }
+    }));
 }
 
 impl From<SnapshotError> for StartError {
@@ -88,13 +116,15 @@ pub fn serve(path: &Path) -> Result<(), StartError> {
     }
 
     let admin_token = admin::read_token(&config.admin);
-    check_listen("server.listen", config.server.listen)?;
+    let mut listens = vec![("server.listen", config.server.listen)];
     if let Some(tls) = &config.server.tls {
-        check_listen("server.tls.listen", tls.listen)?;
+        listens.push(("server.tls.listen", tls.listen));
     }
     if admin_token.is_ok() {
-        check_listen("admin.listen", config.admin.listen)?;
+        listens.push(("admin.listen", config.admin.listen));
     }
+    check_listen(&listens)?;
+    exit_when_a_listener_fails();
     block_on(control.tidy_store());
 
     let conf = ServerConf {
@@ -177,5 +207,37 @@ fn reload_on_sighup(control: Arc<ControlPlane>) {
     });
     if let Err(e) = spawned {
         log::error!("SIGHUP reloads are off: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Run in a process of its own (this test binary again): the hook
+    /// ends the process it is installed in.
+    #[test]
+    fn a_listener_that_fails_to_bind_ends_the_process_and_other_panics_do_not() {
+        const CHILD: &str = "CASCADE_TEST_LISTENER_HOOK";
+        if std::env::var_os(CHILD).is_some() {
+            exit_when_a_listener_fails();
+            let other = std::thread::spawn(|| panic!("a request's task failed")).join();
+            assert!(other.is_err());
+            println!("alive after another panic");
+            let _ = std::thread::spawn(|| panic!("{LISTENER_FAILED}: Os {{ code: 98, kind: AddrInUse }}")).join();
+            println!("alive after a listener failed");
+            return;
+        }
+        let name = "server::tests::a_listener_that_fails_to_bind_ends_the_process_and_other_panics_do_not";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stdout.contains("alive after another panic"), "another panic ended the process: {stdout}");
+        assert!(!stdout.contains("alive after a listener failed"), "{stdout}");
+        assert!(stderr.contains("cascade: cannot listen") && stderr.contains("AddrInUse"), "{stderr}");
     }
 }

@@ -550,25 +550,42 @@ fn std_stdio_in_a_filter_behaves_as_the_host_would() {
     assert_eq!(proxy.get("/stdio", &[]).status, 200);
 }
 
-/// A listen address another process holds stops start-up with the key and
-/// the address, instead of a process that runs on and serves nothing.
+/// A listen address another process holds, or two of the config's own
+/// that overlap, stop start-up with the key and the address, instead of a
+/// process that runs on and serves nothing on one of them.
 #[test]
 fn a_busy_listen_port_stops_start_up_naming_it() {
+    // What `serve` says on its way out; it must not stay up.
+    let start_up_error = |path: &std::path::Path| {
+        let mut child = std::process::Command::new(cascade_bin())
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("CASCADE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = exit_of(&mut child);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{stderr}");
+        stderr
+    };
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let path = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).write(dir.path(), port);
-    let mut child = std::process::Command::new(cascade_bin())
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = exit_of(&mut child);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "{stderr}");
+    let stderr = start_up_error(&path);
     assert!(stderr.contains(&format!("server.listen 127.0.0.1:{port}: cannot listen")), "{stderr}");
+    drop(held);
+
+    // Two of its own addresses that overlap: each alone is free.
+    let port = free_port();
+    let path = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).with_admin().write(dir.path(), port);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let admin_line = text.lines().find(|l| l.starts_with("listen = ") && !l.contains(&port.to_string())).unwrap();
+    std::fs::write(&path, text.replace(admin_line, &format!("listen = \"0.0.0.0:{port}\""))).unwrap();
+    let stderr = start_up_error(&path);
+    assert!(stderr.contains(&format!("admin.listen 0.0.0.0:{port}: cannot listen")), "{stderr}");
 }
 
 /// On SIGTERM the proxy stops accepting, and a request in flight still gets
