@@ -368,6 +368,23 @@ config = { policy = "one", key = "ip" }
     // What the client itself put left of the last untrusted hop is not read.
     assert_eq!(limited(&behind_a_tier, "192.0.2.1, 203.0.113.7, 10.1.2.3").0, 429);
 
+    // Only a trusted proxy may say which host, port or path the client
+    // asked for: no cache key holds them, and origins build links from them.
+    let claims = [
+        ("x-forwarded-host", "evil.example"),
+        ("forwarded", "host=evil.example"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/evil"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+    ];
+    let claimed = |proxy: &Proxy| proxy.get("/page/claims", &claims).json()["headers"].clone();
+    let (trusted, untrusted) = (claimed(&behind_a_tier), claimed(&facing_clients));
+    for (name, value) in claims {
+        assert_eq!(trusted[name], value, "a trusted proxy's {name} was dropped");
+        assert!(untrusted.get(name).is_none(), "a client's {name} reached the origin: {untrusted}");
+    }
+
     // From a client: it cannot claim https, nor be someone else.
     let (plain, first) = seen(&facing_clients, None);
     assert_eq!(seen(&facing_clients, Some("https")), (plain, first), "a client's https claim was believed");

@@ -50,10 +50,17 @@ pub fn check(header: &RequestHeader, server: &ServerConfig) -> Result<(), ErrorR
 }
 
 /// The `CDN-Loop` header (RFC 8586) when one of its members is `node`.
-fn loop_seen<'a>(header: &'a RequestHeader, node: &str) -> Option<&'a str> {
-    header.headers.get_all("cdn-loop").iter().filter_map(|v| v.to_str().ok()).find(|value| {
-        value.split(',').any(|member| member.split(';').next().is_some_and(|id| id.trim().eq_ignore_ascii_case(node)))
-    })
+/// Read as bytes: a line with a byte past ASCII is still a line this node
+/// adds its member to (joining all lines into one), so passing over such
+/// lines let one `é` hide a loop until the headers outgrew their limit.
+fn loop_seen(header: &RequestHeader, node: &str) -> Option<String> {
+    let seen = header.headers.get_all("cdn-loop").iter().find(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|member| {
+            let id = member.split(|&b| b == b';').next().unwrap_or_default();
+            id.trim_ascii().eq_ignore_ascii_case(node.as_bytes())
+        })
+    })?;
+    Some(String::from_utf8_lossy(seen.as_bytes()).into_owned())
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request needs a `Host`, and it must be a valid

@@ -1,8 +1,9 @@
 //! What a request's forwarding headers are believed for. A client's own are
 //! not: the scheme is the listener's and the client is the socket's peer. A
 //! trusted proxy's (`server.trusted_proxies`: the edges in front of a
-//! regional tier, a load balancer) are: its `X-Forwarded-Proto: https`, and
-//! the client its `X-Forwarded-For` names.
+//! regional tier, a load balancer) are: its `X-Forwarded-Proto: https`, the
+//! client its `X-Forwarded-For` names, and the host or path it says the
+//! client asked for.
 
 use std::net::IpAddr;
 
@@ -22,6 +23,34 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(ip))
 }
 
+fn from_trusted_proxy(session: &Session, trusted: &[IpNet]) -> bool {
+    peer_ip(session).is_some_and(|peer| is_trusted(peer, trusted))
+}
+
+/// Headers with which a client names another host, port, path prefix or
+/// path than the one it asked for. No cache key holds them, and origins act
+/// on them: links and redirects built from `X-Forwarded-Host` (cached, they
+/// would point every client at the one's pick), or Symfony's and IIS's
+/// `X-Original-URL` serving a path whose route has filters the request
+/// never met.
+const CLAIMS_OF_ANOTHER_TARGET: [&str; 6] =
+    ["forwarded", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "x-original-url", "x-rewrite-url"];
+
+/// Remove a client's [`CLAIMS_OF_ANOTHER_TARGET`], before the filters
+/// run (which may set them); a trusted proxy's are kept.
+pub(super) fn drop_claims_of_another_target(session: &mut Session, trusted: &[IpNet]) {
+    if from_trusted_proxy(session, trusted) {
+        return;
+    }
+    let header = session.req_header_mut();
+    // One pass over the names the request has, not a lookup of each claim.
+    let claimed: Vec<http::HeaderName> =
+        header.headers.keys().filter(|name| CLAIMS_OF_ANOTHER_TARGET.contains(&name.as_str())).cloned().collect();
+    for name in claimed {
+        header.remove_header(&name);
+    }
+}
+
 /// The scheme the upstream is told (`X-Forwarded-Proto`), one of two, as
 /// the cache key holds it: `https` on a TLS listener, whatever the client
 /// says; on a plain one, `https` only when a trusted proxy says so (a
@@ -37,7 +66,7 @@ pub(super) fn forwarded_proto(session: &Session, trusted: &[IpNet]) -> &'static 
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
     };
-    if peer_ip(session).is_some_and(|peer| is_trusted(peer, trusted)) && said_https() { "https" } else { "http" }
+    if from_trusted_proxy(session, trusted) && said_https() { "https" } else { "http" }
 }
 
 /// The client a request comes from, as filters see it: the socket's peer;

@@ -242,6 +242,7 @@ impl CascadeProxy {
             let host = normalize::host(host);
             ctx.cache_url = Some(format!("{host}{}", cache::key_target(target, &route.config.cache)));
         }
+        forwarded::drop_claims_of_another_target(session, &snapshot.config.server.trusted_proxies);
         if route.chain.is_empty() {
             return Ok(false);
         }
