@@ -11,6 +11,24 @@ pub enum Verdict {
     Respond(Reply),
 }
 
+impl Verdict {
+    /// What a filter answers when the host refused one of its request
+    /// edits: for a limit (the request already has as many headers as the
+    /// route lets a filter leave, `limits.max_headers`), a 431, as a request
+    /// with too many headers gets at admission, so a client cannot make the
+    /// filter fail and count against the route's breaker. Any other refusal
+    /// is a bug of the filter or its config: it traps, and the route's
+    /// `on_error` decides.
+    pub fn refused_edit(error: EditError) -> Self {
+        match error {
+            EditError::LimitExceeded(what) => {
+                Self::Respond(Reply::new(431).body(format!("request header fields too large: {what}\n")))
+            }
+            other => panic!("{other}"),
+        }
+    }
+}
+
 /// A complete answer given by a filter instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

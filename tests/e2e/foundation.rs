@@ -567,6 +567,27 @@ fn std_stdio_in_a_filter_behaves_as_the_host_would() {
     assert_eq!(proxy.get("/stdio", &[]).status, 200);
 }
 
+/// A filter's header limit counts as admission does: many cookie lines
+/// (admitted as one header) leave a filter room to add its own. A request
+/// past the route's own filter limit (`limits.max_headers` below
+/// `server.max_headers`) gets the filter's 431, not a failure of the filter
+/// that a client could repeat until the route's breaker opened.
+#[test]
+fn cookie_lines_count_as_one_for_filters_and_a_full_request_gets_431() {
+    let config = ProxyConfig::new(REWRITE_ROUTE, &["rewrite"]).with_main("\n[limits]\nmax_headers = 20\n");
+    let proxy = Proxy::start(&config);
+    let request =
+        |headers: &str| format!("GET /api/a HTTP/1.1\r\nhost: example.com\r\n{headers}connection: close\r\n\r\n");
+    let cookies = "cookie: a=1\r\n".repeat(40);
+    let (status, answer) = send_raw(proxy.port, &request(&cookies));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"x-edge\":\"cascade\""), "{answer}");
+    let many: String = (0..30).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let (status, answer) = send_raw(proxy.port, &request(&many));
+    assert_eq!(status, 431, "{answer}");
+    assert!(answer.contains("request header fields too large"), "{answer}");
+}
+
 /// A listen address another process holds, or two of the config's own
 /// that overlap, stop start-up with the key and the address, instead of a
 /// process that runs on and serves nothing on one of them.

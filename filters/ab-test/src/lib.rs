@@ -146,7 +146,9 @@ impl Filter for AbTest {
             }
         };
         let variant = &self.config.variants[index];
-        req.set_header(&self.config.header, &variant.name).unwrap_or_else(|e| panic!("ab-test: {e}"));
+        if let Err(refused) = req.set_header(&self.config.header, &variant.name) {
+            return Verdict::refused_edit(refused);
+        }
         if let Some(upstream) = &variant.upstream {
             // An unknown group is a config bug: trap, and let on_error decide.
             req.set_upstream(upstream).unwrap_or_else(|e| panic!("ab-test: {e}"));
@@ -183,6 +185,19 @@ mod tests {
         let f = instantiate::<AbTest>(CONFIG).unwrap();
         let new = (0..10_000).filter(|i| f.assign(&format!("user-{i}")) == 1).count() as i64;
         assert!((new - 3_000).abs() <= 183, "{new} of 10000 assigned to `new`");
+    }
+
+    /// A request with as many headers as the host lets a filter leave gets
+    /// a 431, not a trap (which a client could repeat until the route's
+    /// breaker opened); cookie lines count as one, as at admission.
+    #[test]
+    fn a_request_at_the_header_count_gets_431() {
+        let mut f = instantiate::<AbTest>(CONFIG).unwrap();
+        let full = (0..255).fold(request("u1"), |req, i| req.with_header(&format!("x-h{i}"), "1"));
+        let Verdict::Respond(reply) = f.on_request(&full) else { panic!("a full request went on") };
+        assert_eq!(reply.status, 431);
+        let cookies = (0..300).fold(request("u1"), |req, _| req.with_header("cookie", "a=1"));
+        assert_eq!(f.on_request(&cookies), Verdict::Continue, "cookie lines counted one by one");
     }
 
     #[test]

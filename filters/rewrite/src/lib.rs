@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use cascade_filter::client::{MAX_HEADER_NAME_BYTES, check_header, check_removal, is_token};
 use cascade_filter::path::strip_segment_prefix;
-use cascade_filter::{EditError, Filter, Reply, Request, Verdict, export_filter, regex};
+use cascade_filter::{EditError, Filter, Reply, Request, Verdict, export_filter, log, regex};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,11 +116,15 @@ impl Filter for Rewrite {
         // Staged first, the response rules apply to a redirect below as to
         // any other answer, and the filter needs no on_response: its
         // instance is free while the request goes upstream.
-        self.0.response_headers.apply(
+        // One the host will not stage (the request's staged edits are at
+        // their limit) leaves the response as it is: logged, not a failure.
+        if let Err(e) = self.0.response_headers.apply(
             |name| req.remove_response_header(name),
             |name, value| req.set_response_header(name, value),
             |name, value| req.add_response_header(name, value),
-        );
+        ) {
+            log::warn(&format!("response headers not all staged: {e}"));
+        }
         let original = req.path();
         for redirect in &self.0.redirects {
             let expanded = regex::replace(&redirect.whole_path_pattern, &original, &redirect.to);
@@ -153,7 +157,7 @@ impl Filter for Rewrite {
             // let the route's on_error decide.
             req.set_path(&path).unwrap_or_else(|e| panic!("rewrite produced {e}"));
         }
-        self.0.request_headers.apply(
+        let applied = self.0.request_headers.apply(
             |name| {
                 req.remove_header(name);
                 Ok(())
@@ -161,7 +165,10 @@ impl Filter for Rewrite {
             |name, value| req.set_header(name, value),
             |name, value| req.add_header(name, value),
         );
-        Verdict::Continue
+        match applied {
+            Ok(()) => Verdict::Continue,
+            Err(refused) => Verdict::refused_edit(refused),
+        }
     }
 }
 
@@ -184,23 +191,25 @@ impl HeaderRules {
         Ok(())
     }
 
-    /// Apply the rules in the order remove, set, add. The host refuses an
-    /// invalid name or value; that is a config bug, so it traps.
+    /// Apply the rules in the order remove, set, add, up to the first the
+    /// host refuses. Names and values were checked at load, so a refusal is
+    /// the message's header count (the route's `limits.max_headers`).
     fn apply(
         &self,
         remove: impl Fn(&str) -> Result<(), EditError>,
         set: impl Fn(&str, &str) -> Result<(), EditError>,
         add: impl Fn(&str, &str) -> Result<(), EditError>,
-    ) {
+    ) -> Result<(), EditError> {
         for name in &self.remove {
-            remove(name).unwrap_or_else(|e| panic!("{e}"));
+            remove(name)?;
         }
         for (name, value) in &self.set {
-            set(name, value).unwrap_or_else(|e| panic!("{e}"));
+            set(name, value)?;
         }
         for (name, value) in &self.add {
-            add(name, value).unwrap_or_else(|e| panic!("{e}"));
+            add(name, value)?;
         }
+        Ok(())
     }
 }
 
@@ -281,6 +290,19 @@ mod tests {
 
     fn rewrite(config: &str) -> Rewrite {
         instantiate::<Rewrite>(config).expect("valid config")
+    }
+
+    /// A request with as many headers as the host lets a filter leave gets
+    /// a 431 when a rule would add one, not a trap.
+    #[test]
+    fn a_request_at_the_header_count_gets_431() {
+        let mut f = rewrite(r#"{"request_headers": {"set": {"x-edge": "cascade"}}}"#);
+        let full = (0..256).fold(Request::new("GET", "/a"), |req, i| req.with_header(&format!("x-h{i}"), "1"));
+        let Verdict::Respond(reply) = f.on_request(&full) else { panic!("a full request went on") };
+        assert_eq!(reply.status, 431);
+        let fits = (0..255).fold(Request::new("GET", "/a"), |req, i| req.with_header(&format!("x-h{i}"), "1"));
+        assert_eq!(f.on_request(&fits), Verdict::Continue);
+        assert_eq!(fits.header("x-edge").as_deref(), Some("cascade"));
     }
 
     #[test]

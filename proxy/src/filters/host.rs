@@ -7,6 +7,7 @@
 //! edits the real message and nothing is copied up front.
 
 use crate::config::OutputLimits;
+use crate::service::headers::header_count;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -413,10 +414,12 @@ fn checked_header(
 }
 
 /// Whether setting (or with `appending`, adding) `name` would take a message
-/// with `headers` past the entry's header count. Only a message at its count
-/// looks the name up.
+/// with `headers` past the entry's header count, counted as admission
+/// counts. Only a message at its count looks the name up.
 fn over_header_count(limits: &OutputLimits, headers: &http::HeaderMap, name: &str, appending: bool) -> bool {
-    headers.len() >= limits.header_count && (appending || !headers.contains_key(name))
+    headers.len() >= limits.header_count
+        && header_count(headers) >= limits.header_count
+        && (appending || !headers.contains_key(name))
 }
 
 /// The message's framing. Pingora frames each message from its own state,
@@ -947,6 +950,15 @@ mod tests {
         assert!(check(&headers, "X-A", "3", false).is_ok());
         assert!(matches!(check(&headers, "x-a", "3", true), Err(EditError::LimitExceeded(_))));
         assert!(matches!(check(&headers, "x-c", "3", false), Err(EditError::LimitExceeded(_))));
+        // Cookie lines count as the one header admission counted them as: a
+        // client with many cannot make every filter edit fail.
+        let mut cookies = http::HeaderMap::new();
+        for _ in 0..5 {
+            cookies.append("cookie", HeaderValue::from_static("a=1"));
+        }
+        assert!(check(&cookies, "x-c", "3", false).is_ok());
+        cookies.insert("x-a", HeaderValue::from_static("1"));
+        assert!(matches!(check(&cookies, "x-c", "3", false), Err(EditError::LimitExceeded(_))));
     }
 
     #[test]

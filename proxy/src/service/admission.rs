@@ -21,10 +21,7 @@ pub fn check(header: &RequestHeader, server: &ServerConfig) -> Result<(), ErrorR
         let message = format!("request target of {uri_len} bytes exceeds {}", limits.max_uri_bytes);
         return Err(ErrorReply::new(414, message));
     }
-    // HTTP/2 clients send each cookie on a line of its own: the lines count
-    // as the one header they are over HTTP/1.1.
-    let cookie_lines = header.headers.get_all(http::header::COOKIE).iter().count();
-    let header_count = header.headers.len() - cookie_lines.saturating_sub(1);
+    let header_count = super::headers::header_count(&header.headers);
     if header_count > limits.max_headers {
         let message = format!("{header_count} request headers exceed {}", limits.max_headers);
         return Err(ErrorReply::new(431, message));

@@ -56,6 +56,16 @@ fn joined_by<'h>(headers: &'h http::HeaderMap, name: &str, separator: &[u8]) -> 
     Some(joined)
 }
 
+/// How many headers a request has, its `Cookie` lines counted as one: HTTP/2
+/// clients send each cookie on a line of its own, and the lines are the
+/// one header they are over HTTP/1.1 (and reach the upstream as, see
+/// [`joined_cookies`]). Admission and the filters' limit count alike, or a
+/// request admitted with many cookie lines would fail every filter edit.
+pub(crate) fn header_count(headers: &http::HeaderMap) -> usize {
+    let cookie_lines = headers.get_all(http::header::COOKIE).iter().count();
+    headers.len() - cookie_lines.saturating_sub(1)
+}
+
 /// The `Cookie` lines of an HTTP/2 request as the one line an HTTP/1.1 peer
 /// expects, joined by "; " (RFC 9113 §8.2.3: browsers send each cookie on a
 /// line of its own); `None` when there are fewer than two.
