@@ -205,3 +205,32 @@ fn a_streamed_body_over_the_limit_gets_413() {
     // The proxy keeps serving.
     assert_eq!(proxy.get("/other", &[]).status, 200);
 }
+
+/// An origin's hop-by-hop fields, and those its `Connection` names, stop at
+/// the proxy (RFC 9110 §7.6.1): an HTTP/1.1 client sees none of them, on
+/// the miss or on a hit from the cache. The framing stays whatever
+/// `Connection` names.
+#[test]
+fn an_origins_hop_by_hop_fields_reach_no_client() {
+    let origin = raw_origin(|stream| {
+        let _ = std::io::Write::write_all(
+            stream,
+            b"HTTP/1.1 200 OK\r\nconnection: close, x-backend, content-length\r\nx-backend: 10.0.0.5\r\n\
+              keep-alive: timeout=2\r\nupgrade: h2,h2c\r\nproxy-connection: keep-alive\r\n\
+              x-kept: yes\r\ncache-control: max-age=60\r\ncontent-length: 2\r\n\r\nok",
+        );
+    });
+    let routes = "[[route]]\nname = \"site\"\nupstream = \"origin\"\n[route.cache]\nttl_secs = 60\n";
+    let proxy = Proxy::start(&ProxyConfig::over(origin, routes));
+    for pass in ["miss", "hit"] {
+        let reply = proxy.get("/page", &[]);
+        assert_eq!((reply.status, reply.body.as_str()), (200, "ok"), "{pass}: {reply:?}");
+        for name in ["x-backend", "keep-alive", "upgrade", "proxy-connection"] {
+            assert_eq!(reply.header(name), None, "{pass}: {name} reached the client: {reply:?}");
+        }
+        assert_eq!(reply.header("x-kept"), Some("yes"), "{pass}");
+        assert_eq!(reply.header("content-length"), Some("2"), "{pass}");
+    }
+    let hit = proxy.get("/page", &[]);
+    assert!(hit.header("cache-status").is_some_and(|s| s.contains("hit")), "{hit:?}");
+}

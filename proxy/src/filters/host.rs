@@ -426,10 +426,10 @@ fn over_header_count(limits: &OutputLimits, headers: &http::HeaderMap, name: &st
 /// so a filter's `Content-Length` or `Transfer-Encoding`, written or
 /// removed, would make the client or the origin read the body, or the next
 /// message, differently from the proxy.
-const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+pub(crate) const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
 /// The hop-by-hop fields (RFC 9110 §7.6.1): the host writes them for each
 /// connection. A filter may remove them (`Upgrade`, to refuse WebSockets).
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+pub(crate) const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
 fn is_one_of(names: &[&str], name: &str) -> bool {
     names.iter().any(|owned| owned.eq_ignore_ascii_case(name))

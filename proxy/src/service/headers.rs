@@ -56,6 +56,39 @@ fn joined_by<'h>(headers: &'h http::HeaderMap, name: &str, separator: &[u8]) -> 
     Some(joined)
 }
 
+/// RFC 9110 §7.6.1: remove the hop-by-hop fields of a response, and those
+/// its `Connection` names, before it is forwarded or stored. Pingora does so
+/// for requests, and writes `Connection` itself on a response, but passes
+/// the others on to HTTP/1 clients and into the cache (an origin's
+/// `Connection: close, X-Backend` left `X-Backend` on every hit). A 101's
+/// `Connection` and `Upgrade` are its handshake, left as they are; the
+/// framing stays whatever `Connection` says (Pingora frames the message).
+pub(super) fn remove_hop_by_hop(response: &mut ResponseHeader) {
+    use crate::filters::host::{FRAMING, HOP_BY_HOP};
+    if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let headers = &response.headers;
+    let listed = |name: &str| {
+        headers.get_all(http::header::CONNECTION).iter().any(|value| {
+            value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+    };
+    // One pass over the names the response has; nothing is allocated
+    // unless one goes (`Connection` is Pingora's to write).
+    let hop_by_hop: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name != "connection" && !FRAMING.contains(&name) && (HOP_BY_HOP.contains(&name) || listed(name))
+        })
+        .cloned()
+        .collect();
+    for name in hop_by_hop {
+        response.remove_header(&name);
+    }
+}
+
 /// How many headers a request has, its `Cookie` lines counted as one: HTTP/2
 /// clients send each cookie on a line of its own, and the lines are the
 /// one header they are over HTTP/1.1 (and reach the upstream as, see

@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;
-use headers::{empty_request, empty_response, ip_text, joined_cookies, with_member};
+use headers::{empty_request, empty_response, ip_text, joined_cookies, remove_hop_by_hop, with_member};
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -620,6 +620,7 @@ impl ProxyHttp for CascadeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        remove_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();
         if status == 304 {
             ctx.revalidated_age = upstream_response.headers.get(http::header::AGE).cloned();
