@@ -111,6 +111,27 @@ fn no_path_trick_reaches_another_route_without_its_filters() {
     assert_eq!(echoed["path"], "/v2/users;jsessionid=1", "{body}");
 }
 
+/// A prefix ending in `/` covers the path without it: `/admin` is the
+/// `/admin/` route's (origins serve both alike), not the `/` route's, which
+/// lacks its filters; so is `/admin;x`, which is refused as any `;` inside a
+/// prefix is.
+#[test]
+fn a_prefix_with_a_slash_covers_the_bare_path() {
+    let origin = EchoOrigin::start().unwrap();
+    let routes = "[[route]]\nname = \"admin\"\npath_prefix = \"/admin/\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"rewrite\"\nconfig = { request_headers = { set = { x-route = \"admin\" } } }\n\n\
+                  [[route]]\nname = \"rest\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let proxy = Proxy::start(&ProxyConfig::over(origin.addr(), routes).with_built_module("rewrite"));
+    for path in ["/admin", "/admin/", "/admin/users"] {
+        let reply = proxy.get(path, &[]);
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        assert_eq!(reply.json()["headers"]["x-route"], "admin", "{path} skipped the admin route's filters");
+    }
+    assert_eq!(proxy.get("/administrator", &[]).json()["headers"]["x-route"], serde_json::Value::Null);
+    let (status, body) = send_raw(proxy.port, "GET /admin;x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 400, "{body}");
+}
+
 /// A filter's new path is normalized as the client's was: a rewrite that
 /// makes a dot segment (`/assets/...gz` to `/public/..`) sends the origin
 /// the path it would resolve (`/`), which later filters check too.

@@ -80,16 +80,35 @@ impl Route {
 struct PrefixTable(Vec<Arc<Route>>);
 
 impl PrefixTable {
+    /// The route with the longest prefix that matches `path`. A prefix
+    /// that is `path` with a `/` after it ranks as `path` itself would,
+    /// after a route whose prefix is `path`.
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.0.iter().find(|r| prefix_matches(&r.config.path_prefix, path))
+        let mut bare_path_of = None;
+        for route in &self.0 {
+            let prefix = route.config.path_prefix.as_str();
+            if !prefix_matches(prefix, path) {
+                continue;
+            }
+            if prefix.len() > path.len() {
+                bare_path_of = Some(route);
+            } else {
+                return Some(bare_path_of.filter(|_| prefix.len() < path.len()).unwrap_or(route));
+            }
+        }
+        bare_path_of
     }
 }
 
-/// `prefix` matches `path` when it is equal, or ends on a segment boundary.
+/// `prefix` matches `path` when it is equal, or ends on a segment
+/// boundary. A prefix ending in `/` also matches the path without it
+/// (`/admin/` matches `/admin`): origins (Express, Spring, nginx's own 301)
+/// serve both alike, and the bare path must not reach a shorter route
+/// without this one's filters.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
+        None => prefix.len() > 1 && prefix.strip_suffix('/') == Some(path),
     }
 }
 
@@ -213,7 +232,15 @@ mod tests {
         assert_eq!(name(&t, "x", "/api/users"), Some("api"));
         assert_eq!(name(&t, "x", "/apix"), Some("root"));
         assert_eq!(name(&t, "x", "/api/v2/users"), Some("v2"));
-        assert_eq!(name(&t, "x", "/api/v2"), Some("api"));
+        // A prefix with a `/` after it covers the path without it, so that
+        // path does not reach a shorter prefix's route without its filters;
+        // a route for the path itself comes first.
+        assert_eq!(name(&t, "x", "/api/v2"), Some("v2"));
+        assert_eq!(name(&t, "x", "/api/v2x"), Some("api"));
+        let t = table([route("root", "*", "/"), route("exact", "*", "/api/v2"), route("v2", "*", "/api/v2/")]);
+        assert_eq!(name(&t, "x", "/api/v2"), Some("exact"));
+        assert_eq!(name(&t, "x", "/api/v2/a"), Some("v2"));
+        assert!(!prefix_matches("/", "") && prefix_matches("/", "/"));
     }
 
     #[test]
