@@ -128,7 +128,7 @@ path_prefix = "/old"
 upstream = "origin"
 [[route.filters]]
 module = "rewrite"
-config = { redirects = [{ pattern = "^/old/moved/(.*)$", to = "/new/$1", status = 308 }], path_rewrites = [{ pattern = "^/old/items/(?P<id>[0-9]+)$", replacement = "/catalog/item?id=${id}" }] }
+config = { redirects = [{ pattern = "^/old/moved/(.*)$", to = "/new/$1", status = 308 }], path_rewrites = [{ pattern = "^/old/items/(?P<id>[0-9]+)$", replacement = "/catalog/item?id=${id}" }, { pattern = "^/old/search/([^/]+)$", replacement = "/find?q=$1" }] }
 "#;
 
 fn config() -> ProxyConfig {
@@ -528,6 +528,13 @@ fn rewrite_redirects_and_regex_rewrites() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["path"], "/catalog/item");
     assert_eq!(reply.json()["query"], "id=42");
+    // A capture in the new query is a value, encoded: the path's `&` and
+    // `=` add no parameter of the client's choosing.
+    let reply = proxy.get("/old/search/shoes&admin=1?page=2", &[]);
+    assert_eq!(
+        (reply.json()["path"].as_str(), reply.json()["query"].as_str()),
+        (Some("/find"), Some("q=shoes%26admin%3D1&page=2"))
+    );
 
     // A misspelt group name would expand to nothing: the host names the
     // pattern's groups, and the filter refuses the route at load.

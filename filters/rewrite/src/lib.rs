@@ -37,6 +37,10 @@ pub struct Config {
 struct PathRewrite {
     pattern: String,
     replacement: String,
+    /// `pattern` within one that matches the whole path, to read its
+    /// captures one by one (see [`QueryRewrite`]). Built at load.
+    #[serde(skip)]
+    whole_path_pattern: String,
 }
 
 /// Answer with a redirect when `pattern` matches the path. `to` may use
@@ -95,7 +99,10 @@ impl Filter for Rewrite {
             }
         }
         for redirect in &mut config.redirects {
-            redirect.whole_path_pattern = format!("^(?s:.*?)(?:{})(?s:.*)$", redirect.pattern);
+            redirect.whole_path_pattern = whole_path(&redirect.pattern);
+        }
+        for rule in &mut config.path_rewrites {
+            rule.whole_path_pattern = whole_path(&rule.pattern);
         }
         // The host compiles (and caches) each pattern here, so a bad one is
         // reported when the route is loaded. A redirect's pattern is checked
@@ -106,6 +113,7 @@ impl Filter for Rewrite {
         }
         for rule in &config.path_rewrites {
             check_references(&rule.pattern, &rule.replacement)?;
+            regex::is_match(&rule.whole_path_pattern, "")?;
         }
         config.request_headers.check("request_headers")?;
         config.response_headers.check("response_headers")?;
@@ -138,7 +146,11 @@ impl Filter for Rewrite {
         }
         let mut path = rewrite_path(&original, &self.0).unwrap_or_else(|| original.clone());
         for rule in &self.0.path_rewrites {
-            if let Some(rewritten) = regex::replace(&rule.pattern, &path, &rule.replacement).expect("checked at load") {
+            let rewritten = match QueryRewrite::of(rule) {
+                Some(with_query) => with_query.apply(&path),
+                None => regex::replace(&rule.pattern, &path, &rule.replacement).expect("checked at load"),
+            };
+            if let Some(rewritten) = rewritten {
                 path = rewritten;
             }
         }
@@ -213,6 +225,12 @@ impl HeaderRules {
     }
 }
 
+/// `pattern` within one that matches the whole of any text it matches a
+/// part of, with the same groups: its expansion is the replacement alone.
+fn whole_path(pattern: &str) -> String {
+    format!("^(?s:.*?)(?:{pattern})(?s:.*)$")
+}
+
 /// Refuse a capture reference that names no group of `pattern`, since the
 /// regex crate expands it to nothing: a misspelt `${idd}`, a `$3` of a
 /// pattern with two groups, or `$1_x`, which the regex crate reads as a group
@@ -223,24 +241,10 @@ impl HeaderRules {
 /// refused here too.
 fn check_references(pattern: &str, replacement: &str) -> Result<(), String> {
     let groups = regex::capture_names(pattern)?;
-    let mut rest = replacement;
-    while let Some(at) = rest.find('$') {
-        rest = &rest[at + 1..];
-        if let Some(escaped) = rest.strip_prefix('$') {
-            rest = escaped;
-            continue;
-        }
-        let (name, after) = match rest.strip_prefix('{').and_then(|braced| braced.split_once('}')) {
-            Some((name, after)) => (name, after),
-            None => {
-                let len = rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
-                rest.split_at(len)
-            }
-        };
-        rest = after;
+    for piece in pieces(replacement) {
+        let Piece::Group(name) = piece else { continue };
         let digits = name.bytes().take_while(u8::is_ascii_digit).count();
         let names_a_group = match name.parse::<usize>() {
-            _ if name.is_empty() => true, // a lone `$` is itself
             Ok(number) => number < groups.len(),
             Err(_) if digits > 0 => {
                 let (number, tail) = name.split_at(digits);
@@ -262,6 +266,103 @@ fn check_references(pattern: &str, replacement: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A part of a replacement, as the regex crate reads it.
+#[derive(Debug, PartialEq)]
+enum Piece<'a> {
+    Text(&'a str),
+    /// `$name` (the longest run of letters, digits and `_`) or `${name}`.
+    Group(&'a str),
+}
+
+/// `replacement` in pieces: `$$` is a `$`, as is a `$` that starts no
+/// reference.
+fn pieces(replacement: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = replacement;
+    while let Some(at) = rest.find('$') {
+        pieces.push(Piece::Text(&rest[..at]));
+        rest = &rest[at + 1..];
+        let braced = rest.strip_prefix('{').and_then(|braced| braced.split_once('}'));
+        let (name, after) = match braced {
+            Some((name, after)) if !name.is_empty() => (name, after),
+            _ => rest.split_at(rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count()),
+        };
+        match name {
+            "" => {
+                pieces.push(Piece::Text("$"));
+                rest = rest.strip_prefix('$').unwrap_or(rest);
+            }
+            name => {
+                pieces.push(Piece::Group(name));
+                rest = after;
+            }
+        }
+    }
+    pieces.push(Piece::Text(rest));
+    pieces.retain(|piece| *piece != Piece::Text(""));
+    pieces
+}
+
+/// A path rewrite whose replacement has a query part (`/find?q=$1`): each
+/// capture expanded there is percent-encoded as a query value, as nginx's
+/// `rewrite` escapes them. The path may hold `&`, `=`, `+` and `;` as they
+/// are, and `/search/shoes&admin=1` must not send the origin `admin=1`.
+struct QueryRewrite<'a> {
+    rule: &'a PathRewrite,
+    /// The replacement's path part, then its query part.
+    path: Vec<Piece<'a>>,
+    query: Vec<Piece<'a>>,
+}
+
+impl<'a> QueryRewrite<'a> {
+    fn of(rule: &'a PathRewrite) -> Option<Self> {
+        let (path, query) = rule.replacement.split_once('?')?;
+        Some(Self { rule, path: pieces(path), query: pieces(query) })
+    }
+
+    /// `path` rewritten, or `None` when the pattern does not match it.
+    fn apply(&self, path: &str) -> Option<String> {
+        // The text around the match, marked by a NUL, which no path holds.
+        let marked = regex::replace(&self.rule.pattern, path, "\0").expect("checked at load")?;
+        let (before, after) = marked.split_once('\0')?;
+        let capture = |name: &str| {
+            regex::replace(&self.rule.whole_path_pattern, path, &format!("${{{name}}}")).expect("checked at load")
+        };
+        let expand = |pieces: &[Piece], out: &mut String, encode: bool| {
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => out.push_str(text),
+                    Piece::Group(name) => {
+                        let value = capture(name).unwrap_or_default();
+                        if encode {
+                            encode_query_value(&value, out);
+                        } else {
+                            out.push_str(&value);
+                        }
+                    }
+                }
+            }
+        };
+        let mut out = before.to_string();
+        expand(&self.path, &mut out, false);
+        out.push('?');
+        expand(&self.query, &mut out, true);
+        out.push_str(after);
+        Some(out)
+    }
+}
+
+/// `value` into `out`, with what separates or alters query parameters
+/// percent-encoded.
+fn encode_query_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '&' | '=' | '+' | ';' | '#' | '?' | ' ' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
 }
 
 /// The new path, or `None` to leave it alone. With both prefixes set this is
@@ -402,6 +503,40 @@ mod tests {
         let other = Request::new("GET", "/users/x/profile");
         f.on_request(&other);
         assert_eq!(other.path(), "/users/x/profile");
+    }
+
+    /// A capture expanded into the query is encoded as a query value (as
+    /// nginx's `rewrite` does): the path's `&`, `=`, `+` and `;` must not add
+    /// parameters of the client's choosing. In the path part it stays as is.
+    #[test]
+    fn captures_in_a_new_query_are_encoded() {
+        let config = r#"{"path_rewrites": [{"pattern": "/search/(?P<term>[^/]+)/(\\w+)$",
+            "replacement": "/find/$2?q=${term}&$$x=$2&s=${1}"}]}"#;
+        let mut f = rewrite(config);
+        let req = Request::new("GET", "/v1/search/shoes&admin=1+a;b/all?page=2");
+        f.on_request(&req);
+        assert_eq!(req.path(), "/v1/find/all");
+        assert_eq!(
+            req.query().as_deref(),
+            Some("q=shoes%26admin%3D1%2Ba%3Bb&$x=all&s=shoes%26admin%3D1%2Ba%3Bb&page=2")
+        );
+        let untouched = Request::new("GET", "/other/a&b");
+        f.on_request(&untouched);
+        assert_eq!((untouched.path().as_str(), untouched.query()), ("/other/a&b", None));
+        assert_eq!(
+            pieces("a$1${b}$$c$-${}"),
+            [
+                Piece::Text("a"),
+                Piece::Group("1"),
+                Piece::Group("b"),
+                Piece::Text("$"),
+                Piece::Text("c"),
+                Piece::Text("$"),
+                Piece::Text("-"),
+                Piece::Text("$"),
+                Piece::Text("{}")
+            ]
+        );
     }
 
     #[test]
