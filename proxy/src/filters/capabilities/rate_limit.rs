@@ -4,12 +4,14 @@
 //! Memory stays bounded. Keys whose bucket has refilled completely carry no
 //! information and are evicted (at most once per second, when the table is
 //! full, and every ten seconds otherwise). If the table is still full after
-//! that, a key that has no bucket yet is checked against one shared overflow
-//! bucket until room frees up: a flood of new keys is still limited, the
-//! table holds about `max_keys` keys at most (past it by the overflow key,
-//! and for a moment by one key per check running at once), and the keys
-//! already in the table keep their own buckets (a flood neither drains them
-//! nor refills them).
+//! that, a key that has no bucket yet is checked against one of
+//! [`OVERFLOW_BUCKETS`] shared overflow buckets (by a keyed hash of the key)
+//! until room frees up: a flood of new keys is still limited, the table
+//! holds about `max_keys` keys at most (past it by the overflow keys, and
+//! for a moment by one key per check running at once), the keys already in
+//! the table keep their own buckets (a flood neither drains them nor
+//! refills them), and a new client shares its bucket with a few of the
+//! flood's keys rather than all of them.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -79,7 +81,8 @@ fn bucket_key(key: &str) -> String {
 }
 
 /// The key every check uses while the key table is full.
-const OVERFLOW_KEY: &str = "\u{0}cascade-overflow";
+/// How many buckets the keys that find the table full share.
+const OVERFLOW_BUCKETS: u64 = 256;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
 const FULL_TABLE_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
@@ -111,6 +114,9 @@ pub struct Policy {
     created: Instant,
     /// Nanoseconds since `created`, of the last eviction.
     last_housekeeping: AtomicU64,
+    /// Picks a key's overflow bucket; keyed per process, so that no client
+    /// can aim its flood at the bucket another's key falls into.
+    overflow_hasher: std::hash::RandomState,
 }
 
 impl std::fmt::Debug for Policy {
@@ -133,6 +139,7 @@ impl Policy {
             config,
             created: Instant::now(),
             last_housekeeping: AtomicU64::new(0),
+            overflow_hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -144,7 +151,7 @@ impl Policy {
     pub fn check(&self, key: &str, cost: u32) -> Result<Decision, CheckError> {
         let n = self.valid_cost(cost)?;
         let key = bucket_key(key);
-        let key = if self.has_room() || self.keys.0.contains_key(&key) { key } else { OVERFLOW_KEY.to_string() };
+        let key = if self.has_room() || self.keys.0.contains_key(&key) { key } else { self.overflow_key(&key) };
         let burst = self.config.burst;
         let interval = self.config.interval;
         let outcome = self.limiter.check_key_n(&key, n).map_err(|_| CheckError::InvalidCost(cost))?;
@@ -191,6 +198,12 @@ impl Policy {
             return self.limiter.len() < self.config.max_keys;
         }
         !full
+    }
+
+    /// The shared bucket `key` counts against while the table is full.
+    fn overflow_key(&self, key: &str) -> String {
+        use std::hash::BuildHasher;
+        format!("\u{0}cascade-overflow:{}", self.overflow_hasher.hash_one(key) % OVERFLOW_BUCKETS)
     }
 
     /// Keys currently tracked.
@@ -295,8 +308,19 @@ mod tests {
         for i in 0..1000 {
             let _ = p.check(&format!("key-{i}"), 1);
         }
-        // At most max_keys own buckets, plus the shared overflow bucket.
-        assert!(p.tracked_keys() <= 11, "{} keys tracked", p.tracked_keys());
+        // At most max_keys own buckets, plus the shared overflow buckets.
+        assert!(p.tracked_keys() <= 10 + OVERFLOW_BUCKETS as usize, "{} keys tracked", p.tracked_keys());
+        // New clients while the table is full share a bucket with some of
+        // the flood's keys, not all: two in different buckets both pass.
+        let p = policy(1, Duration::from_secs(3600), 10);
+        for i in 0..10 {
+            assert!(p.check(&format!("held-{i}"), 1).unwrap().allowed);
+        }
+        let first = p.overflow_key("new-0");
+        let other = (1..).map(|i| format!("new-{i}")).find(|k| p.overflow_key(k) != first).unwrap();
+        assert!(p.check("new-0", 1).unwrap().allowed);
+        assert!(p.check(&other, 1).unwrap().allowed, "one new client's request refused another's");
+        assert!(!p.check("new-0", 1).unwrap().allowed, "an overflow bucket is a bucket");
     }
 
     #[test]
@@ -307,10 +331,11 @@ mod tests {
         // The table is full: "a" is still checked against its own, spent,
         // bucket, not handed the overflow bucket's fresh one.
         assert!(!p.check("a", 1).unwrap().allowed);
-        // New keys share the overflow bucket: the first takes it, the next
-        // is refused, and neither touches "b".
+        // New keys share overflow buckets: the first takes its bucket, the
+        // next in the same bucket is refused, and neither touches "b".
+        let same_bucket = (0..).map(|i| format!("d{i}")).find(|k| p.overflow_key(k) == p.overflow_key("c")).unwrap();
         assert!(p.check("c", 1).unwrap().allowed);
-        assert!(!p.check("d", 1).unwrap().allowed);
+        assert!(!p.check(&same_bucket, 1).unwrap().allowed);
         assert!(!p.check("b", 1).unwrap().allowed);
     }
 
