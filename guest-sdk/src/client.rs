@@ -21,7 +21,10 @@ impl TryFrom<String> for ClientKey {
     fn try_from(value: String) -> Result<Self, String> {
         match value.strip_prefix("header:") {
             _ if value == "ip" => Ok(Self::Ip),
-            Some(name) if !name.is_empty() => Ok(Self::Header(name.to_string())),
+            // A name no header can have (`header: x-user-id`) would never
+            // match, and every client would quietly count by address.
+            Some(name) if is_token(name) => Ok(Self::Header(name.to_string())),
+            Some(name) if !name.is_empty() => Err(format!("key {value:?}: {name:?} is not a header name")),
             _ => Err(format!("key {value:?} must be \"ip\" or \"header:<name>\"")),
         }
     }
@@ -148,6 +151,7 @@ mod tests {
         assert_eq!(key("ip"), Ok(ClientKey::Ip));
         assert_eq!(key("header:x-user-id"), Ok(ClientKey::Header("x-user-id".into())));
         assert!(key("header:").unwrap_err().contains("must be"));
+        assert!(key("header: x-user-id").unwrap_err().contains("is not a header name"));
         assert!(key("cookie:a").is_err());
         let req = Request::new("GET", "/").with_client_ip("10.0.0.1").with_header("x-user-id", "alice");
         assert_eq!(ClientKey::Header("x-user-id".into()).resolve(&req), "alice");

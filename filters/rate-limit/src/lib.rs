@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use cascade_filter::client::ClientKey;
+use cascade_filter::client::{ClientKey, is_token};
 use cascade_filter::{Decision, Filter, Reply, Request, Verdict, export_filter, log, rate_limit};
 use serde::Deserialize;
 
@@ -53,6 +53,11 @@ impl Filter for RateLimit {
     fn new(config: Config) -> Result<Self, String> {
         if config.cost == 0 {
             return Err("cost must be at least 1".into());
+        }
+        if let Some(header) = config.tiers.as_ref().and_then(|t| t.header.as_ref())
+            && !is_token(header)
+        {
+            return Err(format!("tiers.header {header:?} is not a header name"));
         }
         // A policy's name goes into the RateLimit headers as a quoted string.
         if let Some(name) =
@@ -245,6 +250,12 @@ mod tests {
     #[test]
     fn bad_key_is_refused() {
         assert!(instantiate::<RateLimit>(r#"{"policy": "p", "key": "cookie:x"}"#).is_err());
+        // A name no header has would never match: every client would count
+        // by address, or by the default policy, without a word.
+        let error = |config| instantiate::<RateLimit>(config).err().unwrap();
+        assert!(error(r#"{"policy": "p", "key": "header: x-user-id"}"#).contains("not a header name"));
+        let tiers = r#"{"policy": "p", "tiers": {"header": "x plan", "policies": {"gold": "g"}}}"#;
+        assert!(error(tiers).contains("tiers.header"));
     }
 
     #[test]

@@ -299,8 +299,23 @@ fn rate_limit(
         file::RatePeriod::Minute => Duration::from_secs(60),
         file::RatePeriod::Hour => Duration::from_secs(3600),
     };
-    Ok(RateLimitPolicyConfig { name: name.to_string(), burst, interval: period / s.rate, max_keys: s.max_keys.max(1) })
+    let interval = period / s.rate;
+    // Past this, the window (the time a spent burst takes to refill) means
+    // nothing to an edge that forgets its buckets at a restart, and far past
+    // it the limiter's nanosecond arithmetic overflows.
+    let refill_days = interval.as_secs_f64() * f64::from(burst) / 86_400.0;
+    if refill_days > MAX_RATE_LIMIT_WINDOW_DAYS {
+        let key = format!("rate_limits.{name}");
+        let message = format!(
+            "a burst of {burst} takes {refill_days:.0} days to refill at this rate; at most {MAX_RATE_LIMIT_WINDOW_DAYS}"
+        );
+        return Err(src.invalid(section, &key, message));
+    }
+    Ok(RateLimitPolicyConfig { name: name.to_string(), burst, interval, max_keys: s.max_keys.max(1) })
 }
+
+/// The longest a rate-limit policy's burst may take to refill.
+const MAX_RATE_LIMIT_WINDOW_DAYS: f64 = 366.0;
 
 /// The most clock skew a keyset may allow: an hour.
 const MAX_LEEWAY_SECS: u64 = 3600;
@@ -891,6 +906,10 @@ servers = ["127.0.0.1:9000"]
             (
                 "\n[server]\ntrusted_proxies = [\"lb.internal\"]\n",
                 "key `server.trusted_proxies`: \"lb.internal\" is not an IP address or block",
+            ),
+            (
+                "\n[rate_limits.huge]\nrate = 1\nper = \"hour\"\nburst = 6000000\n",
+                "key `rate_limits.huge`: a burst of 6000000 takes 250000 days to refill at this rate; at most 366",
             ),
         ] {
             let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{extra}"));
