@@ -6,6 +6,7 @@
 use std::rc::Rc;
 
 use cascade_filter::client::{ClientKey, check_cookie_name, check_header, cookie};
+use cascade_filter::path::check_prefix;
 use cascade_filter::{Filter, Request, Verdict, export_filter, log};
 use serde::Deserialize;
 
@@ -111,8 +112,8 @@ impl Filter for AbTest {
             if v.name.is_empty() || !v.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err(format!("variant name {:?} must be letters, digits, '-' or '_'", v.name));
             }
-            if v.path_prefix.as_ref().is_some_and(|p| !p.starts_with('/')) {
-                return Err(format!("variant {:?}: path_prefix must start with '/'", v.name));
+            if let Some(prefix) = &v.path_prefix {
+                check_prefix(prefix).map_err(|e| format!("variant {:?}: path_prefix {e}", v.name))?;
             }
         }
         check_header(&config.header, "").map_err(|e| format!("header: {e}"))?;
@@ -198,6 +199,13 @@ mod tests {
         assert_eq!(reply.status, 431);
         let cookies = (0..300).fold(request("u1"), |req, _| req.with_header("cookie", "a=1"));
         assert_eq!(f.on_request(&cookies), Verdict::Continue, "cookie lines counted one by one");
+    }
+
+    #[test]
+    fn a_path_prefix_no_path_can_have_is_refused() {
+        let config = CONFIG.replace("\"/b\"", "\"/next?x\"");
+        let error = instantiate::<AbTest>(&config).err().unwrap();
+        assert!(error.contains("variant \"new\": path_prefix \"/next?x\" holds '?'"), "{error}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use cascade_filter::client::{check_cookie_name, check_header, cookie};
-use cascade_filter::path::has_segment_prefix;
+use cascade_filter::path::{check_prefix, has_segment_prefix};
 use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter, jwt};
 use serde::Deserialize;
 use serde_json::Value;
@@ -66,8 +66,8 @@ impl Filter for Auth {
         for header in config.forward_claims.values() {
             check_header(header, "").map_err(|e| format!("forward_claims: {e}"))?;
         }
-        if let Some(prefix) = config.public_prefixes.iter().find(|p| !p.starts_with('/')) {
-            return Err(format!("public_prefixes: {prefix:?} must start with '/'"));
+        for prefix in &config.public_prefixes {
+            check_prefix(prefix).map_err(|e| format!("public_prefixes: {e}"))?;
         }
         // The realm goes into a quoted header parameter as it is.
         if config.realm.bytes().any(|b| b == b'"' || b == b'\\' || !(b' '..=b'~').contains(&b)) {
@@ -382,6 +382,8 @@ mod tests {
         for (bad, why) in [
             (r#"{"keyset": "demo", "forward_claims": {"sub": "x user"}}"#, "forward_claims"),
             (r#"{"keyset": "demo", "public_prefixes": [""]}"#, "must start with '/'"),
+            // No path has it: the prefix would never be public.
+            (r#"{"keyset": "demo", "public_prefixes": ["/a//b"]}"#, "an empty, '.' or '..' segment"),
             (r#"{"keyset": "demo", "realm": "a\"b"}"#, "realm"),
         ] {
             let error = instantiate::<Auth>(bad).err().unwrap();

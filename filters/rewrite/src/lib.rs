@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use cascade_filter::client::{MAX_HEADER_NAME_BYTES, check_header, check_removal, is_token};
-use cascade_filter::path::strip_segment_prefix;
+use cascade_filter::path::{check_prefix, strip_segment_prefix};
 use cascade_filter::{EditError, Filter, Reply, Request, Verdict, export_filter, log, regex};
 use serde::Deserialize;
 
@@ -89,9 +89,7 @@ impl Filter for Rewrite {
 
     fn new(mut config: Config) -> Result<Self, String> {
         for prefix in [&config.strip_prefix, &config.add_prefix].into_iter().flatten() {
-            if !prefix.starts_with('/') {
-                return Err(format!("path prefix {prefix:?} must start with '/'"));
-            }
+            check_prefix(prefix).map_err(|e| format!("path prefix {e}"))?;
         }
         for redirect in &config.redirects {
             if ![301, 302, 307, 308].contains(&redirect.status) {
@@ -560,6 +558,9 @@ mod tests {
         assert!(unknown.contains("unknown field `strip`"), "{unknown}");
         let relative = instantiate::<Rewrite>(r#"{"add_prefix": "v2"}"#).err().unwrap();
         assert!(relative.contains("must start with '/'"), "{relative}");
+        // A prefix the host would refuse on every request is refused at load.
+        let encoded = instantiate::<Rewrite>(r#"{"add_prefix": "/a%2Fb"}"#).err().unwrap();
+        assert!(encoded.contains("path prefix \"/a%2Fb\": %2F is a path the host refuses"), "{encoded}");
         // Balanced only once wrapped to match the whole path: still refused.
         let unbalanced = instantiate::<Rewrite>(r#"{"redirects": [{"pattern": "a)(b", "to": "/"}]}"#);
         assert!(unbalanced.err().unwrap().contains("invalid pattern"));
