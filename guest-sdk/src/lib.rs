@@ -62,12 +62,12 @@ mod wasm;
 static ALLOCATOR: allocator::SizeClasses = allocator::SizeClasses::new();
 
 #[cfg(target_arch = "wasm32")]
-pub use wasm::{Request, Response, jwt, log, rate_limit, regex};
+pub use wasm::{Request, Response, jwt, log, rate_limit, regex, upstreams};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
 #[cfg(not(target_arch = "wasm32"))]
-pub use mock::{Request, Response, jwt, log, rate_limit, regex};
+pub use mock::{Request, Response, jwt, log, rate_limit, regex, upstreams};
 
 /// A filter: per-route policy that runs on every request of its routes.
 ///

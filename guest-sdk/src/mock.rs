@@ -372,6 +372,26 @@ pub mod log {
 
 /// The mock host's rate limiter: buckets that never refill, so tests are
 /// deterministic. Declare policies with [`rate_limit::set_policy`].
+/// The proxy's upstream groups, as a test declares them.
+pub mod upstreams {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static GROUPS: RefCell<Vec<String>> = RefCell::new(vec!["origin".to_string()]);
+    }
+
+    /// Declare the proxy's upstream groups (`["origin"]` until a test says
+    /// otherwise).
+    pub fn set_groups(groups: &[&str]) {
+        GROUPS.with(|g| *g.borrow_mut() = groups.iter().map(|g| g.to_string()).collect());
+    }
+
+    /// The upstream groups of the proxy's config.
+    pub fn groups() -> Vec<String> {
+        GROUPS.with(|g| g.borrow().clone())
+    }
+}
+
 pub mod rate_limit {
     use crate::{CheckError, Decision};
     use std::cell::RefCell;

@@ -183,6 +183,16 @@ pub mod log {
     }
 }
 
+/// The proxy's upstream groups.
+pub mod upstreams {
+    /// The upstream groups of the proxy's config: those
+    /// [`Request::set_upstream`](crate::Request::set_upstream) accepts.
+    /// Check the groups a config names in [`Filter::check`](crate::Filter::check).
+    pub fn groups() -> Vec<String> {
+        super::config::upstream_groups()
+    }
+}
+
 /// Keyed rate limits with state shared across all requests.
 pub mod rate_limit {
     use super::host_rate_limit as host;

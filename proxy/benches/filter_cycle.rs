@@ -122,6 +122,7 @@ impl Bench {
             rate_limits: RateLimiters::new([policy].iter()),
             keysets: [("demo".to_string(), Keyset::build(&keyset).expect("keyset"))].into(),
             patterns: Default::default(),
+            upstream_groups: groups.keys().cloned().collect(),
         };
         Self {
             runtime,

@@ -512,6 +512,25 @@ fn ab_assignment_is_sticky_and_steers_variant_b() {
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
 
+/// An A/B variant's upstream that the proxy's config lacks is refused when
+/// the route loads (the filter asks the host for its groups), naming the
+/// groups there are, not left to fail every request of that variant.
+#[test]
+fn an_ab_test_variant_with_an_unknown_upstream_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |routes: &str| {
+        let path = config_with(routes, "").write(dir.path(), free_port());
+        run_cascade(&["check", "--config", path.to_str().unwrap()])
+    };
+    assert!(check(ROUTES).status.success());
+    let misspelt = ROUTES.replace("upstream = \"canary\"", "upstream = \"canry\"");
+    assert_ne!(misspelt, ROUTES);
+    let out = check(&misspelt);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("upstream \"canry\" is not a group") && stderr.contains("canary"), "{stderr}");
+}
+
 #[test]
 fn rewrite_redirects_and_regex_rewrites() {
     let proxy = proxy();

@@ -205,7 +205,7 @@ fn a_finer_tick_after_a_reload_stops_no_running_call_early() {
 }
 
 /// The contract is versioned: a filter built against `cascade:filter@0.1.0`,
-/// before the edge capabilities, still loads and runs on this host (0.1.2).
+/// before the edge capabilities, still loads and runs on this host (0.1.3).
 #[test]
 fn a_filter_built_against_an_earlier_contract_still_runs() {
     let routes = "[[route]]\nname = \"old\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\n\

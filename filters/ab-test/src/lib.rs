@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use cascade_filter::client::{ClientKey, check_cookie_name, check_header, cookie};
 use cascade_filter::path::check_prefix;
-use cascade_filter::{Filter, Request, Verdict, export_filter, log};
+use cascade_filter::{Filter, Request, Verdict, export_filter, log, upstreams};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +129,23 @@ impl Filter for AbTest {
         Ok(Self { config: Rc::new(config), cookie: Rc::from(cookie), cookie_attributes: Rc::from(cookie_attributes) })
     }
 
+    /// A variant's upstream must be a group of the proxy's config: a
+    /// misspelt one is refused when the route loads, not left to fail each
+    /// request of the clients assigned to it (sticky, so always the same).
+    fn check(&self) -> Result<(), String> {
+        let groups = upstreams::groups();
+        for variant in &self.config.variants {
+            if let Some(upstream) = variant.upstream.as_ref().filter(|u| !groups.contains(u)) {
+                return Err(format!(
+                    "variant {:?}: upstream {upstream:?} is not a group of the proxy's config (it has {})",
+                    variant.name,
+                    groups.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn on_request(&mut self, req: &Request) -> Verdict {
         let index = match self.variant_in_cookie(req) {
             Some(index) => index,
@@ -167,7 +184,7 @@ export_filter!(AbTest);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cascade_filter::{Response, instantiate};
+    use cascade_filter::{Response, check_config, instantiate};
 
     const CONFIG: &str = r#"{"experiment": "checkout", "key": "header:x-user-id", "variants": [
         {"name": "control", "weight": 70},
@@ -199,6 +216,14 @@ mod tests {
         assert_eq!(reply.status, 431);
         let cookies = (0..300).fold(request("u1"), |req, _| req.with_header("cookie", "a=1"));
         assert_eq!(f.on_request(&cookies), Verdict::Continue, "cookie lines counted one by one");
+    }
+
+    #[test]
+    fn an_upstream_the_proxy_lacks_is_refused_at_load() {
+        upstreams::set_groups(&["origin", "canary"]);
+        assert_eq!(check_config::<AbTest>(CONFIG), Ok(()));
+        let error = check_config::<AbTest>(&CONFIG.replace("\"canary\"", "\"canry\"")).unwrap_err();
+        assert!(error.contains("upstream \"canry\" is not a group") && error.contains("origin, canary"), "{error}");
     }
 
     #[test]

@@ -789,6 +789,10 @@ impl config::Host for FilterHost {
             self.skips_on_response = true;
         }
     }
+
+    fn upstream_groups(&mut self) -> Vec<String> {
+        self.caps.upstream_groups.clone()
+    }
 }
 
 impl rate_limit::Host for FilterHost {

@@ -27,6 +27,8 @@ pub struct Capabilities {
     pub rate_limits: rate_limit::RateLimiters,
     pub keysets: BTreeMap<String, jwt::Keyset>,
     pub patterns: patterns::PatternCache,
+    /// The config's upstream groups, by name (`config.upstream-groups`).
+    pub upstream_groups: Vec<String>,
 }
 
 impl Capabilities {
@@ -46,6 +48,7 @@ impl Capabilities {
             ),
             keysets,
             patterns: patterns::PatternCache::for_threads(config.server.threads),
+            upstream_groups: config.upstreams.keys().cloned().collect(),
         })
     }
 }
