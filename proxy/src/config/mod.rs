@@ -317,6 +317,35 @@ fn rate_limit(
 /// The longest a rate-limit policy's burst may take to refill.
 const MAX_RATE_LIMIT_WINDOW_DAYS: f64 = 366.0;
 
+/// What in route prefix `prefix` (already in normal form) a request may
+/// spell two ways that route apart, if anything.
+fn two_spellings(prefix: &str) -> Option<String> {
+    let mut rest = prefix;
+    while let Some(c) = rest.chars().next() {
+        match c {
+            '%' => {
+                // Normal form: two hex digits, of a byte that is not unreserved.
+                let byte = u8::from_str_radix(rest.get(1..3)?, 16).ok()?;
+                if byte.is_ascii() {
+                    return Some(format!("%{byte:02X}, which requests may also send as {:?}", byte as char));
+                }
+                rest = &rest[3..];
+                continue;
+            }
+            c if !c.is_ascii() => {
+                let encoded: String = c.to_string().bytes().map(|b| format!("%{b:02X}")).collect();
+                return Some(format!("{c:?}, which requests send as {encoded} (write that)"));
+            }
+            c if !(c.is_ascii_alphanumeric() || "-._~/".contains(c)) => {
+                return Some(format!("{c:?}, which requests may also send as %{:02X}", c as u32));
+            }
+            _ => {}
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    None
+}
+
 /// The most clock skew a keyset may allow: an hour.
 const MAX_LEEWAY_SECS: u64 = 3600;
 
@@ -574,6 +603,18 @@ fn route(
             format!("{prefix:?} can never match a request: {why}"),
         ));
     }
+    // A character a client may send as it is or percent-encoded (`!` or
+    // `%21`) gives a request two forms, which route apart, while the origin
+    // reads them alike: the form the prefix lacks would reach another route
+    // without this one's filters. Past ASCII, only the encoded form is a
+    // request's (`%C3%A9`, not `é`).
+    if let Some(why) = two_spellings(prefix) {
+        return Err(src.invalid(
+            &section.path_prefix,
+            "route.path_prefix",
+            format!("{prefix:?} holds {why}: use letters, digits, '-', '.', '_', '~' and '/'"),
+        ));
+    }
     if !upstreams.contains_key(section.upstream.get_ref()) {
         return Err(src.invalid(
             &section.upstream,
@@ -813,19 +854,26 @@ servers = ["127.0.0.1:9000"]
             write(dir.path(), "routes/a.toml", &route(good));
             assert_eq!(load(&main).unwrap().routes[0].path_prefix, good);
         }
+        let never = "can never match a request: ";
         for (bad, why) in [
-            ("/api//v1", "matched in the form \"/api/v1\""),
-            ("/a/../b", "matched in the form \"/b\""),
-            ("/%7Euser", "matched in the form \"/~user\""),
-            ("/caf%c3%a9", "matched in the form \"/caf%C3%A9\""),
-            ("/admin;x", "matched in the form \"/admin\""),
-            ("/a%2Fb", "encoded '/'"),
-            ("/x?y", "without query"),
+            ("/api//v1", format!("{never}requests are matched in the form \"/api/v1\"")),
+            ("/a/../b", format!("{never}requests are matched in the form \"/b\"")),
+            ("/%7Euser", format!("{never}requests are matched in the form \"/~user\"")),
+            ("/caf%c3%a9", format!("{never}requests are matched in the form \"/caf%C3%A9\"")),
+            ("/admin;x", format!("{never}requests are matched in the form \"/admin\"")),
+            ("/a%2Fb", format!("{never}path holds an encoded '/'")),
+            ("/x?y", format!("{never}a prefix is a path, without query")),
+            // Two spellings that route apart: the one the prefix lacks would
+            // reach another route without this one's filters.
+            ("/a!b", "'!', which requests may also send as %21".into()),
+            ("/a%21b", "%21, which requests may also send as '!'".into()),
+            ("/café", "'é', which requests send as %C3%A9 (write that)".into()),
+            ("/a:b", "':', which requests may also send as %3A".into()),
         ] {
             write(dir.path(), "routes/a.toml", &route(bad));
             let err = load(&main).unwrap_err().to_string();
             assert!(err.contains("a.toml:4: key `route.path_prefix`"), "{bad}: {err}");
-            assert!(err.contains("can never match a request") && err.contains(why), "{bad}: {err}");
+            assert!(err.contains(&why), "{bad}: {err}");
         }
     }
 
