@@ -255,3 +255,17 @@ fn an_origins_hop_by_hop_fields_reach_no_client() {
     let hit = proxy.get("/page", &[]);
     assert!(hit.header("cache-status").is_some_and(|s| s.contains("hit")), "{hit:?}");
 }
+
+/// A request body that stalls past `server.body_timeout_secs` gets 408, as
+/// nginx's `client_body_timeout` answers, not a 400 that blames the request.
+#[test]
+fn a_stalled_body_gets_408() {
+    let origin = EchoOrigin::start().unwrap();
+    let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"origin\"\n");
+    config.server_extra.push_str("body_timeout_secs = 1\n");
+    let proxy = Proxy::start(&config);
+    let (status, answer) = send_raw(proxy.port, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
+    assert_eq!(status, 408, "{answer}");
+    assert!(answer.contains("the request body stalled"), "{answer}");
+    assert_eq!(proxy.get("/", &[]).status, 200, "the proxy keeps serving");
+}

@@ -165,6 +165,7 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
             max_headers: (*file.server.max_headers.get_ref()).max(8),
             max_header_bytes: (*file.server.max_header_kb.get_ref()).max(1) << 10,
             max_body_bytes: file.server.max_body_mb.max(1) << 20,
+            body_timeout: Duration::from_secs(file.server.body_timeout_secs.max(1)),
         },
         trusted_proxies,
     };

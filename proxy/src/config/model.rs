@@ -162,6 +162,9 @@ pub struct RequestLimits {
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// How long the body may go without a byte (HTTP/1; nginx's
+    /// `client_body_timeout`): then 408.
+    pub body_timeout: std::time::Duration,
 }
 
 /// HTTPS with HTTP/2 (ALPN `h2`, falling back to HTTP/1.1).

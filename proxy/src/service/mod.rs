@@ -182,6 +182,7 @@ impl CascadeProxy {
     async fn route_and_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = self.snapshot.load_full();
         ctx.snapshot = Some(snapshot.clone());
+        session.set_read_timeout(Some(snapshot.config.server.request_limits.body_timeout));
         if let Err(refusal) = admission::check(session.req_header(), &snapshot.config.server) {
             // What follows on this connection cannot be trusted to be framed
             // as the client meant: answer, then close.

@@ -43,6 +43,9 @@ impl ErrorReply {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The body stalled past `server.body_timeout_secs`, as
+                    // nginx's `client_body_timeout` answers.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -51,6 +54,7 @@ impl ErrorReply {
         let message = match status {
             502 => format!("upstream unavailable: {}", e.etype().as_str()),
             504 => "upstream timed out".to_string(),
+            408 => "the request body stalled".to_string(),
             _ => e.etype().as_str().to_string(),
         };
         Self::new(status, message)
