@@ -370,8 +370,6 @@ pub mod log {
     }
 }
 
-/// The mock host's rate limiter: buckets that never refill, so tests are
-/// deterministic. Declare policies with [`rate_limit::set_policy`].
 /// The proxy's upstream groups, as a test declares them.
 pub mod upstreams {
     use std::cell::RefCell;
@@ -392,6 +390,8 @@ pub mod upstreams {
     }
 }
 
+/// The mock host's rate limiter: buckets that never refill, so tests are
+/// deterministic. Declare policies with [`rate_limit::set_policy`].
 pub mod rate_limit {
     use crate::{CheckError, Decision};
     use std::cell::RefCell;

@@ -32,6 +32,9 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
             b'%' => {
                 let hex = prefix.get(at + 1..at + 3).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
                 let Some(hex) = hex else { return Err(format!("{prefix:?} has a malformed %-escape")) };
+                if hex.bytes().any(|b| b.is_ascii_lowercase()) {
+                    return Err(format!("{prefix:?}: write %{hex} as %{}, as paths are compared", hex.to_uppercase()));
+                }
                 let decoded = u8::from_str_radix(hex, 16).expect("two hex digits");
                 if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
                     return Err(format!("{prefix:?}: write %{hex} as {:?}, as paths are compared", decoded as char));
@@ -69,6 +72,7 @@ mod tests {
             ("/a%2Fb", "%2F is a path the host refuses"),
             ("/%61pi", "write %61 as 'a'"),
             ("/a%zz", "malformed"),
+            ("/caf%c3%a9", "write %c3 as %C3"),
             ("/a%+5", "malformed"),
             ("/next?x", "holds '?'"),
             ("/a\\b", "holds '\\\\'"),

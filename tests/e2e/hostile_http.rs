@@ -251,9 +251,19 @@ fn an_origins_hop_by_hop_fields_reach_no_client() {
         }
         assert_eq!(reply.header("x-kept"), Some("yes"), "{pass}");
         assert_eq!(reply.header("content-length"), Some("2"), "{pass}");
+        let cache_status = reply.header("cache-status").unwrap_or_default();
+        assert_eq!(cache_status.contains("hit"), pass == "hit", "{pass}: {reply:?}");
     }
-    let hit = proxy.get("/page", &[]);
-    assert!(hit.header("cache-status").is_some_and(|s| s.contains("hit")), "{hit:?}");
+    // A 426 must say what to upgrade to (RFC 9110 §15.5.22): its Upgrade stays.
+    let upgrade_required = raw_origin(|stream| {
+        let _ = std::io::Write::write_all(
+            stream,
+            b"HTTP/1.1 426 Upgrade Required\r\nupgrade: websocket\r\nconnection: upgrade\r\ncontent-length: 0\r\n\r\n",
+        );
+    });
+    let proxy = Proxy::start(&ProxyConfig::over(upgrade_required, "[[route]]\nname = \"ws\"\nupstream = \"origin\"\n"));
+    let reply = proxy.get("/chat", &[]);
+    assert_eq!((reply.status, reply.header("upgrade")), (426, Some("websocket")), "{reply:?}");
 }
 
 /// A request body that stalls past `server.body_timeout_secs` gets 408, as

@@ -87,18 +87,25 @@ proptest! {
     fn the_route_matched_is_a_segment_prefix_of_the_path(raw in hostile_path(), host in "[a-zA-Z0-9.:-]{0,20}") {
         let table = route_table();
         let Ok(path) = normalize::path(&raw) else { return Ok(()) };
+        // A prefix covers a path on a segment boundary; one ending in `/`
+        // also covers the path without it.
+        let covers = |prefix: &str, path: &str| {
+            path == prefix
+                || path.strip_prefix(prefix).is_some_and(|rest| prefix.ends_with('/') || rest.starts_with('/'))
+                || (prefix.len() > 1 && prefix.strip_suffix('/') == Some(path))
+        };
         if let Some(route) = table.find(&normalize::host(&host), &path) {
             let prefix = route.config.path_prefix.as_str();
-            let on_boundary = prefix == "/"
-                || path.as_ref() == prefix
-                || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
-            prop_assert!(on_boundary, "{} matched {}", path, prefix);
-            // No longer prefix in the table also matches.
+            prop_assert!(covers(prefix, &path), "{} matched {}", path, prefix);
+            // No longer prefix in the table also covers it, but one that is
+            // the path with a `/` after it, which a route for the path beats.
             for other in table.routes() {
                 let p = other.config.path_prefix.as_str();
+                let beaten = prefix == path.as_ref() && p.strip_suffix('/') == Some(path.as_ref());
                 let longer_match = p.len() > prefix.len()
                     && other.config.host.to_string() == route.config.host.to_string()
-                    && (path.as_ref() == p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')));
+                    && covers(p, &path)
+                    && !beaten;
                 prop_assert!(!longer_match, "{} matched {} but {} is longer", path, prefix, p);
             }
         }
@@ -108,7 +115,14 @@ proptest! {
 fn route_table() -> &'static RouteTable {
     static TABLE: OnceLock<RouteTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let routes = [("*", "/"), ("*", "/api"), ("*", "/api/v2"), ("*", "/static"), ("*.example.com", "/admin")];
+        let routes = [
+            ("*", "/"),
+            ("*", "/api"),
+            ("*", "/api/v2"),
+            ("*", "/api/v2/"),
+            ("*", "/static/"),
+            ("*.example.com", "/admin"),
+        ];
         let routes = routes
             .iter()
             .enumerate()

@@ -241,6 +241,9 @@ fn check_references(pattern: &str, replacement: &str) -> Result<(), String> {
     let groups = regex::capture_names(pattern)?;
     for piece in pieces(replacement) {
         let Piece::Group(name) = piece else { continue };
+        if name.is_empty() {
+            return Err(format!("{replacement:?}: `${{}}` names no group and expands to nothing"));
+        }
         let digits = name.bytes().take_while(u8::is_ascii_digit).count();
         let names_a_group = match name.parse::<usize>() {
             Ok(number) => number < groups.len(),
@@ -282,17 +285,20 @@ fn pieces(replacement: &str) -> Vec<Piece<'_>> {
     while let Some(at) = rest.find('$') {
         pieces.push(Piece::Text(&rest[..at]));
         rest = &rest[at + 1..];
-        let braced = rest.strip_prefix('{').and_then(|braced| braced.split_once('}'));
-        let (name, after) = match braced {
-            Some((name, after)) if !name.is_empty() => (name, after),
-            _ => rest.split_at(rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count()),
-        };
-        match name {
-            "" => {
+        // Braced, any name goes (`${}` names the group "", which no
+        // pattern has); bare, the longest run of letters, digits and `_`.
+        if let Some((name, after)) = rest.strip_prefix('{').and_then(|braced| braced.split_once('}')) {
+            pieces.push(Piece::Group(name));
+            rest = after;
+            continue;
+        }
+        match rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count() {
+            0 => {
                 pieces.push(Piece::Text("$"));
                 rest = rest.strip_prefix('$').unwrap_or(rest);
             }
-            name => {
+            len => {
+                let (name, after) = rest.split_at(len);
                 pieces.push(Piece::Group(name));
                 rest = after;
             }
@@ -325,8 +331,13 @@ impl<'a> QueryRewrite<'a> {
         // The text around the match, marked by a NUL, which no path holds.
         let marked = regex::replace(&self.rule.pattern, path, "\0").expect("checked at load")?;
         let (before, after) = marked.split_once('\0')?;
-        let capture = |name: &str| {
-            regex::replace(&self.rule.whole_path_pattern, path, &format!("${{{name}}}")).expect("checked at load")
+        let matched = &path[before.len()..path.len() - after.len()];
+        // Group 0 is the match, which the whole-path pattern's is not.
+        let capture = |name: &str| match name {
+            "0" => Some(matched.to_string()),
+            name => {
+                regex::replace(&self.rule.whole_path_pattern, path, &format!("${{{name}}}")).expect("checked at load")
+            }
         };
         let expand = |pieces: &[Piece], out: &mut String, encode: bool| {
             for piece in pieces {
@@ -522,7 +533,7 @@ mod tests {
         f.on_request(&untouched);
         assert_eq!((untouched.path().as_str(), untouched.query()), ("/other/a&b", None));
         assert_eq!(
-            pieces("a$1${b}$$c$-${}"),
+            pieces("a$1${b}$$c$-${x"),
             [
                 Piece::Text("a"),
                 Piece::Group("1"),
@@ -532,9 +543,17 @@ mod tests {
                 Piece::Text("$"),
                 Piece::Text("-"),
                 Piece::Text("$"),
-                Piece::Text("{}")
+                Piece::Text("{x")
             ]
         );
+        assert_eq!(pieces("${}"), [Piece::Group("")]);
+        let empty = instantiate::<Rewrite>(r#"{"path_rewrites": [{"pattern": "^/a", "replacement": "/b${}"}]}"#);
+        assert!(empty.err().unwrap().contains("`${}` names no group"));
+        // `$0` is the match, as the regex crate expands it.
+        let mut whole = rewrite(r#"{"path_rewrites": [{"pattern": "/search/[^/]+", "replacement": "/find?o=$0"}]}"#);
+        let req = Request::new("GET", "/v1/search/x&y");
+        whole.on_request(&req);
+        assert_eq!((req.path().as_str(), req.query().as_deref()), ("/v1/find", Some("o=/search/x%26y")));
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub struct ServerSection {
     /// Largest request body.
     pub max_body_mb: u64,
     /// How long a request body may go without a byte.
-    pub body_timeout_secs: u64,
+    pub body_timeout_secs: Spanned<u64>,
     /// On SIGTERM, how long requests in flight have to finish.
     pub shutdown_grace_secs: u64,
     /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-For` are believed.
@@ -177,7 +177,7 @@ impl Default for ServerSection {
             max_headers: Spanned::new(0..0, 100),
             max_header_kb: Spanned::new(0..0, 60),
             max_body_mb: 100,
-            body_timeout_secs: 60,
+            body_timeout_secs: Spanned::new(0..0, 60),
             shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
         }

@@ -125,6 +125,10 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
             return Err(main.invalid(id, "server.node_id", message));
         }
     };
+    if *file.server.body_timeout_secs.get_ref() == 0 {
+        let message = "must be at least 1: there is no 'off', and a stalled body would hold its connection".into();
+        return Err(main.invalid(&file.server.body_timeout_secs, "server.body_timeout_secs", message));
+    }
     // Pingora's parser stops at these itself, with its own error instead of
     // our 431: a larger limit would never apply.
     for (key, value, most) in [
@@ -165,7 +169,7 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
             max_headers: (*file.server.max_headers.get_ref()).max(8),
             max_header_bytes: (*file.server.max_header_kb.get_ref()).max(1) << 10,
             max_body_bytes: file.server.max_body_mb.max(1) << 20,
-            body_timeout: Duration::from_secs(file.server.body_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(*file.server.body_timeout_secs.get_ref()),
         },
         trusted_proxies,
     };
@@ -325,9 +329,11 @@ fn two_spellings(prefix: &str) -> Option<String> {
     while let Some(c) = rest.chars().next() {
         match c {
             '%' => {
-                // Normal form: two hex digits, of a byte that is not unreserved.
+                // Normal form: two hex digits, of a byte that is not
+                // unreserved. One a request target cannot hold as it is (a
+                // space, `%`, `#`, `?`, a control byte) has one spelling.
                 let byte = u8::from_str_radix(rest.get(1..3)?, 16).ok()?;
-                if byte.is_ascii() {
+                if byte.is_ascii_graphic() && !b"%#?".contains(&byte) {
                     return Some(format!("%{byte:02X}, which requests may also send as {:?}", byte as char));
                 }
                 rest = &rest[3..];
@@ -851,7 +857,7 @@ servers = ["127.0.0.1:9000"]
         let main = write(dir.path(), "cascade.toml", MAIN);
         let route =
             |prefix: &str| format!("[[route]]\nname = \"a\"\nupstream = \"origin\"\npath_prefix = {prefix:?}\n");
-        for good in ["/", "/api", "/api/", "/caf%C3%A9", "/~user"] {
+        for good in ["/", "/api", "/api/", "/caf%C3%A9", "/~user", "/My%20Files", "/docs/c%23", "/100%25", "/a%3Fb"] {
             write(dir.path(), "routes/a.toml", &route(good));
             assert_eq!(load(&main).unwrap().routes[0].path_prefix, good);
         }
@@ -870,6 +876,7 @@ servers = ["127.0.0.1:9000"]
             ("/a%21b", "%21, which requests may also send as '!'".into()),
             ("/café", "'é', which requests send as %C3%A9 (write that)".into()),
             ("/a:b", "':', which requests may also send as %3A".into()),
+            ("/a%3Cb", "%3C, which requests may also send as '<'".into()),
         ] {
             write(dir.path(), "routes/a.toml", &route(bad));
             let err = load(&main).unwrap_err().to_string();
@@ -943,6 +950,7 @@ servers = ["127.0.0.1:9000"]
         for (extra, why) in [
             ("\n[server]\nmax_headers = 1000\n", "key `server.max_headers`: 1000 is more than the 256"),
             ("\n[server]\nmax_header_kb = 2048\n", "key `server.max_header_kb`: 2048 is more than the 1023"),
+            ("\n[server]\nbody_timeout_secs = 0\n", "key `server.body_timeout_secs`: must be at least 1"),
             ("\n[admin]\ntoken_env = \"T\"\ntoken_file = \"t\"\n", "key `admin.token_file`: set `token_env` or"),
             (
                 "\n[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",

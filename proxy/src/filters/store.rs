@@ -149,9 +149,19 @@ impl ModuleStore {
     }
 
     fn hold_in_use(dir: &Path) -> io::Result<std::fs::File> {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(IN_USE))?;
-        file.lock_shared()?;
-        Ok(file)
+        use std::os::unix::fs::MetadataExt;
+        let path = dir.join(IN_USE);
+        loop {
+            std::fs::create_dir_all(dir)?;
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            file.lock_shared()?;
+            // Another engine's tidy that held the lock while this waited
+            // removed the directory: the lock is on a file no one sees.
+            // Make the directory again, and lock what is there now.
+            if std::fs::metadata(&path).is_ok_and(|now| now.ino() == file.metadata().map_or(0, |m| m.ino())) {
+                return Ok(file);
+            }
+        }
     }
 
     /// Mark this engine's artifacts as in use, and remove those of other

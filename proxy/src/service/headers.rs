@@ -61,13 +61,15 @@ fn joined_by<'h>(headers: &'h http::HeaderMap, name: &str, separator: &[u8]) -> 
 /// for requests, and writes `Connection` itself on a response, but passes
 /// the others on to HTTP/1 clients and into the cache (an origin's
 /// `Connection: close, X-Backend` left `X-Backend` on every hit). A 101's
-/// `Connection` and `Upgrade` are its handshake, left as they are; the
+/// `Connection` and `Upgrade` are its handshake, left as they are, and a
+/// 426 keeps its `Upgrade`, which it must carry (RFC 9110 §15.5.22); the
 /// framing stays whatever `Connection` says (Pingora frames the message).
 pub(super) fn remove_hop_by_hop(response: &mut ResponseHeader) {
     use crate::filters::host::{FRAMING, HOP_BY_HOP};
     if response.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
+    let keeps_upgrade = response.status == http::StatusCode::UPGRADE_REQUIRED;
     let headers = &response.headers;
     let listed = |name: &str| {
         headers.get_all(http::header::CONNECTION).iter().any(|value| {
@@ -80,7 +82,10 @@ pub(super) fn remove_hop_by_hop(response: &mut ResponseHeader) {
         .keys()
         .filter(|name| {
             let name = name.as_str();
-            name != "connection" && !FRAMING.contains(&name) && (HOP_BY_HOP.contains(&name) || listed(name))
+            name != "connection"
+                && !FRAMING.contains(&name)
+                && !(keeps_upgrade && name == "upgrade")
+                && (HOP_BY_HOP.contains(&name) || listed(name))
         })
         .cloned()
         .collect();

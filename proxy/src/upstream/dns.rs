@@ -148,26 +148,37 @@ const UDP_PAYLOAD: u16 = 1232;
 /// pool), as a resolver must (RFC 7766).
 fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, String> {
     let id = query_id();
-    let message = question(id, name, qtype);
-    match over_udp(nameserver, &message, id, name, qtype) {
+    let mut message = question(id, name, qtype, true);
+    let mut answer = over_udp(nameserver, &message, id, name, qtype);
+    // A server that cannot read an OPT record says FORMERR: ask it again
+    // without one (RFC 6891 §7).
+    if answer == Err(AnswerError::FormatError) {
+        message = question(id, name, qtype, false);
+        answer = over_udp(nameserver, &message, id, name, qtype);
+    }
+    match answer {
         Err(AnswerError::Truncated) => over_tcp(nameserver, &message, id, name, qtype),
         Err(AnswerError::Failed(message)) => Err(message),
+        Err(AnswerError::FormatError) => Err("the nameserver could not read the question (FORMERR)".into()),
         Err(AnswerError::NotOurs) => Err(format!("no answer in {QUERY_TIMEOUT:?}")),
         Ok(ips) => Ok(ips),
     }
 }
 
-/// Query `id` for `name`'s `qtype` records, recursion desired, offering
-/// [`UDP_PAYLOAD`] bytes of answer.
-fn question(id: u16, name: &[u8], qtype: u16) -> Vec<u8> {
+/// Query `id` for `name`'s `qtype` records, recursion desired; with
+/// `edns`, offering [`UDP_PAYLOAD`] bytes of answer.
+fn question(id: u16, name: &[u8], qtype: u16, edns: bool) -> Vec<u8> {
     let mut message = Vec::with_capacity(12 + name.len() + 4 + 11);
-    // Header: the id, recursion desired, one question, one additional
-    // record (the OPT below).
+    // Header: the id, recursion desired, one question, and with EDNS one
+    // additional record (the OPT below).
     message.extend_from_slice(&id.to_be_bytes());
-    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    message.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(edns)]);
     message.extend_from_slice(name);
     message.extend_from_slice(&qtype.to_be_bytes());
     message.extend_from_slice(&CLASS_IN.to_be_bytes());
+    if !edns {
+        return message;
+    }
     // OPT: the root name, type 41, the payload size as its class, no
     // extended flags, no options.
     message.extend_from_slice(&[0, 0, 41]);
@@ -240,6 +251,7 @@ fn over_tcp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype:
         Err(AnswerError::Failed(message)) => Err(format!("over TCP: {message}")),
         Err(AnswerError::NotOurs) => Err("over TCP: an answer to another question".into()),
         Err(AnswerError::Truncated) => Err("over TCP: the answer was truncated".into()),
+        Err(AnswerError::FormatError) => Err("over TCP: the nameserver could not read the question (FORMERR)".into()),
     }
 }
 
@@ -259,6 +271,8 @@ enum AnswerError {
     /// Cut to fit a datagram: the records it holds may be some of the
     /// name's only; ask again over TCP.
     Truncated,
+    /// FORMERR: the server could not read the question.
+    FormatError,
     Failed(String),
 }
 
@@ -286,6 +300,7 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
         0 => {}
         // No such name: no addresses, which the caller reports.
         3 => return Ok(Vec::new()),
+        1 => return Err(AnswerError::FormatError),
         2 => return Err(failed("the nameserver failed (SERVFAIL)")),
         5 => return Err(failed("the nameserver refused the query")),
         code => return Err(failed(&format!("the nameserver answered error {code}"))),
@@ -445,8 +460,14 @@ mod tests {
     /// A nameserver on UDP and TCP at one port, as nameservers are: over
     /// UDP it answers with `addresses` only if the question offers room for
     /// them (EDNS0), else with what fits in 512 bytes, marked truncated;
-    /// over TCP (if `on_tcp`) with all of them.
+    /// over TCP (if `on_tcp`) with all of them. With `knows_edns` false it
+    /// answers a question with an OPT record FORMERR, as servers from
+    /// before EDNS do.
     fn pool_nameserver(addresses: usize, on_tcp: bool) -> SocketAddr {
+        any_nameserver(addresses, on_tcp, true)
+    }
+
+    fn any_nameserver(addresses: usize, on_tcp: bool, knows_edns: bool) -> SocketAddr {
         let (udp, tcp) = std::iter::repeat_with(|| {
             let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
             let tcp = std::net::TcpListener::bind(udp.local_addr().ok()?).ok()?;
@@ -475,7 +496,15 @@ mod tests {
                 // The OPT record, last: its class is the room offered.
                 let offered = (n >= 11 && query[n - 11..n - 8] == [0, 0, 41])
                     .then(|| usize::from(u16::from_be_bytes([query[n - 8], query[n - 7]])));
-                let _ = udp.send_to(&udp_reply(query, offered.unwrap_or(512).max(512)), from);
+                let mut reply = udp_reply(query, offered.unwrap_or(512).max(512));
+                if offered.is_some() && !knows_edns {
+                    // FORMERR, with the question echoed and no records.
+                    let question_end = 12 + query[12..].iter().position(|&b| b == 0).unwrap() + 5;
+                    reply.truncate(question_end);
+                    reply[2..4].copy_from_slice(&[0x81, 0x81]);
+                    reply[6..12].copy_from_slice(&[0; 6]);
+                }
+                let _ = udp.send_to(&reply, from);
             }
         });
         std::thread::spawn(move || {
@@ -502,6 +531,10 @@ mod tests {
         let addrs = resolve("pool.example", 80, &[nameserver]).unwrap();
         assert_eq!(addrs.len(), 200);
         assert_eq!(addrs[199], "10.0.0.200:80".parse().unwrap());
+        // A server from before EDNS is asked again without it: what fits
+        // in 512 bytes comes over UDP, the rest over TCP.
+        assert_eq!(resolve("pool.example", 80, &[any_nameserver(20, false, false)]).unwrap().len(), 20);
+        assert_eq!(resolve("pool.example", 80, &[any_nameserver(60, true, false)]).unwrap().len(), 60);
         // Not whole over TCP either: an error that says so, not part of the pool.
         let error = resolve("pool.example", 80, &[pool_nameserver(200, false)]).unwrap_err();
         assert!(error.contains("over TCP"), "{error}");

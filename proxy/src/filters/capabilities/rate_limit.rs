@@ -80,7 +80,6 @@ fn bucket_key(key: &str) -> String {
     }
 }
 
-/// The key every check uses while the key table is full.
 /// How many buckets the keys that find the table full share.
 const OVERFLOW_BUCKETS: u64 = 256;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
