@@ -301,6 +301,26 @@ fn a_server_name_follows_its_dns_answers() {
     assert_eq!(first.requests(), served_by_first, "a failed answer brought the old address back");
 }
 
+/// An answer that lives shorter than `dns.refresh_secs` (the test
+/// nameserver's records have a TTL of 1 s) is asked again when it expires,
+/// as nginx's resolver keeps answers for their TTL: a name that fails over
+/// by DNS is followed at its own pace, not an hour later.
+#[test]
+fn a_names_answer_is_asked_again_when_its_ttl_runs_out() {
+    let origin = EchoOrigin::start().unwrap();
+    let port = origin.addr().port();
+    let dns = DnsServer::start("origin.test", [127, 0, 0, 1].into());
+    let mut config = ProxyConfig::over(origin.addr(), "[[route]]\nname = \"site\"\nupstream = \"named\"\n");
+    config.main_extra.push_str(&format!(
+        "\n[upstreams.named]\nservers = [\"origin.test:{port}\"]\n\n[dns]\nnameservers = [\"{}\"]\nrefresh_secs = 3600\n",
+        dns.addr
+    ));
+    let proxy = Proxy::start(&config);
+    assert_eq!(proxy.get("/", &[]).status, 200);
+    dns.answer(Some(&[[127, 0, 0, 2].into()]));
+    proxy.wait_for_log_line(&["upstream named: servers are now [127.0.0.2:"]);
+}
+
 /// A reload while the nameserver is down: a name the serving config follows
 /// keeps the addresses it had, so a change elsewhere (here, a route) is not
 /// refused for it, as nginx refuses it (`host not found in upstream`). A

@@ -29,18 +29,33 @@ const CLASS_IN: u16 = 1;
 /// addresses it last had, and the other names of the group still follow
 /// their answers: a resolver that is down takes no origin out of service
 /// (as Envoy's `STRICT_DNS` keeps its hosts).
+///
+/// An answer whose records live shorter than `every` (their TTL, from
+/// `dns.nameservers`) is asked again when it expires, at most once a
+/// second, as nginx's `resolver` keeps answers for their TTL: a name that
+/// fails over by DNS is followed at its own pace. The first round runs at
+/// once, to learn the TTLs of the answers the config was loaded with.
 pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
     let spawned = std::thread::Builder::new().name("cascade-dns".into()).spawn(move || {
         let Some(mut last) = group.upgrade().and_then(|g| g.config.names.clone()) else { return };
+        let mut wait = Duration::ZERO;
         loop {
-            std::thread::sleep(every);
+            std::thread::sleep(wait);
             let Some(group) = group.upgrade().filter(|g| !g.is_retired()) else { return };
+            let mut shortest_ttl: Option<Duration> = None;
             for name in &mut last.names {
-                match resolve(&name.host, name.port, &last.dns.nameservers) {
-                    Ok(addrs) => name.addrs = addrs,
+                match lookup(&name.host, name.port, &last.dns.nameservers) {
+                    Ok((addrs, ttl)) => {
+                        name.addrs = addrs;
+                        shortest_ttl = match (shortest_ttl, ttl) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
                     Err(e) => log::warn!("upstream {}: keeping the addresses {:?} had: {e}", group.name(), name.host),
                 }
             }
+            wait = next_refresh(every, shortest_ttl);
             group.record_answers(&last.names);
             let addrs = last.servers();
             let serving = group.servers();
@@ -70,10 +85,26 @@ impl ServerNames {
     }
 }
 
+/// The soonest a name is asked again, however short its answer's TTL.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long until the names are asked again: `every`, or sooner when an
+/// answer's TTL runs out first (never sooner than [`MIN_REFRESH`]).
+fn next_refresh(every: Duration, shortest_ttl: Option<Duration>) -> Duration {
+    shortest_ttl.map_or(every, |ttl| every.min(ttl.max(MIN_REFRESH)))
+}
+
 /// The addresses `host` stands for (its IPv4 ones if it has any, else its
 /// IPv6 ones), each with `port`, in the order given and without repeats;
 /// an error says why there is none.
 pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
+    lookup(host, port, nameservers).map(|(addrs, _)| addrs)
+}
+
+/// [`resolve`], with how long the answer may be kept (the least TTL of its
+/// records) when `nameservers` gave it; the system's resolver does not say.
+fn lookup(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<(Vec<SocketAddr>, Option<Duration>), String> {
+    let mut ttl = None;
     let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) if nameservers.is_empty() => {
@@ -84,7 +115,11 @@ pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<
                 false => found,
             }
         }
-        Err(_) => ask(host, nameservers)?,
+        Err(_) => {
+            let answer = ask(host, nameservers)?;
+            ttl = answer.ttl;
+            answer.ips
+        }
     };
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(ips.len());
     for ip in ips {
@@ -96,24 +131,34 @@ pub fn resolve(host: &str, port: u16, nameservers: &[SocketAddr]) -> Result<Vec<
     if addrs.is_empty() {
         return Err(format!("{host:?} has no address"));
     }
-    Ok(addrs)
+    Ok((addrs, ttl))
+}
+
+/// The addresses of one answer, and how long it may be kept: the least
+/// TTL of the records that led to them (CNAMEs included).
+#[derive(Debug, Default, PartialEq)]
+struct Answer {
+    ips: Vec<IpAddr>,
+    ttl: Option<Duration>,
 }
 
 /// The A records of `host`, or its AAAA records if it has no A record,
 /// from the first nameserver that answers. A question that fails (no
 /// answer, SERVFAIL, a truncated answer not whole over TCP either) sends it
 /// to the next nameserver: half an answer could leave half a name's servers.
-fn ask(host: &str, nameservers: &[SocketAddr]) -> Result<Vec<IpAddr>, String> {
+fn ask(host: &str, nameservers: &[SocketAddr]) -> Result<Answer, String> {
     let name = encode_name(host)?;
     let mut last_error = String::new();
     for &nameserver in nameservers {
-        let answers = query(nameserver, &name, TYPE_A).and_then(|v4| match v4.is_empty() {
+        let answers = query(nameserver, &name, TYPE_A).and_then(|v4| match v4.ips.is_empty() {
             true => query(nameserver, &name, TYPE_AAAA),
             false => Ok(v4),
         });
         match answers {
-            Ok(ips) if ips.is_empty() => return Err(format!("{host:?} has no A or AAAA record (from {nameserver})")),
-            Ok(ips) => return Ok(ips),
+            Ok(answer) if answer.ips.is_empty() => {
+                return Err(format!("{host:?} has no A or AAAA record (from {nameserver})"));
+            }
+            Ok(answer) => return Ok(answer),
             Err(e) => last_error = format!("{host:?}: nameserver {nameserver}: {e}"),
         }
     }
@@ -146,7 +191,7 @@ const UDP_PAYLOAD: u16 = 1232;
 /// Ask `nameserver` for the `qtype` records of `name` (wire form): over
 /// UDP, and over TCP when the answer does not fit a datagram (a large
 /// pool), as a resolver must (RFC 7766).
-fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, String> {
+fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Answer, String> {
     let id = query_id();
     let mut message = question(id, name, qtype, true);
     let mut answer = over_udp(nameserver, &message, id, name, qtype);
@@ -187,13 +232,7 @@ fn question(id: u16, name: &[u8], qtype: u16, edns: bool) -> Vec<u8> {
     message
 }
 
-fn over_udp(
-    nameserver: SocketAddr,
-    message: &[u8],
-    id: u16,
-    name: &[u8],
-    qtype: u16,
-) -> Result<Vec<IpAddr>, AnswerError> {
+fn over_udp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answer, AnswerError> {
     let failed = |e: std::io::Error| AnswerError::Failed(e.to_string());
     let local: SocketAddr = match nameserver {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -228,7 +267,7 @@ fn over_udp(
 }
 
 /// The same question over TCP: each message prefixed by its length.
-fn over_tcp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, String> {
+fn over_tcp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answer, String> {
     use std::io::{Read, Write};
     let over_tcp = |e: std::io::Error| format!("over TCP: {e}");
     let deadline = Instant::now() + QUERY_TIMEOUT;
@@ -279,7 +318,7 @@ enum AnswerError {
 /// The addresses in `message`, the answer to query `id` for `name`'s
 /// `qtype` records. Every read is bounds-checked: the answer comes from the
 /// network.
-fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<IpAddr>, AnswerError> {
+fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answer, AnswerError> {
     let failed = |what: &str| AnswerError::Failed(what.to_string());
     let mut reader = Reader { message, at: 0 };
     let header = reader.take(12).ok_or(AnswerError::NotOurs)?;
@@ -299,7 +338,7 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
     match flags & 0x000f {
         0 => {}
         // No such name: no addresses, which the caller reports.
-        3 => return Ok(Vec::new()),
+        3 => return Ok(Answer::default()),
         1 => return Err(AnswerError::FormatError),
         2 => return Err(failed("the nameserver failed (SERVFAIL)")),
         5 => return Err(failed("the nameserver refused the query")),
@@ -309,12 +348,13 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
     if flags & 0x0200 != 0 {
         return Err(AnswerError::Truncated);
     }
-    let mut ips = Vec::new();
+    let (mut ips, mut ttl) = (Vec::new(), None::<u32>);
     for _ in 0..answers {
         let record = reader.record().ok_or_else(|| failed("a malformed answer"))?;
         if record.class != CLASS_IN {
             continue;
         }
+        ttl = Some(ttl.map_or(record.ttl, |t| t.min(record.ttl)));
         // CNAME records lead to the addresses that follow them.
         match (record.rtype, record.data.len()) {
             (TYPE_A, 4) if qtype == TYPE_A => {
@@ -326,7 +366,8 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Vec<
             _ => {}
         }
     }
-    Ok(ips)
+    let ttl = ttl.filter(|_| !ips.is_empty()).map(|secs| Duration::from_secs(u64::from(secs)));
+    Ok(Answer { ips, ttl })
 }
 
 struct Reader<'a> {
@@ -337,6 +378,8 @@ struct Reader<'a> {
 struct Record<'a> {
     rtype: u16,
     class: u16,
+    /// Seconds the record may be kept.
+    ttl: u32,
     data: &'a [u8],
 }
 
@@ -369,10 +412,10 @@ impl<'a> Reader<'a> {
         self.skip_name()?;
         let rtype = self.u16()?;
         let class = self.u16()?;
-        self.take(4)?; // TTL: the refresh interval decides instead
+        let ttl = self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
         let length = self.u16()?;
         let data = self.take(usize::from(length))?;
-        Some(Record { rtype, class, data })
+        Some(Record { rtype, class, ttl, data })
     }
 }
 
@@ -410,11 +453,17 @@ mod tests {
         let cname = b"\x03lb1\xc0\x13";
         let message =
             answer(7, 0x8180, &name, TYPE_A, &[(5, cname), (TYPE_A, &[10, 0, 0, 1]), (TYPE_A, &[10, 0, 0, 2])]);
-        let ips = parse_answer(&message, 7, &name, TYPE_A).unwrap();
-        assert_eq!(ips, vec![IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])]);
+        let parsed = parse_answer(&message, 7, &name, TYPE_A).unwrap();
+        assert_eq!(parsed.ips, vec![IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])]);
+        assert_eq!(parsed.ttl, Some(Duration::from_secs(30)));
+        // The first address record (after the 12-byte header, the 20-byte
+        // question and the 18-byte CNAME) lives 5 s: the answer does too.
+        let mut message = message;
+        message[12 + 20 + 18 + 9] = 5;
+        assert_eq!(parse_answer(&message, 7, &name, TYPE_A).unwrap().ttl, Some(Duration::from_secs(5)));
         let v6 = [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
         let message = answer(8, 0x8180, &name, TYPE_AAAA, &[(TYPE_AAAA, &v6)]);
-        assert_eq!(parse_answer(&message, 8, &name, TYPE_AAAA).unwrap(), vec![IpAddr::from(v6)]);
+        assert_eq!(parse_answer(&message, 8, &name, TYPE_AAAA).unwrap().ips, vec![IpAddr::from(v6)]);
     }
 
     #[test]
@@ -439,7 +488,7 @@ mod tests {
             matches!(parse_answer(&servfail, 7, &name, TYPE_A), Err(AnswerError::Failed(m)) if m.contains("SERVFAIL"))
         );
         let nxdomain = answer(7, 0x8183, &name, TYPE_A, &[]);
-        assert_eq!(parse_answer(&nxdomain, 7, &name, TYPE_A), Ok(vec![]));
+        assert_eq!(parse_answer(&nxdomain, 7, &name, TYPE_A), Ok(Answer::default()));
         // Truncated: the records it holds may be some of the name's only.
         let truncated = answer(7, 0x8380, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0, 1])]);
         assert_eq!(parse_answer(&truncated, 7, &name, TYPE_A), Err(AnswerError::Truncated));
@@ -454,7 +503,7 @@ mod tests {
         assert!(parse_answer(&lying, 7, &name, TYPE_A).is_err());
         // A record of the wrong length for its type is no address.
         let odd = answer(7, 0x8180, &name, TYPE_A, &[(TYPE_A, &[10, 0, 0])]);
-        assert_eq!(parse_answer(&odd, 7, &name, TYPE_A), Ok(vec![]));
+        assert_eq!(parse_answer(&odd, 7, &name, TYPE_A).map(|a| a.ips), Ok(vec![]));
     }
 
     /// A nameserver on UDP and TCP at one port, as nameservers are: over
@@ -538,6 +587,15 @@ mod tests {
         // Not whole over TCP either: an error that says so, not part of the pool.
         let error = resolve("pool.example", 80, &[pool_nameserver(200, false)]).unwrap_err();
         assert!(error.contains("over TCP"), "{error}");
+    }
+
+    #[test]
+    fn a_short_ttl_brings_the_next_question_forward() {
+        let every = Duration::from_secs(30);
+        assert_eq!(next_refresh(every, None), every, "the system's resolver gives no TTL");
+        assert_eq!(next_refresh(every, Some(Duration::from_secs(5))), Duration::from_secs(5));
+        assert_eq!(next_refresh(every, Some(Duration::from_secs(300))), every);
+        assert_eq!(next_refresh(every, Some(Duration::ZERO)), MIN_REFRESH, "a TTL of 0 is asked once a second");
     }
 
     #[test]
