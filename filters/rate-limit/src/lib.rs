@@ -81,7 +81,16 @@ impl Filter for RateLimit {
         let key = self.config.key.bucket(req);
         let tier = |t: &Tiers| match &t.header {
             Some(header) => req.header(header).and_then(|value| t.policies.get(&value).cloned()),
-            None => t.policies.get(&self.config.key.resolve(req)).cloned(),
+            None => {
+                // Tiers keyed by address are for clients counted by address:
+                // a header value that spells one is no address, or a client
+                // could send a partner's as its key (buckets keep the two
+                // apart the same way, see `ClientKey::bucket`).
+                let value = self.config.key.resolve(req);
+                let from_header = matches!(&self.config.key, ClientKey::Header(name) if req.header(name).is_some());
+                let spells_an_address = value.parse::<std::net::IpAddr>().is_ok();
+                t.policies.get(&value).filter(|_| !(from_header && spells_an_address)).cloned()
+            }
         };
         let policy = self.config.tiers.as_ref().and_then(tier).unwrap_or_else(|| self.config.policy.clone());
         // `check` refused an unknown policy at load; a host that lost one
@@ -245,6 +254,28 @@ mod tests {
         let other = || Request::new("GET", "/").with_client_ip("198.51.100.1");
         assert_eq!(filter(config).on_request(&other()), Verdict::Continue);
         assert!(matches!(filter(config).on_request(&other()), Verdict::Respond(_)));
+
+        // Keyed by a header: the partner's address is its tier only as the
+        // address a request without the header comes from, not as a header
+        // value another client sends.
+        set_policy("anonymous", 1);
+        set_policy("partner", 3);
+        let config = r#"{"policy": "anonymous", "key": "header:x-api-key",
+            "tiers": {"policies": {"203.0.113.7": "partner", "key-1": "partner"}}}"#;
+        let posing = || Request::new("GET", "/").with_client_ip("198.51.100.9").with_header("x-api-key", "203.0.113.7");
+        assert_eq!(filter(config).on_request(&posing()), Verdict::Continue);
+        assert!(matches!(filter(config).on_request(&posing()), Verdict::Respond(_)), "took the partner's tier");
+        let by_key = || Request::new("GET", "/").with_client_ip("198.51.100.9").with_header("x-api-key", "key-1");
+        for _ in 0..3 {
+            assert_eq!(filter(config).on_request(&by_key()), Verdict::Continue, "a key's own tier");
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                filter(config).on_request(&partner()),
+                Verdict::Continue,
+                "the address's tier, without the header"
+            );
+        }
     }
 
     #[test]
