@@ -319,6 +319,9 @@ fn a_names_answer_is_asked_again_when_its_ttl_runs_out() {
     assert_eq!(proxy.get("/", &[]).status, 200);
     dns.answer(Some(&[[127, 0, 0, 2].into()]));
     proxy.wait_for_log_line(&["upstream named: servers are now [127.0.0.2:"]);
+    // And again: no first round at start can have seen this one.
+    dns.answer(Some(&[[127, 0, 0, 1].into()]));
+    proxy.wait_for_log_line(&["upstream named: servers are now [127.0.0.1:"]);
 }
 
 /// A reload while the nameserver is down: a name the serving config follows

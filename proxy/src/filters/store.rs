@@ -151,6 +151,7 @@ impl ModuleStore {
     fn hold_in_use(dir: &Path) -> io::Result<std::fs::File> {
         use std::os::unix::fs::MetadataExt;
         let path = dir.join(IN_USE);
+        let mut tries = 0;
         loop {
             std::fs::create_dir_all(dir)?;
             let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
@@ -158,8 +159,14 @@ impl ModuleStore {
             // Another engine's tidy that held the lock while this waited
             // removed the directory: the lock is on a file no one sees.
             // Make the directory again, and lock what is there now.
-            if std::fs::metadata(&path).is_ok_and(|now| now.ino() == file.metadata().map_or(0, |m| m.ino())) {
+            let held = file.metadata()?;
+            let there = std::fs::metadata(&path).ok();
+            if there.is_some_and(|now| (now.dev(), now.ino()) == (held.dev(), held.ino())) {
                 return Ok(file);
+            }
+            tries += 1;
+            if tries == 10 {
+                return Err(io::Error::other(format!("{} keeps being removed", path.display())));
             }
         }
     }

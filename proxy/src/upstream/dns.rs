@@ -31,31 +31,27 @@ const CLASS_IN: u16 = 1;
 /// (as Envoy's `STRICT_DNS` keeps its hosts).
 ///
 /// An answer whose records live shorter than `every` (their TTL, from
-/// `dns.nameservers`) is asked again when it expires, at most once a
-/// second, as nginx's `resolver` keeps answers for their TTL: a name that
-/// fails over by DNS is followed at its own pace. The first round runs at
+/// `dns.nameservers`) is asked again when it expires, at most every
+/// [`MIN_REFRESH`], as nginx's `resolver` keeps answers for their TTL: a
+/// name that fails over by DNS is followed at its own pace. The first round runs at
 /// once, to learn the TTLs of the answers the config was loaded with.
 pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
     let spawned = std::thread::Builder::new().name("cascade-dns".into()).spawn(move || {
         let Some(mut last) = group.upgrade().and_then(|g| g.config.names.clone()) else { return };
         let mut wait = Duration::ZERO;
+        // Each name's last TTL: one that fails to resolve is asked again at
+        // the pace of its last answer (a failover is when a lookup fails).
+        let mut ttls: Vec<Option<Duration>> = vec![None; last.names.len()];
         loop {
             std::thread::sleep(wait);
             let Some(group) = group.upgrade().filter(|g| !g.is_retired()) else { return };
-            let mut shortest_ttl: Option<Duration> = None;
-            for name in &mut last.names {
+            for (name, last_ttl) in last.names.iter_mut().zip(&mut ttls) {
                 match lookup(&name.host, name.port, &last.dns.nameservers) {
-                    Ok((addrs, ttl)) => {
-                        name.addrs = addrs;
-                        shortest_ttl = match (shortest_ttl, ttl) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                    }
+                    Ok((addrs, ttl)) => (name.addrs, *last_ttl) = (addrs, ttl),
                     Err(e) => log::warn!("upstream {}: keeping the addresses {:?} had: {e}", group.name(), name.host),
                 }
             }
-            wait = next_refresh(every, shortest_ttl);
+            wait = next_refresh(every, ttls.iter().flatten().min().copied());
             group.record_answers(&last.names);
             let addrs = last.servers();
             let serving = group.servers();
@@ -85,8 +81,10 @@ impl ServerNames {
     }
 }
 
-/// The soonest a name is asked again, however short its answer's TTL.
-const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The soonest a name is asked again, however short its answer's TTL
+/// (Envoy's `dns_min_refresh_rate`): a TTL of 0, as Consul gives, would
+/// otherwise mean a question a second per name.
+const MIN_REFRESH: Duration = Duration::from_secs(5);
 
 /// How long until the names are asked again: `every`, or sooner when an
 /// answer's TTL runs out first (never sooner than [`MIN_REFRESH`]).
@@ -327,6 +325,10 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answ
     if u16::from_be_bytes([header[0], header[1]]) != id || !is_answer {
         return Err(AnswerError::NotOurs);
     }
+    // FORMERR often comes without the question it could not read.
+    if flags & 0x000f == 1 {
+        return Err(AnswerError::FormatError);
+    }
     let questions = u16::from_be_bytes([header[4], header[5]]);
     let answers = u16::from_be_bytes([header[6], header[7]]);
     // The question must be ours, as written (names compare without case).
@@ -547,11 +549,11 @@ mod tests {
                     .then(|| usize::from(u16::from_be_bytes([query[n - 8], query[n - 7]])));
                 let mut reply = udp_reply(query, offered.unwrap_or(512).max(512));
                 if offered.is_some() && !knows_edns {
-                    // FORMERR, with the question echoed and no records.
-                    let question_end = 12 + query[12..].iter().position(|&b| b == 0).unwrap() + 5;
-                    reply.truncate(question_end);
+                    // FORMERR, as such servers often send it: the header
+                    // alone, without the question it could not read.
+                    reply.truncate(12);
                     reply[2..4].copy_from_slice(&[0x81, 0x81]);
-                    reply[6..12].copy_from_slice(&[0; 6]);
+                    reply[4..12].copy_from_slice(&[0; 8]);
                 }
                 let _ = udp.send_to(&reply, from);
             }
@@ -595,7 +597,12 @@ mod tests {
         assert_eq!(next_refresh(every, None), every, "the system's resolver gives no TTL");
         assert_eq!(next_refresh(every, Some(Duration::from_secs(5))), Duration::from_secs(5));
         assert_eq!(next_refresh(every, Some(Duration::from_secs(300))), every);
-        assert_eq!(next_refresh(every, Some(Duration::ZERO)), MIN_REFRESH, "a TTL of 0 is asked once a second");
+        assert_eq!(next_refresh(every, Some(Duration::ZERO)), MIN_REFRESH, "a TTL of 0 is not asked on every turn");
+        assert_eq!(
+            next_refresh(Duration::from_secs(1), Some(Duration::ZERO)),
+            Duration::from_secs(1),
+            "refresh_secs is the most"
+        );
     }
 
     #[test]

@@ -270,15 +270,17 @@ mod tests {
         let new = Upstreams::start(&checking_host("origin.example"), Some(&old));
         old.retire_replaced(&new);
         wait_until(&|| healthy(&new));
-        // A verdict the old checker reached just before it was retired may
-        // still land once; the new checker puts it right at its next probe.
-        std::thread::sleep(Duration::from_millis(100));
-        wait_until(&|| healthy(&new));
-        // Many of the old checker's intervals: it would have written `down` by now.
-        for _ in 0..100 {
-            assert!(healthy(&new), "the replaced group's checker took the server down again");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Many of the old checker's intervals. Still running, it would take
+        // turns with the new one, down about half the time; retired, at
+        // most a verdict it reached just before may land once, which the
+        // new checker puts right at its next probe.
+        let downs = (0..100)
+            .filter(|_| {
+                std::thread::sleep(Duration::from_millis(5));
+                !healthy(&new)
+            })
+            .count();
+        assert!(downs <= 10, "the replaced group's checker took the server down {downs} times in 100 looks");
         drop(old);
     }
 
