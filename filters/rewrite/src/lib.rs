@@ -38,9 +38,13 @@ struct PathRewrite {
     pattern: String,
     replacement: String,
     /// `pattern` within one that matches the whole path, to read its
-    /// captures one by one (see [`QueryRewrite`]). Built at load.
+    /// captures one by one (see [`PathRewrite::apply`]). Built at load.
     #[serde(skip)]
     whole_path_pattern: String,
+    /// A replacement with a query part (`/find?q=$1`), in pieces: its path
+    /// part, then its query part. Built at load.
+    #[serde(skip)]
+    with_query: Option<(Vec<Piece>, Vec<Piece>)>,
 }
 
 /// Answer with a redirect when `pattern` matches the path. `to` may use
@@ -101,6 +105,7 @@ impl Filter for Rewrite {
         }
         for rule in &mut config.path_rewrites {
             rule.whole_path_pattern = whole_path(&rule.pattern);
+            rule.with_query = rule.replacement.split_once('?').map(|(path, query)| (pieces(path), pieces(query)));
         }
         // The host compiles (and caches) each pattern here, so a bad one is
         // reported when the route is loaded. A redirect's pattern is checked
@@ -144,11 +149,7 @@ impl Filter for Rewrite {
         }
         let mut path = rewrite_path(&original, &self.0).unwrap_or_else(|| original.clone());
         for rule in &self.0.path_rewrites {
-            let rewritten = match QueryRewrite::of(rule) {
-                Some(with_query) => with_query.apply(&path),
-                None => regex::replace(&rule.pattern, &path, &rule.replacement).expect("checked at load"),
-            };
-            if let Some(rewritten) = rewritten {
+            if let Some(rewritten) = rule.apply(&path) {
                 path = rewritten;
             }
         }
@@ -241,6 +242,7 @@ fn check_references(pattern: &str, replacement: &str) -> Result<(), String> {
     let groups = regex::capture_names(pattern)?;
     for piece in pieces(replacement) {
         let Piece::Group(name) = piece else { continue };
+        let name = name.as_str();
         if name.is_empty() {
             return Err(format!("{replacement:?}: `${{}}` names no group and expands to nothing"));
         }
@@ -271,73 +273,62 @@ fn check_references(pattern: &str, replacement: &str) -> Result<(), String> {
 
 /// A part of a replacement, as the regex crate reads it.
 #[derive(Debug, PartialEq)]
-enum Piece<'a> {
-    Text(&'a str),
+enum Piece {
+    Text(String),
     /// `$name` (the longest run of letters, digits and `_`) or `${name}`.
-    Group(&'a str),
+    Group(String),
 }
 
 /// `replacement` in pieces: `$$` is a `$`, as is a `$` that starts no
 /// reference.
-fn pieces(replacement: &str) -> Vec<Piece<'_>> {
+fn pieces(replacement: &str) -> Vec<Piece> {
     let mut pieces = Vec::new();
     let mut rest = replacement;
     while let Some(at) = rest.find('$') {
-        pieces.push(Piece::Text(&rest[..at]));
+        pieces.push(Piece::Text(rest[..at].to_string()));
         rest = &rest[at + 1..];
         // Braced, any name goes (`${}` names the group "", which no
         // pattern has); bare, the longest run of letters, digits and `_`.
         if let Some((name, after)) = rest.strip_prefix('{').and_then(|braced| braced.split_once('}')) {
-            pieces.push(Piece::Group(name));
+            pieces.push(Piece::Group(name.to_string()));
             rest = after;
             continue;
         }
         match rest.bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count() {
             0 => {
-                pieces.push(Piece::Text("$"));
+                pieces.push(Piece::Text("$".into()));
                 rest = rest.strip_prefix('$').unwrap_or(rest);
             }
             len => {
                 let (name, after) = rest.split_at(len);
-                pieces.push(Piece::Group(name));
+                pieces.push(Piece::Group(name.to_string()));
                 rest = after;
             }
         }
     }
-    pieces.push(Piece::Text(rest));
-    pieces.retain(|piece| *piece != Piece::Text(""));
+    pieces.push(Piece::Text(rest.to_string()));
+    pieces.retain(|piece| !matches!(piece, Piece::Text(text) if text.is_empty()));
     pieces
 }
 
-/// A path rewrite whose replacement has a query part (`/find?q=$1`): each
-/// capture expanded there is percent-encoded as a query value, as nginx's
-/// `rewrite` escapes them. The path may hold `&`, `=`, `+` and `;` as they
-/// are, and `/search/shoes&admin=1` must not send the origin `admin=1`.
-struct QueryRewrite<'a> {
-    rule: &'a PathRewrite,
-    /// The replacement's path part, then its query part.
-    path: Vec<Piece<'a>>,
-    query: Vec<Piece<'a>>,
-}
-
-impl<'a> QueryRewrite<'a> {
-    fn of(rule: &'a PathRewrite) -> Option<Self> {
-        let (path, query) = rule.replacement.split_once('?')?;
-        Some(Self { rule, path: pieces(path), query: pieces(query) })
-    }
-
-    /// `path` rewritten, or `None` when the pattern does not match it.
+impl PathRewrite {
+    /// `path` rewritten by this rule, or `None` when the pattern does not
+    /// match it. A capture expanded into a new query part is
+    /// percent-encoded as a query value, as nginx's `rewrite` escapes them:
+    /// the path may hold `&`, `=`, `+` and `;` as they are, and
+    /// `/search/shoes&admin=1` must not send the origin `admin=1`.
     fn apply(&self, path: &str) -> Option<String> {
+        let Some((path_part, query_part)) = &self.with_query else {
+            return regex::replace(&self.pattern, path, &self.replacement).expect("checked at load");
+        };
         // The text around the match, marked by a NUL, which no path holds.
-        let marked = regex::replace(&self.rule.pattern, path, "\0").expect("checked at load")?;
+        let marked = regex::replace(&self.pattern, path, "\0").expect("checked at load")?;
         let (before, after) = marked.split_once('\0')?;
         let matched = &path[before.len()..path.len() - after.len()];
         // Group 0 is the match, which the whole-path pattern's is not.
         let capture = |name: &str| match name {
             "0" => Some(matched.to_string()),
-            name => {
-                regex::replace(&self.rule.whole_path_pattern, path, &format!("${{{name}}}")).expect("checked at load")
-            }
+            name => regex::replace(&self.whole_path_pattern, path, &format!("${{{name}}}")).expect("checked at load"),
         };
         let expand = |pieces: &[Piece], out: &mut String, encode: bool| {
             for piece in pieces {
@@ -355,9 +346,9 @@ impl<'a> QueryRewrite<'a> {
             }
         };
         let mut out = before.to_string();
-        expand(&self.path, &mut out, false);
+        expand(path_part, &mut out, false);
         out.push('?');
-        expand(&self.query, &mut out, true);
+        expand(query_part, &mut out, true);
         out.push_str(after);
         Some(out)
     }
@@ -535,18 +526,18 @@ mod tests {
         assert_eq!(
             pieces("a$1${b}$$c$-${x"),
             [
-                Piece::Text("a"),
-                Piece::Group("1"),
-                Piece::Group("b"),
-                Piece::Text("$"),
-                Piece::Text("c"),
-                Piece::Text("$"),
-                Piece::Text("-"),
-                Piece::Text("$"),
-                Piece::Text("{x")
+                Piece::Text("a".into()),
+                Piece::Group("1".into()),
+                Piece::Group("b".into()),
+                Piece::Text("$".into()),
+                Piece::Text("c".into()),
+                Piece::Text("$".into()),
+                Piece::Text("-".into()),
+                Piece::Text("$".into()),
+                Piece::Text("{x".into())
             ]
         );
-        assert_eq!(pieces("${}"), [Piece::Group("")]);
+        assert_eq!(pieces("${}"), [Piece::Group(String::new())]);
         let empty = instantiate::<Rewrite>(r#"{"path_rewrites": [{"pattern": "^/a", "replacement": "/b${}"}]}"#);
         assert!(empty.err().unwrap().contains("`${}` names no group"));
         // `$0` is the match, as the regex crate expands it.

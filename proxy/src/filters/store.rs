@@ -151,8 +151,7 @@ impl ModuleStore {
     fn hold_in_use(dir: &Path) -> io::Result<std::fs::File> {
         use std::os::unix::fs::MetadataExt;
         let path = dir.join(IN_USE);
-        let mut tries = 0;
-        loop {
+        for _ in 0..10 {
             std::fs::create_dir_all(dir)?;
             let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
             file.lock_shared()?;
@@ -164,11 +163,8 @@ impl ModuleStore {
             if there.is_some_and(|now| (now.dev(), now.ino()) == (held.dev(), held.ino())) {
                 return Ok(file);
             }
-            tries += 1;
-            if tries == 10 {
-                return Err(io::Error::other(format!("{} keeps being removed", path.display())));
-            }
         }
+        Err(io::Error::other(format!("{} keeps being removed", path.display())))
     }
 
     /// Mark this engine's artifacts as in use, and remove those of other

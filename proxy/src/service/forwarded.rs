@@ -23,7 +23,9 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|net| net.contains(ip))
 }
 
-fn from_trusted_proxy(session: &Session, trusted: &[IpNet]) -> bool {
+/// Whether the socket's peer is one of the `trusted` proxies, whose
+/// forwarding headers are believed.
+pub(super) fn from_trusted_proxy(session: &Session, trusted: &[IpNet]) -> bool {
     peer_ip(session).is_some_and(|peer| is_trusted(peer, trusted))
 }
 
@@ -36,12 +38,9 @@ fn from_trusted_proxy(session: &Session, trusted: &[IpNet]) -> bool {
 const CLAIMS_OF_ANOTHER_TARGET: [&str; 6] =
     ["forwarded", "x-forwarded-host", "x-forwarded-port", "x-forwarded-prefix", "x-original-url", "x-rewrite-url"];
 
-/// Remove a client's [`CLAIMS_OF_ANOTHER_TARGET`], before the filters
-/// run (which may set them); a trusted proxy's are kept.
-pub(super) fn drop_claims_of_another_target(session: &mut Session, trusted: &[IpNet]) {
-    if from_trusted_proxy(session, trusted) {
-        return;
-    }
+/// Remove a client's [`CLAIMS_OF_ANOTHER_TARGET`], before the filters run
+/// (which may set them). Not for a trusted proxy's request, whose are kept.
+pub(super) fn drop_claims_of_another_target(session: &mut Session) {
     let header = session.req_header_mut();
     // One pass over the names the request has, not a lookup of each claim.
     let claimed: Vec<http::HeaderName> =
@@ -55,7 +54,7 @@ pub(super) fn drop_claims_of_another_target(session: &mut Session, trusted: &[Ip
 /// the cache key holds it: `https` on a TLS listener, whatever the client
 /// says; on a plain one, `https` only when a trusted proxy says so (a
 /// regional tier hears from its edges over plain HTTP); `http` otherwise.
-pub(super) fn forwarded_proto(session: &Session, trusted: &[IpNet]) -> &'static str {
+pub(super) fn forwarded_proto(session: &Session, from_trusted_proxy: bool) -> &'static str {
     if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
         return "https";
     }
@@ -66,7 +65,7 @@ pub(super) fn forwarded_proto(session: &Session, trusted: &[IpNet]) -> &'static 
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
     };
-    if from_trusted_proxy(session, trusted) && said_https() { "https" } else { "http" }
+    if from_trusted_proxy && said_https() { "https" } else { "http" }
 }
 
 /// The client a request comes from, as filters see it: the socket's peer;

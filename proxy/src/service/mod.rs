@@ -235,7 +235,8 @@ impl CascadeProxy {
         }
         ctx.upstream = route.config.upstream.clone();
         ctx.route = Some(route.clone());
-        ctx.forwarded_proto = forwarded::forwarded_proto(session, &snapshot.config.server.trusted_proxies);
+        let from_trusted_proxy = forwarded::from_trusted_proxy(session, &snapshot.config.server.trusted_proxies);
+        ctx.forwarded_proto = forwarded::forwarded_proto(session, from_trusted_proxy);
         let header = session.req_header();
         ctx.authorization = header.headers.contains_key(http::header::AUTHORIZATION);
         if route.config.cache.enabled && cache::request_may_use_cache(header) {
@@ -243,7 +244,9 @@ impl CascadeProxy {
             let host = normalize::host(host);
             ctx.cache_url = Some(format!("{host}{}", cache::key_target(target, &route.config.cache)));
         }
-        forwarded::drop_claims_of_another_target(session, &snapshot.config.server.trusted_proxies);
+        if !from_trusted_proxy {
+            forwarded::drop_claims_of_another_target(session);
+        }
         if route.chain.is_empty() {
             return Ok(false);
         }

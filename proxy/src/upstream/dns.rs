@@ -33,8 +33,8 @@ const CLASS_IN: u16 = 1;
 /// An answer whose records live shorter than `every` (their TTL, from
 /// `dns.nameservers`) is asked again when it expires, at most every
 /// [`MIN_REFRESH`], as nginx's `resolver` keeps answers for their TTL: a
-/// name that fails over by DNS is followed at its own pace. The first round runs at
-/// once, to learn the TTLs of the answers the config was loaded with.
+/// name that fails over by DNS is followed at its own pace. The first round
+/// runs at once, to learn the TTLs of the answers the config was loaded with.
 pub fn spawn_refresher(group: Weak<UpstreamGroup>, every: Duration) {
     let spawned = std::thread::Builder::new().name("cascade-dns".into()).spawn(move || {
         let Some(mut last) = group.upgrade().and_then(|g| g.config.names.clone()) else { return };
@@ -200,11 +200,10 @@ fn query(nameserver: SocketAddr, name: &[u8], qtype: u16) -> Result<Answer, Stri
         answer = over_udp(nameserver, &message, id, name, qtype);
     }
     match answer {
-        Err(AnswerError::Truncated) => over_tcp(nameserver, &message, id, name, qtype),
-        Err(AnswerError::Failed(message)) => Err(message),
-        Err(AnswerError::FormatError) => Err("the nameserver could not read the question (FORMERR)".into()),
-        Err(AnswerError::NotOurs) => Err(format!("no answer in {QUERY_TIMEOUT:?}")),
-        Ok(ips) => Ok(ips),
+        Err(AnswerError::Truncated) => {
+            over_tcp(nameserver, &message, id, name, qtype).map_err(|e| format!("over TCP: {}", e.describe()))
+        }
+        answer => answer.map_err(|e| e.describe()),
     }
 }
 
@@ -245,13 +244,13 @@ fn over_udp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype:
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(AnswerError::NotOurs);
+            return Err(AnswerError::NoAnswer);
         }
         socket.set_read_timeout(Some(left)).map_err(failed)?;
         let n = match socket.recv(&mut buf) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(AnswerError::NotOurs);
+                return Err(AnswerError::NoAnswer);
             }
             Err(e) => return Err(failed(e)),
         };
@@ -265,31 +264,25 @@ fn over_udp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype:
 }
 
 /// The same question over TCP: each message prefixed by its length.
-fn over_tcp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answer, String> {
+fn over_tcp(nameserver: SocketAddr, message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answer, AnswerError> {
     use std::io::{Read, Write};
-    let over_tcp = |e: std::io::Error| format!("over TCP: {e}");
+    let failed = |e: std::io::Error| AnswerError::Failed(e.to_string());
     let deadline = Instant::now() + QUERY_TIMEOUT;
     let left = || match deadline.saturating_duration_since(Instant::now()) {
-        left if left.is_zero() => Err(format!("over TCP: no answer in {QUERY_TIMEOUT:?}")),
+        left if left.is_zero() => Err(AnswerError::NoAnswer),
         left => Ok(Some(left)),
     };
-    let mut stream = std::net::TcpStream::connect_timeout(&nameserver, QUERY_TIMEOUT).map_err(over_tcp)?;
-    stream.set_write_timeout(left()?).map_err(over_tcp)?;
-    let length = u16::try_from(message.len()).map_err(|_| "over TCP: the question is too long".to_string())?;
-    stream.write_all(&[&length.to_be_bytes()[..], message].concat()).map_err(over_tcp)?;
-    stream.set_read_timeout(left()?).map_err(over_tcp)?;
+    let mut stream = std::net::TcpStream::connect_timeout(&nameserver, QUERY_TIMEOUT).map_err(failed)?;
+    stream.set_write_timeout(left()?).map_err(failed)?;
+    let length = u16::try_from(message.len()).expect("a question is shorter than 64 KiB");
+    stream.write_all(&[&length.to_be_bytes()[..], message].concat()).map_err(failed)?;
+    stream.set_read_timeout(left()?).map_err(failed)?;
     let mut length = [0u8; 2];
-    stream.read_exact(&mut length).map_err(over_tcp)?;
+    stream.read_exact(&mut length).map_err(failed)?;
     let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
-    stream.set_read_timeout(left()?).map_err(over_tcp)?;
-    stream.read_exact(&mut answer).map_err(over_tcp)?;
-    match parse_answer(&answer, id, name, qtype) {
-        Ok(ips) => Ok(ips),
-        Err(AnswerError::Failed(message)) => Err(format!("over TCP: {message}")),
-        Err(AnswerError::NotOurs) => Err("over TCP: an answer to another question".into()),
-        Err(AnswerError::Truncated) => Err("over TCP: the answer was truncated".into()),
-        Err(AnswerError::FormatError) => Err("over TCP: the nameserver could not read the question (FORMERR)".into()),
-    }
+    stream.set_read_timeout(left()?).map_err(failed)?;
+    stream.read_exact(&mut answer).map_err(failed)?;
+    parse_answer(&answer, id, name, qtype)
 }
 
 /// A query id no one on the path can predict (it and the source port are
@@ -305,12 +298,27 @@ fn query_id() -> u16 {
 enum AnswerError {
     /// Not an answer to the question asked: wait for another.
     NotOurs,
+    /// None came within [`QUERY_TIMEOUT`].
+    NoAnswer,
     /// Cut to fit a datagram: the records it holds may be some of the
     /// name's only; ask again over TCP.
     Truncated,
     /// FORMERR: the server could not read the question.
     FormatError,
     Failed(String),
+}
+
+impl AnswerError {
+    /// What went wrong, for the operator.
+    fn describe(self) -> String {
+        match self {
+            Self::NotOurs => "an answer to another question".into(),
+            Self::NoAnswer => format!("no answer in {QUERY_TIMEOUT:?}"),
+            Self::Truncated => "the answer was truncated".into(),
+            Self::FormatError => "the nameserver could not read the question (FORMERR)".into(),
+            Self::Failed(message) => message,
+        }
+    }
 }
 
 /// The addresses in `message`, the answer to query `id` for `name`'s
@@ -341,7 +349,6 @@ fn parse_answer(message: &[u8], id: u16, name: &[u8], qtype: u16) -> Result<Answ
         0 => {}
         // No such name: no addresses, which the caller reports.
         3 => return Ok(Answer::default()),
-        1 => return Err(AnswerError::FormatError),
         2 => return Err(failed("the nameserver failed (SERVFAIL)")),
         5 => return Err(failed("the nameserver refused the query")),
         code => return Err(failed(&format!("the nameserver answered error {code}"))),

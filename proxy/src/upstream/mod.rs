@@ -118,8 +118,8 @@ impl UpstreamGroup {
         let servers = match before {
             Some(before) => {
                 let (serving, departed) = (before.servers(), before.departed.lock().unwrap_or_else(|e| e.into_inner()));
-                let known = |addr| serving.iter().chain(departed.iter()).find(|old: &&Server| old.addr == addr);
-                config.servers.iter().map(|&addr| Server::carried_over(addr, known(addr), share_health)).collect()
+                let carried = |&addr| Server::carried_over(addr, known(&serving, &departed, addr), share_health);
+                config.servers.iter().map(carried).collect()
             }
             None => config.servers.iter().map(|&addr| Server::new(addr)).collect(),
         };
@@ -149,16 +149,11 @@ impl UpstreamGroup {
     fn replace_servers(&self, addrs: &[SocketAddr]) {
         let before = self.servers();
         let mut departed = self.departed.lock().unwrap_or_else(|e| e.into_inner());
-        let servers: Vec<Server> = addrs
-            .iter()
-            .map(|&addr| {
-                let known = before.iter().chain(departed.iter()).find(|old| old.addr == addr);
-                Server::carried_over(addr, known, true)
-            })
-            .collect();
+        let servers: Vec<Server> =
+            addrs.iter().map(|&addr| Server::carried_over(addr, known(&before, &departed, addr), true)).collect();
+        // A server is serving or departed, never both.
         departed.retain(|old| !addrs.contains(&old.addr));
         for gone in before.iter().filter(|old| !addrs.contains(&old.addr)) {
-            departed.retain(|old| old.addr != gone.addr);
             departed.push(Server::carried_over(gone.addr, Some(gone), true));
         }
         let excess = departed.len().saturating_sub(DEPARTED_KEPT);
@@ -260,6 +255,12 @@ impl UpstreamGroup {
         peer.options.ca = self.ca.clone();
         Box::new(peer)
     }
+}
+
+/// What is known of `addr`: among the servers `serving`, or those a name's
+/// answer dropped.
+fn known<'a>(serving: &'a [Server], departed: &'a [Server], addr: SocketAddr) -> Option<&'a Server> {
+    serving.iter().chain(departed).find(|server| server.addr == addr)
 }
 
 /// The `servers` in rotation but those in `failed`.
