@@ -3,7 +3,11 @@
 # - the filters we ship (filters/*) into target/wasm32-wasip2/release/<name>.wasm,
 #   where conf/cascade.toml loads them;
 # - the test fixtures (tests/filters/*), some deliberately invalid, into
-#   target/fixtures/wasm32-wasip2/release, where no shipped config looks.
+#   target/fixtures/wasm32-wasip2/release, where no shipped config looks;
+# - the filters written in Python (filters/*-python/<module>.py) into
+#   target/python/<module>.wasm, with componentize-py (scripts/setup.sh
+#   installs it). They are uploaded through the admin API, not loaded at start:
+#   each carries CPython, and a first compile takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +20,11 @@ packages() {
 cargo build --release --target wasm32-wasip2 $(packages filters/*/Cargo.toml)
 # shellcheck disable=SC2046
 cargo build --release --target wasm32-wasip2 --target-dir target/fixtures $(packages tests/filters/*/Cargo.toml)
+
+componentize_py=target/guest-tools/python/bin/componentize-py
+mkdir -p target/python
+for app in filters/*-python/*.py; do
+    module=$(basename "$app" .py)
+    "$componentize_py" --wit-path wit --world filter componentize \
+        --python-path "$(dirname "$app")" "$module" --output "target/python/$module.wasm" >/dev/null
+done

@@ -24,8 +24,9 @@
 //! `sdk_filters_import_no_wasi_stdio` in the proxy fails then).
 //!
 //! Every stream a filter can hold is one of these three: the host grants no
-//! file (no preopened directory) and no socket (a component that imports
-//! `wasi:sockets` is refused at load). Should that change, a stream of the
+//! file (no preopened directory) and no socket (`wasi:sockets` is linked,
+//! but the host refuses to create a socket, so none has a stream). Should
+//! that change, a stream of the
 //! host's reaching these functions traps instead of being answered wrongly;
 //! a host that grants streams needs the feature off. `poll` on a stdio
 //! stream traps too (the host's `poll` does not know `READY`). Pollables

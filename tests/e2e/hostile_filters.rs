@@ -157,3 +157,23 @@ fn a_filter_cannot_flood_the_log() {
         assert!(floods[98].ends_with("] flood 99"), "{}", floods[98]);
     }
 }
+
+/// A filter that links `wasi:sockets` loads (language runtimes import it
+/// whether they use it or not), but its sockets are refused when created:
+/// a connection to a listener on loopback, an address a default WASI
+/// context would only check, fails, and the listener sees nothing.
+#[test]
+fn a_filter_cannot_open_a_socket() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    let routes = "[[route]]\nname = \"netcat\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\
+                  [[route.filters]]\nmodule = \"netcat\"\n";
+    let proxy = Proxy::start(&ProxyConfig::new(routes, &["netcat"]));
+    let reply = proxy.get("/", &[("x-connect", &target)]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.starts_with("refused:") && reply.body.contains("PermissionDenied"), "{}", reply.body);
+    assert!(listener.accept().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "a connection arrived");
+    // Without the header the filter lets the request through.
+    assert_eq!(proxy.get("/", &[]).status, 200);
+}

@@ -113,7 +113,7 @@ fn bad_uploads_change_nothing() {
         ("/modules/swappable", b"not wasm at all".to_vec(), None, 400, "not a WebAssembly binary"),
         ("/modules/swappable", b"\0asm\x01\0\0\0".to_vec(), None, 400, "core WebAssembly module"),
         ("/modules/swappable", b"\0asm\x0d\0\x01\0".to_vec(), None, 400, "not a cascade:filter component"),
-        ("/modules/swappable", std::fs::read(wasm("netcat")).unwrap(), None, 400, "wasi:sockets"),
+        ("/modules/swappable", component_importing("wasi:http/outgoing-handler@0.2.0"), None, 400, "wasi:http"),
         ("/modules/swappable", v2(), Some("wrong"), 401, "token"),
         ("/modules/swappable", v2(), Some(""), 401, "token"),
         ("/modules/..%2Fx", v2(), None, 400, "not valid"),
@@ -666,4 +666,49 @@ fn a_thousand_swaps_leak_nothing() {
     // One leaked version would be about 0.4 MiB, so 1,000 would be hundreds
     // of MiB; allow for allocator noise well below that.
     assert!(growth_kib < 32 * 1024, "resident memory grew by {growth_kib} KiB over 1,000 swaps");
+}
+
+/// A filter written in Python (filters/bot-block-python, built with
+/// componentize-py: a component that carries CPython) is uploaded over a
+/// route's module while the proxy serves, as an application team would
+/// ship a policy: its `check-config` refuses a bad route config, and once
+/// the config is good it answers the bots it is told to refuse and lets
+/// everyone else through.
+#[test]
+fn a_filter_written_in_python_is_uploaded_and_serves() {
+    let python = root().join("target/python/bot_block.wasm");
+    let python = std::fs::read(&python)
+        .unwrap_or_else(|e| panic!("{}: {e}: build it with scripts/build-filters.sh", python.display()));
+    let routes = |config: &str| {
+        format!(
+            "[[route]]\nname = \"bots\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\
+             [[route.filters]]\nmodule = \"policy\"\nconfig = {config}\n"
+        )
+    };
+    let config = ProxyConfig::new(&routes("{ deny_agents = [] }"), &[])
+        .with_module("policy", std::fs::read(wasm("noop")).unwrap())
+        .with_admin_uploads_of(64);
+    let proxy = Proxy::start(&config);
+    let before = active_sha(&proxy, "policy");
+
+    // The route's config is one the Python filter refuses: so is the upload.
+    let refused = proxy.admin("PUT", "/modules/policy", &python, None);
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let error = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("deny_agents must be a non-empty list"), "{error}");
+    assert_eq!(active_sha(&proxy, "policy"), before);
+
+    std::fs::write(proxy.dir.path().join("routes/test.toml"), routes("{ deny_agents = [\"BadBot\"], status = 429 }"))
+        .unwrap();
+    assert_eq!(proxy.admin("POST", "/config/reload", b"", None).status, 200);
+    let uploaded = proxy.admin("PUT", "/modules/policy", &python, None);
+    assert_eq!(uploaded.status, 200, "{uploaded:?}");
+    assert_ne!(active_sha(&proxy, "policy"), before);
+
+    let bot = proxy.get("/page", &[("user-agent", "Mozilla/5.0 (compatible; badbot/2.1)")]);
+    assert_eq!((bot.status, bot.body.as_str()), (429, "forbidden\n"), "{bot:?}");
+    proxy.wait_for_log_line(&["refused user agent mozilla/5.0 (compatible; badbot/2.1)"]);
+    let person = proxy.get("/page", &[("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")]);
+    assert_eq!(person.status, 200, "{person:?}");
+    assert_eq!(person.json()["path"], "/page", "{person:?}");
 }

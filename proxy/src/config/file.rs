@@ -208,7 +208,7 @@ impl Default for AdminSection {
             listen: Spanned::new(0..0, "127.0.0.1:9901".into()),
             token_env: None,
             token_file: None,
-            max_upload_mb: 16,
+            max_upload_mb: 64,
         }
     }
 }

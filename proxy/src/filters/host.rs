@@ -365,13 +365,23 @@ impl FilterHost {
 
 impl WasiView for FilterHost {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            // The default context has no preopens, no network and no env; stdio
-            // goes nowhere.
-            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build()),
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: self.wasi.get_or_insert_with(sandboxed_wasi), table: &mut self.table }
     }
+}
+
+/// The WASI a filter gets: no preopens and no environment, stdio that goes
+/// nowhere, and no network. `wasi:sockets` is linked because language
+/// runtimes (CPython, JavaScript engines, Go) import it whether a filter
+/// uses it or not, but every socket is refused when it is created
+/// (`access-denied`), and names are not looked up: the default context
+/// would let a filter create sockets and only refuse their addresses.
+fn sandboxed_wasi() -> WasiCtx {
+    WasiCtx::builder()
+        .max_random_size(MAX_RANDOM_BYTES)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
 }
 
 /// Host-side handles (WASI streams, pollables, this host's own resources)

@@ -16,9 +16,11 @@ use super::store::{ModuleStore, sha256_hex, write_atomic};
 use std::io;
 
 /// Import namespaces a filter may use. WASI is granted sandboxed (no files,
-/// no network, no environment); everything else is refused at load.
+/// no environment, and sockets that are refused when created: see
+/// `host::sandboxed_wasi`); everything else, `wasi:http` for one, is
+/// refused at load.
 const GRANTED_IMPORTS: &[&str] =
-    &["cascade:filter/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/"];
+    &["cascade:filter/", "wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/", "wasi:sockets/"];
 
 /// Why a module cannot be used. Every variant names the module.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,12 @@ impl FilterModule {
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             _ => return Err(ModuleError::NotWasm { name: name_owned() }),
         }
+        // Before anything is compiled: a large component (one in Python
+        // carries CPython) takes seconds to compile, and an import the host
+        // does not grant refuses it whatever the compile would say.
+        if let Some(import) = ungranted_import(bytes) {
+            return Err(ModuleError::UngrantedImport { name: name_owned(), import });
+        }
         let sha256 = sha256_hex(bytes);
         let started = Instant::now();
         let artifact = store.map(|s| s.artifact_path(&sha256));
@@ -146,20 +154,6 @@ impl FilterModule {
         let compile_time = started.elapsed();
 
         let ty = component.component_type();
-        for (import, item) in ty.imports(runtime.engine()) {
-            // Type imports (such as the world's `use` of `request`) grant nothing.
-            let is_capability = matches!(
-                item.ty,
-                ComponentItem::ComponentInstance(_)
-                    | ComponentItem::ComponentFunc(_)
-                    | ComponentItem::CoreFunc(_)
-                    | ComponentItem::Module(_)
-                    | ComponentItem::Component(_)
-            );
-            if is_capability && !GRANTED_IMPORTS.iter().any(|granted| import.starts_with(granted)) {
-                return Err(ModuleError::UngrantedImport { name: name_owned(), import: import.to_string() });
-            }
-        }
         let wrong_world = |reason: String| ModuleError::WrongWorld { name: name_owned(), reason };
         for export in ["on-request", "on-response", "check-config"] {
             if !matches!(ty.get_export(runtime.engine(), export).map(|e| e.ty), Some(ComponentItem::ComponentFunc(_))) {
@@ -177,6 +171,33 @@ impl FilterModule {
         LIVE_MODULES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { name: name_owned(), pre, size: bytes.len(), sha256, compile_time, compiled })
     }
+}
+
+/// The first import of the component in `bytes` that the host does not
+/// grant. Only the outer component's imports count: a nested module's or
+/// component's are satisfied inside it. Type imports (the world's `use` of
+/// `request`) grant nothing. A binary that does not parse gives `None`,
+/// and the compiler then says what is wrong with it.
+fn ungranted_import(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{ComponentTypeRef, Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports) if depth == 0 => {
+                for import in imports {
+                    let import = import.ok()?;
+                    let granted = GRANTED_IMPORTS.iter().any(|granted| import.name.name.starts_with(granted));
+                    if !granted && !matches!(import.ty, ComponentTypeRef::Type(_)) {
+                        return Some(import.name.name.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Every loaded module, by name.
@@ -308,6 +329,46 @@ mod tests {
         }
         component.section(&section);
         component.finish()
+    }
+
+    /// A component that imports `interface` (an empty instance) at the top
+    /// or, with `nested`, only inside a component it carries.
+    fn component_importing(interface: &str, nested: bool) -> Vec<u8> {
+        use wasm_encoder::{
+            Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType,
+            NestedComponentSection,
+        };
+        let mut importer = Component::new();
+        let mut types = ComponentTypeSection::new();
+        types.instance(&InstanceType::new());
+        let mut imports = ComponentImportSection::new();
+        imports.import(interface, ComponentTypeRef::Instance(0));
+        importer.section(&types).section(&imports);
+        if !nested {
+            return importer.finish();
+        }
+        let mut outer = Component::new();
+        outer.section(&NestedComponentSection(&importer));
+        outer.finish()
+    }
+
+    /// An import the host does not grant refuses a component before it is
+    /// compiled (one in Python takes seconds to compile), naming the import;
+    /// a nested component's own imports are not the component's.
+    #[test]
+    fn an_ungranted_import_is_refused_before_anything_compiles() {
+        let runtime = FilterRuntime::new(&crate::config::Limits::default()).unwrap();
+        let compile = |bytes: Vec<u8>| FilterModule::compile(&runtime, "importer", &bytes, None);
+        match compile(component_importing("wasi:http/outgoing-handler@0.2.0", false)) {
+            Err(ModuleError::UngrantedImport { import, .. }) => assert_eq!(import, "wasi:http/outgoing-handler@0.2.0"),
+            other => panic!("{:?}", other.map(|m| m.sha256.clone())),
+        }
+        assert_eq!(runtime.compilations(), 0, "it was compiled first");
+        // Granted, or nested: compiled, then refused for lacking the world.
+        for bytes in [component_importing("wasi:sockets/tcp@0.2.0", false), component_importing("x:y/z", true)] {
+            assert!(matches!(compile(bytes), Err(ModuleError::WrongWorld { .. })));
+        }
+        assert_eq!(runtime.compilations(), 2);
     }
 
     /// A component that would take more of the instance pool's shared slots

@@ -29,6 +29,19 @@ pub fn wasm(name: &str) -> PathBuf {
     path
 }
 
+/// A component that imports one instance, named `interface` (for example
+/// `wasi:http/outgoing-handler@0.2.0`), and does nothing else.
+pub fn component_importing(interface: &str) -> Vec<u8> {
+    use wasm_encoder::{ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType};
+    let mut types = ComponentTypeSection::new();
+    types.instance(&InstanceType::new());
+    let mut imports = ComponentImportSection::new();
+    imports.import(interface, ComponentTypeRef::Instance(0));
+    let mut component = wasm_encoder::Component::new();
+    component.section(&types).section(&imports);
+    component.finish()
+}
+
 pub fn cascade_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cascade")
 }
@@ -67,6 +80,8 @@ pub struct ProxyConfig {
     pub modules: Vec<(String, Vec<u8>)>,
     /// Turn on the admin API, with token [`ADMIN_TOKEN`].
     pub admin: bool,
+    /// The admin API's upload limit: 2 MiB unless a test needs more.
+    pub admin_upload_mb: u64,
     /// Extra keys for the `[server]` table, such as `node_id`.
     pub server_extra: String,
 }
@@ -88,6 +103,7 @@ impl ProxyConfig {
             routes: routes.to_string(),
             modules: Vec::new(),
             admin: false,
+            admin_upload_mb: 2,
             server_extra: String::new(),
             modules_extra: String::new(),
         }
@@ -102,6 +118,12 @@ impl ProxyConfig {
     pub fn with_admin(mut self) -> Self {
         self.admin = true;
         self
+    }
+
+    /// The admin API, taking uploads of up to `mb` MiB.
+    pub fn with_admin_uploads_of(mut self, mb: u64) -> Self {
+        self.admin_upload_mb = mb;
+        self.with_admin()
     }
 
     /// One more key of the `[modules]` table, such as `keep_versions = 2`.
@@ -156,7 +178,8 @@ impl ProxyConfig {
             self.main_extra,
             if self.admin {
                 format!(
-                    "\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"CASCADE_TEST_ADMIN_TOKEN\"\nmax_upload_mb = 2\n"
+                    "\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_env = \"CASCADE_TEST_ADMIN_TOKEN\"\nmax_upload_mb = {}\n",
+                    self.admin_upload_mb
                 )
             } else {
                 String::new()

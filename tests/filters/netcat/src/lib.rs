@@ -1,8 +1,9 @@
-//! A test fixture that imports a capability the host does not grant: it
-//! tries to open a TCP connection, which links in `wasi:sockets`. The host
-//! must refuse to load it.
+//! A test fixture that tries to open a TCP connection, which links in
+//! `wasi:sockets`. The host links it (language runtimes import sockets
+//! whether they use them or not) but refuses every socket: the fixture
+//! answers with what its attempt got, so a test can see the refusal.
 
-use cascade_filter::{Filter, Request, Verdict, export_filter};
+use cascade_filter::{Filter, Reply, Request, Verdict, export_filter};
 
 #[derive(Clone)]
 pub struct Netcat;
@@ -15,10 +16,14 @@ impl Filter for Netcat {
     }
 
     fn on_request(&mut self, req: &Request) -> Verdict {
-        if let Some(target) = req.header("x-connect") {
-            let _ = std::net::TcpStream::connect(target);
-        }
-        Verdict::Continue
+        let Some(target) = req.header("x-connect") else {
+            return Verdict::Continue;
+        };
+        let outcome = match std::net::TcpStream::connect(target) {
+            Ok(_) => "connected".to_string(),
+            Err(e) => format!("refused: {e} ({:?})", e.kind()),
+        };
+        Verdict::Respond(Reply::new(200).body(outcome))
     }
 }
 
