@@ -5,6 +5,8 @@
 #   DURATION=20 CONNECTIONS=64 ROUNDS=5 scripts/bench.sh load
 #   ROWS="nginx bare none" scripts/bench.sh load   # only these load rows (a
 #                               # ratio to nginx or none, when left out, is nan)
+#   ROWS="nginx none noop-reused python python-reused" scripts/bench.sh load
+#                               # rows python*: the filter in Python, asked for by name
 #   RATE=4000 scripts/bench.sh load   # pace wrk to offer about 4,000 req/s
 #                               # to every row (see RATE below)
 #   PERF_ROW=load-chain scripts/bench.sh load   # also record a perf profile
@@ -292,13 +294,22 @@ nginx_proxy_conf() { # as start_nginx_proxy, without starting it
 #   cascade_bench_config DIR PORT ORIGIN_PORT [EXTRA]
 cascade_bench_config() {
     mkdir -p "$1/routes"
+    # The Python filter's rows, only when asked for: loading it compiles
+    # CPython's component (seconds) at every start.
+    local modules=$root/target/wasm32-wasip2/release python_rows=""
+    if [[ " ${ROWS:-} " == *" python"* ]]; then
+        python_rows=1
+        modules=$1/modules
+        mkdir -p "$modules"
+        ln -sf "$root"/target/wasm32-wasip2/release/*.wasm "$root/target/python/bot_block.wasm" "$modules/"
+    fi
     cat >"$1/cascade.toml" <<EOF
 routes = ["routes/*.toml"]
 [server]
 listen = "127.0.0.1:$2"
 threads = $WORKERS
 [modules]
-dir = "$root/target/wasm32-wasip2/release"
+dir = "$modules"
 [upstreams.origin]
 servers = ["127.0.0.1:$3"]
 # nginx's proxy_pass has no proxy_cache here, so Cascade does not cache
@@ -325,7 +336,7 @@ audience = ["demo-api"]
 ${4:-}
 EOF
     # The demo chain is the chain of conf/routes/demo.toml's first route.
-    python3 - "$root/conf/routes/demo.toml" >"$1/routes/bench.toml" <<'PY'
+    python3 - "$root/conf/routes/demo.toml" "$python_rows" >"$1/routes/bench.toml" <<'PY'
 import sys, tomllib
 demo = tomllib.load(open(sys.argv[1], "rb"))["route"][0]
 def toml_value(v):
@@ -343,6 +354,12 @@ print('[[route]]\nname = "none-cache-on"\npath_prefix = "/none-cache-on"\nupstre
 for name, reuse in [("noop", "false"), ("noop-reused", "true")]:
     print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"\n'
           f'[[route.filters]]\nmodule = "noop"\nreuse_instances = {reuse}\n')
+# The Python filter (filters/bot-block-python), which lets wrk through.
+if sys.argv[2]:
+    for name, reuse in [("python", "false"), ("python-reused", "true")]:
+        print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"\n'
+              f'[[route.filters]]\nmodule = "bot_block"\nreuse_instances = {reuse}\n'
+              'config = { deny_agents = ["BadBot"] }\n')
 # The shipped demo chain, and the same with a fresh instance per request.
 for name, fresh in [("chain", False), ("chain-fresh", True)]:
     print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"')
@@ -361,7 +378,9 @@ declare -A row_names=([nginx]="(a) nginx proxy_pass" [bare]="Pingora alone (exam
     [noop]="(c) Cascade, one no-op filter, fresh instance per request"
     [noop-reused]="(c) Cascade, one no-op filter, instances reused"
     [chain]="(d) Cascade, demo chain (instances reused, as shipped)"
-    [chain-fresh]="(d) Cascade, demo chain, fresh instances per request")
+    [chain-fresh]="(d) Cascade, demo chain, fresh instances per request"
+    [python]="Cascade, one filter in Python (bot_block), fresh instance per request"
+    [python-reused]="Cascade, one filter in Python (bot_block), instances reused")
 
 run_load() {
     local origin_port nginx_port cascade_port
@@ -431,7 +450,7 @@ a, b, r = ${rps[nginx]:-float('nan')}, ${rps[none]:-float('nan')}, ${rps[$row]}
 print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} | ${kcpu[$row]} |')"
         done
         echo
-        for row in noop noop-reused chain chain-fresh; do
+        for row in noop noop-reused chain chain-fresh python python-reused; do
             [ -n "${cpu[$row]:-}" ] && [ -n "${cpu[none]:-}" ] || continue
             echo "- ${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences), of which the kernel's $(paired_difference "$row" none kcpu_rounds)."
         done

@@ -21,6 +21,8 @@ cargo build --release --target wasm32-wasip2 $(packages filters/*/Cargo.toml)
 # shellcheck disable=SC2046
 cargo build --release --target wasm32-wasip2 --target-dir target/fixtures $(packages tests/filters/*/Cargo.toml)
 
+# No __pycache__ beside the sources: componentize-py imports the app to build it.
+export PYTHONDONTWRITEBYTECODE=1
 componentize_py=target/guest-tools/python/bin/componentize-py
 mkdir -p target/python
 for app in filters/*-python/*.py; do

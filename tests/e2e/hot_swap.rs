@@ -668,31 +668,65 @@ fn a_thousand_swaps_leak_nothing() {
     assert!(growth_kib < 32 * 1024, "resident memory grew by {growth_kib} KiB over 1,000 swaps");
 }
 
+/// A Python filter's bytes (about 18 MB: it carries CPython).
+fn python_filter() -> Vec<u8> {
+    let path = root().join("target/python/bot_block.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: build it with scripts/build-filters.sh", path.display()))
+}
+
 /// A filter written in Python (filters/bot-block-python, built with
 /// componentize-py: a component that carries CPython) is uploaded over a
 /// route's module while the proxy serves, as an application team would
-/// ship a policy: its `check-config` refuses a bad route config, and once
-/// the config is good it answers the bots it is told to refuse and lets
-/// everyone else through.
+/// ship a policy. The upload compiles off the admin API's thread and off
+/// the request path: while it compiles (seconds, on any machine), another
+/// route is served and the admin API answers. The filter's `check-config`
+/// refuses the route's bad config, and so the upload; once the config is
+/// good, it answers the bots it is told to refuse and lets others through,
+/// and its instances are reused.
 #[test]
 fn a_filter_written_in_python_is_uploaded_and_serves() {
-    let python = root().join("target/python/bot_block.wasm");
-    let python = std::fs::read(&python)
-        .unwrap_or_else(|e| panic!("{}: {e}: build it with scripts/build-filters.sh", python.display()));
+    let python = python_filter();
     let routes = |config: &str| {
         format!(
-            "[[route]]\nname = \"bots\"\npath_prefix = \"/\"\nupstream = \"origin\"\n\
-             [[route.filters]]\nmodule = \"policy\"\nconfig = {config}\n"
+            "{ROUTES}\n[[route]]\nname = \"bots\"\npath_prefix = \"/bots/\"\nupstream = \"origin\"\n\
+             [[route.filters]]\nmodule = \"policy\"\nreuse_instances = true\nconfig = {config}\n"
         )
     };
     let config = ProxyConfig::new(&routes("{ deny_agents = [] }"), &[])
+        .with_module("swappable", v1())
         .with_module("policy", std::fs::read(wasm("noop")).unwrap())
         .with_admin_uploads_of(64);
-    let proxy = Proxy::start(&config);
+    let proxy = Arc::new(Proxy::start(&config));
     let before = active_sha(&proxy, "policy");
 
-    // The route's config is one the Python filter refuses: so is the upload.
-    let refused = proxy.admin("PUT", "/modules/policy", &python, None);
+    // The route's config is one the Python filter refuses: so is the upload,
+    // after a compile during which everything else answers.
+    let uploading = Arc::new(AtomicBool::new(true));
+    let upload = {
+        let (proxy, uploading, python) = (proxy.clone(), uploading.clone(), python.clone());
+        std::thread::spawn(move || {
+            // Down whether the call returns or panics, so the loop below ends.
+            struct Done(Arc<AtomicBool>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(uploading);
+            proxy.admin("PUT", "/modules/policy", &python, None)
+        })
+    };
+    let mut answered_while_compiling = 0;
+    while uploading.load(Ordering::SeqCst) {
+        assert_eq!(version(&proxy.get("/x", &[])), 1);
+        assert_eq!(proxy.admin("GET", "/modules", b"", None).status, 200);
+        if uploading.load(Ordering::SeqCst) {
+            answered_while_compiling += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused = upload.join().unwrap();
+    assert!(answered_while_compiling > 0, "nothing was answered while the upload compiled");
     assert_eq!(refused.status, 400, "{refused:?}");
     let error = refused.json()["error"].as_str().unwrap().to_string();
     assert!(error.contains("deny_agents must be a non-empty list"), "{error}");
@@ -705,10 +739,13 @@ fn a_filter_written_in_python_is_uploaded_and_serves() {
     assert_eq!(uploaded.status, 200, "{uploaded:?}");
     assert_ne!(active_sha(&proxy, "policy"), before);
 
-    let bot = proxy.get("/page", &[("user-agent", "Mozilla/5.0 (compatible; badbot/2.1)")]);
+    let bot = proxy.get("/bots/page", &[("user-agent", "Mozilla/5.0 (compatible; badbot/2.1)")]);
     assert_eq!((bot.status, bot.body.as_str()), (429, "forbidden\n"), "{bot:?}");
     proxy.wait_for_log_line(&["refused user agent mozilla/5.0 (compatible; badbot/2.1)"]);
-    let person = proxy.get("/page", &[("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")]);
+    let person = proxy.get("/bots/page", &[("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")]);
     assert_eq!(person.status, 200, "{person:?}");
-    assert_eq!(person.json()["path"], "/page", "{person:?}");
+    assert_eq!(person.json()["path"], "/bots/page", "{person:?}");
+    // Its instance is parked for the next request, though CPython's memory
+    // starts at 12.4 of the 16 MiB cap.
+    proxy.wait_for_metrics(&["cascade_filter_instances_live 0", "cascade_filter_instances_idle 1"]);
 }

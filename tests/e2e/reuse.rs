@@ -95,8 +95,8 @@ fn a_reused_instance_that_failed_is_never_served_again() {
 }
 
 /// The fixture leaks 1 MiB per request. Reused without limit, its instance
-/// would hit the 16 MiB cap and fail a request; it is retired once its
-/// memory passes half the cap, so every request succeeds.
+/// would hit the 16 MiB cap and fail a request; it is retired once it has
+/// grown into half the room its cap left it, so every request succeeds.
 #[test]
 fn a_leaking_filter_is_retired_before_its_memory_cap() {
     let proxy = proxy();

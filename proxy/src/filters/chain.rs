@@ -520,7 +520,10 @@ impl ChainLink {
         // Start functions run guest code too, so they get the same deadline.
         let deadline = arm_deadline(&mut store, self, runtime, Instant::now());
         match within(deadline, self.module.pre.instantiate_async(&mut store)).await {
-            Ok(filter) => Ok(Instance { store, filter, served: 0, admission: Admission::Call }),
+            Ok(filter) => {
+                let memory_at_start = store.data().limiter.memory_in_use;
+                Ok(Instance { store, filter, served: 0, memory_at_start, admission: Admission::Call })
+            }
             Err(e) => {
                 let mut failure = classify(self, "instantiate", &store, e);
                 if failure.kind == FailureKind::Trap {

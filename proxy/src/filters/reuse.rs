@@ -12,8 +12,9 @@
 //!   return), or whose request ended before its response phase, is dropped,
 //!   never parked;
 //! - an instance is retired after [`MAX_REQUESTS_PER_INSTANCE`] requests, or
-//!   once its memory has grown past half its cap, so a guest that leaks a
-//!   little per request is replaced before the leak can fail a request;
+//!   once its memory has grown into more than half of the room between its
+//!   module's initial memory and its cap, so a guest that leaks a little per
+//!   request is replaced before the leak can fail a request;
 //! - idle instances hold pool slots, so a link keeps at most
 //!   [`MAX_IDLE_PER_LINK`] and the runtime at most a quarter of
 //!   `limits.max_instances` (`FilterRuntime::instance_parked`), and one
@@ -49,6 +50,8 @@ pub struct Instance {
     pub filter: Filter,
     /// Requests this instance has finished.
     pub served: u32,
+    /// Its linear memory when it was made: what its module starts with.
+    pub memory_at_start: usize,
     /// How the breaker let the current request run the filter, for its
     /// result to be recorded as.
     pub admission: Admission,
@@ -90,7 +93,11 @@ impl IdleInstances {
     pub fn park(&self, runtime: &FilterRuntime, mut instance: Instance, memory_cap: u64) {
         instance.served += 1;
         let host = instance.store.data_mut();
-        let grown = host.limiter.memory_in_use as u64 > memory_cap / 2;
+        // Grown into more than half the room it started with: a component
+        // that starts near its cap (CPython's 12.4 MiB, under 16) is still
+        // reused, and a leak is caught before it meets the cap.
+        let start = instance.memory_at_start as u64;
+        let grown = host.limiter.memory_in_use as u64 > start + memory_cap.saturating_sub(start) / 2;
         if instance.served >= MAX_REQUESTS_PER_INSTANCE || grown {
             return;
         }

@@ -454,6 +454,11 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
 /// Send a request with a body.
 pub fn send_bytes(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut request = agent().request(method, url);
+    if method == "PUT" {
+        // An upload answers once it has compiled: a Python component takes
+        // a minute or more in a debug build on a busy two-core machine.
+        request = request.timeout(Duration::from_secs(600));
+    }
     for (name, value) in headers {
         request = request.set(name, value);
     }
