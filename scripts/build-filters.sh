@@ -4,7 +4,8 @@
 #   where conf/cascade.toml loads them;
 # - the test fixtures (tests/filters/*), some deliberately invalid, into
 #   target/fixtures/wasm32-wasip2/release, where no shipped config looks;
-# - the filters written in Python (filters/*-python/<module>.py) into
+# - the filters written in Python (filters/<name>-python/<name>.py, with '-'
+#   in the name as '_' in the file's) into
 #   target/python/<module>.wasm, with componentize-py (scripts/setup.sh
 #   installs it). They are uploaded through the admin API, not loaded at start:
 #   each carries CPython, and a first compile takes seconds.
@@ -24,9 +25,15 @@ cargo build --release --target wasm32-wasip2 --target-dir target/fixtures $(pack
 # No __pycache__ beside the sources: componentize-py imports the app to build it.
 export PYTHONDONTWRITEBYTECODE=1
 componentize_py=target/guest-tools/python/bin/componentize-py
+if [ ! -x "$componentize_py" ]; then
+    echo "build-filters: $componentize_py is missing: run scripts/setup.sh" >&2
+    exit 1
+fi
 mkdir -p target/python
-for app in filters/*-python/*.py; do
-    module=$(basename "$app" .py)
+# One app per directory: filters/bot-block-python/bot_block.py is module
+# bot_block (other .py files there are its helpers).
+for dir in filters/*-python; do
+    module=$(basename "$dir" -python | tr - _)
     "$componentize_py" --wit-path wit --world filter componentize \
-        --python-path "$(dirname "$app")" "$module" --output "target/python/$module.wasm" >/dev/null
+        --python-path "$dir" "$module" --output "target/python/$module.wasm" >/dev/null
 done

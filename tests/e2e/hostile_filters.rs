@@ -160,8 +160,8 @@ fn a_filter_cannot_flood_the_log() {
 
 /// A filter that links `wasi:sockets` loads (language runtimes import it
 /// whether they use it or not), but its sockets are refused when created:
-/// a connection to a listener on loopback, an address a default WASI
-/// context would only check, fails, and the listener sees nothing.
+/// a connection to a listener on loopback fails, and the listener sees
+/// nothing.
 #[test]
 fn a_filter_cannot_open_a_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

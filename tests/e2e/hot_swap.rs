@@ -678,8 +678,8 @@ fn python_filter() -> Vec<u8> {
 /// componentize-py: a component that carries CPython) is uploaded over a
 /// route's module while the proxy serves, as an application team would
 /// ship a policy. The upload compiles off the admin API's thread and off
-/// the request path: while it compiles (seconds, on any machine), another
-/// route is served and the admin API answers. The filter's `check-config`
+/// the request path: while it is in flight (its compile takes seconds, on
+/// any machine), another route is served and the admin API answers. The filter's `check-config`
 /// refuses the route's bad config, and so the upload; once the config is
 /// good, it answers the bots it is told to refuse and lets others through,
 /// and its instances are reused.
@@ -747,5 +747,5 @@ fn a_filter_written_in_python_is_uploaded_and_serves() {
     assert_eq!(person.json()["path"], "/bots/page", "{person:?}");
     // Its instance is parked for the next request, though CPython's memory
     // starts at 12.4 of the 16 MiB cap.
-    proxy.wait_for_metrics(&["cascade_filter_instances_live 0", "cascade_filter_instances_idle 1"]);
+    proxy.wait_for_metrics(&["cascade_filter_instances_live 0\n", "cascade_filter_instances_idle 1\n"]);
 }

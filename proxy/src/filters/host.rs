@@ -373,8 +373,9 @@ impl WasiView for FilterHost {
 /// nowhere, and no network. `wasi:sockets` is linked because language
 /// runtimes (CPython, JavaScript engines, Go) import it whether a filter
 /// uses it or not, but every socket is refused when it is created
-/// (`access-denied`), and names are not looked up: the default context
-/// would let a filter create sockets and only refuse their addresses.
+/// (`access-denied`), and names are not looked up. Wasmtime 48's defaults
+/// already say so (its builder's docs say otherwise); they are spelled out
+/// here so that a change of default cannot open the network.
 fn sandboxed_wasi() -> WasiCtx {
     WasiCtx::builder()
         .max_random_size(MAX_RANDOM_BYTES)

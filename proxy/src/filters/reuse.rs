@@ -95,7 +95,9 @@ impl IdleInstances {
         let host = instance.store.data_mut();
         // Grown into more than half the room it started with: a component
         // that starts near its cap (CPython's 12.4 MiB, under 16) is still
-        // reused, and a leak is caught before it meets the cap.
+        // reused, and a leak is caught before it meets the cap, as long as
+        // one request grows it by less than the other half. (A memory's own
+        // declared maximum below the cap is not counted here.)
         let start = instance.memory_at_start as u64;
         let grown = host.limiter.memory_in_use as u64 > start + memory_cap.saturating_sub(start) / 2;
         if instance.served >= MAX_REQUESTS_PER_INSTANCE || grown {
