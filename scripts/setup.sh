@@ -12,16 +12,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Install Debian packages, as root or through sudo.
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing $*"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 missing=()
 for command in cmake make gcc curl python3 "$@"; do
     command -v "$command" >/dev/null || missing+=("$command")
 done
 if ((${#missing[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "setup: installing ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
 fi
 
 for component in rustfmt clippy; do
@@ -45,10 +50,7 @@ if [ "$("$venv/bin/componentize-py" --version 2>/dev/null)" != "componentize-py 
     echo "setup: installing componentize-py $COMPONENTIZE_PY_VERSION into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
         # Debian's python3 keeps venv (and the pip it brings) in a package of its own.
-        sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+        apt_install python3-venv
         python3 -m venv --clear "$venv"
     fi
     "$venv/bin/pip" install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"

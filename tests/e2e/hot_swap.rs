@@ -679,10 +679,10 @@ fn python_filter() -> Vec<u8> {
 /// route's module while the proxy serves, as an application team would
 /// ship a policy. The upload compiles off the admin API's thread and off
 /// the request path: while it is in flight (its compile takes seconds, on
-/// any machine), another route is served and the admin API answers. The filter's `check-config`
-/// refuses the route's bad config, and so the upload; once the config is
-/// good, it answers the bots it is told to refuse and lets others through,
-/// and its instances are reused.
+/// any machine), another route is served and the admin API answers. The
+/// filter's `check-config` refuses the route's bad config, and so the
+/// upload; once the config is good, it answers the bots it is told to
+/// refuse and lets others through, and its instances are reused.
 #[test]
 fn a_filter_written_in_python_is_uploaded_and_serves() {
     let python = python_filter();
