@@ -67,3 +67,33 @@ impl fmt::Display for VerifyError {
         }
     }
 }
+
+/// Why a key-value operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    /// No store with this name is configured.
+    UnknownStore(String),
+    /// The store is read-only to filters (`filters_may_write = false`).
+    ReadOnly(String),
+    /// The key is empty or longer than 256 bytes.
+    InvalidKey(String),
+    /// The value is longer than the store's `max_value_bytes`, given.
+    ValueTooLarge(u32),
+    /// The store holds `max_keys` live keys: the new key was not added.
+    StoreFull(String),
+    /// `increment` on a value that is not a whole number, or past `i64`.
+    NotANumber(String),
+}
+
+impl fmt::Display for KvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownStore(s) => write!(f, "no key-value store named {s:?}"),
+            Self::ReadOnly(s) => write!(f, "key-value store {s:?} is read-only to filters"),
+            Self::InvalidKey(k) => write!(f, "invalid key: {k}"),
+            Self::ValueTooLarge(n) => write!(f, "the value is longer than the store's max_value_bytes ({n})"),
+            Self::StoreFull(s) => write!(f, "key-value store {s:?} is full"),
+            Self::NotANumber(m) => f.write_str(m),
+        }
+    }
+}

@@ -404,6 +404,12 @@ pub mod rate_limit {
         static CHECKING_CONFIG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
+    /// Whether the filter is checking its config: writes to shared state
+    /// are checked and not made.
+    pub(crate) fn checking_config() -> bool {
+        CHECKING_CONFIG.with(std::cell::Cell::get)
+    }
+
     /// Run `check` as the host runs `check-config`: checks answer, and take
     /// nothing.
     pub(crate) fn while_checking_config<R>(check: impl FnOnce() -> R) -> R {
@@ -444,6 +450,112 @@ pub mod rate_limit {
                 window: Duration::from_secs(u64::from(burst)),
             })
         })
+    }
+}
+
+/// The mock host's key-value stores: no key expires (a test reads the TTL a
+/// write gave with [`kv::ttl`]), and writes from `check-config` are checked
+/// and not made, as in the host. Declare stores with [`kv::set_store`].
+pub mod kv {
+    use crate::KvError;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    /// The longest key, as in the host.
+    const MAX_KEY_BYTES: usize = 256;
+    /// The host's default `max_value_bytes`.
+    const MAX_VALUE_BYTES: usize = 4_096;
+
+    /// A store's keys, each with its value and the TTL it was given.
+    type Keys = HashMap<String, (String, Option<Duration>)>;
+
+    thread_local! {
+        /// Each store's keys, and whether filters may write it.
+        static STORES: RefCell<HashMap<String, (bool, Keys)>> = RefCell::new(HashMap::new());
+    }
+
+    /// Declare an empty `store`, writable by filters or not.
+    pub fn set_store(store: &str, filters_may_write: bool) {
+        STORES.with(|s| s.borrow_mut().insert(store.to_string(), (filters_may_write, HashMap::new())));
+    }
+
+    /// The TTL the write that made `key` gave it.
+    pub fn ttl(store: &str, key: &str) -> Option<Duration> {
+        STORES.with(|s| s.borrow().get(store).and_then(|(_, keys)| keys.get(key)).and_then(|(_, ttl)| *ttl))
+    }
+
+    /// As the admin API would: set `key`, whether filters may write or not.
+    pub fn put(store: &str, key: &str, value: &str) {
+        STORES.with(|s| {
+            let mut stores = s.borrow_mut();
+            let (_, keys) = stores.get_mut(store).expect("declare the store with set_store first");
+            keys.insert(key.to_string(), (value.to_string(), None));
+        })
+    }
+
+    fn with_store<R>(
+        store: &str,
+        write: bool,
+        f: impl FnOnce(&mut Keys) -> Result<R, KvError>,
+        key: &str,
+    ) -> Result<R, KvError> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(KvError::InvalidKey(format!("{} bytes", key.len())));
+        }
+        STORES.with(|s| {
+            let mut stores = s.borrow_mut();
+            let (writable, keys) = stores.get_mut(store).ok_or_else(|| KvError::UnknownStore(store.to_string()))?;
+            if write && !*writable {
+                return Err(KvError::ReadOnly(store.to_string()));
+            }
+            // Writes in check-config act on a copy that is then dropped.
+            if write && super::rate_limit::checking_config() {
+                return f(&mut keys.clone());
+            }
+            f(keys)
+        })
+    }
+
+    /// The value of `key` in `store`, if set.
+    pub fn get(store: &str, key: &str) -> Result<Option<String>, KvError> {
+        with_store(store, false, |keys| Ok(keys.get(key).map(|(value, _)| value.clone())), key)
+    }
+
+    /// Set `key` to `value`, with `ttl` if given.
+    pub fn set(store: &str, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), KvError> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(KvError::ValueTooLarge(MAX_VALUE_BYTES as u32));
+        }
+        let insert = |keys: &mut Keys| {
+            keys.insert(key.to_string(), (value.to_string(), ttl));
+            Ok(())
+        };
+        with_store(store, true, insert, key)
+    }
+
+    /// Remove `key`; whether it was set.
+    pub fn delete(store: &str, key: &str) -> Result<bool, KvError> {
+        with_store(store, true, |keys| Ok(keys.remove(key).is_some()), key)
+    }
+
+    /// Add `delta` to the number at `key`; the sum.
+    pub fn increment(store: &str, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        with_store(
+            store,
+            true,
+            |keys| {
+                let not_a_number = || KvError::NotANumber(format!("the value at key {key:?} is not a whole number"));
+                let (start, kept) = match keys.get(key) {
+                    Some((value, kept)) => (value.parse::<i64>().map_err(|_| not_a_number())?, *kept),
+                    None => (0, ttl),
+                };
+                let sum = start.checked_add(delta).ok_or_else(not_a_number)?;
+                keys.insert(key.to_string(), (sum.to_string(), kept));
+                Ok(sum)
+            },
+            key,
+        )
     }
 }
 

@@ -17,7 +17,7 @@ pub mod bindings {
 }
 
 use bindings::cascade::filter::{
-    config, jwt as host_jwt, log as host_log, rate_limit as host_rate_limit, regex as host_regex, types,
+    config, jwt as host_jwt, kv as host_kv, log as host_log, rate_limit as host_rate_limit, regex as host_regex, types,
 };
 
 /// The request being filtered. Every method is one host call.
@@ -236,6 +236,54 @@ pub mod jwt {
             host::VerifyError::WrongIssuer => VerifyError::WrongIssuer,
             host::VerifyError::WrongAudience => VerifyError::WrongAudience,
         })
+    }
+}
+
+/// Key-value stores in the host, shared by every request (and written by
+/// the admin API too). A TTL makes a key expire; without one it stays.
+pub mod kv {
+    use super::host_kv as host;
+    use crate::KvError;
+    use std::time::Duration;
+
+    fn kv_error(e: host::KvError) -> KvError {
+        match e {
+            host::KvError::UnknownStore(s) => KvError::UnknownStore(s),
+            host::KvError::ReadOnly(s) => KvError::ReadOnly(s),
+            host::KvError::InvalidKey(k) => KvError::InvalidKey(k),
+            host::KvError::ValueTooLarge(n) => KvError::ValueTooLarge(n),
+            host::KvError::StoreFull(s) => KvError::StoreFull(s),
+            host::KvError::NotANumber(m) => KvError::NotANumber(m),
+        }
+    }
+
+    fn millis(ttl: Option<Duration>) -> Option<u64> {
+        ttl.map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The value of `key` in `store`, if set and not expired.
+    pub fn get(store: &str, key: &str) -> Result<Option<String>, KvError> {
+        super::acted();
+        host::get(store, key).map_err(kv_error)
+    }
+
+    /// Set `key` to `value`, expiring after `ttl` if given.
+    pub fn set(store: &str, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), KvError> {
+        super::acted();
+        host::set(store, key, value, millis(ttl)).map_err(kv_error)
+    }
+
+    /// Remove `key`; whether it was set.
+    pub fn delete(store: &str, key: &str) -> Result<bool, KvError> {
+        super::acted();
+        host::delete(store, key).map_err(kv_error)
+    }
+
+    /// Add `delta` to the number at `key`, atomically; the sum. A new key
+    /// starts at 0 and expires after `ttl`; an existing one keeps its expiry.
+    pub fn increment(store: &str, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        super::acted();
+        host::increment(store, key, delta, millis(ttl)).map_err(kv_error)
     }
 }
 

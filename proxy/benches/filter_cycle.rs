@@ -120,6 +120,7 @@ impl Bench {
         };
         let caps = Capabilities {
             rate_limits: RateLimiters::new([policy].iter()),
+            kv_stores: Default::default(),
             keysets: [("demo".to_string(), Keyset::build(&keyset).expect("keyset"))].into(),
             patterns: Default::default(),
             upstream_groups: groups.keys().cloned().collect(),

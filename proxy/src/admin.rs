@@ -10,6 +10,8 @@
 //! | `GET /routes` | routes and their chains |
 //! | `POST /config/reload` | reload the config files; a broken config gets a 400 |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /kv`, `GET /kv/{store}?prefix=&limit=` | the key-value stores; a store's keys, with their sizes and TTLs |
+//! | `GET`, `PUT`, `DELETE /kv/{store}/{key}` | one key: the body of a `PUT` is its value (UTF-8), `?ttl_secs=N` makes it expire |
 //!
 //! Every other endpoint needs `Authorization: Bearer <token>`, compared by
 //! SHA-256 digest (timing tells nothing of the token). Errors are JSON: `{"error": "...", "status": N}`.
@@ -25,6 +27,7 @@ use serde_json::{Value, json};
 use crate::config::{AdminConfig, SecretSource};
 use crate::control::ControlPlane;
 use crate::filters::capabilities::jwt::read_secret;
+use crate::filters::capabilities::kv::KvError;
 use crate::filters::module::valid_name;
 
 /// The admin API service. Its token is the control plane's
@@ -171,6 +174,17 @@ impl AdminApi {
                     Err(e) => error(400, format!("the body must be JSON like {{\"url\": \"http://host/path\"}}: {e}")),
                 }
             }
+            (_, ["kv", ..]) => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                let body = match method.as_str() {
+                    "PUT" => match self.body(session).await {
+                        Ok(body) => body,
+                        Err(response) => return response,
+                    },
+                    _ => Vec::new(),
+                };
+                kv(control, &method, &segments[1..], &query, body)
+            }
             (_, ["modules", name, ..]) if !valid_name(name) => {
                 error(400, format!("module name {name:?} is not valid: use letters, digits, '-' and '_'"))
             }
@@ -202,6 +216,114 @@ impl AdminApi {
     }
 }
 
+/// The most keys one listing gives, unless `limit` says fewer.
+const MAX_KV_LISTING: usize = 1_000;
+
+/// `/kv/...`: `path` is what follows `/kv/`, split at `/`; a key may hold
+/// `/` and is percent-decoded.
+fn kv(control: &ControlPlane, method: &str, path: &[&str], query: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let current = control.current.load();
+    let stores = &current.caps.kv_stores;
+    let ttl_ms = |ttl: Option<std::time::Duration>| ttl.map(|ttl| ttl.as_millis() as u64);
+    let (store_name, key) = match path {
+        [] | [""] if method == "GET" => {
+            let listed: Vec<Value> = stores
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.config.name,
+                        "keys": s.len(),
+                        "max_keys": s.config.max_keys,
+                        "max_value_bytes": s.config.max_value_bytes,
+                        "filters_may_write": s.config.filters_may_write,
+                    })
+                })
+                .collect();
+            return reply(200, json!({ "stores": listed }));
+        }
+        [] | [""] => return error(405, format!("{method} /kv: only GET lists the stores")),
+        [store] => (*store, None),
+        [store, key @ ..] => match percent_decode(&key.join("/")) {
+            Some(key) => (*store, Some(key)),
+            None => return error(400, "the key is not valid percent-encoded UTF-8"),
+        },
+    };
+    let store = match stores.store(store_name) {
+        Ok(store) => store,
+        Err(e) => return error(404, e.to_string()),
+    };
+    let kv_error = |e: KvError| error(400, format!("key-value store {store_name:?}: {e}"));
+    match (method, key) {
+        ("GET", None) => {
+            let prefix = query_param(query, "prefix").unwrap_or_default();
+            let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+                None => MAX_KV_LISTING,
+                Some(Ok(limit)) => limit.min(MAX_KV_LISTING),
+                Some(Err(_)) => return error(400, "limit must be a whole number"),
+            };
+            let (keys, more) = store.keys(&prefix, limit);
+            let keys: Vec<Value> = keys
+                .into_iter()
+                .map(|k| json!({ "key": k.key, "value_bytes": k.value_bytes, "ttl_ms": ttl_ms(k.ttl) }))
+                .collect();
+            reply(200, json!({ "store": store_name, "keys": keys, "more": more }))
+        }
+        ("GET", Some(key)) => match store.entry(&key) {
+            Ok(Some((value, ttl))) => reply(200, json!({ "key": key, "value": value, "ttl_ms": ttl_ms(ttl) })),
+            Ok(None) => error(404, format!("key-value store {store_name:?} has no key {key:?}")),
+            Err(e) => kv_error(e),
+        },
+        ("PUT", Some(key)) => {
+            let Ok(value) = String::from_utf8(body) else {
+                return error(400, "the value must be UTF-8 text");
+            };
+            let ttl = match query_param(query, "ttl_secs").map(|t| t.parse::<u64>()) {
+                None => None,
+                Some(Ok(secs)) if secs > 0 => Some(std::time::Duration::from_secs(secs)),
+                Some(_) => return error(400, "ttl_secs must be a whole number of seconds, at least 1"),
+            };
+            match store.set(&key, value, ttl) {
+                Ok(()) => reply(200, json!({ "store": store_name, "key": key, "ttl_ms": ttl_ms(ttl) })),
+                Err(e @ KvError::StoreFull(_)) => error(507, e.to_string()),
+                Err(e) => kv_error(e),
+            }
+        }
+        ("DELETE", Some(key)) => match store.delete(&key) {
+            Ok(true) => reply(200, json!({ "store": store_name, "deleted": key })),
+            Ok(false) => error(404, format!("key-value store {store_name:?} has no key {key:?}")),
+            Err(e) => kv_error(e),
+        },
+        (method, _) => error(405, format!("{method} is not allowed here: GET a store, GET, PUT or DELETE a key")),
+    }
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| percent_decode(v))
+}
+
+/// `text` with its `%XX` escapes decoded, if that is UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// `POST /cache/purge`: `{"url": "host/path?query"}` for one URL (every
 /// `Vary` variant), or `{"prefix": "host/static/"}` for all under it. An
 /// `http://` or `https://` scheme is ignored.
@@ -224,6 +346,18 @@ impl ServeHttp for AdminApi {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("jti%3Aabc%2F1"), Some("jti:abc/1".into()));
+        assert_eq!(super::percent_decode("%C3%A9"), Some("é".into()));
+        assert_eq!(super::percent_decode("%zz"), None);
+        assert_eq!(super::percent_decode("%4"), None);
+        assert_eq!(super::percent_decode("%FF"), None, "not UTF-8");
+        assert_eq!(super::query_param("a=1&ttl_secs=30", "ttl_secs"), Some("30".into()));
+        assert_eq!(super::query_param("prefix=sub%3A", "prefix"), Some("sub:".into()));
+        assert_eq!(super::query_param("", "limit"), None);
+    }
+
     #[test]
     fn tokens_match() {
         assert!(super::tokens_match(b"secret", b"secret"));

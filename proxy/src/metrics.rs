@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::cache::EdgeCache;
 use crate::control::BreakerReport;
 use crate::filters::breaker::BreakerState;
+use crate::filters::capabilities::kv::KvStores;
 use crate::filters::module::live_modules;
 use crate::filters::{FilterRuntime, FilterTiming};
 use crate::upstream::Upstreams;
@@ -119,6 +120,7 @@ impl Metrics {
         cache: &EdgeCache,
         breakers: &[BreakerReport],
         upstreams: &Upstreams,
+        kv_stores: &KvStores,
     ) -> String {
         let mut out = String::new();
         out.push_str("# HELP cascade_requests_total Requests answered, by route and status.\n");
@@ -183,6 +185,13 @@ impl Metrics {
         out.push_str("# TYPE cascade_filter_breaker_opens_total counter\n");
         for b in breakers {
             let _ = writeln!(out, "cascade_filter_breaker_opens_total{{{}}} {}", breaker_labels(b), b.opened);
+        }
+        out.push_str(
+            "# HELP cascade_kv_keys Keys held by each key-value store (expired ones not yet dropped included).\n",
+        );
+        out.push_str("# TYPE cascade_kv_keys gauge\n");
+        for store in kv_stores.iter() {
+            let _ = writeln!(out, "cascade_kv_keys{{store=\"{}\"}} {}", escape(&store.config.name), store.len());
         }
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),

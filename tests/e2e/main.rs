@@ -9,5 +9,6 @@ mod foundation;
 mod hostile_filters;
 mod hostile_http;
 mod hot_swap;
+mod kv;
 mod reuse;
 mod support;

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use cascade_filter::client::{check_cookie_name, check_header, cookie};
 use cascade_filter::path::{check_prefix, has_segment_prefix};
-use cascade_filter::{Filter, Reply, Request, Verdict, VerifyError, export_filter, jwt};
+use cascade_filter::{Filter, KvError, Reply, Request, Verdict, VerifyError, export_filter, jwt, kv};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -34,6 +34,16 @@ pub struct Config {
     /// Claim name -> request header to forward it in.
     #[serde(default)]
     forward_claims: BTreeMap<String, String>,
+    /// A key-value store (`[kv_stores.<name>]`) of revoked tokens: a token
+    /// is refused while the store holds `<claim>:<value>` for one of
+    /// `revoked_claims` (written through the admin API, with a TTL as long
+    /// as the tokens live).
+    #[serde(default)]
+    revocation_store: Option<String>,
+    /// The claims looked up in `revocation_store`: `jti` revokes one
+    /// token, `sub` every token of a subject.
+    #[serde(default = "default_revoked_claims")]
+    revoked_claims: Vec<String>,
     /// Remove `Authorization` before the request goes upstream.
     #[serde(default = "yes")]
     strip_authorization: bool,
@@ -43,6 +53,10 @@ pub struct Config {
 
 fn yes() -> bool {
     true
+}
+
+fn default_revoked_claims() -> Vec<String> {
+    vec!["jti".into()]
 }
 
 fn default_realm() -> String {
@@ -69,6 +83,9 @@ impl Filter for Auth {
         for prefix in &config.public_prefixes {
             check_prefix(prefix).map_err(|e| format!("public_prefixes: {e}"))?;
         }
+        if config.revocation_store.is_some() && config.revoked_claims.is_empty() {
+            return Err("`revoked_claims` must name at least one claim to look up in `revocation_store`".into());
+        }
         // The realm goes into a quoted header parameter as it is.
         if config.realm.bytes().any(|b| b == b'"' || b == b'\\' || !(b' '..=b'~').contains(&b)) {
             return Err(format!("realm {:?} must be printable ASCII without '\"' or '\\'", config.realm));
@@ -77,8 +94,13 @@ impl Filter for Auth {
     }
 
     fn check(&self) -> Result<(), String> {
-        match jwt::verify("", &self.0.keyset) {
-            Err(VerifyError::UnknownKeyset(k)) => Err(format!("keyset {k:?} is not configured in [jwt.keysets]")),
+        if let Err(VerifyError::UnknownKeyset(k)) = jwt::verify("", &self.0.keyset) {
+            return Err(format!("keyset {k:?} is not configured in [jwt.keysets]"));
+        }
+        match self.0.revocation_store.as_deref().map(|store| kv::get(store, "-")) {
+            Some(Err(KvError::UnknownStore(s))) => {
+                Err(format!("revocation_store {s:?} is not configured in [kv_stores]"))
+            }
             _ => Ok(()),
         }
     }
@@ -131,6 +153,11 @@ impl Filter for Auth {
             && !audiences(claims.get("aud")).any(|a| a == aud)
         {
             return self.challenge(401, Some(("invalid_token", "wrong audience".into())));
+        }
+        if let Some(store) = &config.revocation_store
+            && let Some(refusal) = revoked(store, &config.revoked_claims, &claims)
+        {
+            return self.challenge(401, Some(("invalid_token", refusal)));
         }
         let granted = scopes(&claims);
         if config.required_scopes.iter().any(|s| !granted.contains(&s.as_str())) {
@@ -255,7 +282,9 @@ struct ReadClaims<'a>(&'a Config);
 
 impl ReadClaims<'_> {
     fn wanted(&self, claim: &str) -> bool {
-        matches!(claim, "iss" | "aud" | "scope" | "scp") || self.0.forward_claims.contains_key(claim)
+        matches!(claim, "iss" | "aud" | "scope" | "scp")
+            || self.0.forward_claims.contains_key(claim)
+            || (self.0.revocation_store.is_some() && self.0.revoked_claims.iter().any(|c| c == claim))
     }
 }
 
@@ -309,6 +338,23 @@ fn scopes(claims: &Claims) -> Vec<&str> {
     out
 }
 
+/// Why the token is refused, if `store` holds one of its `claims` as
+/// `<claim>:<value>`. A value too long to be a key is refused too: whether
+/// it was revoked cannot be told.
+fn revoked(store: &str, claims_to_check: &[String], claims: &Claims) -> Option<String> {
+    for claim in claims_to_check {
+        let Some(value) = claim_text(claims.get(claim)) else { continue };
+        match kv::get(store, &format!("{claim}:{value}")) {
+            Ok(None) => {}
+            Ok(Some(_)) => return Some(format!("the token has been revoked (by its {claim})")),
+            Err(KvError::InvalidKey(_)) => return Some(format!("its {claim} is too long to check for revocation")),
+            // `check` refused this at load, as for the keyset.
+            Err(e) => panic!("auth: revocation_store: {e}"),
+        }
+    }
+    None
+}
+
 /// A claim as header text: strings as they are, lists joined by spaces.
 fn claim_text(value: &Value) -> Option<String> {
     match value {
@@ -339,6 +385,34 @@ mod tests {
             Verdict::Respond(reply) => reply,
             Verdict::Continue => panic!("expected a reply"),
         }
+    }
+
+    #[test]
+    fn a_revoked_token_or_subject_is_refused() {
+        use cascade_filter::mock::kv;
+        let config = r#"{"keyset": "demo", "revocation_store": "revoked", "revoked_claims": ["jti", "sub"]}"#;
+        set_keyset("demo");
+        assert!(check_config::<Auth>(config).unwrap_err().contains("\"revoked\" is not configured in [kv_stores]"));
+        kv::set_store("revoked", false);
+        check_config::<Auth>(config).unwrap();
+        set_token("demo", "t1", Ok(r#"{"sub": "alice", "jti": "one"}"#));
+        set_token("demo", "t2", Ok(r#"{"sub": "alice", "jti": "two"}"#));
+        let long_jti = format!(r#"{{"sub": "bob", "jti": "{}"}}"#, "x".repeat(300));
+        set_token("demo", "long", Ok(&long_jti));
+        let filter = instantiate::<Auth>(config).unwrap();
+        let with = |token: &str| Request::new("GET", "/api").with_header("authorization", &format!("Bearer {token}"));
+        assert_eq!(filter.clone().on_request(&with("t1")), Verdict::Continue);
+        kv::put("revoked", "jti:one", "");
+        let refused = reply(filter.clone().on_request(&with("t1")));
+        assert_eq!(refused.status, 401);
+        assert!(refused.header_value("www-authenticate").unwrap().contains("revoked (by its jti)"), "{refused:?}");
+        assert_eq!(filter.clone().on_request(&with("t2")), Verdict::Continue, "another token of the subject");
+        kv::put("revoked", "sub:alice", "");
+        assert_eq!(reply(filter.clone().on_request(&with("t2"))).status, 401);
+        let long = reply(filter.clone().on_request(&with("long")));
+        assert!(long.header_value("www-authenticate").unwrap().contains("too long to check"), "{long:?}");
+        let none = r#"{"keyset": "demo", "revocation_store": "revoked", "revoked_claims": []}"#;
+        assert!(instantiate::<Auth>(none).err().unwrap().contains("at least one claim"));
     }
 
     #[test]

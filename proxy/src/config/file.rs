@@ -26,6 +26,8 @@ pub struct MainFile {
     #[serde(default)]
     pub rate_limits: BTreeMap<String, Spanned<RateLimitSection>>,
     #[serde(default)]
+    pub kv_stores: BTreeMap<String, Spanned<KvStoreSection>>,
+    #[serde(default)]
     pub jwt: JwtSection,
     #[serde(default)]
     pub cache: CacheSection,
@@ -88,6 +90,33 @@ pub struct RateLimitSection {
 
 fn default_max_keys() -> usize {
     100_000
+}
+
+/// `[kv_stores.<name>]`: a key-value store filters and the admin API share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvStoreSection {
+    /// Keys held at once; a full store refuses new ones.
+    #[serde(default = "default_kv_max_keys")]
+    pub max_keys: usize,
+    /// The longest value, in bytes.
+    #[serde(default = "default_kv_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Whether filters may write, or only read what the admin API wrote.
+    #[serde(default = "default_true")]
+    pub filters_may_write: bool,
+}
+
+fn default_kv_max_keys() -> usize {
+    10_000
+}
+
+fn default_kv_max_value_bytes() -> usize {
+    4_096
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

@@ -256,6 +256,10 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
     for (name, section) in &file.rate_limits {
         rate_limits.insert(name.clone(), rate_limit(&main, name, section)?);
     }
+    let mut kv_stores = std::collections::BTreeMap::new();
+    for (name, section) in &file.kv_stores {
+        kv_stores.insert(name.clone(), kv_store(&main, name, section)?);
+    }
     let mut jwt_keysets = std::collections::BTreeMap::new();
     for (name, section) in &file.jwt.keysets {
         jwt_keysets.insert(name.clone(), keyset(&main, &base, name, section)?);
@@ -283,8 +287,31 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
         upstreams,
         routes,
         rate_limits,
+        kv_stores,
         jwt_keysets,
         cache,
+    })
+}
+
+/// The largest value a key-value store may hold: values are copied into a
+/// filter's memory, which is a few MiB.
+const MAX_KV_VALUE_BYTES: usize = 1 << 20;
+
+fn kv_store(src: &Source, name: &str, section: &Spanned<file::KvStoreSection>) -> Result<KvStoreConfig, ConfigError> {
+    let s = section.get_ref();
+    let key = format!("kv_stores.{name}");
+    if s.max_keys == 0 || s.max_value_bytes == 0 {
+        return Err(src.invalid(section, &key, "max_keys and max_value_bytes must be at least 1".into()));
+    }
+    if s.max_value_bytes > MAX_KV_VALUE_BYTES {
+        let message = format!("max_value_bytes {} is more than {MAX_KV_VALUE_BYTES}", s.max_value_bytes);
+        return Err(src.invalid(section, &key, message));
+    }
+    Ok(KvStoreConfig {
+        name: name.to_string(),
+        max_keys: s.max_keys,
+        max_value_bytes: s.max_value_bytes,
+        filters_may_write: s.filters_may_write,
     })
 }
 

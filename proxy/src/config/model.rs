@@ -21,6 +21,7 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub rate_limits: BTreeMap<String, RateLimitPolicyConfig>,
+    pub kv_stores: BTreeMap<String, KvStoreConfig>,
     pub jwt_keysets: BTreeMap<String, KeysetConfig>,
     pub cache: CacheConfig,
 }
@@ -42,6 +43,15 @@ pub struct RateLimitPolicyConfig {
     pub burst: u32,
     pub interval: Duration,
     pub max_keys: usize,
+}
+
+/// A key-value store's bounds (`[kv_stores.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvStoreConfig {
+    pub name: String,
+    pub max_keys: usize,
+    pub max_value_bytes: usize,
+    pub filters_may_write: bool,
 }
 
 /// Where a keyset's HMAC secret comes from.

@@ -17,9 +17,10 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::cascade::filter::{config, jwt, log, rate_limit, regex, types};
+use super::bindings::cascade::filter::{config, jwt, kv, log, rate_limit, regex, types};
 use super::capabilities::Capabilities;
 use super::capabilities::jwt::VerifyError;
+use super::capabilities::kv::{KvError, KvStore};
 use super::capabilities::rate_limit::CheckError;
 use super::chain::FINAL_STATUSES;
 use super::runtime::InstanceCount;
@@ -813,8 +814,7 @@ impl rate_limit::Host for FilterHost {
         key: String,
         cost: u32,
     ) -> Result<rate_limit::Decision, rate_limit::CheckError> {
-        let replay = self.request.as_ref().is_some_and(|r| r.replay);
-        let decision = if replay || self.checking_config {
+        let decision = if self.changes_nothing() {
             self.caps.rate_limits.check_without_taking(&policy, cost)
         } else {
             self.caps.rate_limits.check(&policy, &key, cost)
@@ -831,6 +831,68 @@ impl rate_limit::Host for FilterHost {
             Err(CheckError::UnknownPolicy(p)) => Err(rate_limit::CheckError::UnknownPolicy(p)),
             Err(CheckError::InvalidCost(c)) => Err(rate_limit::CheckError::InvalidCost(c)),
         }
+    }
+}
+
+impl FilterHost {
+    /// Whether this call's writes to shared state are checked and not made:
+    /// in `check-config`, and for a request the proxy replays (a background
+    /// cache refresh), whose client's request already made them.
+    fn changes_nothing(&self) -> bool {
+        self.checking_config || self.request.as_ref().is_some_and(|r| r.replay)
+    }
+
+    /// The store a filter writes to, and whether the write is to be made.
+    fn kv_for_writing(&self, store: &str) -> Result<(&KvStore, bool), kv::KvError> {
+        let store = self.caps.kv_stores.writable(store).map_err(kv_error)?;
+        Ok((store, !self.changes_nothing()))
+    }
+}
+
+fn kv_error(e: KvError) -> kv::KvError {
+    use kv::KvError as W;
+    match e {
+        KvError::UnknownStore(s) => W::UnknownStore(s),
+        KvError::ReadOnly(s) => W::ReadOnly(s),
+        KvError::InvalidKey(k) => W::InvalidKey(k),
+        KvError::ValueTooLarge(n) => W::ValueTooLarge(u32::try_from(n).unwrap_or(u32::MAX)),
+        KvError::StoreFull(s) => W::StoreFull(s),
+        KvError::NotANumber(m) => W::NotANumber(m),
+    }
+}
+
+/// A TTL in milliseconds, at least 1.
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(|ms| Duration::from_millis(ms.max(1)))
+}
+
+impl kv::Host for FilterHost {
+    fn get(&mut self, store: String, key: String) -> Result<Option<String>, kv::KvError> {
+        self.caps.kv_stores.store(&store).and_then(|s| s.get(&key)).map_err(kv_error)
+    }
+
+    fn set(&mut self, store: String, key: String, value: String, ttl_ms: Option<u64>) -> Result<(), kv::KvError> {
+        match self.kv_for_writing(&store)? {
+            (store, true) => store.set(&key, value, ttl(ttl_ms)),
+            (store, false) => store.check_write(&key, value.len()),
+        }
+        .map_err(kv_error)
+    }
+
+    fn delete(&mut self, store: String, key: String) -> Result<bool, kv::KvError> {
+        match self.kv_for_writing(&store)? {
+            (store, true) => store.delete(&key),
+            (store, false) => store.get(&key).map(|value| value.is_some()),
+        }
+        .map_err(kv_error)
+    }
+
+    fn increment(&mut self, store: String, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, kv::KvError> {
+        match self.kv_for_writing(&store)? {
+            (store, true) => store.increment(&key, delta, ttl(ttl_ms)),
+            (store, false) => store.peek_increment(&key, delta),
+        }
+        .map_err(kv_error)
     }
 }
 

@@ -4,8 +4,10 @@
 //! * [`rate_limit`]: keyed GCRA buckets shared by every request.
 //! * [`jwt`]: token verification against configured keysets.
 //! * [`patterns`]: regular expressions compiled once and cached.
+//! * [`kv`]: small key-value stores, also written through the admin API.
 
 pub mod jwt;
+pub mod kv;
 pub mod patterns;
 pub mod rate_limit;
 
@@ -25,6 +27,7 @@ pub struct CapabilityError {
 #[derive(Debug, Default)]
 pub struct Capabilities {
     pub rate_limits: rate_limit::RateLimiters,
+    pub kv_stores: kv::KvStores,
     pub keysets: BTreeMap<String, jwt::Keyset>,
     pub patterns: patterns::PatternCache,
     /// The config's upstream groups, by name (`config.upstream-groups`).
@@ -33,7 +36,8 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// The capabilities of `config`. On a reload, `previous` are those
-    /// serving until now: unchanged rate-limit policies keep their state.
+    /// serving until now: unchanged rate-limit policies keep their state,
+    /// and key-value stores their contents.
     pub fn build(config: &Config, previous: Option<&Capabilities>) -> Result<Self, Box<CapabilityError>> {
         let mut keysets = BTreeMap::new();
         for (name, keyset) in &config.jwt_keysets {
@@ -46,6 +50,7 @@ impl Capabilities {
                 config.rate_limits.values(),
                 previous.map(|p| &p.rate_limits),
             ),
+            kv_stores: kv::KvStores::carried_over(config.kv_stores.values(), previous.map(|p| &p.kv_stores)),
             keysets,
             patterns: patterns::PatternCache::for_threads(config.server.threads),
             upstream_groups: config.upstreams.keys().cloned().collect(),

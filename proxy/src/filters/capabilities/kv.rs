@@ -1,0 +1,435 @@
+//! Small key-value stores shared by every request and filter of the process,
+//! and written also through the admin API: counters, flags, deny lists.
+//!
+//! Memory stays bounded: at most `max_keys` keys of at most
+//! [`MAX_KEY_BYTES`] each, and values of at most `max_value_bytes`. A full
+//! store refuses a new key rather than drop a live one (a store may hold the
+//! tokens an operator revoked); keys past their TTL go first, on the next
+//! read of the key, or in a sweep when the store is full. The keys are
+//! spread over [`SHARDS`] locks, so that requests on different keys do not
+//! wait for each other.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::KvStoreConfig;
+
+/// The longest key: a token id, a user or an address is far shorter.
+pub const MAX_KEY_BYTES: usize = 256;
+const SHARDS: usize = 16;
+/// The least time between two sweeps of a full store for expired keys: a
+/// full store of live keys refuses new ones at once instead of scanning
+/// every key on every write.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    #[error("no key-value store named {0:?}")]
+    UnknownStore(String),
+    #[error("key-value store {0:?} is read-only to filters")]
+    ReadOnly(String),
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("the value is longer than the store's max_value_bytes ({0})")]
+    ValueTooLarge(usize),
+    #[error("key-value store {0:?} is full (max_keys)")]
+    StoreFull(String),
+    #[error("{0}")]
+    NotANumber(String),
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: String,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+}
+
+/// What a store holds; a reload hands it to the store's new config.
+#[derive(Debug)]
+struct Contents {
+    shards: [Mutex<HashMap<String, Entry>>; SHARDS],
+    /// Keys held, expired ones not yet dropped included.
+    keys: AtomicUsize,
+    hasher: RandomState,
+    last_full_sweep: Mutex<Option<Instant>>,
+}
+
+impl Default for Contents {
+    fn default() -> Self {
+        Self {
+            shards: Default::default(),
+            keys: AtomicUsize::new(0),
+            hasher: RandomState::new(),
+            last_full_sweep: Mutex::new(None),
+        }
+    }
+}
+
+/// One key as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key: String,
+    pub value_bytes: usize,
+    /// Time left until it expires; `None`: it never does.
+    pub ttl: Option<Duration>,
+}
+
+/// One configured store.
+#[derive(Debug)]
+pub struct KvStore {
+    pub config: KvStoreConfig,
+    contents: Arc<Contents>,
+}
+
+fn check_key(key: &str) -> Result<(), KvError> {
+    match key.len() {
+        0 => Err(KvError::InvalidKey("the key is empty".into())),
+        n if n > MAX_KEY_BYTES => Err(KvError::InvalidKey(format!("{n} bytes, more than {MAX_KEY_BYTES}"))),
+        _ => Ok(()),
+    }
+}
+
+impl KvStore {
+    pub fn new(config: KvStoreConfig) -> Self {
+        Self { config, contents: Arc::default() }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
+        let index = self.contents.hasher.hash_one(key) as usize % SHARDS;
+        self.contents.shards[index].lock().expect("kv shard lock")
+    }
+
+    /// The value of `key`, if set and not expired.
+    pub fn get(&self, key: &str) -> Result<Option<String>, KvError> {
+        Ok(self.entry(key)?.map(|(value, _)| value))
+    }
+
+    /// The value of `key` and the time it has left.
+    pub fn entry(&self, key: &str) -> Result<Option<(String, Option<Duration>)>, KvError> {
+        check_key(key)?;
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        match shard.get(key) {
+            Some(entry) if entry.live(now) => {
+                Ok(Some((entry.value.clone(), entry.expires.map(|at| at.saturating_duration_since(now)))))
+            }
+            Some(_) => {
+                shard.remove(key);
+                self.contents.keys.fetch_sub(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a write of `value_bytes` to `key` would be taken (the store
+    /// being full aside): for writes that are checked and not made.
+    pub fn check_write(&self, key: &str, value_bytes: usize) -> Result<(), KvError> {
+        check_key(key)?;
+        if value_bytes > self.config.max_value_bytes {
+            return Err(KvError::ValueTooLarge(self.config.max_value_bytes));
+        }
+        Ok(())
+    }
+
+    pub fn set(&self, key: &str, value: String, ttl: Option<Duration>) -> Result<(), KvError> {
+        self.check_write(key, value.len())?;
+        let expires = ttl.map(|ttl| Instant::now() + ttl);
+        self.upsert(key, |_| Ok(Entry { value, expires }))
+    }
+
+    /// Remove `key`; whether it was set (and live).
+    pub fn delete(&self, key: &str) -> Result<bool, KvError> {
+        check_key(key)?;
+        let removed = self.shard(key).remove(key);
+        if removed.is_some() {
+            self.contents.keys.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(removed.is_some_and(|entry| entry.live(Instant::now())))
+    }
+
+    /// Add `delta` to the number at `key` (0 when not set, which then takes
+    /// `ttl`); the sum.
+    pub fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        check_key(key)?;
+        let mut sum = 0;
+        self.upsert(key, |current| {
+            let (start, expires) = match current {
+                Some(entry) => (parse_count(key, &entry.value)?, entry.expires),
+                None => (0, ttl.map(|ttl| Instant::now() + ttl)),
+            };
+            sum = start.checked_add(delta).ok_or_else(|| {
+                KvError::NotANumber(format!("{start} + {delta} at key {key:?} is past a signed 64-bit number"))
+            })?;
+            Ok(Entry { value: sum.to_string(), expires })
+        })?;
+        Ok(sum)
+    }
+
+    /// What `increment` would return, without writing.
+    pub fn peek_increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        let start = match self.get(key)? {
+            Some(value) => parse_count(key, &value)?,
+            None => 0,
+        };
+        start.checked_add(delta).ok_or_else(|| KvError::NotANumber(format!("{start} + {delta} overflows")))
+    }
+
+    /// Replace the live entry of `key` (or its absence) with what `next`
+    /// makes of it, taking a slot for a new key.
+    fn upsert(&self, key: &str, next: impl FnOnce(Option<&Entry>) -> Result<Entry, KvError>) -> Result<(), KvError> {
+        let now = Instant::now();
+        let mut next = Some(next);
+        // Twice at most: a full store is swept (without holding this
+        // shard's lock, which the sweep takes) and the write tried again.
+        for attempt in 0..2 {
+            let mut shard = self.shard(key);
+            if let Some(entry) = shard.get_mut(key) {
+                let live = entry.live(now).then_some(&*entry);
+                *entry = (next.take().expect("one write"))(live)?;
+                return Ok(());
+            }
+            if self.take_slot() {
+                let entry = (next.take().expect("one write"))(None);
+                return match entry {
+                    Ok(entry) => {
+                        shard.insert(key.to_string(), entry);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.contents.keys.fetch_sub(1, Ordering::Relaxed);
+                        Err(e)
+                    }
+                };
+            }
+            drop(shard);
+            if attempt == 0 && !self.sweep_when_due(now) {
+                break;
+            }
+        }
+        Err(KvError::StoreFull(self.config.name.clone()))
+    }
+
+    /// Count one more key, if the store has room.
+    fn take_slot(&self) -> bool {
+        let max = self.config.max_keys;
+        self.contents.keys.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Drop every expired key, unless a sweep ran less than
+    /// [`FULL_SWEEP_EVERY`] ago; whether it ran.
+    fn sweep_when_due(&self, now: Instant) -> bool {
+        {
+            let mut last = self.contents.last_full_sweep.lock().expect("kv sweep lock");
+            if last.is_some_and(|at| now.saturating_duration_since(at) < FULL_SWEEP_EVERY) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        for shard in &self.contents.shards {
+            let mut shard = shard.lock().expect("kv shard lock");
+            let before = shard.len();
+            shard.retain(|_, entry| entry.live(now));
+            self.contents.keys.fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The live keys starting with `prefix`, in order, at most `limit` of
+    /// them; and whether there were more.
+    pub fn keys(&self, prefix: &str, limit: usize) -> (Vec<KeyInfo>, bool) {
+        let now = Instant::now();
+        let mut found: Vec<KeyInfo> = Vec::new();
+        for shard in &self.contents.shards {
+            let shard = shard.lock().expect("kv shard lock");
+            found.extend(shard.iter().filter(|(key, entry)| key.starts_with(prefix) && entry.live(now)).map(
+                |(key, entry)| KeyInfo {
+                    key: key.clone(),
+                    value_bytes: entry.value.len(),
+                    ttl: entry.expires.map(|at| at.saturating_duration_since(now)),
+                },
+            ));
+        }
+        found.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        (found, more)
+    }
+
+    /// Keys held, expired ones not yet dropped included.
+    pub fn len(&self) -> usize {
+        self.contents.keys.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn parse_count(key: &str, value: &str) -> Result<i64, KvError> {
+    value.parse().map_err(|_| {
+        let shown: String = value.chars().take(32).collect();
+        KvError::NotANumber(format!("the value at key {key:?} ({shown:?}) is not a whole number"))
+    })
+}
+
+/// Every configured store, by name.
+#[derive(Debug, Default)]
+pub struct KvStores {
+    stores: BTreeMap<String, Arc<KvStore>>,
+}
+
+impl KvStores {
+    /// The stores of a (re)loaded config. A store that `previous` had keeps
+    /// its contents under its new bounds: a reload loses no key, and a
+    /// store whose `max_keys` fell takes no new key until it is below it.
+    pub fn carried_over<'a>(configs: impl Iterator<Item = &'a KvStoreConfig>, previous: Option<&KvStores>) -> Self {
+        let stores = configs
+            .map(|config| {
+                let contents = previous.and_then(|p| p.stores.get(&config.name)).map(|s| s.contents.clone());
+                let store = KvStore { config: config.clone(), contents: contents.unwrap_or_default() };
+                (config.name.clone(), Arc::new(store))
+            })
+            .collect();
+        Self { stores }
+    }
+
+    pub fn store(&self, name: &str) -> Result<&KvStore, KvError> {
+        self.stores.get(name).map(Arc::as_ref).ok_or_else(|| KvError::UnknownStore(name.to_string()))
+    }
+
+    /// A store a filter writes to.
+    pub fn writable(&self, name: &str) -> Result<&KvStore, KvError> {
+        let store = self.store(name)?;
+        match store.config.filters_may_write {
+            true => Ok(store),
+            false => Err(KvError::ReadOnly(name.to_string())),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &KvStore> {
+        self.stores.values().map(Arc::as_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_keys: usize) -> KvStore {
+        KvStore::new(KvStoreConfig { name: "s".into(), max_keys, max_value_bytes: 8, filters_may_write: true })
+    }
+
+    #[test]
+    fn set_get_delete() {
+        let s = store(10);
+        assert_eq!(s.get("a"), Ok(None));
+        s.set("a", "one".into(), None).unwrap();
+        assert_eq!(s.get("a"), Ok(Some("one".into())));
+        s.set("a", "two".into(), None).unwrap();
+        assert_eq!((s.get("a"), s.len()), (Ok(Some("two".into())), 1), "a set replaces");
+        assert_eq!(s.delete("a"), Ok(true));
+        assert_eq!((s.delete("a"), s.len()), (Ok(false), 0));
+    }
+
+    #[test]
+    fn keys_and_values_are_bounded() {
+        let s = store(10);
+        assert!(matches!(s.get(""), Err(KvError::InvalidKey(_))));
+        assert!(matches!(s.set(&"k".repeat(MAX_KEY_BYTES + 1), "v".into(), None), Err(KvError::InvalidKey(_))));
+        s.set(&"k".repeat(MAX_KEY_BYTES), "v".into(), None).unwrap();
+        assert_eq!(s.set("a", "123456789".into(), None), Err(KvError::ValueTooLarge(8)));
+        assert_eq!(s.get("a"), Ok(None));
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_keys_and_keeps_the_old_ones() {
+        let s = store(2);
+        s.set("a", "1".into(), None).unwrap();
+        s.set("b", "2".into(), None).unwrap();
+        assert_eq!(s.set("c", "3".into(), None), Err(KvError::StoreFull("s".into())));
+        assert_eq!(s.increment("c", 1, None), Err(KvError::StoreFull("s".into())));
+        s.set("a", "changed".into(), None).unwrap();
+        assert_eq!((s.get("a"), s.get("b"), s.get("c")), (Ok(Some("changed".into())), Ok(Some("2".into())), Ok(None)));
+        // Room again once a key goes.
+        s.delete("b").unwrap();
+        s.set("c", "3".into(), None).unwrap();
+    }
+
+    #[test]
+    fn expired_keys_are_gone_and_make_room() {
+        let s = store(2);
+        s.set("short", "1".into(), Some(Duration::from_millis(1))).unwrap();
+        s.set("long", "2".into(), Some(Duration::from_secs(600))).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.get("short"), Ok(None));
+        assert_eq!(s.len(), 1, "dropped when read");
+        s.set("short", "1".into(), Some(Duration::from_millis(1))).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        // Full, but one key has expired: the sweep makes room for a new one.
+        s.set("new", "3".into(), None).unwrap();
+        assert_eq!((s.get("new"), s.len()), (Ok(Some("3".into())), 2));
+        let (keys, more) = s.keys("", 10);
+        assert!(!more);
+        assert_eq!(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), ["long", "new"]);
+        assert!(keys[0].ttl.unwrap() > Duration::from_secs(500) && keys[1].ttl.is_none(), "{keys:?}");
+    }
+
+    #[test]
+    fn increments_count_a_fixed_window() {
+        let s = store(10);
+        assert_eq!(s.increment("n", 2, Some(Duration::from_secs(600))), Ok(2));
+        assert_eq!(s.increment("n", -5, Some(Duration::from_millis(1))), Ok(-3));
+        let (_, ttl) = s.entry("n").unwrap().unwrap();
+        assert!(ttl.unwrap() > Duration::from_secs(500), "the first increment set the expiry: {ttl:?}");
+        assert_eq!(s.increment("w", 7, Some(Duration::from_millis(1))), Ok(7));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.increment("w", 1, None), Ok(1), "a new window");
+        assert_eq!(s.entry("w").unwrap().unwrap().1, None, "which took this increment's TTL");
+        s.set("n", "1".into(), None).unwrap();
+        assert_eq!(s.peek_increment("n", 5), Ok(6));
+        assert_eq!(s.get("n"), Ok(Some("1".into())), "a peek writes nothing");
+        s.set("word", "x".into(), None).unwrap();
+        assert!(matches!(s.increment("word", 1, None), Err(KvError::NotANumber(_))));
+        s.increment("max", i64::MAX, None).unwrap();
+        assert!(matches!(s.increment("max", 1, None), Err(KvError::NotANumber(_))));
+        assert_eq!(s.get("max"), Ok(Some(i64::MAX.to_string())), "a refused increment changes nothing");
+    }
+
+    #[test]
+    fn increments_from_many_threads_are_not_lost() {
+        let s = Arc::new(store(10));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| assert!(s.increment("n", 1, None).unwrap() > 0)))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(s.get("n"), Ok(Some("4000".into())));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_contents_under_the_new_bounds() {
+        let config =
+            |max_keys| KvStoreConfig { name: "s".into(), max_keys, max_value_bytes: 8, filters_may_write: false };
+        let first = KvStores::carried_over([config(10)].iter(), None);
+        first.store("s").unwrap().set("a", "1".into(), None).unwrap();
+        first.store("s").unwrap().set("b", "2".into(), None).unwrap();
+        assert_eq!(first.writable("s").unwrap_err(), KvError::ReadOnly("s".into()));
+        assert_eq!(first.store("t").unwrap_err(), KvError::UnknownStore("t".into()));
+        let second = KvStores::carried_over([config(1)].iter(), Some(&first));
+        let s = second.store("s").unwrap();
+        assert_eq!((s.get("a"), s.get("b")), (Ok(Some("1".into())), Ok(Some("2".into()))));
+        assert_eq!(s.set("c", "3".into(), None), Err(KvError::StoreFull("s".into())));
+    }
+}
