@@ -253,6 +253,8 @@ fn kv(control: &ControlPlane, method: &str, path: &[&str], query: &str, body: Ve
         Err(e) => return error(404, e.to_string()),
     };
     let kv_error = |e: KvError| error(400, format!("key-value store {store_name:?}: {e}"));
+    // The change is made and serves; the flusher tries the file again.
+    let not_saved = |e: std::io::Error| error(500, format!("changed in memory, but not saved: {e}"));
     match (method, key) {
         ("GET", None) => {
             let prefix = query_param(query, "prefix").unwrap_or_default();
@@ -282,14 +284,18 @@ fn kv(control: &ControlPlane, method: &str, path: &[&str], query: &str, body: Ve
                 Some(Ok(secs)) if secs > 0 => Some(std::time::Duration::from_secs(secs)),
                 Some(_) => return error(400, "ttl_secs must be a whole number of seconds, at least 1"),
             };
-            match store.set(&key, value, ttl) {
-                Ok(()) => reply(200, json!({ "store": store_name, "key": key, "ttl_ms": ttl_ms(ttl) })),
+            match store.set(&key, value, ttl).map(|()| store.save()) {
+                Ok(Ok(())) => reply(200, json!({ "store": store_name, "key": key, "ttl_ms": ttl_ms(ttl) })),
+                Ok(Err(e)) => not_saved(e),
                 Err(e @ KvError::StoreFull(_)) => error(507, e.to_string()),
                 Err(e) => kv_error(e),
             }
         }
         ("DELETE", Some(key)) => match store.delete(&key) {
-            Ok(true) => reply(200, json!({ "store": store_name, "deleted": key })),
+            Ok(true) => match store.save() {
+                Ok(()) => reply(200, json!({ "store": store_name, "deleted": key })),
+                Err(e) => not_saved(e),
+            },
             Ok(false) => error(404, format!("key-value store {store_name:?} has no key {key:?}")),
             Err(e) => kv_error(e),
         },

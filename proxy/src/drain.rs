@@ -74,10 +74,12 @@ impl BackgroundService for Drain {
             idle_for = if idle { idle_for + POLL } else { Duration::ZERO };
         }
         log::info!("shutdown: nothing in flight, exiting before the grace period ends");
-        log::logger().flush();
         // Pingora's main thread is asleep for the rest of the grace period,
-        // and nothing of Cascade's runs after it: stores are written as they
-        // change, and the cache lives in memory.
+        // and nothing of Cascade's runs after it: the module store is
+        // written as it changes, the key-value stores' last changes now,
+        // and the cache lives in memory.
+        crate::filters::capabilities::kv::flush_changed();
+        log::logger().flush();
         std::process::exit(0)
     }
 }

@@ -159,3 +159,44 @@ fn filters_share_stores_within_their_bounds() {
     assert_eq!(proxy.admin("POST", "/kv/flags/t", b"v", None).status, 405);
     proxy.wait_for_metrics(&["cascade_kv_keys{store=\"counters\"} 3", "cascade_kv_keys{store=\"flags\"} 1"]);
 }
+
+/// A store with a `file` keeps what the admin API and filters wrote across
+/// a restart, a kill included: an admin write answers once it is on disk,
+/// a filter's reaches the file within a second. A reload that would read a
+/// file that is not a store's is refused, naming it, and nothing changes.
+#[test]
+fn a_store_with_a_file_survives_a_restart() {
+    let stores = "\n[kv_stores.counters]\nfile = \"kv/counters.json\"\n\n\
+                  [kv_stores.flags]\nfilters_may_write = false\nfile = \"kv/flags.json\"\n";
+    let proxy = Proxy::start(&ProxyConfig::new(PROBE_ROUTES, &["kv_probe"]).with_admin().with_main(stores));
+    let op = |proxy: &Proxy, op: &str| proxy.get("/", &[("x-kv", op)]).body;
+    assert_eq!(proxy.admin("PUT", "/kv/flags/beta", b"on", None).status, 200);
+    assert_eq!(proxy.admin("PUT", "/kv/flags/brief?ttl_secs=3600", b"x", None).status, 200);
+    for expected in ["1", "2", "3"] {
+        assert_eq!(op(&proxy, "incr counters hits 1"), expected);
+    }
+    let counters = proxy.dir.path().join("kv/counters.json");
+    eventually("the filter's increments to reach the file", Duration::from_secs(30), || {
+        std::fs::read_to_string(&counters).is_ok_and(|text| text.contains(r#""hits":{"value":"3""#))
+    });
+
+    let proxy = proxy.restart();
+    assert_eq!(op(&proxy, "get flags beta"), "Some(\"on\")");
+    let brief = proxy.admin("GET", "/kv/flags/brief", b"", None).json();
+    let ttl = brief["ttl_ms"].as_u64().unwrap();
+    assert!(ttl > 3_000_000 && ttl <= 3_600_000, "the TTL counts on from before the restart: {brief}");
+    assert_eq!(op(&proxy, "incr counters hits 1"), "4");
+
+    let main = proxy.dir.path().join("cascade.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    std::fs::write(proxy.dir.path().join("kv/extra.json"), "not json").unwrap();
+    std::fs::write(&main, format!("{text}\n[kv_stores.extra]\nfile = \"kv/extra.json\"\n")).unwrap();
+    let refused = proxy.admin("POST", "/config/reload", b"", None);
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let message = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("kv_stores.extra") && message.contains("extra.json is not a key-value store's file"),
+        "{message}"
+    );
+    assert_eq!(op(&proxy, "get counters hits"), "Some(\"4\")", "the old stores keep serving");
+}

@@ -105,6 +105,10 @@ pub struct KvStoreSection {
     /// Whether filters may write, or only read what the admin API wrote.
     #[serde(default = "default_true")]
     pub filters_may_write: bool,
+    /// A file the contents are kept in across restarts, relative to this
+    /// file.
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 fn default_kv_max_keys() -> usize {

@@ -258,7 +258,7 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
     }
     let mut kv_stores = std::collections::BTreeMap::new();
     for (name, section) in &file.kv_stores {
-        kv_stores.insert(name.clone(), kv_store(&main, name, section)?);
+        kv_stores.insert(name.clone(), kv_store(&main, &base, name, section)?);
     }
     let mut jwt_keysets = std::collections::BTreeMap::new();
     for (name, section) in &file.jwt.keysets {
@@ -297,7 +297,12 @@ pub fn load_knowing(path: &Path, last_answer: LastAnswer) -> Result<Config, Conf
 /// filter's memory, which is a few MiB.
 const MAX_KV_VALUE_BYTES: usize = 1 << 20;
 
-fn kv_store(src: &Source, name: &str, section: &Spanned<file::KvStoreSection>) -> Result<KvStoreConfig, ConfigError> {
+fn kv_store(
+    src: &Source,
+    base: &Path,
+    name: &str,
+    section: &Spanned<file::KvStoreSection>,
+) -> Result<KvStoreConfig, ConfigError> {
     let s = section.get_ref();
     let key = format!("kv_stores.{name}");
     if s.max_keys == 0 || s.max_value_bytes == 0 {
@@ -312,6 +317,8 @@ fn kv_store(src: &Source, name: &str, section: &Spanned<file::KvStoreSection>) -
         max_keys: s.max_keys,
         max_value_bytes: s.max_value_bytes,
         filters_may_write: s.filters_may_write,
+        file: s.file.as_ref().map(|f| base.join(f)),
+        at: src.at(section, &key),
     })
 }
 

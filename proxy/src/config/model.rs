@@ -52,6 +52,9 @@ pub struct KvStoreConfig {
     pub max_keys: usize,
     pub max_value_bytes: usize,
     pub filters_may_write: bool,
+    /// Where the contents are kept across restarts.
+    pub file: Option<PathBuf>,
+    pub at: Location,
 }
 
 /// Where a keyset's HMAC secret comes from.

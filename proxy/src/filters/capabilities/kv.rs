@@ -8,14 +8,22 @@
 //! read of the key, or in a sweep when the store is full. The keys are
 //! spread over [`SHARDS`] locks, so that requests on different keys do not
 //! wait for each other.
+//!
+//! A store with a `file` is kept there across restarts: read when the
+//! process first loads the store, written at once after each admin API
+//! write (which answers only once it is on disk), within [`FLUSH_EVERY`]
+//! after a filter's, and at shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::KvStoreConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{KvStoreConfig, Location};
 
 /// The longest key: a token id, a user or an address is far shorter.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -24,6 +32,8 @@ const SHARDS: usize = 16;
 /// full store of live keys refuses new ones at once instead of scanning
 /// every key on every write.
 const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long a filter's write may wait to reach a store's file.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -61,6 +71,12 @@ struct Contents {
     keys: AtomicUsize,
     hasher: RandomState,
     last_full_sweep: Mutex<Option<Instant>>,
+    /// The file the contents are kept in, if any; held while it is written.
+    file: Mutex<Option<PathBuf>>,
+    /// Whether the contents changed since the file was written.
+    dirty: AtomicBool,
+    /// Whether the last write of the file failed (logged once, not each time).
+    failing: AtomicBool,
 }
 
 impl Default for Contents {
@@ -70,6 +86,131 @@ impl Default for Contents {
             keys: AtomicUsize::new(0),
             hasher: RandomState::new(),
             last_full_sweep: Mutex::new(None),
+            file: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A store's file: each live key, with its expiry as a wall-clock time.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedStore {
+    keys: BTreeMap<String, SavedEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedEntry {
+    value: String,
+    /// Milliseconds since the Unix epoch; `null`: never.
+    expires_unix_ms: Option<u64>,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Contents {
+    fn shard_of(&self, key: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
+        let index = self.hasher.hash_one(key) as usize % SHARDS;
+        self.shards[index].lock().expect("kv shard lock")
+    }
+
+    /// The contents of `path`, or empty when there is no such file; an
+    /// error when it is not a store's file. Expired keys are left out.
+    fn read(path: &Path) -> Result<Self, String> {
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let saved: SavedStore = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not a key-value store's file: {e}", path.display()))?;
+        let contents = Self::default();
+        let (now, wall) = (Instant::now(), unix_ms(SystemTime::now()));
+        for (key, entry) in saved.keys {
+            check_key(&key).map_err(|e| format!("{}: key {key:?}: {e}", path.display()))?;
+            let expires = match entry.expires_unix_ms {
+                Some(at) if at <= wall => continue,
+                Some(at) => Some(now + Duration::from_millis(at - wall)),
+                None => None,
+            };
+            contents.shard_of(&key).insert(key, Entry { value: entry.value, expires });
+            contents.keys.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(contents)
+    }
+
+    /// Write the live keys to the file, if there is one.
+    fn save(&self) -> std::io::Result<()> {
+        let file = self.file.lock().expect("kv file lock");
+        let Some(path) = file.as_ref() else { return Ok(()) };
+        // Cleared first: a write made while this one runs marks it again.
+        self.dirty.store(false, Ordering::Relaxed);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut saved = SavedStore::default();
+        for shard in &self.shards {
+            let shard = shard.lock().expect("kv shard lock");
+            for (key, entry) in shard.iter().filter(|(_, entry)| entry.live(now)) {
+                let expires_unix_ms = entry.expires.map(|at| unix_ms(wall + at.saturating_duration_since(now)));
+                saved.keys.insert(key.clone(), SavedEntry { value: entry.value.clone(), expires_unix_ms });
+            }
+        }
+        let bytes = serde_json::to_vec(&saved).expect("a store serializes");
+        let written = crate::filters::store::write_atomic(path, &bytes)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        if written.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+}
+
+/// The stores with a file, for the flusher and for shutdown.
+static PERSISTED: Mutex<Vec<Weak<Contents>>> = Mutex::new(Vec::new());
+
+/// Keep `contents` in its file from now on: a thread writes every changed
+/// store within [`FLUSH_EVERY`] (one thread for all of them, started by the
+/// first).
+fn persist(contents: &Arc<Contents>) {
+    let mut persisted = PERSISTED.lock().expect("kv registry lock");
+    persisted.retain(|weak| weak.strong_count() > 0);
+    if persisted.iter().any(|weak| weak.as_ptr() == Arc::as_ptr(contents)) {
+        return;
+    }
+    persisted.push(Arc::downgrade(contents));
+    static FLUSHER: std::sync::Once = std::sync::Once::new();
+    FLUSHER.call_once(|| {
+        let spawned = std::thread::Builder::new().name("cascade-kv".into()).spawn(|| {
+            loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flush_changed();
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start the key-value stores' flusher: {e}");
+        }
+    });
+}
+
+/// Write every store with a file whose contents changed since it was last
+/// written: every [`FLUSH_EVERY`], and at shutdown.
+pub fn flush_changed() {
+    let live: Vec<Arc<Contents>> =
+        PERSISTED.lock().expect("kv registry lock").iter().filter_map(Weak::upgrade).collect();
+    for contents in live.iter().filter(|c| c.dirty.load(Ordering::Relaxed)) {
+        match contents.save() {
+            Ok(()) => {
+                if contents.failing.swap(false, Ordering::Relaxed) {
+                    log::info!("key-value store file written again");
+                }
+            }
+            Err(e) if !contents.failing.swap(true, Ordering::Relaxed) => {
+                log::error!("cannot write a key-value store's file (trying again every second): {e}")
+            }
+            Err(_) => {}
         }
     }
 }
@@ -104,8 +245,18 @@ impl KvStore {
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
-        let index = self.contents.hasher.hash_one(key) as usize % SHARDS;
-        self.contents.shards[index].lock().expect("kv shard lock")
+        self.contents.shard_of(key)
+    }
+
+    /// Note a change, for the flusher.
+    fn changed(&self) {
+        self.contents.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Write the contents to the store's file now, if it has one: an admin
+    /// API write answers once it is on disk.
+    pub fn save(&self) -> std::io::Result<()> {
+        self.contents.save()
     }
 
     /// The value of `key`, if set and not expired.
@@ -153,6 +304,7 @@ impl KvStore {
         let removed = self.shard(key).remove(key);
         if removed.is_some() {
             self.contents.keys.fetch_sub(1, Ordering::Relaxed);
+            self.changed();
         }
         Ok(removed.is_some_and(|entry| entry.live(Instant::now())))
     }
@@ -196,6 +348,7 @@ impl KvStore {
             if let Some(entry) = shard.get_mut(key) {
                 let live = entry.live(now).then_some(&*entry);
                 *entry = (next.take().expect("one write"))(live)?;
+                self.changed();
                 return Ok(());
             }
             if self.take_slot() {
@@ -203,6 +356,7 @@ impl KvStore {
                 return match entry {
                     Ok(entry) => {
                         shard.insert(key.to_string(), entry);
+                        self.changed();
                         Ok(())
                     }
                     Err(e) => {
@@ -292,15 +446,34 @@ impl KvStores {
     /// The stores of a (re)loaded config. A store that `previous` had keeps
     /// its contents under its new bounds: a reload loses no key, and a
     /// store whose `max_keys` fell takes no new key until it is below it.
-    pub fn carried_over<'a>(configs: impl Iterator<Item = &'a KvStoreConfig>, previous: Option<&KvStores>) -> Self {
-        let stores = configs
-            .map(|config| {
-                let contents = previous.and_then(|p| p.stores.get(&config.name)).map(|s| s.contents.clone());
-                let store = KvStore { config: config.clone(), contents: contents.unwrap_or_default() };
-                (config.name.clone(), Arc::new(store))
-            })
-            .collect();
-        Self { stores }
+    /// A store new to the process starts from its file, if it has one (the
+    /// error names a file that is not a store's); a store whose file
+    /// changed is written to the new one.
+    pub fn carried_over<'a>(
+        configs: impl Iterator<Item = &'a KvStoreConfig>,
+        previous: Option<&KvStores>,
+    ) -> Result<Self, (Location, String)> {
+        let mut stores = BTreeMap::new();
+        for config in configs {
+            let kept = previous.and_then(|p| p.stores.get(&config.name));
+            let contents = match (kept, &config.file) {
+                (Some(kept), _) => kept.contents.clone(),
+                (None, Some(path)) => Arc::new(Contents::read(path).map_err(|e| (config.at.clone(), e))?),
+                (None, None) => Arc::default(),
+            };
+            let mut file = contents.file.lock().expect("kv file lock");
+            if *file != config.file {
+                // Kept contents go to their new file; read ones are there.
+                contents.dirty.store(kept.is_some() && config.file.is_some(), Ordering::Relaxed);
+                file.clone_from(&config.file);
+            }
+            drop(file);
+            if config.file.is_some() {
+                persist(&contents);
+            }
+            stores.insert(config.name.clone(), Arc::new(KvStore { config: config.clone(), contents }));
+        }
+        Ok(Self { stores })
     }
 
     pub fn store(&self, name: &str) -> Result<&KvStore, KvError> {
@@ -325,8 +498,13 @@ impl KvStores {
 mod tests {
     use super::*;
 
+    fn config(max_keys: usize, filters_may_write: bool, file: Option<PathBuf>) -> KvStoreConfig {
+        let at = Location { file: "cascade.toml".into(), line: 1, key: "kv_stores.s".into() };
+        KvStoreConfig { name: "s".into(), max_keys, max_value_bytes: 8, filters_may_write, file, at }
+    }
+
     fn store(max_keys: usize) -> KvStore {
-        KvStore::new(KvStoreConfig { name: "s".into(), max_keys, max_value_bytes: 8, filters_may_write: true })
+        KvStore::new(config(max_keys, true, None))
     }
 
     #[test]
@@ -420,16 +598,53 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_contents_under_the_new_bounds() {
-        let config =
-            |max_keys| KvStoreConfig { name: "s".into(), max_keys, max_value_bytes: 8, filters_may_write: false };
-        let first = KvStores::carried_over([config(10)].iter(), None);
+        let config = |max_keys| config(max_keys, false, None);
+        let first = KvStores::carried_over([config(10)].iter(), None).unwrap();
         first.store("s").unwrap().set("a", "1".into(), None).unwrap();
         first.store("s").unwrap().set("b", "2".into(), None).unwrap();
         assert_eq!(first.writable("s").unwrap_err(), KvError::ReadOnly("s".into()));
         assert_eq!(first.store("t").unwrap_err(), KvError::UnknownStore("t".into()));
-        let second = KvStores::carried_over([config(1)].iter(), Some(&first));
+        let second = KvStores::carried_over([config(1)].iter(), Some(&first)).unwrap();
         let s = second.store("s").unwrap();
         assert_eq!((s.get("a"), s.get("b")), (Ok(Some("1".into())), Ok(Some("2".into()))));
         assert_eq!(s.set("c", "3".into(), None), Err(KvError::StoreFull("s".into())));
+    }
+
+    #[test]
+    fn a_store_with_a_file_is_read_back_with_its_expiries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv/s.json");
+        let with_file = [config(10, true, Some(path.clone()))];
+        let first = KvStores::carried_over(with_file.iter(), None).unwrap();
+        let s = first.store("s").unwrap();
+        s.set("forever", "1".into(), None).unwrap();
+        s.set("hour", "2".into(), Some(Duration::from_secs(3600))).unwrap();
+        s.set("gone", "3".into(), Some(Duration::from_millis(1))).unwrap();
+        s.save().unwrap();
+        // A new process: the file's live keys, with the time they had left.
+        let second = KvStores::carried_over(with_file.iter(), None).unwrap();
+        let s = second.store("s").unwrap();
+        assert_eq!(s.get("forever"), Ok(Some("1".into())));
+        let (value, ttl) = s.entry("hour").unwrap().unwrap();
+        assert!(value == "2" && ttl.unwrap() > Duration::from_secs(3500), "{ttl:?}");
+        assert_eq!((s.get("gone"), s.len()), (Ok(None), 2));
+        // Not a store's file: the error names it, and the config's place.
+        std::fs::write(&path, b"{\"keys\": 1}").unwrap();
+        let (at, message) = KvStores::carried_over(with_file.iter(), None).unwrap_err();
+        assert_eq!(at.key, "kv_stores.s");
+        assert!(message.contains("s.json is not a key-value store's file"), "{message}");
+        // A store kept over a reload is not read again: memory is newer.
+        assert_eq!(KvStores::carried_over(with_file.iter(), Some(&second)).unwrap().store("s").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_flusher_writes_what_filters_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let stores = KvStores::carried_over([config(10, true, Some(path.clone()))].iter(), None).unwrap();
+        stores.store("s").unwrap().increment("n", 5, None).unwrap();
+        flush_changed();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, r#"{"keys":{"n":{"value":"5","expires_unix_ms":null}}}"#);
     }
 }

@@ -50,7 +50,8 @@ impl Capabilities {
                 config.rate_limits.values(),
                 previous.map(|p| &p.rate_limits),
             ),
-            kv_stores: kv::KvStores::carried_over(config.kv_stores.values(), previous.map(|p| &p.kv_stores)),
+            kv_stores: kv::KvStores::carried_over(config.kv_stores.values(), previous.map(|p| &p.kv_stores))
+                .map_err(|(at, message)| Box::new(CapabilityError { at, message }))?,
             keysets,
             patterns: patterns::PatternCache::for_threads(config.server.threads),
             upstream_groups: config.upstreams.keys().cloned().collect(),
