@@ -15,10 +15,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use cascade::config::{
-    FilterEntry, FilterLimits, KeysetConfig, Limits, Location, OnError, RateLimitPolicyConfig, SecretSource,
-    UpstreamConfig,
+    FilterEntry, FilterLimits, KeysetConfig, KvStoreConfig, Limits, Location, OnError, RateLimitPolicyConfig,
+    SecretSource, UpstreamConfig,
 };
 use cascade::filters::capabilities::jwt::{Keyset, sign_with_secret};
+use cascade::filters::capabilities::kv::KvStores;
 use cascade::filters::capabilities::rate_limit::RateLimiters;
 use cascade::filters::{
     Capabilities, FilterChain, FilterModule, FilterRuntime, ModuleRegistry, ModuleStore, RequestHead,
@@ -109,7 +110,7 @@ impl Bench {
             at: location(),
         };
         let far_future = 4_000_000_000u64;
-        let claims = serde_json::json!({"sub": "alice", "scope": "read", "exp": far_future});
+        let claims = serde_json::json!({"sub": "alice", "jti": "bench-1", "scope": "read", "exp": far_future});
         let token = sign_with_secret(&keyset, claims).expect("sign the bench token");
         // A policy that never refuses, so every cycle does the same work.
         let policy = RateLimitPolicyConfig {
@@ -120,7 +121,7 @@ impl Bench {
         };
         let caps = Capabilities {
             rate_limits: RateLimiters::new([policy].iter()),
-            kv_stores: Default::default(),
+            kv_stores: revocation_store(),
             keysets: [("demo".to_string(), Keyset::build(&keyset).expect("keyset"))].into(),
             patterns: Default::default(),
             upstream_groups: groups.keys().cloned().collect(),
@@ -220,6 +221,28 @@ fn location() -> Location {
 }
 
 const AUTH: &str = r#"{"keyset":"demo","required_scopes":["read"],"forward_claims":{"sub":"x-user-id"}}"#;
+/// `AUTH`, also looking the token's `jti` and `sub` up in a store of
+/// revoked tokens (two `kv.get` calls per request).
+const AUTH_REVOCATION: &str = r#"{"keyset":"demo","required_scopes":["read"],"forward_claims":{"sub":"x-user-id"},"revocation_store":"revoked","revoked_claims":["jti","sub"]}"#;
+
+/// A store of 10,000 revoked tokens, none of them the bench's.
+fn revocation_store() -> KvStores {
+    let at = Location { file: PathBuf::from("bench"), line: 1, key: "kv_stores.revoked".into() };
+    let config = KvStoreConfig {
+        name: "revoked".into(),
+        max_keys: 10_000,
+        max_value_bytes: 64,
+        filters_may_write: false,
+        file: None,
+        at,
+    };
+    let stores = KvStores::carried_over([config].iter(), None).expect("a store without a file");
+    let store = stores.store("revoked").expect("configured");
+    for n in 0..10_000 {
+        store.set(&format!("jti:revoked-{n}"), String::new(), None).expect("room for it");
+    }
+    stores
+}
 const RATE_LIMIT: &str = r#"{"policy":"demo","key":"header:x-user-id"}"#;
 const AB_TEST: &str = r#"{"experiment":"checkout","key":"header:x-user-id","variants":[{"name":"control","weight":50},{"name":"new","weight":50}]}"#;
 
@@ -236,15 +259,22 @@ fn filter_cycle(c: &mut Criterion) {
     group.bench_function("no-filter", |b| bench.time(b, &empty));
 
     // auth forwards x-user-id for the others; alone, they key on the IP.
-    let singles =
-        [("noop", "{}"), ("rewrite", REWRITE), ("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST)];
+    // (row, module, config)
+    let singles = [
+        ("noop", "noop", "{}"),
+        ("rewrite", "rewrite", REWRITE),
+        ("auth", "auth", AUTH),
+        ("auth-revocation", "auth", AUTH_REVOCATION),
+        ("rate_limit", "rate_limit", RATE_LIMIT),
+        ("ab_test", "ab_test", AB_TEST),
+    ];
     // The demo chain: auth -> rate_limit -> ab_test -> rewrite.
     let four = [("auth", AUTH), ("rate_limit", RATE_LIMIT), ("ab_test", AB_TEST), ("rewrite", REWRITE)];
     // Each with a fresh instance per request, then with instances reused.
     for (suffix, reuse) in [("", false), ("-reused", true)] {
-        for (name, config) in singles {
-            let chain = bench.chain(&[(name, config)], reuse);
-            group.bench_function(format!("{name}{suffix}"), |b| bench.time(b, &chain));
+        for (row, module, config) in singles {
+            let chain = bench.chain(&[(module, config)], reuse);
+            group.bench_function(format!("{row}{suffix}"), |b| bench.time(b, &chain));
         }
         let chain = bench.chain(&four, reuse);
         group.bench_function(format!("chain-of-four{suffix}"), |b| bench.time(b, &chain));
