@@ -636,3 +636,73 @@ fn a_failing_response_filter_does_not_fail_over() {
     // The proxy keeps serving, and a second request fails the same way.
     assert_eq!(proxy.get("/x", &[]).status, 500);
 }
+
+/// docker/conf's `file` as compose runs it, written to `dir/cascade.toml`
+/// (its route files beside it): the compose network's names, the image's
+/// paths and the ports replaced as `replacements` say, each of which must
+/// be in the file.
+fn docker_config(file: &str, replacements: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = root().join("docker/conf");
+    let mut text = std::fs::read_to_string(conf.join(file)).unwrap();
+    for (from, to) in replacements {
+        assert!(text.contains(from), "docker/conf/{file} no longer has {from:?}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(dir.path().join("cascade.toml"), text).unwrap();
+    std::fs::create_dir(dir.path().join("routes")).unwrap();
+    for route_file in std::fs::read_dir(conf.join("routes")).unwrap() {
+        let route_file = route_file.unwrap().path();
+        std::fs::copy(&route_file, dir.path().join("routes").join(route_file.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// The configs of docker/compose.yaml serve its topology: a PoP in front
+/// of a regional tier in front of the origin, failing over to the origin,
+/// with the PoP's revocation store kept in its state directory.
+#[test]
+fn the_docker_configs_serve_a_pop_a_regional_tier_and_an_origin() {
+    let origin = OriginProcess::start();
+    let filters = root().join("target/wasm32-wasip2/release").display().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let (regional_port, pop_port) = (free_port(), free_port());
+    let shared = |port: u16, admin_port: u16, state: &str| {
+        vec![
+            ("0.0.0.0:8080", format!("127.0.0.1:{port}")),
+            ("127.0.0.1:9901", format!("127.0.0.1:{admin_port}")),
+            ("\"CASCADE_ADMIN_TOKEN\"", "\"CASCADE_TEST_ADMIN_TOKEN\"".to_string()),
+            ("origin:9000", origin.1.to_string()),
+            ("/usr/lib/cascade/filters", filters.clone()),
+            ("/var/lib/cascade", state.to_string()),
+        ]
+    };
+    let regional_admin = free_port();
+    let regional_state = state.path().join("regional").display().to_string();
+    let regional_dir = docker_config("regional.toml", &shared(regional_port, regional_admin, &regional_state));
+    let regional = Proxy::start_in(regional_dir, regional_port, regional_admin);
+    let pop_admin = free_port();
+    let pop_state = state.path().join("pop").display().to_string();
+    let mut pop_replacements = shared(pop_port, pop_admin, &pop_state);
+    pop_replacements.push(("regional:8080", format!("127.0.0.1:{regional_port}")));
+    let pop = Proxy::start_in(docker_config("pop.toml", &pop_replacements), pop_port, pop_admin);
+
+    let cacheable = [("x-echo-header", "cache-control: max-age=600")];
+    let first = pop.get("/hello", &cacheable);
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.header("cache-status"), Some("regional; fwd=miss; stored, pop; fwd=miss; stored"));
+    assert_eq!(first.json()["headers"]["cdn-loop"], "pop, regional", "{first:?}");
+    let second = pop.get("/hello", &cacheable);
+    assert!(second.header("cache-status").unwrap().contains("pop; hit"), "{second:?}");
+    assert_eq!(origin_count(&second), origin_count(&first), "served by the PoP's cache");
+
+    let revoked = pop.admin("PUT", "/kv/revoked/jti:leaked", b"", None);
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let saved = std::fs::read_to_string(state.path().join("pop/kv/revoked.json")).unwrap();
+    assert!(saved.contains("jti:leaked"), "{saved}");
+
+    drop(regional);
+    let failed_over = pop.get("/after-regional", &[]);
+    assert_eq!(failed_over.status, 200, "{failed_over:?}");
+    assert_eq!(failed_over.json()["headers"]["cdn-loop"], "pop", "straight to the origin: {failed_over:?}");
+}

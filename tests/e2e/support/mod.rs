@@ -263,6 +263,12 @@ impl Proxy {
         Self::try_start_on(config, port).unwrap_or_else(|f| panic!("proxy failed to start: {f:?}"))
     }
 
+    /// Serve `dir/cascade.toml`, written by the test, which listens on
+    /// `port` and has its admin API on `admin_port`.
+    pub fn start_in(dir: tempfile::TempDir, port: u16, admin_port: u16) -> Self {
+        Self::spawn(dir, port, admin_port, true).unwrap_or_else(|f| panic!("proxy failed to start: {f:?}"))
+    }
+
     fn try_start_on(config: &ProxyConfig, port: u16) -> Result<Self, StartFailure> {
         let dir = tempfile::tempdir().unwrap();
         let admin_port = free_port();
