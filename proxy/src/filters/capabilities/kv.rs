@@ -32,6 +32,15 @@ const SHARDS: usize = 16;
 /// full store of live keys refuses new ones at once instead of scanning
 /// every key on every write.
 const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The longest TTL a key keeps: a longer one (up to `u64::MAX` ms from a
+/// filter or a file) is this, so that no expiry overflows a clock.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+/// When a key given `ttl` now expires.
+fn expiry(now: Instant, ttl: Duration) -> Instant {
+    now + ttl.min(MAX_TTL)
+}
+
 /// How long a filter's write may wait to reach a store's file.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -134,7 +143,7 @@ impl Contents {
             check_key(&key).map_err(|e| format!("{}: key {key:?}: {e}", path.display()))?;
             let expires = match entry.expires_unix_ms {
                 Some(at) if at <= wall => continue,
-                Some(at) => Some(now + Duration::from_millis(at - wall)),
+                Some(at) => Some(expiry(now, Duration::from_millis(at - wall))),
                 None => None,
             };
             contents.shard_of(&key).insert(key, Entry { value: entry.value, expires });
@@ -294,7 +303,7 @@ impl KvStore {
 
     pub fn set(&self, key: &str, value: String, ttl: Option<Duration>) -> Result<(), KvError> {
         self.check_write(key, value.len())?;
-        let expires = ttl.map(|ttl| Instant::now() + ttl);
+        let expires = ttl.map(|ttl| expiry(Instant::now(), ttl));
         self.upsert(key, |_| Ok(Entry { value, expires }))
     }
 
@@ -317,7 +326,7 @@ impl KvStore {
         self.upsert(key, |current| {
             let (start, expires) = match current {
                 Some(entry) => (parse_count(key, &entry.value)?, entry.expires),
-                None => (0, ttl.map(|ttl| Instant::now() + ttl)),
+                None => (0, ttl.map(|ttl| expiry(Instant::now(), ttl))),
             };
             sum = start.checked_add(delta).ok_or_else(|| {
                 KvError::NotANumber(format!("{start} + {delta} at key {key:?} is past a signed 64-bit number"))
@@ -573,6 +582,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(s.increment("w", 1, None), Ok(1), "a new window");
         assert_eq!(s.entry("w").unwrap().unwrap().1, None, "which took this increment's TTL");
+        // The longest TTLs a filter can give are capped, not overflowed.
+        s.set("far", "1".into(), Some(Duration::from_millis(u64::MAX))).unwrap();
+        s.increment("far2", 1, Some(Duration::MAX)).unwrap();
+        assert!(s.entry("far").unwrap().unwrap().1.unwrap() <= MAX_TTL);
         s.set("n", "1".into(), None).unwrap();
         assert_eq!(s.peek_increment("n", 5), Ok(6));
         assert_eq!(s.get("n"), Ok(Some("1".into())), "a peek writes nothing");
@@ -628,6 +641,10 @@ mod tests {
         let (value, ttl) = s.entry("hour").unwrap().unwrap();
         assert!(value == "2" && ttl.unwrap() > Duration::from_secs(3500), "{ttl:?}");
         assert_eq!((s.get("gone"), s.len()), (Ok(None), 2));
+        // An expiry past any clock is capped, not overflowed.
+        std::fs::write(&path, format!(r#"{{"keys":{{"k":{{"value":"v","expires_unix_ms":{}}}}}}}"#, u64::MAX)).unwrap();
+        let far = KvStores::carried_over(with_file.iter(), None).unwrap();
+        assert!(far.store("s").unwrap().entry("k").unwrap().unwrap().1.unwrap() <= MAX_TTL);
         // Not a store's file: the error names it, and the config's place.
         std::fs::write(&path, b"{\"keys\": 1}").unwrap();
         let (at, message) = KvStores::carried_over(with_file.iter(), None).unwrap_err();
