@@ -80,8 +80,9 @@ struct Contents {
     keys: AtomicUsize,
     hasher: RandomState,
     last_full_sweep: Mutex<Option<Instant>>,
-    /// The file the contents are kept in, if any; held while it is written.
-    file: Mutex<Option<PathBuf>>,
+    /// The file the contents were last written to (or read from); held
+    /// while one is written.
+    saved_to: Mutex<Option<PathBuf>>,
     /// Whether the contents changed since the file was written.
     dirty: AtomicBool,
     /// Whether the last write of the file failed (logged once, not each time).
@@ -95,7 +96,7 @@ impl Default for Contents {
             keys: AtomicUsize::new(0),
             hasher: RandomState::new(),
             last_full_sweep: Mutex::new(None),
-            file: Mutex::new(None),
+            saved_to: Mutex::new(None),
             dirty: AtomicBool::new(false),
             failing: AtomicBool::new(false),
         }
@@ -152,10 +153,14 @@ impl Contents {
         Ok(contents)
     }
 
-    /// Write the live keys to the file, if there is one.
-    fn save(&self) -> std::io::Result<()> {
-        let file = self.file.lock().expect("kv file lock");
-        let Some(path) = file.as_ref() else { return Ok(()) };
+    /// Whether `path` lacks a change, or is not where the contents went.
+    fn needs_saving_to(&self, path: &Path) -> bool {
+        self.dirty.load(Ordering::Relaxed) || self.saved_to.lock().expect("kv file lock").as_deref() != Some(path)
+    }
+
+    /// Write the live keys to `path`.
+    fn save(&self, path: &Path) -> std::io::Result<()> {
+        let mut saved_to = self.saved_to.lock().expect("kv file lock");
         // Cleared first: a write made while this one runs marks it again.
         self.dirty.store(false, Ordering::Relaxed);
         let (now, wall) = (Instant::now(), SystemTime::now());
@@ -170,26 +175,27 @@ impl Contents {
         let bytes = serde_json::to_vec(&saved).expect("a store serializes");
         let written = crate::filters::store::write_atomic(path, &bytes)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())));
-        if written.is_err() {
-            self.dirty.store(true, Ordering::Relaxed);
+        match written {
+            Ok(()) => *saved_to = Some(path.to_path_buf()),
+            Err(_) => self.dirty.store(true, Ordering::Relaxed),
         }
         written
     }
 }
 
-/// The stores with a file, for the flusher and for shutdown.
-static PERSISTED: Mutex<Vec<Weak<Contents>>> = Mutex::new(Vec::new());
+/// The stores with a file, for the flusher and for shutdown, oldest first.
+/// A store's contents go to the file of the newest live store that holds
+/// them: the serving config's, once a reload has replaced the old one (a
+/// refused reload's stores are dropped at once).
+static PERSISTED: Mutex<Vec<Weak<KvStore>>> = Mutex::new(Vec::new());
 
-/// Keep `contents` in its file from now on: a thread writes every changed
+/// Keep `store` in its file from now on: a thread writes every changed
 /// store within [`FLUSH_EVERY`] (one thread for all of them, started by the
 /// first).
-fn persist(contents: &Arc<Contents>) {
+fn persist(store: &Arc<KvStore>) {
     let mut persisted = PERSISTED.lock().expect("kv registry lock");
     persisted.retain(|weak| weak.strong_count() > 0);
-    if persisted.iter().any(|weak| weak.as_ptr() == Arc::as_ptr(contents)) {
-        return;
-    }
-    persisted.push(Arc::downgrade(contents));
+    persisted.push(Arc::downgrade(store));
     static FLUSHER: std::sync::Once = std::sync::Once::new();
     FLUSHER.call_once(|| {
         let spawned = std::thread::Builder::new().name("cascade-kv".into()).spawn(|| {
@@ -204,20 +210,30 @@ fn persist(contents: &Arc<Contents>) {
     });
 }
 
-/// Write every store with a file whose contents changed since it was last
-/// written: every [`FLUSH_EVERY`], and at shutdown.
+/// Write every store with a file whose contents changed since they were
+/// last written there: every [`FLUSH_EVERY`], and at shutdown.
 pub fn flush_changed() {
-    let live: Vec<Arc<Contents>> =
+    let live: Vec<Arc<KvStore>> =
         PERSISTED.lock().expect("kv registry lock").iter().filter_map(Weak::upgrade).collect();
-    for contents in live.iter().filter(|c| c.dirty.load(Ordering::Relaxed)) {
-        match contents.save() {
+    let mut done: Vec<*const Contents> = Vec::new();
+    for store in live.iter().rev() {
+        let contents = &store.contents;
+        if done.contains(&Arc::as_ptr(contents)) {
+            continue;
+        }
+        done.push(Arc::as_ptr(contents));
+        let Some(path) = store.config.file.as_deref().filter(|path| contents.needs_saving_to(path)) else { continue };
+        match contents.save(path) {
             Ok(()) => {
                 if contents.failing.swap(false, Ordering::Relaxed) {
-                    log::info!("key-value store file written again");
+                    log::info!("key-value store {:?}: its file is written again", store.config.name);
                 }
             }
             Err(e) if !contents.failing.swap(true, Ordering::Relaxed) => {
-                log::error!("cannot write a key-value store's file (trying again every second): {e}")
+                log::error!(
+                    "key-value store {:?}: cannot write its file (trying again every second): {e}",
+                    store.config.name
+                )
             }
             Err(_) => {}
         }
@@ -265,7 +281,10 @@ impl KvStore {
     /// Write the contents to the store's file now, if it has one: an admin
     /// API write answers once it is on disk.
     pub fn save(&self) -> std::io::Result<()> {
-        self.contents.save()
+        match &self.config.file {
+            Some(path) => self.contents.save(path),
+            None => Ok(()),
+        }
     }
 
     /// The value of `key`, if set and not expired.
@@ -456,8 +475,8 @@ impl KvStores {
     /// its contents under its new bounds: a reload loses no key, and a
     /// store whose `max_keys` fell takes no new key until it is below it.
     /// A store new to the process starts from its file, if it has one (the
-    /// error names a file that is not a store's); a store whose file
-    /// changed is written to the new one.
+    /// error names a file that is not a store's); kept contents given a
+    /// (new) file are written there by the flusher.
     pub fn carried_over<'a>(
         configs: impl Iterator<Item = &'a KvStoreConfig>,
         previous: Option<&KvStores>,
@@ -467,20 +486,18 @@ impl KvStores {
             let kept = previous.and_then(|p| p.stores.get(&config.name));
             let contents = match (kept, &config.file) {
                 (Some(kept), _) => kept.contents.clone(),
-                (None, Some(path)) => Arc::new(Contents::read(path).map_err(|e| (config.at.clone(), e))?),
+                (None, Some(path)) => {
+                    let read = Contents::read(path).map_err(|e| (config.at.clone(), e))?;
+                    *read.saved_to.lock().expect("kv file lock") = Some(path.clone());
+                    Arc::new(read)
+                }
                 (None, None) => Arc::default(),
             };
-            let mut file = contents.file.lock().expect("kv file lock");
-            if *file != config.file {
-                // Kept contents go to their new file; read ones are there.
-                contents.dirty.store(kept.is_some() && config.file.is_some(), Ordering::Relaxed);
-                file.clone_from(&config.file);
-            }
-            drop(file);
+            let store = Arc::new(KvStore { config: config.clone(), contents });
             if config.file.is_some() {
-                persist(&contents);
+                persist(&store);
             }
-            stores.insert(config.name.clone(), Arc::new(KvStore { config: config.clone(), contents }));
+            stores.insert(config.name.clone(), store);
         }
         Ok(Self { stores })
     }
@@ -663,5 +680,23 @@ mod tests {
         flush_changed();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, r#"{"keys":{"n":{"value":"5","expires_unix_ms":null}}}"#);
+    }
+
+    #[test]
+    fn a_reload_that_gives_a_store_a_file_writes_its_contents_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let in_memory = KvStores::carried_over([config(10, true, None)].iter(), None).unwrap();
+        in_memory.store("s").unwrap().set("k", "1".into(), None).unwrap();
+        let first = KvStores::carried_over([config(10, true, Some(a.clone()))].iter(), Some(&in_memory)).unwrap();
+        drop(in_memory);
+        flush_changed();
+        assert!(std::fs::read_to_string(&a).unwrap().contains(r#""k":"#));
+        let second = KvStores::carried_over([config(10, true, Some(b.clone()))].iter(), Some(&first)).unwrap();
+        drop(first);
+        second.store("s").unwrap().set("k2", "2".into(), None).unwrap();
+        flush_changed();
+        let text = std::fs::read_to_string(&b).unwrap();
+        assert!(text.contains(r#""k":"#) && text.contains(r#""k2":"#), "{text}");
     }
 }
