@@ -454,8 +454,10 @@ pub mod rate_limit {
 }
 
 /// The mock host's key-value stores: no key expires (a test reads the TTL a
-/// write gave with [`kv::ttl`]), and writes from `check-config` are checked
-/// and not made, as in the host. Declare stores with [`kv::set_store`].
+/// write gave with [`kv::ttl`]), no store is ever full, values are bounded
+/// by the host's default `max_value_bytes` (4,096), and writes from
+/// `check-config` are checked and not made, as in the host. Declare stores
+/// with [`kv::set_store`].
 pub mod kv {
     use crate::KvError;
     use std::cell::RefCell;
@@ -500,14 +502,15 @@ pub mod kv {
         f: impl FnOnce(&mut Keys) -> Result<R, KvError>,
         key: &str,
     ) -> Result<R, KvError> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            return Err(KvError::InvalidKey(format!("{} bytes", key.len())));
-        }
+        // In the host's order: the store, whether it may be written, the key.
         STORES.with(|s| {
             let mut stores = s.borrow_mut();
             let (writable, keys) = stores.get_mut(store).ok_or_else(|| KvError::UnknownStore(store.to_string()))?;
             if write && !*writable {
                 return Err(KvError::ReadOnly(store.to_string()));
+            }
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(KvError::InvalidKey(format!("{} bytes", key.len())));
             }
             // Writes in check-config act on a copy that is then dropped.
             if write && super::rate_limit::checking_config() {
@@ -524,10 +527,10 @@ pub mod kv {
 
     /// Set `key` to `value`, with `ttl` if given.
     pub fn set(store: &str, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), KvError> {
-        if value.len() > MAX_VALUE_BYTES {
-            return Err(KvError::ValueTooLarge(MAX_VALUE_BYTES as u32));
-        }
         let insert = |keys: &mut Keys| {
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(KvError::ValueTooLarge(MAX_VALUE_BYTES as u32));
+            }
             keys.insert(key.to_string(), (value.to_string(), ttl));
             Ok(())
         };

@@ -97,11 +97,16 @@ impl Filter for Auth {
         if let Err(VerifyError::UnknownKeyset(k)) = jwt::verify("", &self.0.keyset) {
             return Err(format!("keyset {k:?} is not configured in [jwt.keysets]"));
         }
-        match self.0.revocation_store.as_deref().map(|store| kv::get(store, "-")) {
-            Some(Err(KvError::UnknownStore(s))) => {
-                Err(format!("revocation_store {s:?} is not configured in [kv_stores]"))
-            }
-            _ => Ok(()),
+        let Some(store) = self.0.revocation_store.as_deref() else { return Ok(()) };
+        // A write from check-config is checked and not made: `Ok` means any
+        // filter of any route could take a token off the list.
+        match kv::set(store, "-", "", None) {
+            Err(KvError::UnknownStore(s)) => Err(format!("revocation_store {s:?} is not configured in [kv_stores]")),
+            Err(KvError::ReadOnly(_)) => Ok(()),
+            _ => Err(format!(
+                "revocation_store {store:?} must be read-only to filters (filters_may_write = false in \
+                 [kv_stores.{store}]): any filter could take a token off it"
+            )),
         }
     }
 
@@ -393,6 +398,8 @@ mod tests {
         let config = r#"{"keyset": "demo", "revocation_store": "revoked", "revoked_claims": ["jti", "sub"]}"#;
         set_keyset("demo");
         assert!(check_config::<Auth>(config).unwrap_err().contains("\"revoked\" is not configured in [kv_stores]"));
+        kv::set_store("revoked", true);
+        assert!(check_config::<Auth>(config).unwrap_err().contains("must be read-only to filters"));
         kv::set_store("revoked", false);
         check_config::<Auth>(config).unwrap();
         set_token("demo", "t1", Ok(r#"{"sub": "alice", "jti": "one"}"#));

@@ -305,6 +305,11 @@ fn kv_store(
 ) -> Result<KvStoreConfig, ConfigError> {
     let s = section.get_ref();
     let key = format!("kv_stores.{name}");
+    // The admin API names a store in a path segment: `/kv/{store}/{key}`.
+    if !crate::filters::module::valid_name(name) {
+        let message = format!("store name {name:?} is not valid: use letters, digits, '-' and '_' (at most 64)");
+        return Err(src.invalid(section, &key, message));
+    }
     if s.max_keys == 0 || s.max_value_bytes == 0 {
         return Err(src.invalid(section, &key, "max_keys and max_value_bytes must be at least 1".into()));
     }
@@ -1002,6 +1007,12 @@ servers = ["127.0.0.1:9000"]
                 "\n[rate_limits.huge]\nrate = 1\nper = \"hour\"\nburst = 6000000\n",
                 "key `rate_limits.huge`: a burst of 6000000 takes 250000 days to refill at this rate; at most 366",
             ),
+            (
+                "\n[kv_stores.\"deny list\"]\n",
+                "key `kv_stores.deny list`: store name \"deny list\" is not valid: use letters, digits",
+            ),
+            ("\n[kv_stores.flags]\nmax_keys = 0\n", "key `kv_stores.flags`: max_keys and max_value_bytes must be"),
+            ("\n[kv_stores.blobs]\nmax_value_bytes = 2000000\n", "max_value_bytes 2000000 is more than 1048576"),
         ] {
             let main = write(dir.path(), "cascade.toml", &format!("{MAIN}{extra}"));
             let err = load(&main).unwrap_err().to_string();

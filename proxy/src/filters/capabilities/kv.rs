@@ -341,16 +341,23 @@ impl KvStore {
     /// `ttl`); the sum.
     pub fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         check_key(key)?;
+        // Worked out before the shard's lock is taken, as everything that
+        // does not need it.
+        let expires_if_new = ttl.map(|ttl| expiry(Instant::now(), ttl));
         let mut sum = 0;
         self.upsert(key, |current| {
             let (start, expires) = match current {
                 Some(entry) => (parse_count(key, &entry.value)?, entry.expires),
-                None => (0, ttl.map(|ttl| expiry(Instant::now(), ttl))),
+                None => (0, expires_if_new),
             };
             sum = start.checked_add(delta).ok_or_else(|| {
                 KvError::NotANumber(format!("{start} + {delta} at key {key:?} is past a signed 64-bit number"))
             })?;
-            Ok(Entry { value: sum.to_string(), expires })
+            let value = sum.to_string();
+            if value.len() > self.config.max_value_bytes {
+                return Err(KvError::ValueTooLarge(self.config.max_value_bytes));
+            }
+            Ok(Entry { value, expires })
         })?;
         Ok(sum)
     }
@@ -379,7 +386,13 @@ impl KvStore {
                 self.changed();
                 return Ok(());
             }
-            if self.take_slot() {
+            // Full: this shard's expired keys go first (its lock is held);
+            // another thread may still take the room they leave.
+            let mut has_slot = self.take_slot();
+            if !has_slot && self.drop_expired(&mut shard, now) > 0 {
+                has_slot = self.take_slot();
+            }
+            if has_slot {
                 let entry = (next.take().expect("one write"))(None);
                 return match entry {
                     Ok(entry) => {
@@ -418,12 +431,18 @@ impl KvStore {
             *last = Some(now);
         }
         for shard in &self.contents.shards {
-            let mut shard = shard.lock().expect("kv shard lock");
-            let before = shard.len();
-            shard.retain(|_, entry| entry.live(now));
-            self.contents.keys.fetch_sub(before - shard.len(), Ordering::Relaxed);
+            self.drop_expired(&mut shard.lock().expect("kv shard lock"), now);
         }
         true
+    }
+
+    /// Drop `shard`'s expired keys; how many there were.
+    fn drop_expired(&self, shard: &mut HashMap<String, Entry>, now: Instant) -> usize {
+        let before = shard.len();
+        shard.retain(|_, entry| entry.live(now));
+        let dropped = before - shard.len();
+        self.contents.keys.fetch_sub(dropped, Ordering::Relaxed);
+        dropped
     }
 
     /// The live keys starting with `prefix`, in order, at most `limit` of
@@ -608,9 +627,12 @@ mod tests {
         assert_eq!(s.get("n"), Ok(Some("1".into())), "a peek writes nothing");
         s.set("word", "x".into(), None).unwrap();
         assert!(matches!(s.increment("word", 1, None), Err(KvError::NotANumber(_))));
-        s.increment("max", i64::MAX, None).unwrap();
-        assert!(matches!(s.increment("max", 1, None), Err(KvError::NotANumber(_))));
-        assert_eq!(s.get("max"), Ok(Some(i64::MAX.to_string())), "a refused increment changes nothing");
+        assert_eq!(s.increment("long", 123_456_789, None), Err(KvError::ValueTooLarge(8)), "a sum is a value too");
+        assert_eq!(s.get("long"), Ok(None));
+        let wide = KvStore::new(KvStoreConfig { max_value_bytes: 32, ..config(10, true, None) });
+        wide.increment("max", i64::MAX, None).unwrap();
+        assert!(matches!(wide.increment("max", 1, None), Err(KvError::NotANumber(_))));
+        assert_eq!(wide.get("max"), Ok(Some(i64::MAX.to_string())), "a refused increment changes nothing");
     }
 
     #[test]
