@@ -79,7 +79,9 @@ pub enum KvError {
     InvalidKey(String),
     /// The value is longer than the store's `max_value_bytes`, given.
     ValueTooLarge(u32),
-    /// The store holds `max_keys` live keys: the new key was not added.
+    /// The store holds `max_keys` keys (expired ones dropped first, but for
+    /// those that expired within the last second): the new key was not
+    /// added.
     StoreFull(String),
     /// `increment` on a value that is not a whole number, or past `i64`.
     NotANumber(String),

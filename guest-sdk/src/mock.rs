@@ -496,11 +496,13 @@ pub mod kv {
         })
     }
 
+    /// Run `f` on `store`'s keys for an operation on `key` (a write when
+    /// `write`), after the host's checks.
     fn with_store<R>(
         store: &str,
+        key: &str,
         write: bool,
         f: impl FnOnce(&mut Keys) -> Result<R, KvError>,
-        key: &str,
     ) -> Result<R, KvError> {
         // In the host's order: the store, whether it may be written, the key.
         STORES.with(|s| {
@@ -522,7 +524,7 @@ pub mod kv {
 
     /// The value of `key` in `store`, if set.
     pub fn get(store: &str, key: &str) -> Result<Option<String>, KvError> {
-        with_store(store, false, |keys| Ok(keys.get(key).map(|(value, _)| value.clone())), key)
+        with_store(store, key, false, |keys| Ok(keys.get(key).map(|(value, _)| value.clone())))
     }
 
     /// Set `key` to `value`, with `ttl` if given.
@@ -534,31 +536,26 @@ pub mod kv {
             keys.insert(key.to_string(), (value.to_string(), ttl));
             Ok(())
         };
-        with_store(store, true, insert, key)
+        with_store(store, key, true, insert)
     }
 
     /// Remove `key`; whether it was set.
     pub fn delete(store: &str, key: &str) -> Result<bool, KvError> {
-        with_store(store, true, |keys| Ok(keys.remove(key).is_some()), key)
+        with_store(store, key, true, |keys| Ok(keys.remove(key).is_some()))
     }
 
     /// Add `delta` to the number at `key`; the sum.
     pub fn increment(store: &str, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        with_store(
-            store,
-            true,
-            |keys| {
-                let not_a_number = || KvError::NotANumber(format!("the value at key {key:?} is not a whole number"));
-                let (start, kept) = match keys.get(key) {
-                    Some((value, kept)) => (value.parse::<i64>().map_err(|_| not_a_number())?, *kept),
-                    None => (0, ttl),
-                };
-                let sum = start.checked_add(delta).ok_or_else(not_a_number)?;
-                keys.insert(key.to_string(), (sum.to_string(), kept));
-                Ok(sum)
-            },
-            key,
-        )
+        with_store(store, key, true, |keys| {
+            let not_a_number = || KvError::NotANumber(format!("the value at key {key:?} is not a whole number"));
+            let (start, kept) = match keys.get(key) {
+                Some((value, kept)) => (value.parse::<i64>().map_err(|_| not_a_number())?, *kept),
+                None => (0, ttl),
+            };
+            let sum = start.checked_add(delta).ok_or_else(not_a_number)?;
+            keys.insert(key.to_string(), (sum.to_string(), kept));
+            Ok(sum)
+        })
     }
 }
 

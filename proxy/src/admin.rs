@@ -29,6 +29,7 @@ use crate::control::ControlPlane;
 use crate::filters::capabilities::jwt::read_secret;
 use crate::filters::capabilities::kv::KvError;
 use crate::filters::module::valid_name;
+use crate::route::normalize::percent_decode;
 
 /// The admin API service. Its token is the control plane's
 /// (`ControlPlane::admin_token`), which a config reload reads again.
@@ -253,6 +254,7 @@ fn kv(control: &ControlPlane, method: &str, path: &[&str], query: &str, body: Ve
         Err(e) => return error(404, e.to_string()),
     };
     let kv_error = |e: KvError| error(400, format!("key-value store {store_name:?}: {e}"));
+    let no_key = |key: &str| error(404, format!("key-value store {store_name:?} has no key {key:?}"));
     // The change is made and serves; the flusher tries the file again.
     let not_saved = |e: std::io::Error| error(500, format!("changed in memory, but not saved: {e}"));
     match (method, key) {
@@ -272,7 +274,7 @@ fn kv(control: &ControlPlane, method: &str, path: &[&str], query: &str, body: Ve
         }
         ("GET", Some(key)) => match store.entry(&key) {
             Ok(Some((value, ttl))) => reply(200, json!({ "key": key, "value": value, "ttl_ms": ttl_ms(ttl) })),
-            Ok(None) => error(404, format!("key-value store {store_name:?} has no key {key:?}")),
+            Ok(None) => no_key(&key),
             Err(e) => kv_error(e),
         },
         ("PUT", Some(key)) => {
@@ -296,7 +298,7 @@ fn kv(control: &ControlPlane, method: &str, path: &[&str], query: &str, body: Ve
                 Ok(()) => reply(200, json!({ "store": store_name, "deleted": key })),
                 Err(e) => not_saved(e),
             },
-            Ok(false) => error(404, format!("key-value store {store_name:?} has no key {key:?}")),
+            Ok(false) => no_key(&key),
             Err(e) => kv_error(e),
         },
         (method, _) => error(405, format!("{method} is not allowed here: GET a store, GET, PUT or DELETE a key")),
@@ -310,24 +312,6 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(n, _)| *n == name)
         .and_then(|(_, v)| percent_decode(v))
-}
-
-/// `text` with its `%XX` escapes decoded, if that is UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `POST /cache/purge`: `{"url": "host/path?query"}` for one URL (every
@@ -354,11 +338,13 @@ impl ServeHttp for AdminApi {
 mod tests {
     #[test]
     fn percent_decoding() {
-        assert_eq!(super::percent_decode("jti%3Aabc%2F1"), Some("jti:abc/1".into()));
-        assert_eq!(super::percent_decode("%C3%A9"), Some("é".into()));
-        assert_eq!(super::percent_decode("%zz"), None);
-        assert_eq!(super::percent_decode("%4"), None);
-        assert_eq!(super::percent_decode("%FF"), None, "not UTF-8");
+        use crate::route::normalize::percent_decode;
+        assert_eq!(percent_decode("jti%3Aabc%2F1"), Some("jti:abc/1".into()));
+        assert_eq!(percent_decode("%C3%A9"), Some("é".into()));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%+F"), None, "two hex digits, no sign");
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
         assert_eq!(super::query_param("a=1&ttl_secs=30", "ttl_secs"), Some("30".into()));
         assert_eq!(super::query_param("prefix=sub%3A", "prefix"), Some("sub:".into()));
         assert_eq!(super::query_param("", "limit"), None);

@@ -102,7 +102,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// `error`, saying which file it is about.
-fn in_file(path: &Path, error: io::Error) -> io::Error {
+pub(crate) fn in_file(path: &Path, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 

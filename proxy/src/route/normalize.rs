@@ -117,6 +117,31 @@ pub fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~".contains(&b)
 }
 
+/// The byte that the escape `%XX` at `bytes[at]` stands for, if `XX` are
+/// two hex digits.
+fn escaped_byte(bytes: &[u8], at: usize) -> Option<u8> {
+    let hex = bytes.get(at + 1..at + 3).filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))?;
+    u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// `text` with every `%XX` escape decoded, if it has no malformed one and
+/// the result is UTF-8 (an admin API path segment or query value).
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            out.push(escaped_byte(bytes, i)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn decode_unreserved(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
@@ -129,9 +154,7 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
             i += ch.len_utf8();
             continue;
         }
-        let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
-        let value =
-            std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(PathError::BadEscape)?;
+        let value = escaped_byte(bytes, i).ok_or(PathError::BadEscape)?;
         if matches!(value, b'/' | b'\\' | 0) {
             return Err(PathError::AmbiguousSeparator);
         }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{KvStoreConfig, Location};
+use crate::filters::store;
 
 /// The longest key: a token id, a user or an address is far shorter.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -173,8 +174,7 @@ impl Contents {
             }
         }
         let bytes = serde_json::to_vec(&saved).expect("a store serializes");
-        let written = crate::filters::store::write_atomic(path, &bytes)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+        let written = store::write_atomic(path, &bytes).map_err(|e| store::in_file(path, e));
         match written {
             Ok(()) => *saved_to = Some(path.to_path_buf()),
             Err(_) => self.dirty.store(true, Ordering::Relaxed),
@@ -265,6 +265,7 @@ fn check_key(key: &str) -> Result<(), KvError> {
 }
 
 impl KvStore {
+    #[cfg(test)]
     pub fn new(config: KvStoreConfig) -> Self {
         Self { config, contents: Arc::default() }
     }
@@ -302,8 +303,7 @@ impl KvStore {
                 Ok(Some((entry.value.clone(), entry.expires.map(|at| at.saturating_duration_since(now)))))
             }
             Some(_) => {
-                shard.remove(key);
-                self.contents.keys.fetch_sub(1, Ordering::Relaxed);
+                self.remove(&mut shard, key);
                 Ok(None)
             }
             None => Ok(None),
@@ -329,12 +329,20 @@ impl KvStore {
     /// Remove `key`; whether it was set (and live).
     pub fn delete(&self, key: &str) -> Result<bool, KvError> {
         check_key(key)?;
-        let removed = self.shard(key).remove(key);
+        let removed = self.remove(&mut self.shard(key), key);
         if removed.is_some() {
-            self.contents.keys.fetch_sub(1, Ordering::Relaxed);
             self.changed();
         }
         Ok(removed.is_some_and(|entry| entry.live(Instant::now())))
+    }
+
+    /// Take `key` out of `shard`, and out of the count.
+    fn remove(&self, shard: &mut HashMap<String, Entry>, key: &str) -> Option<Entry> {
+        let removed = shard.remove(key);
+        if removed.is_some() {
+            self.contents.keys.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Add `delta` to the number at `key` (0 when not set, which then takes
@@ -346,29 +354,30 @@ impl KvStore {
         let expires_if_new = ttl.map(|ttl| expiry(Instant::now(), ttl));
         let mut sum = 0;
         self.upsert(key, |current| {
-            let (start, expires) = match current {
-                Some(entry) => (parse_count(key, &entry.value)?, entry.expires),
-                None => (0, expires_if_new),
-            };
-            sum = start.checked_add(delta).ok_or_else(|| {
-                KvError::NotANumber(format!("{start} + {delta} at key {key:?} is past a signed 64-bit number"))
-            })?;
-            let value = sum.to_string();
-            if value.len() > self.config.max_value_bytes {
-                return Err(KvError::ValueTooLarge(self.config.max_value_bytes));
-            }
-            Ok(Entry { value, expires })
+            let value;
+            (sum, value) = self.sum(key, current.map(|entry| entry.value.as_str()), delta)?;
+            Ok(Entry { value, expires: current.map_or(expires_if_new, |entry| entry.expires) })
         })?;
         Ok(sum)
     }
 
     /// What `increment` would return, without writing.
     pub fn peek_increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        let start = match self.get(key)? {
-            Some(value) => parse_count(key, &value)?,
-            None => 0,
-        };
-        start.checked_add(delta).ok_or_else(|| KvError::NotANumber(format!("{start} + {delta} overflows")))
+        Ok(self.sum(key, self.get(key)?.as_deref(), delta)?.0)
+    }
+
+    /// `delta` added to the number `current` holds (0 when not set), and
+    /// the sum as the value to store, within `max_value_bytes`.
+    fn sum(&self, key: &str, current: Option<&str>, delta: i64) -> Result<(i64, String), KvError> {
+        let start = current.map_or(Ok(0), |value| parse_count(key, value))?;
+        let sum = start.checked_add(delta).ok_or_else(|| {
+            KvError::NotANumber(format!("{start} + {delta} at key {key:?} is past a signed 64-bit number"))
+        })?;
+        let value = sum.to_string();
+        if value.len() > self.config.max_value_bytes {
+            return Err(KvError::ValueTooLarge(self.config.max_value_bytes));
+        }
+        Ok((sum, value))
     }
 
     /// Replace the live entry of `key` (or its absence) with what `next`
