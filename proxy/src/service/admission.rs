@@ -51,7 +51,7 @@ pub fn check(header: &RequestHeader, server: &ServerConfig) -> Result<(), ErrorR
 /// adds its member to (joining all lines into one), so passing over such
 /// lines let one `é` hide a loop until the headers outgrew their limit.
 fn loop_seen(header: &RequestHeader, node: &str) -> Option<String> {
-    let seen = header.headers.get_all("cdn-loop").iter().find(|value| {
+    let seen = header.headers.get_all(super::headers::CDN_LOOP).iter().find(|value| {
         value.as_bytes().split(|&b| b == b',').any(|member| {
             let id = member.split(|&b| b == b';').next().unwrap_or_default();
             id.trim_ascii().eq_ignore_ascii_case(node.as_bytes())

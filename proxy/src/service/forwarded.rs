@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use pingora::proxy::Session;
 
-use super::headers::joined_lines;
+use super::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, joined_lines};
 use crate::config::IpNet;
 
 /// The socket's peer, when it is an IP address; an IPv4 client of a
@@ -59,11 +59,7 @@ pub(super) fn forwarded_proto(session: &Session, from_trusted_proxy: bool) -> &'
         return "https";
     }
     let said_https = || {
-        session
-            .req_header()
-            .headers
-            .get("x-forwarded-proto")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+        session.req_header().headers.get(X_FORWARDED_PROTO).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
     };
     if from_trusted_proxy && said_https() { "https" } else { "http" }
 }
@@ -77,7 +73,7 @@ pub(super) fn client_ip(session: &Session, trusted: &[IpNet]) -> Option<IpAddr> 
     if !is_trusted(peer, trusted) {
         return Some(peer);
     }
-    let Some(forwarded) = joined_lines(&session.req_header().headers, "x-forwarded-for") else { return Some(peer) };
+    let Some(forwarded) = joined_lines(&session.req_header().headers, &X_FORWARDED_FOR) else { return Some(peer) };
     Some(rightmost_untrusted(&forwarded, trusted).unwrap_or(peer))
 }
 

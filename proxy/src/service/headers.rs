@@ -3,8 +3,16 @@
 
 use std::borrow::Cow;
 
-use http::HeaderValue;
+use http::header::AsHeaderName;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Names the request path looks up on every request, parsed once: a lookup
+/// by `&str` parses and validates the name first.
+pub(crate) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What the session holds while a filter has its request head: built from
 /// `http`'s defaults, which allocate and parse nothing (`build_no_case` did
@@ -40,12 +48,12 @@ pub(super) fn ip_text(ip: std::net::IpAddr) -> String {
 
 /// Every line of header `name`, joined by ", " in order, as one value (RFC
 /// 9110, 5.3); `None` if the message has none. One line is not copied.
-pub(crate) fn joined_lines<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<Cow<'h, [u8]>> {
+pub(crate) fn joined_lines(headers: &http::HeaderMap, name: impl AsHeaderName) -> Option<Cow<'_, [u8]>> {
     joined_by(headers, name, b", ")
 }
 
 /// Every line of header `name`, joined by `separator`; one is not copied.
-fn joined_by<'h>(headers: &'h http::HeaderMap, name: &str, separator: &[u8]) -> Option<Cow<'h, [u8]>> {
+fn joined_by<'h>(headers: &'h http::HeaderMap, name: impl AsHeaderName, separator: &[u8]) -> Option<Cow<'h, [u8]>> {
     let mut lines = headers.get_all(name).iter();
     let mut joined = Cow::Borrowed(lines.next()?.as_bytes());
     for line in lines {
@@ -71,24 +79,31 @@ pub(super) fn remove_hop_by_hop(response: &mut ResponseHeader) {
     }
     let keeps_upgrade = response.status == http::StatusCode::UPGRADE_REQUIRED;
     let headers = &response.headers;
-    let listed = |name: &str| {
-        headers.get_all(http::header::CONNECTION).iter().any(|value| {
-            value.as_bytes().split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    let connection_tokens = || {
+        headers.get_all(http::header::CONNECTION).into_iter().flat_map(|value| {
+            value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|token| !token.is_empty())
         })
     };
+    // Usually `Connection` says only `keep-alive` or `close`, and then no
+    // other name needs to be looked for in it.
+    let names_others = connection_tokens().any(|token| {
+        !token.eq_ignore_ascii_case(b"close") && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
+    });
+    let listed = |name: &str| connection_tokens().any(|token| token.eq_ignore_ascii_case(name.as_bytes()));
+    let goes = |name: &HeaderName| {
+        let name = name.as_str();
+        // `Connection` is Pingora's to write.
+        name != "connection"
+            && !FRAMING.contains(&name)
+            && !(keeps_upgrade && name == "upgrade")
+            && (HOP_BY_HOP.contains(&name) || names_others && listed(name))
+    };
     // One pass over the names the response has; nothing is allocated
-    // unless one goes (`Connection` is Pingora's to write).
-    let hop_by_hop: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name != "connection"
-                && !FRAMING.contains(&name)
-                && !(keeps_upgrade && name == "upgrade")
-                && (HOP_BY_HOP.contains(&name) || listed(name))
-        })
-        .cloned()
-        .collect();
+    // unless one goes.
+    if !headers.keys().any(goes) {
+        return;
+    }
+    let hop_by_hop: Vec<HeaderName> = headers.keys().filter(|name| goes(name)).cloned().collect();
     for name in hop_by_hop {
         response.remove_header(&name);
     }
@@ -111,7 +126,7 @@ pub(super) fn joined_cookies(headers: &http::HeaderMap) -> Option<HeaderValue> {
     let mut lines = headers.get_all(http::header::COOKIE).iter();
     lines.next()?;
     lines.next()?;
-    let joined = joined_by(headers, "cookie", b"; ")?;
+    let joined = joined_by(headers, http::header::COOKIE, b"; ")?;
     // Lines that were values each are one joined by "; ".
     Some(HeaderValue::from_bytes(&joined).expect("joined header values are a header value"))
 }
@@ -121,7 +136,7 @@ pub(super) fn joined_cookies(headers: &http::HeaderMap) -> Option<HeaderValue> {
 /// caller replaces them all: a `CDN-Loop` line dropped here would hide a
 /// loop from the CDN that wrote it). Usually the header is absent and
 /// `member` is the value as it is: no copy.
-pub(super) fn with_member(headers: &http::HeaderMap, name: &str, member: HeaderValue) -> HeaderValue {
+pub(super) fn with_member(headers: &http::HeaderMap, name: impl AsHeaderName, member: HeaderValue) -> HeaderValue {
     match joined_lines(headers, name) {
         None => member,
         Some(earlier) => {
@@ -152,10 +167,39 @@ mod tests {
     fn with_member_keeps_every_line_of_the_list() {
         let mut headers = http::HeaderMap::new();
         let member = http::HeaderValue::from_static("edge");
-        assert_eq!(super::with_member(&headers, "cdn-loop", member.clone()), "edge");
+        assert_eq!(super::with_member(&headers, &CDN_LOOP, member.clone()), "edge");
         headers.append("cdn-loop", http::HeaderValue::from_static("cdn-a"));
         headers.append("cdn-loop", http::HeaderValue::from_static("cdn-b; x=1"));
-        assert_eq!(super::with_member(&headers, "cdn-loop", member), "cdn-a, cdn-b; x=1, edge");
+        assert_eq!(super::with_member(&headers, &CDN_LOOP, member), "cdn-a, cdn-b; x=1, edge");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_and_those_connection_names_with_them() {
+        let response = |status: u16, headers: &[(&str, &str)]| {
+            let mut response = ResponseHeader::build(status, None).unwrap();
+            for (name, value) in headers {
+                response.append_header(name.to_string(), *value).unwrap();
+            }
+            remove_hop_by_hop(&mut response);
+            let mut left: Vec<String> = response.headers.keys().map(|n| n.to_string()).collect();
+            left.dedup();
+            left
+        };
+        let common =
+            [("content-length", "5"), ("keep-alive", "timeout=5"), ("te", "trailers"), ("x-backend", "10.0.0.5")];
+        // `Connection` naming nothing else: only the fixed hop-by-hop fields go.
+        let mut headers = vec![("connection", "keep-alive")];
+        headers.extend(common);
+        assert_eq!(response(200, &headers), ["connection", "content-length", "x-backend"]);
+        // What it names goes too, in any case and on any of its lines, but
+        // never the framing.
+        let mut headers = vec![("connection", "close"), ("connection", " X-Backend ,content-length")];
+        headers.extend(common);
+        assert_eq!(response(200, &headers), ["connection", "content-length"]);
+        // A 426 keeps the `Upgrade` it must carry; a 101 is left whole.
+        let upgrade = [("upgrade", "websocket"), ("trailer", "x")];
+        assert_eq!(response(426, &upgrade), ["upgrade"]);
+        assert_eq!(response(101, &upgrade), ["upgrade", "trailer"]);
     }
 
     #[test]

@@ -44,7 +44,10 @@ use crate::metrics::Metrics;
 use crate::route::{Route, normalize};
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;
-use headers::{empty_request, empty_response, ip_text, joined_cookies, remove_hop_by_hop, with_member};
+use headers::{
+    CACHE_STATUS, CDN_LOOP, X_FORWARDED_FOR, empty_request, empty_response, ip_text, joined_cookies, remove_hop_by_hop,
+    with_member,
+};
 use reply::ErrorReply;
 pub use request_id::RequestIds;
 
@@ -599,14 +602,14 @@ impl ProxyHttp for CascadeProxy {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.id_header.clone())?;
         if let Some(snapshot) = &ctx.snapshot {
             let server = &snapshot.config.server;
-            let cdn_loop = with_member(&upstream_request.headers, "cdn-loop", server.cdn_loop.clone());
+            let cdn_loop = with_member(&upstream_request.headers, &CDN_LOOP, server.cdn_loop.clone());
             upstream_request.insert_header("cdn-loop", cdn_loop)?;
-            let via = with_member(&upstream_request.headers, "via", server.via.clone());
+            let via = with_member(&upstream_request.headers, http::header::VIA, server.via.clone());
             upstream_request.insert_header("via", via)?;
         }
         if let Some(ip) = forwarded::peer_ip(session) {
             let ip = HeaderValue::try_from(ip_text(ip)).expect("an IP address is a valid header value");
-            let forwarded = with_member(&upstream_request.headers, "x-forwarded-for", ip);
+            let forwarded = with_member(&upstream_request.headers, &X_FORWARDED_FOR, ip);
             upstream_request.insert_header("x-forwarded-for", forwarded)?;
         }
         // HTTP/2 clients send each cookie on a line of its own (so may a
@@ -652,11 +655,11 @@ impl ProxyHttp for CascadeProxy {
             && upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS;
         if let Some(snapshot) = &ctx.snapshot {
             let server = &snapshot.config.server;
-            let via = with_member(&upstream_response.headers, "via", server.via.clone());
+            let via = with_member(&upstream_response.headers, http::header::VIA, server.via.clone());
             upstream_response.insert_header("via", via)?;
             if !interim {
                 let member = cache::status_member(server, &session.cache, upstream_response);
-                let cache_status = with_member(&upstream_response.headers, "cache-status", member);
+                let cache_status = with_member(&upstream_response.headers, &CACHE_STATUS, member);
                 upstream_response.insert_header("cache-status", cache_status)?;
             }
         }
