@@ -20,7 +20,9 @@
 #         fixed duration, at (a) nginx as a reverse proxy, and Cascade with
 #         (b) no filters, (c) one no-op filter and (d) the demo chain, (c)
 #         and (d) each with a fresh instance per request and with instances
-#         reused (`reuse_instances`; the shipped demo route reuses). All of
+#         reused (`reuse_instances`; the shipped demo route reuses); for
+#         reference, Pingora alone (bare) and nginx adding the headers
+#         Cascade adds (nginx-edge). All of
 #         them sit in front of the same nginx origin serving a small static
 #         body, and proxy and nginx get the same number of workers. The proxy's
 #         CPU time comes from /proc, so the load generator does not skew it,
@@ -289,6 +291,20 @@ nginx_proxy_conf() { # as start_nginx_proxy, without starting it
         location / { $5 proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 }
 
+# What Cascade does to every request without filters, as nginx directives,
+# for a reference row of nginx doing the same work: the request id both
+# ways, CDN-Loop and Via appended to, X-Forwarded-For and -Proto upstream;
+# Via and Cache-Status to the client (nginx's upstream read timeout is on by
+# default, as Cascade's is). A row with them says how much of the gap to
+# nginx is this work and how much the framework.
+EDGE_HTTP_DIRECTIVES='
+    map $http_cdn_loop $edge_cdn_loop { "" "bench"; default "$http_cdn_loop, bench"; }
+    map $http_via $edge_via { "" "1.1 bench"; default "$http_via, 1.1 bench"; }'
+EDGE_LOCATION_DIRECTIVES='proxy_set_header X-Request-Id $request_id; proxy_set_header CDN-Loop $edge_cdn_loop;
+        proxy_set_header Via $edge_via; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme; add_header Via "1.1 bench" always;
+        add_header Cache-Status "bench; fwd=bypass" always; add_header X-Request-Id $request_id always;'
+
 # Cascade's config for the load rows (b) to (d): one process, one route per
 # row, in front of the origin, with EXTRA appended to cascade.toml.
 #   cascade_bench_config DIR PORT ORIGIN_PORT [EXTRA]
@@ -372,7 +388,8 @@ PY
 }
 
 # What each load row is, for the reports.
-declare -A row_names=([nginx]="(a) nginx proxy_pass" [bare]="Pingora alone (examples/bare_pingora.rs), for reference"
+declare -A row_names=([nginx]="(a) nginx proxy_pass"
+    [nginx-edge]="nginx proxy_pass adding the headers Cascade adds, for reference" [bare]="Pingora alone (examples/bare_pingora.rs), for reference"
     [none]="(b) Cascade, no filters"
     [none-cache-on]="(b) Cascade, no filters, edge cache on (uncacheable response)"
     [noop]="(c) Cascade, one no-op filter, fresh instance per request"
@@ -394,6 +411,11 @@ run_load() {
     # (a) nginx as a reverse proxy with keepalive to the origin.
     start_nginx_proxy "$work/proxy" "$nginx_port" "$origin_port" "" ""
     local nginx_master=$started
+    # nginx doing Cascade's work on every request, for reference.
+    local edge_port
+    edge_port=$(free_port)
+    start_nginx_proxy "$work/edge" "$edge_port" "$origin_port" "$EDGE_HTTP_DIRECTIVES" "$EDGE_LOCATION_DIRECTIVES"
+    local edge_master=$started
 
     # (b), (c), (d): one Cascade process, one route per row.
     cascade_bench_config "$work/cascade" "$cascade_port" "$origin_port"
@@ -409,8 +431,10 @@ run_load() {
 
     wait_port "$origin_port"
     wait_port "$nginx_port"
+    wait_port "$edge_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    local edge_pids=("$edge_master" $(pgrep -P "$edge_master"))
     pin "$LOAD_CPUS" "$origin_master" $(pgrep -P "$origin_master")
     # Every row gets the same request, with the token the demo chain's auth needs.
     local token
@@ -424,13 +448,15 @@ run_load() {
     fi
 
     local -A rps p50 p99 cpu cpu_rounds kcpu kcpu_rounds url pids_of
-    local rows=(${ROWS:-nginx bare none none-cache-on noop noop-reused chain chain-fresh}) row
+    local rows=(${ROWS:-nginx nginx-edge bare none none-cache-on noop noop-reused chain chain-fresh}) row
     for row in "${rows[@]}"; do
         url[$row]="http://127.0.0.1:$cascade_port/$row"
         pids_of[$row]=$cascade_pid
     done
     url[nginx]="http://127.0.0.1:$nginx_port/"
     pids_of[nginx]="${nginx_pids[*]}"
+    url[nginx-edge]="http://127.0.0.1:$edge_port/"
+    pids_of[nginx-edge]="${edge_pids[*]}"
     url[bare]="http://127.0.0.1:$bare_port/"
     pids_of[bare]=$bare_pid
     measure_rows load "${auth[@]}" "${pace[@]}"
@@ -580,8 +606,10 @@ run_cache() {
     local cascade_pid=$started
     wait_port "$origin_port"
     wait_port "$nginx_port"
+    wait_port "$edge_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
+    local edge_pids=("$edge_master" $(pgrep -P "$edge_master"))
     pin "$LOAD_CPUS" "$origin_master" $(pgrep -P "$origin_master")
     # Both must answer from the cache, or the comparison means nothing.
     curl -s -o /dev/null "http://127.0.0.1:$nginx_port/"
