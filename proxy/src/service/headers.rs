@@ -100,9 +100,6 @@ pub(super) fn remove_hop_by_hop(response: &mut ResponseHeader) {
     };
     // One pass over the names the response has; nothing is allocated
     // unless one goes.
-    if !headers.keys().any(goes) {
-        return;
-    }
     let hop_by_hop: Vec<HeaderName> = headers.keys().filter(|name| goes(name)).cloned().collect();
     for name in hop_by_hop {
         response.remove_header(&name);
