@@ -220,7 +220,9 @@ fn a_filter_built_against_an_earlier_contract_still_runs() {
 #[test]
 fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let mut routes = misbehave_route("alloc", "/", "fail-closed", r#"{ on_request = "alloc" }"#);
-    routes.push_str("memory_mb = 8\n");
+    // Room past the default 50 ms deadline: it counts wall-clock ticks, and
+    // growing to the cap on a busy machine can take longer than that.
+    routes.push_str("memory_mb = 8\ntimeout_ms = 5000\n");
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let reply = proxy.get("/", &[]);
     assert_eq!(reply.status, 500, "{reply:?}");

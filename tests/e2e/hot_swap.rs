@@ -686,10 +686,12 @@ fn python_filter() -> Vec<u8> {
 #[test]
 fn a_filter_written_in_python_is_uploaded_and_serves() {
     let python = python_filter();
+    // A deadline with room: it counts wall-clock ticks, and an interpreter
+    // on a busy machine can pass the default 50 ms.
     let routes = |config: &str| {
         format!(
             "{ROUTES}\n[[route]]\nname = \"bots\"\npath_prefix = \"/bots/\"\nupstream = \"origin\"\n\
-             [[route.filters]]\nmodule = \"policy\"\nreuse_instances = true\nconfig = {config}\n"
+             [[route.filters]]\nmodule = \"policy\"\nreuse_instances = true\ntimeout_ms = 5000\nconfig = {config}\n"
         )
     };
     let config = ProxyConfig::new(&routes("{ deny_agents = [] }"), &[])

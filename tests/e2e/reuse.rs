@@ -36,6 +36,8 @@ upstream = "origin"
 module = "misbehave"
 reuse_instances = true
 memory_mb = 16
+# Room past the default deadline, which counts wall-clock ticks.
+timeout_ms = 5000
 config = { count_requests = true, on_request = "leak" }
 "#;
 
