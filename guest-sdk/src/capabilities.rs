@@ -99,3 +99,84 @@ impl fmt::Display for KvError {
         }
     }
 }
+
+/// A request a filter sends to an upstream group its chain entry was
+/// granted (`outbound::fetch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRequest {
+    pub method: String,
+    /// The path with its query, starting with `/`.
+    pub path_with_query: String,
+    /// Header fields. `host` and `x-request-id` are the host's unless set;
+    /// `content-length` and the hop-by-hop fields are refused.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl OutboundRequest {
+    /// A request of `method` for `path_with_query`, without headers or body.
+    pub fn new(method: &str, path_with_query: &str) -> Self {
+        Self { method: method.into(), path_with_query: path_with_query.into(), headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// With one more header field.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// With a body.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// An upstream's whole answer to an [`OutboundRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundResponse {
+    pub status: u16,
+    /// Header fields, names lower-case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl OutboundResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a fetch got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The chain entry's `outbound` does not name the group.
+    NotGranted(String),
+    /// Called outside `on_request`.
+    Unavailable(String),
+    /// A method, path or header the host will not send.
+    InvalidRequest(String),
+    /// Past a limit: fetches per call, or a body's size.
+    LimitExceeded(String),
+    /// No server of the group took the connection.
+    Unreachable(String),
+    /// No answer within the group's timeouts.
+    Timeout,
+    /// An answer the host could not read as HTTP.
+    BadResponse(String),
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotGranted(m) => write!(f, "not granted: {m}"),
+            Self::Unavailable(m) => write!(f, "unavailable: {m}"),
+            Self::InvalidRequest(m) => write!(f, "invalid request: {m}"),
+            Self::LimitExceeded(m) => write!(f, "limit exceeded: {m}"),
+            Self::Unreachable(m) => write!(f, "unreachable: {m}"),
+            Self::Timeout => f.write_str("no answer within the upstream's timeouts"),
+            Self::BadResponse(m) => write!(f, "bad response: {m}"),
+        }
+    }
+}

@@ -47,7 +47,7 @@ mod capabilities;
 pub mod client;
 pub mod path;
 mod verdict;
-pub use capabilities::{CheckError, Decision, KvError, VerifyError};
+pub use capabilities::{CheckError, Decision, FetchError, KvError, OutboundRequest, OutboundResponse, VerifyError};
 pub use verdict::{EditError, Reply, Verdict};
 
 // wasi-libc's WASI 0.2 stdio exists only on wasip2.
@@ -62,12 +62,12 @@ mod wasm;
 static ALLOCATOR: allocator::SizeClasses = allocator::SizeClasses::new();
 
 #[cfg(target_arch = "wasm32")]
-pub use wasm::{Request, Response, jwt, kv, log, rate_limit, regex, upstreams};
+pub use wasm::{Request, Response, jwt, kv, log, outbound, rate_limit, regex, upstreams};
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
 #[cfg(not(target_arch = "wasm32"))]
-pub use mock::{Request, Response, jwt, kv, log, rate_limit, regex, upstreams};
+pub use mock::{Request, Response, jwt, kv, log, outbound, rate_limit, regex, upstreams};
 
 /// A filter: per-route policy that runs on every request of its routes.
 ///

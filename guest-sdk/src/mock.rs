@@ -623,3 +623,44 @@ pub mod regex {
         }))
     }
 }
+
+/// The mock host's outbound requests: a test grants the groups the chain
+/// entry names with [`outbound::grant`], each with how it answers, and
+/// reads what was sent with [`outbound::sent`]. As in the host, a fetch
+/// from `check-config` is unavailable, and a group not granted is refused.
+pub mod outbound {
+    use crate::{FetchError, OutboundRequest, OutboundResponse};
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    type Answer = Box<dyn Fn(&OutboundRequest) -> Result<OutboundResponse, FetchError>>;
+
+    thread_local! {
+        static GROUPS: RefCell<HashMap<String, Answer>> = RefCell::new(HashMap::new());
+        static SENT: RefCell<Vec<(String, OutboundRequest)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Grant `upstream`, answered by `answer`.
+    pub fn grant(upstream: &str, answer: impl Fn(&OutboundRequest) -> Result<OutboundResponse, FetchError> + 'static) {
+        GROUPS.with(|g| g.borrow_mut().insert(upstream.to_string(), Box::new(answer)));
+    }
+
+    /// The fetches made so far, with their groups, oldest first.
+    pub fn sent() -> Vec<(String, OutboundRequest)> {
+        SENT.with(|s| s.borrow().clone())
+    }
+
+    /// Send `request` to `upstream`.
+    pub fn fetch(upstream: &str, request: OutboundRequest) -> Result<OutboundResponse, FetchError> {
+        if super::rate_limit::checking_config() {
+            return Err(FetchError::Unavailable("fetch is for on-request only".into()));
+        }
+        let answer = GROUPS.with(|g| {
+            let groups = g.borrow();
+            let answer = groups.get(upstream).ok_or_else(|| FetchError::NotGranted(upstream.to_string()))?;
+            Ok(answer(&request))
+        })?;
+        SENT.with(|s| s.borrow_mut().push((upstream.to_string(), request)));
+        answer
+    }
+}

@@ -17,7 +17,8 @@ pub mod bindings {
 }
 
 use bindings::cascade::filter::{
-    config, jwt as host_jwt, kv as host_kv, log as host_log, rate_limit as host_rate_limit, regex as host_regex, types,
+    config, jwt as host_jwt, kv as host_kv, log as host_log, outbound as host_outbound, rate_limit as host_rate_limit,
+    regex as host_regex, types,
 };
 
 /// The request being filtered. Every method is one host call.
@@ -284,6 +285,38 @@ pub mod kv {
     pub fn increment(store: &str, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         super::acted();
         host::increment(store, key, delta, millis(ttl)).map_err(kv_error)
+    }
+}
+
+/// HTTP requests to the upstream groups this chain entry was granted
+/// (`outbound = [...]` in the route file), during `on_request`.
+pub mod outbound {
+    use super::host_outbound as host;
+    use crate::{FetchError, OutboundRequest, OutboundResponse};
+
+    /// Send `request` to a server of `upstream` and wait for its whole
+    /// answer. Any status is an answer; the wait does not count toward the
+    /// filter's deadline.
+    pub fn fetch(upstream: &str, request: OutboundRequest) -> Result<OutboundResponse, FetchError> {
+        super::acted();
+        let request = host::OutboundRequest {
+            method: request.method,
+            path_with_query: request.path_with_query,
+            headers: request.headers,
+            body: request.body,
+        };
+        match host::fetch(upstream, &request) {
+            Ok(r) => Ok(OutboundResponse { status: r.status, headers: r.headers, body: r.body }),
+            Err(e) => Err(match e {
+                host::FetchError::NotGranted(m) => FetchError::NotGranted(m),
+                host::FetchError::Unavailable(m) => FetchError::Unavailable(m),
+                host::FetchError::InvalidRequest(m) => FetchError::InvalidRequest(m),
+                host::FetchError::LimitExceeded(m) => FetchError::LimitExceeded(m),
+                host::FetchError::Unreachable(m) => FetchError::Unreachable(m),
+                host::FetchError::Timeout => FetchError::Timeout,
+                host::FetchError::BadResponse(m) => FetchError::BadResponse(m),
+            }),
+        }
     }
 }
 

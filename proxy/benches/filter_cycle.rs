@@ -153,6 +153,7 @@ impl Bench {
                     output: Default::default(),
                 },
                 reuse_instances,
+                outbound: Default::default(),
                 at: location(),
             })
             .collect();

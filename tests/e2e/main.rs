@@ -10,5 +10,6 @@ mod hostile_filters;
 mod hostile_http;
 mod hot_swap;
 mod kv;
+mod outbound;
 mod reuse;
 mod support;

@@ -466,6 +466,9 @@ pub struct FilterSection {
     /// Serve many requests, one at a time, with each instance.
     #[serde(default)]
     pub reuse_instances: bool,
+    /// The upstream groups the filter may send its own requests to.
+    #[serde(default)]
+    pub outbound: Vec<Spanned<String>>,
     /// Overrides `limits.failure_status` for this entry.
     pub failure_status: Option<Spanned<u16>>,
     /// Overrides fields of `[limits.breaker]` for this entry.

@@ -673,6 +673,10 @@ fn route(
     }
     let mut filters = Vec::new();
     for entry in section.filters {
+        if let Some(group) = entry.outbound.iter().find(|group| !upstreams.contains_key(group.get_ref())) {
+            let message = format!("{:?} is not an upstream group defined in [upstreams]", group.get_ref());
+            return Err(src.invalid(group, "route.filters.outbound", message));
+        }
         let config_json = match &entry.config {
             Some(table) => serde_json::to_string(table.get_ref())
                 .map_err(|e| src.invalid(table, "route.filters.config", format!("cannot convert to JSON: {e}")))?,
@@ -708,6 +712,7 @@ fn route(
                 output: limits.output.merged((entry.max_header_value_kb, entry.max_headers, entry.max_reply_body_kb)),
             },
             reuse_instances: entry.reuse_instances,
+            outbound: entry.outbound.iter().map(|group| group.get_ref().clone()).collect(),
             at: src.at(&entry.module, "route.filters.module"),
         });
     }

@@ -391,6 +391,8 @@ pub struct FilterEntry {
     /// Keep instances that finished a request cleanly for later requests,
     /// instead of a fresh instance per request (`filters::reuse`).
     pub reuse_instances: bool,
+    /// The upstream groups the filter may fetch from (`outbound.fetch`).
+    pub outbound: Arc<[String]>,
     /// Where the entry was declared, for error messages.
     pub at: Location,
 }

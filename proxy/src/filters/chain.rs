@@ -26,7 +26,9 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::cascade::filter::types::{Reply, Verdict};
 use super::breaker::{Admission, Breaker};
 use super::capabilities::Capabilities;
-use super::host::{FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead, ResponseEdit, apply_response_edits};
+use super::host::{
+    CallDeadline, FilterHost, InstanceTag, MAX_HEADER_NAME_BYTES, RequestHead, ResponseEdit, apply_response_edits,
+};
 use super::module::{FilterModule, ModuleRegistry};
 use super::reuse::{IdleInstances, Instance};
 use super::runtime::FilterRuntime;
@@ -506,12 +508,13 @@ impl ChainLink {
         let live = runtime.instance_opened();
         let undoes_failed_calls = self.entry.on_error == OnError::FailOpen;
         let config = self.entry.config_json.clone();
-        let host = FilterHost::new(tag, live, config, caps.clone(), memory, output, undoes_failed_calls);
+        let mut host = FilterHost::new(tag, live, config, caps.clone(), memory, output, undoes_failed_calls);
+        host.outbound_grants = self.entry.outbound.clone();
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
         let tick = runtime.tick().clone();
         store.epoch_deadline_callback(move |store| {
-            let left = store.data().deadline.map(|at| at.saturating_duration_since(Instant::now()));
+            let left = store.data().deadline.at().map(|at| at.saturating_duration_since(Instant::now()));
             Ok(match left {
                 Some(left) if !left.is_zero() => UpdateDeadline::Continue(tick.ticks_for(left)),
                 _ => UpdateDeadline::Interrupt,
@@ -549,7 +552,8 @@ fn carried_breaker(
     let same = link.module.sha256 == module.sha256
         && link.entry.module == entry.module
         && link.entry.config_json == entry.config_json
-        && link.entry.limits == entry.limits;
+        && link.entry.limits == entry.limits
+        && link.entry.outbound == entry.outbound;
     same.then(|| link.breaker.clone())
 }
 
@@ -578,11 +582,20 @@ fn refused_reply(reply: &Reply, limits: &OutputLimits) -> Option<String> {
 /// tick changed since (a reload fitted it to another config), the check
 /// finds time left and counts the ticks again (the store's callback, set in
 /// `instantiate`), so no call is stopped early or much late.
-fn arm_deadline(store: &mut Store<FilterHost>, link: &ChainLink, runtime: &FilterRuntime, now: Instant) -> Instant {
+/// Start a call's deadline, and its allowance of fetches.
+fn arm_deadline(
+    store: &mut Store<FilterHost>,
+    link: &ChainLink,
+    runtime: &FilterRuntime,
+    now: Instant,
+) -> Arc<CallDeadline> {
     let timeout = link.entry.limits.timeout;
-    store.data_mut().deadline = Some(now + timeout);
+    let host = store.data_mut();
+    host.deadline.set(now + timeout);
+    host.fetches = 0;
+    let deadline = host.deadline.clone();
     store.set_epoch_deadline(runtime.tick().ticks_for(timeout));
-    now + timeout
+    deadline
 }
 
 /// A call cut off at its deadline while it waited on the host.
@@ -603,15 +616,26 @@ impl std::error::Error for WaitedPastDeadline {}
 /// hold its request and pool slot past its deadline. A call that never
 /// waits, as no filter we ship does, never starts a timer. A call cut off
 /// leaves its instance unusable; every caller drops an instance that failed.
-async fn within<T>(deadline: Instant, call: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+async fn within<T>(
+    deadline: Arc<CallDeadline>,
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
     let mut call = std::pin::pin!(call);
     let mut timer = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(result) = call.as_mut().poll(cx) {
             return Poll::Ready(result);
         }
-        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-        timer.as_mut().poll(cx).map(|()| Err(wasmtime::Error::new(WaitedPastDeadline)))
+        let Some(at) = deadline.at() else { return Poll::Pending };
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        // A fetch moves the deadline while it waits.
+        while timer.as_mut().poll(cx).is_ready() {
+            match deadline.at() {
+                Some(later) if later > Instant::now() => timer.as_mut().reset(later.into()),
+                _ => return Poll::Ready(Err(wasmtime::Error::new(WaitedPastDeadline))),
+            }
+        }
+        Poll::Pending
     })
     .await
 }

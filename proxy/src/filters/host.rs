@@ -9,7 +9,7 @@
 use crate::config::OutputLimits;
 use crate::service::headers::header_count;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -17,10 +17,11 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::cascade::filter::{config, jwt, kv, log, rate_limit, regex, types};
+use super::bindings::cascade::filter::{config, jwt, kv, log, outbound, rate_limit, regex, types};
 use super::capabilities::Capabilities;
 use super::capabilities::jwt::VerifyError;
 use super::capabilities::kv::{KvError, KvStore};
+use super::capabilities::outbound::{self as fetching, Fetch, FetchError, MAX_FETCHES_PER_CALL};
 use super::capabilities::rate_limit::CheckError;
 use super::chain::FINAL_STATUSES;
 use super::runtime::InstanceCount;
@@ -224,7 +225,11 @@ pub struct FilterHost {
     output: OutputLimits,
     pub limiter: InstanceLimiter,
     /// When the running call must stop (`chain::arm_deadline`).
-    pub deadline: Option<std::time::Instant>,
+    pub deadline: Arc<CallDeadline>,
+    /// The upstream groups this chain entry may fetch from (`outbound`).
+    pub outbound_grants: Arc<[String]>,
+    /// Fetches made by the running call.
+    pub fetches: u32,
     /// Present only during `on-request`.
     pub request: Option<RequestHead>,
     /// Present only during `on-response`.
@@ -250,6 +255,29 @@ pub struct FilterHost {
     pub live: Option<InstanceCount>,
 }
 
+/// When the running call must stop. The store's epoch callback reads it
+/// while guest code runs, and the call's timer (`chain::within`) while the
+/// call waits on the host. A fetch moves it later by the time it waited:
+/// the deadline bounds the filter's own run time, and the upstream group's
+/// timeouts bound the fetch.
+#[derive(Debug, Default)]
+pub struct CallDeadline(std::sync::Mutex<Option<Instant>>);
+
+impl CallDeadline {
+    pub fn at(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+    }
+
+    /// Time left now; `None` outside a call.
+    fn left(&self) -> Option<Duration> {
+        self.at().map(|at| at.saturating_duration_since(Instant::now()))
+    }
+}
+
 impl FilterHost {
     pub fn new(
         tag: InstanceTag,
@@ -270,7 +298,9 @@ impl FilterHost {
             caps,
             output,
             limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, memory_in_use: 0 },
-            deadline: None,
+            deadline: Arc::default(),
+            outbound_grants: Arc::default(),
+            fetches: 0,
             request: None,
             response: None,
             skips_on_response: false,
@@ -509,7 +539,7 @@ fn all_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
 /// A header value as text; bytes that are not UTF-8 become U+FFFD. The
 /// strict check first: it runs a word at a time over ASCII, the lossy one
 /// a byte at a time, and a bearer token is a long header.
-fn value_text(value: &HeaderValue) -> String {
+pub(crate) fn value_text(value: &HeaderValue) -> String {
     match std::str::from_utf8(value.as_bytes()) {
         Ok(text) => text.to_owned(),
         Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
@@ -893,6 +923,61 @@ impl kv::Host for FilterHost {
             (store, false) => store.peek_increment(&key, delta),
         }
         .map_err(kv_error)
+    }
+}
+
+fn fetch_error(e: FetchError) -> outbound::FetchError {
+    use outbound::FetchError as W;
+    match e {
+        FetchError::InvalidRequest(what) => W::InvalidRequest(what),
+        FetchError::LimitExceeded(what) => W::LimitExceeded(what),
+        FetchError::Unreachable(what) => W::Unreachable(what),
+        FetchError::Timeout => W::Timeout,
+        FetchError::BadResponse(what) => W::BadResponse(what),
+    }
+}
+
+impl outbound::Host for FilterHost {
+    async fn fetch(
+        &mut self,
+        upstream: String,
+        request: outbound::OutboundRequest,
+    ) -> Result<outbound::OutboundResponse, outbound::FetchError> {
+        use outbound::FetchError as W;
+        let Some(head) = &self.request else {
+            return Err(W::Unavailable("fetch is for on-request only".into()));
+        };
+        if !self.outbound_grants.contains(&upstream) {
+            return Err(W::NotGranted(format!("this chain entry's outbound does not name {upstream:?}")));
+        }
+        if self.fetches >= MAX_FETCHES_PER_CALL {
+            return Err(W::LimitExceeded(format!("more than {MAX_FETCHES_PER_CALL} fetches in one call")));
+        }
+        self.fetches += 1;
+        // Config loading checked that every granted group exists.
+        let upstreams = head.upstreams.clone();
+        let group =
+            upstreams.tier(&upstream, 0).ok_or_else(|| W::NotGranted(format!("no upstream group {upstream:?}")))?;
+        let host = group.config.tls.as_ref().map_or(upstream.as_str(), |tls| tls.sni.as_str());
+        let fetch = Fetch {
+            method: request.method,
+            path_with_query: request.path_with_query,
+            headers: request.headers,
+            body: request.body,
+        };
+        let sent = fetching::request_header(&fetch, host, &head.id).map_err(fetch_error)?;
+        // While it waits, the call's deadline is the fetch's; after, the
+        // call has the time it had left before.
+        let left = self.deadline.left();
+        if let Some(left) = left {
+            self.deadline.set(Instant::now() + fetching::time_allowed(group) + left);
+        }
+        let fetched = fetching::send(group, sent, fetch.body).await;
+        if let Some(left) = left {
+            self.deadline.set(Instant::now() + left);
+        }
+        let fetched = fetched.map_err(fetch_error)?;
+        Ok(outbound::OutboundResponse { status: fetched.status, headers: fetched.headers, body: fetched.body })
     }
 }
 

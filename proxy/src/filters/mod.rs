@@ -41,6 +41,9 @@ pub mod bindings {
         // printing a panic message, say) await instead of blocking a Pingora
         // worker. Cascade's own imports stay synchronous and cheap.
         exports: { default: async },
+        // A fetch waits on the network: it awaits, and the worker serves
+        // other requests meanwhile.
+        imports: { "cascade:filter/outbound.fetch": async },
         with: {
             "cascade:filter/types.request": super::host::RequestHandle,
             "cascade:filter/types.response": super::host::ResponseHandle,

@@ -5,9 +5,11 @@
 //! * [`jwt`]: token verification against configured keysets.
 //! * [`patterns`]: regular expressions compiled once and cached.
 //! * [`kv`]: small key-value stores, also written through the admin API.
+//! * [`outbound`]: HTTP requests to the upstream groups an entry was granted.
 
 pub mod jwt;
 pub mod kv;
+pub mod outbound;
 pub mod patterns;
 pub mod rate_limit;
 

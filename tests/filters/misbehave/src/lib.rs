@@ -1,7 +1,9 @@
 //! A test fixture: misbehaves in the phase and the way its config says, so the
 //! end-to-end suite can check that only the offending request is hurt.
 
-use cascade_filter::{Filter, Reply, Request, Response, Verdict, export_filter, jwt, rate_limit};
+use cascade_filter::{
+    FetchError, Filter, OutboundRequest, Reply, Request, Response, Verdict, export_filter, jwt, outbound, rate_limit,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq)]
@@ -60,6 +62,14 @@ pub enum Behaviour {
     /// Sleep `spin_ms` (`std::thread::sleep`: a WASI pollable the host waits
     /// on, with no guest code running), then carry on.
     Sleep,
+    /// Fetch `/` from upstream group `fetch_from` nine times, one past the
+    /// host's limit per call, and say in `x-misbehave-fetched` how each
+    /// went (the status, `limit`, or the error), then carry on (request
+    /// phase only).
+    FetchMany,
+    /// Fetch `/` from `fetch_from`, asking the echo origin to take
+    /// `spin_ms` to answer, then spin forever (request phase only).
+    FetchThenLoop,
 }
 
 /// Requests this instance has seen: always 1 in a fresh instance.
@@ -91,6 +101,8 @@ pub struct Config {
     /// on-request, and report on the response, as `x-misbehave-saw-staged`,
     /// whether on-response saw it.
     stage: bool,
+    /// The upstream group `fetch-many` and `fetch-then-loop` fetch from.
+    fetch_from: String,
 }
 
 #[derive(Clone)]
@@ -196,7 +208,9 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
         | Behaviour::Respond
         | Behaviour::GiantReply
         | Behaviour::ManyStagedHeaders
-        | Behaviour::LargeStagedHeaders => {}
+        | Behaviour::LargeStagedHeaders
+        | Behaviour::FetchMany
+        | Behaviour::FetchThenLoop => {}
     }
 }
 
@@ -231,6 +245,26 @@ impl Filter for Misbehave {
         if self.config.on_request == Behaviour::EditThenPanic {
             req.set_path("/edited-by-misbehave").expect("a valid path");
             req.remove_header("x-client-header");
+        }
+        let fetch = |request: OutboundRequest| outbound::fetch(&self.config.fetch_from, request);
+        match self.config.on_request {
+            Behaviour::FetchMany => {
+                let outcomes: Vec<String> = (0..9)
+                    .map(|_| match fetch(OutboundRequest::new("GET", "/")) {
+                        Ok(answer) => answer.status.to_string(),
+                        Err(FetchError::LimitExceeded(_)) => "limit".into(),
+                        Err(e) => e.to_string(),
+                    })
+                    .collect();
+                req.set_header("x-misbehave-fetched", &outcomes.join(",")).expect("a short header");
+            }
+            Behaviour::FetchThenLoop => {
+                let delay = self.config.spin_ms.to_string();
+                let answer = fetch(OutboundRequest::new("GET", "/").with_header("x-echo-delay-ms", &delay));
+                assert_eq!(answer.map(|a| a.status), Ok(200), "misbehave: the fetch before the loop");
+                act(Behaviour::Loop, 0, |_, _| Ok(()));
+            }
+            _ => {}
         }
         act(self.config.on_request, self.config.spin_ms, |name, value| req.set_header(name, value));
         match self.config.on_request {

@@ -1,0 +1,257 @@
+//! Outbound HTTP: requests a filter sends itself, during `on-request`, to
+//! the upstream groups its chain entry was granted (`outbound = [...]`).
+//!
+//! They go through Pingora's connector to a server of the group's first
+//! tier, with the group's TLS settings and timeouts, so an operator
+//! configures an auth service once, as an upstream. A connection refused
+//! marks the server down as the proxy's own requests do, and is tried once
+//! more on another server. The whole exchange is bounded by the group's
+//! connect and read timeouts together, and each body by [`MAX_BODY_BYTES`].
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, header};
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::ErrorType;
+use pingora::protocols::http::client::HttpSession;
+
+use crate::filters::host::host_owned;
+use crate::upstream::UpstreamGroup;
+
+/// The most fetches one call may make: a filter is policy, not a crawler.
+pub const MAX_FETCHES_PER_CALL: u32 = 8;
+/// The largest body sent or taken back.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// How long an idle connection to a group's server is kept for the next fetch.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One connection pool for every fetch of the process, as Pingora keeps one
+/// for its proxied requests.
+static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
+
+/// A request a filter asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Fetch {
+    pub method: String,
+    pub path_with_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The answer, whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why a fetch got no answer. (Whether the filter may fetch at all is the
+/// host's check, before any of these.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("no answer within the group's timeouts")]
+    Timeout,
+    #[error("bad response: {0}")]
+    BadResponse(String),
+}
+
+/// The longest a fetch to `group` may take: one connection and one answer.
+pub fn time_allowed(group: &UpstreamGroup) -> Duration {
+    group.config.connect_timeout + group.config.read_timeout
+}
+
+/// The head `fetch` is sent with, checked: a method token, an origin-form
+/// target, and fields the host does not own. `Host` names the server
+/// unless the filter gave one, `X-Request-Id` the filtered request.
+pub fn request_header(fetch: &Fetch, host: &str, request_id: &str) -> Result<RequestHeader, FetchError> {
+    let invalid = |what: String| FetchError::InvalidRequest(what);
+    let method =
+        Method::from_bytes(fetch.method.as_bytes()).map_err(|_| invalid(format!("method {:?}", fetch.method)))?;
+    let target = &fetch.path_with_query;
+    let uri: http::Uri = target.parse().map_err(|_| invalid(format!("path {target:?}")))?;
+    if !target.starts_with('/') || uri.authority().is_some() {
+        return Err(invalid(format!("path {target:?}: it must start with '/'")));
+    }
+    if fetch.body.len() > MAX_BODY_BYTES {
+        return Err(FetchError::LimitExceeded(format!("request body over {MAX_BODY_BYTES} bytes")));
+    }
+    let mut head = RequestHeader::build(method, target.as_bytes(), Some(fetch.headers.len() + 3))
+        .map_err(|e| invalid(format!("path {target:?}: {e}")))?;
+    for (name, value) in &fetch.headers {
+        if host_owned(name) {
+            return Err(invalid(format!("header {name:?} is the host's to write")));
+        }
+        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("header name {name:?}")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| invalid(format!("value of header {name:?}")))?;
+        head.append_header(parsed, value).map_err(|e| invalid(format!("header {name:?}: {e}")))?;
+    }
+    let defaults = [(header::HOST, host), (HeaderName::from_static(crate::service::REQUEST_ID_HEADER), request_id)];
+    for (name, value) in defaults {
+        if !head.headers.contains_key(&name) {
+            let value = HeaderValue::from_str(value).map_err(|_| invalid(format!("value of header {name}")))?;
+            head.insert_header(name, value).map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    if !fetch.body.is_empty() || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
+        head.insert_header(header::CONTENT_LENGTH, fetch.body.len()).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(head)
+}
+
+/// Send `head` and `body` to a server of `group`, and read the answer.
+pub async fn send(group: &UpstreamGroup, head: RequestHeader, body: Vec<u8>) -> Result<Fetched, FetchError> {
+    let exchange = async {
+        let mut failed = Vec::new();
+        loop {
+            let addr = group.pick(0, &failed).unwrap_or_else(|| group.any_server());
+            let peer = group.peer(addr);
+            let mut session = match CONNECTOR.get_http_session(&*peer).await {
+                Ok((session, _reused)) => session,
+                Err(e) => {
+                    group.mark_unreachable(addr);
+                    failed.push(addr);
+                    if failed.len() < 2 && group.has_server_besides(&failed) {
+                        continue;
+                    }
+                    return Err(FetchError::Unreachable(format!("{} server {addr}: {e}", group.name())));
+                }
+            };
+            let fetched = exchange(&mut session, head, body).await.map_err(|e| match e {
+                Failure::Pingora(e) => classify(&e),
+                Failure::Fetch(e) => e,
+            });
+            if fetched.is_ok() {
+                CONNECTOR.release_http_session(session, &*peer, Some(IDLE_TIMEOUT)).await;
+            }
+            return fetched;
+        }
+    };
+    match tokio::time::timeout(time_allowed(group), exchange).await {
+        Ok(fetched) => fetched,
+        Err(_) => Err(FetchError::Timeout),
+    }
+}
+
+enum Failure {
+    Pingora(Box<pingora::Error>),
+    Fetch(FetchError),
+}
+
+impl From<Box<pingora::Error>> for Failure {
+    fn from(e: Box<pingora::Error>) -> Self {
+        Self::Pingora(e)
+    }
+}
+
+/// One request and its answer on `session`.
+async fn exchange(session: &mut HttpSession, head: RequestHeader, body: Vec<u8>) -> Result<Fetched, Failure> {
+    session.write_request_header(Box::new(head)).await?;
+    if !body.is_empty() {
+        session.write_request_body(Bytes::from(body), true).await?;
+    }
+    session.finish_request_body().await?;
+    // Interim answers (100 Continue, 103 Early Hints) come before the real one.
+    let status = loop {
+        session.read_response_header().await?;
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        if !(100..200).contains(&status) || status == 101 {
+            break status;
+        }
+    };
+    if status == 101 {
+        return Err(Failure::Fetch(FetchError::BadResponse("101 Switching Protocols".into())));
+    }
+    let headers = session.response_header().map(|h| header_list(&h.headers)).unwrap_or_default();
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(Failure::Fetch(FetchError::LimitExceeded(format!(
+                "response body over {MAX_BODY_BYTES} bytes"
+            ))));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Fetched { status, headers, body })
+}
+
+/// Every field, name and value, as text.
+fn header_list(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(name, value)| (name.as_str().to_string(), crate::filters::host::value_text(value))).collect()
+}
+
+/// What a Pingora error says of the exchange.
+fn classify(e: &pingora::Error) -> FetchError {
+    match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => FetchError::Timeout,
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => FetchError::Unreachable(e.to_string()),
+        _ => FetchError::BadResponse(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(method: &str, target: &str, headers: &[(&str, &str)]) -> Fetch {
+        Fetch {
+            method: method.into(),
+            path_with_query: target.into(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_request_gets_the_servers_host_and_the_request_id_unless_it_names_its_own() {
+        let head =
+            request_header(&fetch("GET", "/check?x=1", &[("authorization", "Bearer t")]), "auth:80", "id1").unwrap();
+        assert_eq!(head.uri, "/check?x=1");
+        assert_eq!(head.headers["host"], "auth:80");
+        assert_eq!(head.headers["x-request-id"], "id1");
+        assert_eq!(head.headers["authorization"], "Bearer t");
+        assert!(head.headers.get("content-length").is_none(), "a GET without a body has no length");
+
+        let own = fetch("POST", "/", &[("Host", "auth.internal"), ("X-Request-Id", "mine")]);
+        let head = request_header(&own, "auth:80", "id1").unwrap();
+        assert_eq!(head.headers["host"], "auth.internal");
+        assert_eq!(head.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(head.headers["content-length"], "0", "a POST says its body is empty");
+    }
+
+    #[test]
+    fn what_the_host_will_not_send_is_refused_with_what_it_was() {
+        let refused = |f: Fetch| match request_header(&f, "h", "id") {
+            Err(FetchError::InvalidRequest(what)) => what,
+            other => panic!("{other:?}"),
+        };
+        assert!(refused(fetch("GE T", "/", &[])).contains("method"));
+        assert!(refused(fetch("GET", "check", &[])).contains("must start with '/'"));
+        assert!(refused(fetch("GET", "http://elsewhere/", &[])).contains("must start with '/'"));
+        assert!(refused(fetch("GET", "/a b", &[])).contains("path"));
+        assert!(refused(fetch("GET", "/", &[("content-length", "5")])).contains("host's to write"));
+        assert!(refused(fetch("GET", "/", &[("Connection", "close")])).contains("host's to write"));
+        assert!(refused(fetch("GET", "/", &[("bad name", "v")])).contains("header name"));
+        assert!(refused(fetch("GET", "/", &[("x-a", "line\r\nbreak")])).contains("value of header"));
+
+        let mut big = fetch("POST", "/", &[]);
+        big.body = vec![0; MAX_BODY_BYTES + 1];
+        assert!(matches!(request_header(&big, "h", "id"), Err(FetchError::LimitExceeded(_))));
+    }
+}
