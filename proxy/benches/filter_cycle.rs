@@ -125,6 +125,7 @@ impl Bench {
             keysets: [("demo".to_string(), Keyset::build(&keyset).expect("keyset"))].into(),
             patterns: Default::default(),
             upstream_groups: groups.keys().cloned().collect(),
+            fetch_counts: Default::default(),
         };
         Self {
             runtime,

@@ -604,7 +604,7 @@ impl ControlPlane {
     /// The Prometheus text exposition of everything serving now.
     pub fn render_metrics(&self) -> String {
         let current = self.current.load();
-        self.metrics.render(&self.runtime, self.cache, &self.breakers(), &current.upstreams, &current.caps.kv_stores)
+        self.metrics.render(&self.runtime, self.cache, &self.breakers(), &current.upstreams, &current.caps)
     }
 
     pub fn breakers(&self) -> Vec<BreakerReport> {

@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by route and status, filter failures and
 //! latency, cache outcomes and size, upstream attempts and failovers by tier,
-//! servers up and down by tier, module swaps and compilations.
+//! servers up and down by tier, filters' fetches, module swaps and
+//! compilations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use crate::cache::EdgeCache;
 use crate::control::BreakerReport;
+use crate::filters::Capabilities;
 use crate::filters::breaker::BreakerState;
-use crate::filters::capabilities::kv::KvStores;
 use crate::filters::module::live_modules;
 use crate::filters::{FilterRuntime, FilterTiming};
 use crate::upstream::Upstreams;
@@ -120,7 +121,7 @@ impl Metrics {
         cache: &EdgeCache,
         breakers: &[BreakerReport],
         upstreams: &Upstreams,
-        kv_stores: &KvStores,
+        caps: &Capabilities,
     ) -> String {
         let mut out = String::new();
         out.push_str("# HELP cascade_requests_total Requests answered, by route and status.\n");
@@ -190,9 +191,16 @@ impl Metrics {
             "# HELP cascade_kv_keys Keys held by each key-value store (expired ones not yet dropped included).\n",
         );
         out.push_str("# TYPE cascade_kv_keys gauge\n");
-        for store in kv_stores.iter() {
+        for store in caps.kv_stores.iter() {
             let _ = writeln!(out, "cascade_kv_keys{{store=\"{}\"}} {}", escape(&store.config.name), store.len());
         }
+        out.push_str("# HELP cascade_filter_fetches_total Requests filters sent to upstream groups (outbound.fetch), by outcome: answered (any status), refused (by the host, before sending), unreachable, timeout or bad-response.\n");
+        out.push_str("# TYPE cascade_filter_fetches_total counter\n");
+        caps.fetch_counts.for_each(|module, group, outcome, n| {
+            let (module, group) = (escape(module), escape(group));
+            let labels = format!("module=\"{module}\",upstream=\"{group}\",outcome=\"{outcome}\"");
+            let _ = writeln!(out, "cascade_filter_fetches_total{{{labels}}} {n}");
+        });
         let counters = [
             ("cascade_module_swaps_total", "Module versions made active.", self.module_swaps.load(Ordering::Relaxed)),
             ("cascade_config_reloads_total", "Successful config reloads.", self.reloads.load(Ordering::Relaxed)),

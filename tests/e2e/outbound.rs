@@ -80,7 +80,7 @@ fn a_service_that_cannot_answer_gets_503_or_a_pass_without_identity() {
         auth_route("slow", "auth", true, ""),
     ]
     .concat();
-    let proxy = Proxy::start(&config(&routes));
+    let proxy = Proxy::start(&config(&routes).with_admin());
 
     let reply = proxy.get("/closed/x", &[("x-user", "mallory")]);
     assert_eq!(reply.status, 503, "{reply:?}");
@@ -99,6 +99,14 @@ fn a_service_that_cannot_answer_gets_503_or_a_pass_without_identity() {
     // And the proxy goes on serving.
     let reply = proxy.get("/slow/x", &[("x-echo-header", "x-user: carol")]);
     assert_eq!(reply.json()["headers"]["x-user"], "carol", "{}", reply.body);
+
+    let series = |group: &str, outcome: &str, n: u32| {
+        format!(
+            "cascade_filter_fetches_total{{module=\"auth_request\",upstream=\"{group}\",outcome=\"{outcome}\"}} {n}\n"
+        )
+    };
+    let lines = [series("down", "unreachable", 2), series("auth", "timeout", 1), series("auth", "answered", 1)];
+    proxy.wait_for_metrics(&lines.each_ref().map(String::as_str));
 }
 
 /// A filter reaches only the groups its entry's `outbound` names, and a

@@ -965,7 +965,10 @@ impl outbound::Host for FilterHost {
             headers: request.headers,
             body: request.body,
         };
-        let sent = fetching::request_header(&fetch, host, &head.id).map_err(fetch_error)?;
+        let sent = fetching::request_header(&fetch, host, &head.id).map_err(|e| {
+            self.caps.fetch_counts.record(&self.tag.module, &upstream, e.outcome());
+            fetch_error(e)
+        })?;
         // While it waits, the call's deadline is the fetch's; after, the
         // call has the time it had left before.
         let left = self.deadline.left();
@@ -976,6 +979,8 @@ impl outbound::Host for FilterHost {
         if let Some(left) = left {
             self.deadline.set(Instant::now() + left);
         }
+        let outcome = fetched.as_ref().map_or_else(FetchError::outcome, |_| "answered");
+        self.caps.fetch_counts.record(&self.tag.module, &upstream, outcome);
         let fetched = fetched.map_err(fetch_error)?;
         Ok(outbound::OutboundResponse { status: fetched.status, headers: fetched.headers, body: fetched.body })
     }

@@ -14,6 +14,7 @@ pub mod patterns;
 pub mod rate_limit;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::{Config, Location};
 
@@ -34,6 +35,8 @@ pub struct Capabilities {
     pub patterns: patterns::PatternCache,
     /// The config's upstream groups, by name (`config.upstream-groups`).
     pub upstream_groups: Vec<String>,
+    /// How filters' fetches went; kept across reloads, as counters are.
+    pub fetch_counts: Arc<outbound::FetchCounts>,
 }
 
 impl Capabilities {
@@ -57,6 +60,7 @@ impl Capabilities {
             keysets,
             patterns: patterns::PatternCache::for_threads(config.server.threads),
             upstream_groups: config.upstreams.keys().cloned().collect(),
+            fetch_counts: previous.map(|p| p.fetch_counts.clone()).unwrap_or_default(),
         })
     }
 }

@@ -8,7 +8,8 @@
 //! more on another server. The whole exchange is bounded by the group's
 //! connect and read timeouts together, and each body by [`MAX_BODY_BYTES`].
 
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +32,27 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One connection pool for every fetch of the process, as Pingora keeps one
 /// for its proxied requests.
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
+
+/// Fetches by module, upstream group and outcome, for
+/// `cascade_filter_fetches_total`. Only fetches to a granted group count,
+/// so a filter cannot grow the series with names of its own.
+#[derive(Debug, Default)]
+pub struct FetchCounts(Mutex<BTreeMap<(String, String, &'static str), u64>>);
+
+impl FetchCounts {
+    pub fn record(&self, module: &str, group: &str, outcome: &'static str) {
+        let mut counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry((module.to_string(), group.to_string(), outcome)).or_default() += 1;
+    }
+
+    /// Each series: module, group, outcome and count.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &str, &str, u64)) {
+        let counts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((module, group, outcome), n) in counts.iter() {
+            f(module, group, outcome, *n);
+        }
+    }
+}
 
 /// A request a filter asked for.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +85,18 @@ pub enum FetchError {
     Timeout,
     #[error("bad response: {0}")]
     BadResponse(String),
+}
+
+impl FetchError {
+    /// The outcome label of a fetch that failed so.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) | Self::LimitExceeded(_) => "refused",
+            Self::Unreachable(_) => "unreachable",
+            Self::Timeout => "timeout",
+            Self::BadResponse(_) => "bad-response",
+        }
+    }
 }
 
 /// The longest a fetch to `group` may take: one connection and one answer.
@@ -126,6 +160,9 @@ pub async fn send(group: &UpstreamGroup, head: RequestHeader, body: Vec<u8>) -> 
                     return Err(FetchError::Unreachable(format!("{} server {addr}: {e}", group.name())));
                 }
             };
+            // Pingora's connector leaves these to the caller, as its proxy sets them.
+            session.set_read_timeout(Some(group.config.read_timeout));
+            session.set_write_timeout(Some(group.config.read_timeout));
             let fetched = exchange(&mut session, head, body).await.map_err(|e| match e {
                 Failure::Pingora(e) => classify(&e),
                 Failure::Fetch(e) => e,
