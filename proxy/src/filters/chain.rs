@@ -503,13 +503,7 @@ impl ChainLink {
         caps: &Arc<Capabilities>,
         tag: InstanceTag,
     ) -> Result<Instance, FilterFailure> {
-        let memory = self.memory_cap();
-        let output = self.entry.limits.output;
-        let live = runtime.instance_opened();
-        let undoes_failed_calls = self.entry.on_error == OnError::FailOpen;
-        let config = self.entry.config_json.clone();
-        let mut host = FilterHost::new(tag, live, config, caps.clone(), memory, output, undoes_failed_calls);
-        host.outbound_grants = self.entry.outbound.clone();
+        let host = FilterHost::new(tag, runtime.instance_opened(), caps.clone(), &self.entry);
         let mut store = Store::new(runtime.engine(), host);
         store.limiter(|host| &mut host.limiter);
         let tick = runtime.tick().clone();

@@ -6,9 +6,10 @@
 //! for the duration of one call and moved back out after it, so the guest
 //! edits the real message and nothing is copied up front.
 
-use crate::config::OutputLimits;
+use crate::config::{FilterEntry, OnError, OutputLimits};
 use crate::service::headers::header_count;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -260,16 +261,31 @@ pub struct FilterHost {
 /// call waits on the host. A fetch moves it later by the time it waited:
 /// the deadline bounds the filter's own run time, and the upstream group's
 /// timeouts bound the fetch.
-#[derive(Debug, Default)]
-pub struct CallDeadline(std::sync::Mutex<Option<Instant>>);
+#[derive(Debug)]
+pub struct CallDeadline(AtomicU64);
+
+/// What a deadline's nanoseconds count from.
+static DEADLINE_EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+/// No call is running.
+const NO_DEADLINE: u64 = u64::MAX;
+
+impl Default for CallDeadline {
+    fn default() -> Self {
+        Self(AtomicU64::new(NO_DEADLINE))
+    }
+}
 
 impl CallDeadline {
     pub fn at(&self) -> Option<Instant> {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        match self.0.load(Ordering::Relaxed) {
+            NO_DEADLINE => None,
+            nanos => Some(*DEADLINE_EPOCH + Duration::from_nanos(nanos)),
+        }
     }
 
     pub fn set(&self, at: Instant) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+        let nanos = at.saturating_duration_since(*DEADLINE_EPOCH).as_nanos();
+        self.0.store(u64::try_from(nanos).unwrap_or(NO_DEADLINE - 1).min(NO_DEADLINE - 1), Ordering::Relaxed);
     }
 
     /// Time left now; `None` outside a call.
@@ -279,27 +295,21 @@ impl CallDeadline {
 }
 
 impl FilterHost {
-    pub fn new(
-        tag: InstanceTag,
-        live: InstanceCount,
-        config_json: Arc<str>,
-        caps: Arc<Capabilities>,
-        memory_bytes: u64,
-        output: OutputLimits,
-        undoes_failed_calls: bool,
-    ) -> Self {
+    /// The store data of an instance of chain entry `entry`.
+    pub fn new(tag: InstanceTag, live: InstanceCount, caps: Arc<Capabilities>, entry: &FilterEntry) -> Self {
+        let memory_bytes = entry.limits.memory_bytes as usize;
         Self {
-            undoes_failed_calls,
+            undoes_failed_calls: entry.on_error == OnError::FailOpen,
             checking_config: false,
             before_edits: None,
             live: Some(live),
             tag,
-            config_json,
+            config_json: entry.config_json.clone(),
             caps,
-            output,
-            limiter: InstanceLimiter { memory_bytes: memory_bytes as usize, memory_cap_hit: false, memory_in_use: 0 },
+            output: entry.limits.output,
+            limiter: InstanceLimiter { memory_bytes, memory_cap_hit: false, memory_in_use: 0 },
             deadline: Arc::default(),
-            outbound_grants: Arc::default(),
+            outbound_grants: entry.outbound.clone(),
             fetches: 0,
             request: None,
             response: None,
