@@ -107,8 +107,9 @@ pub struct OutboundRequest {
     pub method: String,
     /// The path with its query, starting with `/`.
     pub path_with_query: String,
-    /// Header fields. `host` and `x-request-id` are the host's unless set;
-    /// `content-length` and the hop-by-hop fields are refused.
+    /// Header fields. `host` and `x-request-id` are the host's unless set
+    /// (once); `content-length`, `cdn-loop` and the hop-by-hop fields are
+    /// refused.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -136,7 +137,8 @@ impl OutboundRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundResponse {
     pub status: u16,
-    /// Header fields, names lower-case, in order.
+    /// Header fields, names lower-case, the values of one name together
+    /// and in order.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }

@@ -627,7 +627,8 @@ pub mod regex {
 /// The mock host's outbound requests: a test grants the groups the chain
 /// entry names with [`outbound::grant`], each with how it answers, and
 /// reads what was sent with [`outbound::sent`]. As in the host, a fetch
-/// from `check-config` is unavailable, and a group not granted is refused.
+/// from `check-config` is unavailable, and a group not granted is refused;
+/// the host's other checks (on_response, limits, headers) are not made.
 pub mod outbound {
     use crate::{FetchError, OutboundRequest, OutboundResponse};
     use std::cell::RefCell;

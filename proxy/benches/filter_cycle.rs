@@ -126,6 +126,7 @@ impl Bench {
             patterns: Default::default(),
             upstream_groups: groups.keys().cloned().collect(),
             fetch_counts: Default::default(),
+            cdn_loop_member: None,
         };
         Self {
             runtime,

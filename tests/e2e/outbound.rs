@@ -22,14 +22,16 @@ fn auth_route(name: &str, group: &str, granted: bool, extra: &str) -> String {
     )
 }
 
-/// The echo origin as group `auth` too, and `down`, where nothing listens.
+/// The echo origin as group `auth` too, and as `patient`, which waits a
+/// minute for an answer; `down`, where nothing listens.
 fn config(routes: &str) -> ProxyConfig {
     let mut config = ProxyConfig::new(routes, &["auth_request"]);
     let nothing_listens = free_port();
     config.main_extra.push_str(&format!(
-        "[upstreams.auth]\nservers = [\"{}\"]\nread_timeout_ms = 1000\n\n\
+        "[upstreams.auth]\nservers = [\"{origin}\"]\nread_timeout_ms = 1000\n\n\
+         [upstreams.patient]\nservers = [\"{origin}\"]\nread_timeout_ms = 60000\n\n\
          [upstreams.down]\nservers = [\"127.0.0.1:{nothing_listens}\"]\n",
-        origin()
+        origin = origin()
     ));
     config
 }
@@ -115,7 +117,7 @@ fn a_service_that_cannot_answer_gets_503_or_a_pass_without_identity() {
 fn a_filter_fetches_only_from_the_groups_it_was_granted() {
     let proxy = Proxy::start(&config(&auth_route("app", "auth", false, "")));
     let reply = proxy.get("/app/x", &[("x-echo-header", "x-user: alice")]);
-    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.status, 500, "a mistake, not an outage: {reply:?}");
     proxy.wait_for_log_line(&["not granted", "outbound does not name \"auth\""]);
 
     let routes =
@@ -126,23 +128,28 @@ fn a_filter_fetches_only_from_the_groups_it_was_granted() {
 }
 
 /// A route at `/<name>/` whose one filter is the misbehave fixture, granted
-/// group `auth` and fetching from it as `behaviour` says.
-fn misbehave_route(name: &str, behaviour: &str, extra: &str) -> String {
+/// `group` and fetching from it as `behaviour` says: a fetch that takes
+/// 150 ms, or a fetch and then a 30 s sleep.
+fn misbehave_route(name: &str, group: &str, behaviour: &str, extra: &str) -> String {
+    let spin_ms = if behaviour == "fetch-then-sleep" { 30_000 } else { 150 };
     format!(
         "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"origin\"\n\
-         [[route.filters]]\nmodule = \"misbehave\"\noutbound = [\"auth\"]\n{extra}\
-         config = {{ on_request = \"{behaviour}\", fetch_from = \"auth\", spin_ms = 150 }}\n\n"
+         [[route.filters]]\nmodule = \"misbehave\"\noutbound = [\"{group}\"]\n{extra}\
+         config = {{ on_request = \"{behaviour}\", fetch_from = \"{group}\", spin_ms = {spin_ms} }}\n\n"
     )
 }
 
 /// Eight fetches per call, and the ninth is refused; a filter that loops
-/// after a fetch is still stopped by its deadline, which the fetch's wait
-/// did not use up (its 150 ms are past the 50 ms deadline).
+/// or sleeps after a fetch is still stopped by its deadline, which the
+/// fetch's wait did not use up (its 150 ms are past the 50 ms deadline).
 #[test]
 fn fetches_are_limited_per_call_and_the_deadline_still_stops_a_loop() {
-    let routes =
-        [misbehave_route("many", "fetch-many", ""), misbehave_route("loop", "fetch-then-loop", "timeout_ms = 50\n")]
-            .concat();
+    let routes = [
+        misbehave_route("many", "auth", "fetch-many", ""),
+        misbehave_route("loop", "auth", "fetch-then-loop", "timeout_ms = 50\n"),
+        misbehave_route("sleep", "patient", "fetch-then-sleep", "timeout_ms = 50\n"),
+    ]
+    .concat();
     let proxy = Proxy::start(&config(&routes).with_built_module("misbehave"));
 
     let reply = proxy.get("/many/x", &[]);
@@ -154,4 +161,11 @@ fn fetches_are_limited_per_call_and_the_deadline_still_stops_a_loop() {
     assert_eq!(reply.status, 500, "{reply:?}");
     let error = reply.json()["error"].as_str().unwrap().to_string();
     assert!(error.contains("ran past its 50ms CPU deadline"), "stopped while running, not waiting: {error}");
+
+    // After a fetch to a group that may take a minute, the call's own
+    // 30 s sleep is cut at its 50 ms deadline, not at the fetch's minute.
+    let reply = proxy.get("/sleep/x", &[]);
+    assert_eq!(reply.status, 500, "{reply:?}");
+    let error = reply.json()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("waited past its 50ms deadline"), "{error}");
 }

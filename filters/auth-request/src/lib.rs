@@ -28,9 +28,11 @@ pub struct Config {
     /// user's id, say). A client's own copies are always removed.
     #[serde(default)]
     identity_headers: Vec<String>,
-    /// When the service cannot answer (unreachable, too slow, a status
-    /// other than 2xx, 401 or 403): let the request through without
-    /// identity headers, instead of answering 503.
+    /// When the service is down (unreachable, no answer in time, or a
+    /// 502, 503 or 504): let the request through without identity
+    /// headers, instead of answering 503. Any other failure (a status the
+    /// filter does not expect, a fetch the host refused: a mistake in the
+    /// config) is a 500 either way.
     #[serde(default)]
     allow_when_unavailable: bool,
 }
@@ -42,6 +44,9 @@ fn default_path() -> String {
 fn default_forwarded() -> Vec<String> {
     vec!["authorization".into(), "cookie".into()]
 }
+
+/// Fields of the subrequest that are the host's, not a client's.
+const HOST_SET: [&str; 3] = ["host", "x-request-id", "cdn-loop"];
 
 /// The headers a refusal carries over from the service's answer.
 const REFUSAL_HEADERS: [&str; 2] = ["www-authenticate", "content-type"];
@@ -59,6 +64,11 @@ impl Filter for AuthRequest {
         }
         for name in config.forward_headers.iter().chain(&config.identity_headers) {
             check_header(name, "").map_err(|e| format!("header {name:?}: {e}"))?;
+        }
+        // The host writes these on a fetch, or takes them once: a client
+        // must not choose them for the subrequest.
+        if let Some(name) = config.forward_headers.iter().find(|n| HOST_SET.iter().any(|h| n.eq_ignore_ascii_case(h))) {
+            return Err(format!("forward_headers: {name:?} is the host's to set on the subrequest"));
         }
         Ok(Self(Rc::new(config)))
     }
@@ -90,8 +100,10 @@ impl Filter for AuthRequest {
                 Verdict::Continue
             }
             Ok(answer) if matches!(answer.status, 401 | 403) => Verdict::Respond(refusal(answer)),
-            Ok(answer) => self.unavailable(&format!("answered {}", answer.status)),
-            Err(e) => self.unavailable(&describe(&e)),
+            Ok(answer) if matches!(answer.status, 502..=504) => self.down(&format!("answered {}", answer.status)),
+            Err(e @ (FetchError::Unreachable(_) | FetchError::Timeout)) => self.down(&describe(&e)),
+            Ok(answer) => self.misconfigured(&format!("answered {}", answer.status)),
+            Err(e) => self.misconfigured(&describe(&e)),
         }
     }
 }
@@ -116,13 +128,21 @@ impl AuthRequest {
         ask
     }
 
-    fn unavailable(&self, why: &str) -> Verdict {
+    /// The service is down: a 503, or a pass without identity if allowed.
+    fn down(&self, why: &str) -> Verdict {
         let config = &*self.0;
-        log::warn(&format!("auth service {:?}: {why}", config.upstream));
+        log::warn(&format!("auth service {:?} is unavailable: {why}", config.upstream));
         if config.allow_when_unavailable {
             return Verdict::Continue;
         }
         Verdict::Respond(Reply::new(503).header("content-type", "text/plain").body("authorization unavailable\n"))
+    }
+
+    /// The service answered what it should not, or the host refused the
+    /// fetch: a mistake that no request passes, whatever the config allows.
+    fn misconfigured(&self, why: &str) -> Verdict {
+        log::error(&format!("auth service {:?}: {why}", self.0.upstream));
+        Verdict::Respond(Reply::new(500).header("content-type", "text/plain").body("authorization failed\n"))
     }
 }
 
@@ -182,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_is_the_clients_answer_and_anything_else_is_a_503_or_a_pass_without_identity() {
+    fn a_refusal_is_the_clients_answer_an_outage_a_503_or_a_pass_without_identity_and_a_mistake_a_500() {
         mock_outbound::grant("auth", |_| Ok(answer(401, &[("www-authenticate", "Bearer"), ("x-user", "no")])));
         let mut filter = instantiate::<AuthRequest>(CONFIG).unwrap();
         let Verdict::Respond(reply) = filter.on_request(&Request::new("GET", "/")) else { panic!("refused") };
@@ -190,15 +210,26 @@ mod tests {
         assert_eq!(reply.header_value("www-authenticate"), Some("Bearer"));
         assert_eq!(reply.header_value("x-user"), None);
 
-        for failing in [Ok(answer(500, &[])), Err(FetchError::Timeout)] {
+        let open = r#"{"upstream": "auth", "identity_headers": ["x-user"], "allow_when_unavailable": true}"#;
+        let down = [Ok(answer(503, &[])), Err(FetchError::Timeout), Err(FetchError::Unreachable("x".into()))];
+        for failing in down {
             mock_outbound::grant("auth", move |_| failing.clone());
             let Verdict::Respond(reply) = filter.on_request(&Request::new("GET", "/")) else { panic!("503") };
             assert_eq!(reply.status, 503);
 
-            let open = r#"{"upstream": "auth", "identity_headers": ["x-user"], "allow_when_unavailable": true}"#;
             let req = Request::new("GET", "/").with_header("x-user", "mallory");
             assert_eq!(instantiate::<AuthRequest>(open).unwrap().on_request(&req), Verdict::Continue);
             assert_eq!(req.header("x-user"), None, "a client's identity never passes");
+        }
+        // A mistake is no outage: nothing passes, allowed or not.
+        let mistakes = [Ok(answer(404, &[])), Err(FetchError::NotGranted("auth".into()))];
+        for failing in mistakes {
+            mock_outbound::grant("auth", move |_| failing.clone());
+            for config in [CONFIG, open] {
+                let verdict = instantiate::<AuthRequest>(config).unwrap().on_request(&Request::new("GET", "/"));
+                let Verdict::Respond(reply) = verdict else { panic!("500") };
+                assert_eq!(reply.status, 500);
+            }
         }
     }
 
@@ -210,5 +241,7 @@ mod tests {
         assert!(missing.contains("\"nope\" is not configured"), "{missing}");
         assert!(check_config::<AuthRequest>(r#"{"upstream": "auth", "path": "check"}"#).is_err());
         assert!(check_config::<AuthRequest>(r#"{"upstream": "auth", "identity_headers": ["bad name"]}"#).is_err());
+        let host = check_config::<AuthRequest>(r#"{"upstream": "auth", "forward_headers": ["Host"]}"#).unwrap_err();
+        assert!(host.contains("the host's to set"), "{host}");
     }
 }

@@ -587,6 +587,7 @@ fn arm_deadline(
     let host = store.data_mut();
     host.deadline.set(now + timeout);
     host.fetches = 0;
+    host.fetch_wait = std::time::Duration::ZERO;
     let deadline = host.deadline.clone();
     store.set_epoch_deadline(runtime.tick().ticks_for(timeout));
     deadline
@@ -607,8 +608,10 @@ impl std::error::Error for WaitedPastDeadline {}
 /// Run one call into a filter until it ends or `deadline` passes. The epoch
 /// deadline interrupts guest code only while it runs; a call waiting on the
 /// host (a WASI pollable: a sleep) is cut off here instead, so it cannot
-/// hold its request and pool slot past its deadline. A call that never
-/// waits, as no filter we ship does, never starts a timer. A call cut off
+/// hold its request and pool slot past its deadline. A fetch moves the
+/// deadline for its own wait, so the timer follows it. A call that never
+/// waits (only `auth_request` of the filters we ship does, to fetch) never
+/// starts a timer. A call cut off
 /// leaves its instance unusable; every caller drops an instance that failed.
 async fn within<T>(
     deadline: Arc<CallDeadline>,
@@ -622,14 +625,11 @@ async fn within<T>(
         }
         let Some(at) = deadline.at() else { return Poll::Pending };
         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
-        // A fetch moves the deadline while it waits.
-        while timer.as_mut().poll(cx).is_ready() {
-            match deadline.at() {
-                Some(later) if later > Instant::now() => timer.as_mut().reset(later.into()),
-                _ => return Poll::Ready(Err(wasmtime::Error::new(WaitedPastDeadline))),
-            }
+        // A fetch moves the deadline later while it waits, and back after.
+        if timer.deadline() != at.into() {
+            timer.as_mut().reset(at.into());
         }
-        Poll::Pending
+        timer.as_mut().poll(cx).map(|()| Err(wasmtime::Error::new(WaitedPastDeadline)))
     })
     .await
 }

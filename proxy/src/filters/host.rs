@@ -229,8 +229,9 @@ pub struct FilterHost {
     pub deadline: Arc<CallDeadline>,
     /// The upstream groups this chain entry may fetch from (`outbound`).
     pub outbound_grants: Arc<[String]>,
-    /// Fetches made by the running call.
+    /// Fetches made by the running call, and how long they waited.
     pub fetches: u32,
+    pub fetch_wait: Duration,
     /// Present only during `on-request`.
     pub request: Option<RequestHead>,
     /// Present only during `on-response`.
@@ -311,6 +312,7 @@ impl FilterHost {
             deadline: Arc::default(),
             outbound_grants: entry.outbound.clone(),
             fetches: 0,
+            fetch_wait: Duration::ZERO,
             request: None,
             response: None,
             skips_on_response: false,
@@ -944,6 +946,7 @@ fn fetch_error(e: FetchError) -> outbound::FetchError {
         FetchError::Unreachable(what) => W::Unreachable(what),
         FetchError::Timeout => W::Timeout,
         FetchError::BadResponse(what) => W::BadResponse(what),
+        FetchError::TooLarge(what) => W::LimitExceeded(what),
     }
 }
 
@@ -960,7 +963,10 @@ impl outbound::Host for FilterHost {
         if !self.outbound_grants.contains(&upstream) {
             return Err(W::NotGranted(format!("this chain entry's outbound does not name {upstream:?}")));
         }
+        let counts = self.caps.fetch_counts.clone();
+        let count = |outcome| counts.record(&self.tag.module, &upstream, outcome);
         if self.fetches >= MAX_FETCHES_PER_CALL {
+            count("refused");
             return Err(W::LimitExceeded(format!("more than {MAX_FETCHES_PER_CALL} fetches in one call")));
         }
         self.fetches += 1;
@@ -968,29 +974,43 @@ impl outbound::Host for FilterHost {
         let upstreams = head.upstreams.clone();
         let group =
             upstreams.tier(&upstream, 0).ok_or_else(|| W::NotGranted(format!("no upstream group {upstream:?}")))?;
-        let host = group.config.tls.as_ref().map_or(upstream.as_str(), |tls| tls.sni.as_str());
+        // The fetches of one call together wait at most one allowance of
+        // the group, and a call already past its deadline waits for none.
+        let allowed = fetching::time_allowed(group).saturating_sub(self.fetch_wait);
+        let left = self.deadline.left();
+        if allowed.is_zero() || left.is_some_and(|left| left.is_zero()) {
+            count("timeout");
+            return Err(W::Timeout);
+        }
+        let from = fetching::Origin {
+            host: group.config.tls.as_ref().map_or(upstream.as_str(), |tls| tls.sni.as_str()),
+            request_id: &head.id,
+            cdn_loop_seen: &head.header.headers,
+            cdn_loop_member: self.caps.cdn_loop_member.as_ref(),
+        };
         let fetch = Fetch {
             method: request.method,
             path_with_query: request.path_with_query,
             headers: request.headers,
             body: request.body,
         };
-        let sent = fetching::request_header(&fetch, host, &head.id).map_err(|e| {
-            self.caps.fetch_counts.record(&self.tag.module, &upstream, e.outcome());
+        let sent = fetching::request_header(&fetch, &from).map_err(|e| {
+            count(e.outcome());
             fetch_error(e)
         })?;
+        let to = fetching::Destination { group, key_hash: crate::upstream::key_hash(&head.id), allowed };
         // While it waits, the call's deadline is the fetch's; after, the
         // call has the time it had left before.
-        let left = self.deadline.left();
+        let started = Instant::now();
         if let Some(left) = left {
-            self.deadline.set(Instant::now() + fetching::time_allowed(group) + left);
+            self.deadline.set(started + allowed + left);
         }
-        let fetched = fetching::send(group, sent, fetch.body).await;
+        let fetched = fetching::send(to, sent, fetch.body.into()).await;
+        self.fetch_wait += started.elapsed();
         if let Some(left) = left {
             self.deadline.set(Instant::now() + left);
         }
-        let outcome = fetched.as_ref().map_or_else(FetchError::outcome, |_| "answered");
-        self.caps.fetch_counts.record(&self.tag.module, &upstream, outcome);
+        count(fetched.as_ref().map_or_else(FetchError::outcome, |_| "answered"));
         let fetched = fetched.map_err(fetch_error)?;
         Ok(outbound::OutboundResponse { status: fetched.status, headers: fetched.headers, body: fetched.body })
     }

@@ -133,7 +133,7 @@ pub(super) fn joined_cookies(headers: &http::HeaderMap) -> Option<HeaderValue> {
 /// caller replaces them all: a `CDN-Loop` line dropped here would hide a
 /// loop from the CDN that wrote it). Usually the header is absent and
 /// `member` is the value as it is: no copy.
-pub(super) fn with_member(headers: &http::HeaderMap, name: impl AsHeaderName, member: HeaderValue) -> HeaderValue {
+pub(crate) fn with_member(headers: &http::HeaderMap, name: impl AsHeaderName, member: HeaderValue) -> HeaderValue {
     match joined_lines(headers, name) {
         None => member,
         Some(earlier) => {

@@ -37,6 +37,9 @@ pub struct Capabilities {
     pub upstream_groups: Vec<String>,
     /// How filters' fetches went; kept across reloads, as counters are.
     pub fetch_counts: Arc<outbound::FetchCounts>,
+    /// This node's `CDN-Loop` member, which fetches carry (none in the
+    /// empty set of a chain built without a config).
+    pub cdn_loop_member: Option<http::HeaderValue>,
 }
 
 impl Capabilities {
@@ -61,6 +64,7 @@ impl Capabilities {
             patterns: patterns::PatternCache::for_threads(config.server.threads),
             upstream_groups: config.upstreams.keys().cloned().collect(),
             fetch_counts: previous.map(|p| p.fetch_counts.clone()).unwrap_or_default(),
+            cdn_loop_member: Some(config.server.cdn_loop.clone()),
         })
     }
 }

@@ -20,6 +20,7 @@ use pingora::prelude::ErrorType;
 use pingora::protocols::http::client::HttpSession;
 
 use crate::filters::host::host_owned;
+use crate::service::headers::{CDN_LOOP, with_member};
 use crate::upstream::UpstreamGroup;
 
 /// The most fetches one call may make: a filter is policy, not a crawler.
@@ -85,6 +86,9 @@ pub enum FetchError {
     Timeout,
     #[error("bad response: {0}")]
     BadResponse(String),
+    /// The answer's body is past [`MAX_BODY_BYTES`].
+    #[error("limit exceeded: {0}")]
+    TooLarge(String),
 }
 
 impl FetchError {
@@ -95,6 +99,7 @@ impl FetchError {
             Self::Unreachable(_) => "unreachable",
             Self::Timeout => "timeout",
             Self::BadResponse(_) => "bad-response",
+            Self::TooLarge(_) => "too-large",
         }
     }
 }
@@ -104,10 +109,26 @@ pub fn time_allowed(group: &UpstreamGroup) -> Duration {
     group.config.connect_timeout + group.config.read_timeout
 }
 
+/// The fields a fetch may carry once: the filter's, or else the host's.
+const SINGLE: [HeaderName; 2] = [header::HOST, HeaderName::from_static(crate::service::REQUEST_ID_HEADER)];
+
+/// What a fetch carries of the request it is made for.
+pub struct Origin<'a> {
+    /// `Host`, unless the filter gives one: the group's TLS name or name.
+    pub host: &'a str,
+    pub request_id: &'a str,
+    /// The filtered request's fields, for the `CDN-Loop` it came with.
+    pub cdn_loop_seen: &'a http::HeaderMap,
+    /// This node's `CDN-Loop` member.
+    pub cdn_loop_member: Option<&'a HeaderValue>,
+}
+
 /// The head `fetch` is sent with, checked: a method token, an origin-form
-/// target, and fields the host does not own. `Host` names the server
-/// unless the filter gave one, `X-Request-Id` the filtered request.
-pub fn request_header(fetch: &Fetch, host: &str, request_id: &str) -> Result<RequestHeader, FetchError> {
+/// target, and fields the host does not own, `Host` and `X-Request-Id` at
+/// most once. `Host` names the group unless the filter gave one,
+/// `X-Request-Id` the filtered request, and `CDN-Loop` is the filtered
+/// request's with this node added.
+pub fn request_header(fetch: &Fetch, from: &Origin) -> Result<RequestHeader, FetchError> {
     let invalid = |what: String| FetchError::InvalidRequest(what);
     let method =
         Method::from_bytes(fetch.method.as_bytes()).map_err(|_| invalid(format!("method {:?}", fetch.method)))?;
@@ -122,19 +143,28 @@ pub fn request_header(fetch: &Fetch, host: &str, request_id: &str) -> Result<Req
     let mut head = RequestHeader::build(method, target.as_bytes(), Some(fetch.headers.len() + 3))
         .map_err(|e| invalid(format!("path {target:?}: {e}")))?;
     for (name, value) in &fetch.headers {
-        if host_owned(name) {
+        if host_owned(name) || name.eq_ignore_ascii_case(CDN_LOOP.as_str()) {
             return Err(invalid(format!("header {name:?} is the host's to write")));
         }
         let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("header name {name:?}")))?;
+        if SINGLE.contains(&parsed) && head.headers.contains_key(&parsed) {
+            return Err(invalid(format!("header {name:?} given twice")));
+        }
         let value = HeaderValue::from_str(value).map_err(|_| invalid(format!("value of header {name:?}")))?;
         head.append_header(parsed, value).map_err(|e| invalid(format!("header {name:?}: {e}")))?;
     }
-    let defaults = [(header::HOST, host), (HeaderName::from_static(crate::service::REQUEST_ID_HEADER), request_id)];
-    for (name, value) in defaults {
+    let [host_name, id_name] = SINGLE;
+    for (name, value) in [(host_name, from.host), (id_name, from.request_id)] {
         if !head.headers.contains_key(&name) {
             let value = HeaderValue::from_str(value).map_err(|_| invalid(format!("value of header {name}")))?;
             head.insert_header(name, value).map_err(|e| invalid(e.to_string()))?;
         }
+    }
+    // A fetch is a request this node makes: one that comes back to it
+    // through a loop of groups is refused (508) like any other.
+    if let Some(member) = from.cdn_loop_member {
+        let cdn_loop = with_member(from.cdn_loop_seen, &CDN_LOOP, member.clone());
+        head.insert_header(CDN_LOOP, cdn_loop).map_err(|e| invalid(e.to_string()))?;
     }
     if !fetch.body.is_empty() || matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
         head.insert_header(header::CONTENT_LENGTH, fetch.body.len()).map_err(|e| invalid(e.to_string()))?;
@@ -142,15 +172,29 @@ pub fn request_header(fetch: &Fetch, host: &str, request_id: &str) -> Result<Req
     Ok(head)
 }
 
-/// Send `head` and `body` to a server of `group`, and read the answer.
-pub async fn send(group: &UpstreamGroup, head: RequestHeader, body: Vec<u8>) -> Result<Fetched, FetchError> {
-    let exchange = async {
+/// Where a fetch goes and how long it may take.
+pub struct Destination<'a> {
+    pub group: &'a UpstreamGroup,
+    /// Picks the server in a consistent-hash group: the filtered request's
+    /// id, so that fetches spread over the servers.
+    pub key_hash: u64,
+    /// The most the whole exchange may take.
+    pub allowed: Duration,
+}
+
+/// Send `head` and `body` to a server of the group, and read the answer.
+/// A failed connection is tried once more on another server in rotation,
+/// and a pooled connection the server had closed once more on a new one.
+pub async fn send(to: Destination<'_>, head: RequestHeader, body: Bytes) -> Result<Fetched, FetchError> {
+    let group = to.group;
+    let attempts = async {
         let mut failed = Vec::new();
+        let mut retried_stale = false;
         loop {
-            let addr = group.pick(0, &failed).unwrap_or_else(|| group.any_server());
+            let addr = group.pick(to.key_hash, &failed).unwrap_or_else(|| group.any_server());
             let peer = group.peer(addr);
-            let mut session = match CONNECTOR.get_http_session(&*peer).await {
-                Ok((session, _reused)) => session,
+            let (mut session, reused) = match CONNECTOR.get_http_session(&*peer).await {
+                Ok(connected) => connected,
                 Err(e) => {
                     group.mark_unreachable(addr);
                     failed.push(addr);
@@ -163,17 +207,21 @@ pub async fn send(group: &UpstreamGroup, head: RequestHeader, body: Vec<u8>) -> 
             // Pingora's connector leaves these to the caller, as its proxy sets them.
             session.set_read_timeout(Some(group.config.read_timeout));
             session.set_write_timeout(Some(group.config.read_timeout));
-            let fetched = exchange(&mut session, head, body).await.map_err(|e| match e {
-                Failure::Pingora(e) => classify(&e),
-                Failure::Fetch(e) => e,
-            });
-            if fetched.is_ok() {
-                CONNECTOR.release_http_session(session, &*peer, Some(IDLE_TIMEOUT)).await;
+            match exchange(&mut session, head.clone(), body.clone()).await {
+                Ok(fetched) => {
+                    // Off the answer's path: a connection not kept is shut down.
+                    tokio::spawn(async move {
+                        CONNECTOR.release_http_session(session, &*peer, Some(IDLE_TIMEOUT)).await;
+                    });
+                    return Ok(fetched);
+                }
+                Err(Failure::Pingora(e)) if !retried_stale && retryable(&e, reused) => retried_stale = true,
+                Err(Failure::Pingora(e)) => return Err(classify(&e)),
+                Err(Failure::Fetch(e)) => return Err(e),
             }
-            return fetched;
         }
     };
-    match tokio::time::timeout(time_allowed(group), exchange).await {
+    match tokio::time::timeout(to.allowed, attempts).await {
         Ok(fetched) => fetched,
         Err(_) => Err(FetchError::Timeout),
     }
@@ -191,10 +239,10 @@ impl From<Box<pingora::Error>> for Failure {
 }
 
 /// One request and its answer on `session`.
-async fn exchange(session: &mut HttpSession, head: RequestHeader, body: Vec<u8>) -> Result<Fetched, Failure> {
+async fn exchange(session: &mut HttpSession, head: RequestHeader, body: Bytes) -> Result<Fetched, Failure> {
     session.write_request_header(Box::new(head)).await?;
     if !body.is_empty() {
-        session.write_request_body(Bytes::from(body), true).await?;
+        session.write_request_body(body, true).await?;
     }
     session.finish_request_body().await?;
     // Interim answers (100 Continue, 103 Early Hints) come before the real one.
@@ -212,9 +260,7 @@ async fn exchange(session: &mut HttpSession, head: RequestHeader, body: Vec<u8>)
     let mut body = Vec::new();
     while let Some(chunk) = session.read_response_body().await? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(Failure::Fetch(FetchError::LimitExceeded(format!(
-                "response body over {MAX_BODY_BYTES} bytes"
-            ))));
+            return Err(Failure::Fetch(FetchError::TooLarge(format!("response body over {MAX_BODY_BYTES} bytes"))));
         }
         body.extend_from_slice(&chunk);
     }
@@ -224,6 +270,15 @@ async fn exchange(session: &mut HttpSession, head: RequestHeader, body: Vec<u8>)
 /// Every field, name and value, as text.
 fn header_list(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers.iter().map(|(name, value)| (name.as_str().to_string(), crate::filters::host::value_text(value))).collect()
+}
+
+/// Whether Pingora says the exchange may be tried again: an error it
+/// leaves to the connection's reuse means a pooled connection the server
+/// had closed.
+fn retryable(e: &pingora::Error, reused: bool) -> bool {
+    let mut retry = e.retry;
+    retry.decide_reuse(reused);
+    retry.retry()
 }
 
 /// What a Pingora error says of the exchange.
@@ -255,26 +310,38 @@ mod tests {
         }
     }
 
+    /// Build the head of `fetch` for request `id1` from group `auth`, at
+    /// node `edge`, for a request that came with `CDN-Loop: regional`.
+    fn head_of(fetch: &Fetch) -> Result<RequestHeader, FetchError> {
+        let mut seen = http::HeaderMap::new();
+        seen.insert(CDN_LOOP, HeaderValue::from_static("regional"));
+        let member = HeaderValue::from_static("edge");
+        request_header(
+            fetch,
+            &Origin { host: "auth", request_id: "id1", cdn_loop_seen: &seen, cdn_loop_member: Some(&member) },
+        )
+    }
+
     #[test]
-    fn a_request_gets_the_servers_host_and_the_request_id_unless_it_names_its_own() {
-        let head =
-            request_header(&fetch("GET", "/check?x=1", &[("authorization", "Bearer t")]), "auth:80", "id1").unwrap();
+    fn a_request_gets_the_groups_host_the_request_id_and_the_cdn_loop_with_this_node() {
+        let head = head_of(&fetch("GET", "/check?x=1", &[("authorization", "Bearer t")])).unwrap();
         assert_eq!(head.uri, "/check?x=1");
-        assert_eq!(head.headers["host"], "auth:80");
+        assert_eq!(head.headers["host"], "auth");
         assert_eq!(head.headers["x-request-id"], "id1");
+        assert_eq!(head.headers["cdn-loop"], "regional, edge");
         assert_eq!(head.headers["authorization"], "Bearer t");
         assert!(head.headers.get("content-length").is_none(), "a GET without a body has no length");
 
         let own = fetch("POST", "/", &[("Host", "auth.internal"), ("X-Request-Id", "mine")]);
-        let head = request_header(&own, "auth:80", "id1").unwrap();
+        let head = head_of(&own).unwrap();
         assert_eq!(head.headers["host"], "auth.internal");
-        assert_eq!(head.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(head.headers.get_all("x-request-id").iter().collect::<Vec<_>>(), ["mine"]);
         assert_eq!(head.headers["content-length"], "0", "a POST says its body is empty");
     }
 
     #[test]
     fn what_the_host_will_not_send_is_refused_with_what_it_was() {
-        let refused = |f: Fetch| match request_header(&f, "h", "id") {
+        let refused = |f: Fetch| match head_of(&f) {
             Err(FetchError::InvalidRequest(what)) => what,
             other => panic!("{other:?}"),
         };
@@ -284,11 +351,14 @@ mod tests {
         assert!(refused(fetch("GET", "/a b", &[])).contains("path"));
         assert!(refused(fetch("GET", "/", &[("content-length", "5")])).contains("host's to write"));
         assert!(refused(fetch("GET", "/", &[("Connection", "close")])).contains("host's to write"));
+        assert!(refused(fetch("GET", "/", &[("CDN-Loop", "elsewhere")])).contains("host's to write"));
+        assert!(refused(fetch("GET", "/", &[("host", "a"), ("Host", "b")])).contains("given twice"));
+        assert!(refused(fetch("GET", "/", &[("x-request-id", "a"), ("x-request-id", "b")])).contains("given twice"));
         assert!(refused(fetch("GET", "/", &[("bad name", "v")])).contains("header name"));
         assert!(refused(fetch("GET", "/", &[("x-a", "line\r\nbreak")])).contains("value of header"));
 
         let mut big = fetch("POST", "/", &[]);
         big.body = vec![0; MAX_BODY_BYTES + 1];
-        assert!(matches!(request_header(&big, "h", "id"), Err(FetchError::LimitExceeded(_))));
+        assert!(matches!(head_of(&big), Err(FetchError::LimitExceeded(_))));
     }
 }

@@ -70,6 +70,9 @@ pub enum Behaviour {
     /// Fetch `/` from `fetch_from`, asking the echo origin to take
     /// `spin_ms` to answer, then spin forever (request phase only).
     FetchThenLoop,
+    /// Fetch `/` from `fetch_from`, then sleep `spin_ms` (request phase
+    /// only): the sleep is the call's own wait, which its deadline bounds.
+    FetchThenSleep,
 }
 
 /// Requests this instance has seen: always 1 in a fresh instance.
@@ -210,7 +213,8 @@ fn act(behaviour: Behaviour, spin_ms: u64, set: impl Fn(&str, &str) -> Result<()
         | Behaviour::ManyStagedHeaders
         | Behaviour::LargeStagedHeaders
         | Behaviour::FetchMany
-        | Behaviour::FetchThenLoop => {}
+        | Behaviour::FetchThenLoop
+        | Behaviour::FetchThenSleep => {}
     }
 }
 
@@ -263,6 +267,11 @@ impl Filter for Misbehave {
                 let answer = fetch(OutboundRequest::new("GET", "/").with_header("x-echo-delay-ms", &delay));
                 assert_eq!(answer.map(|a| a.status), Ok(200), "misbehave: the fetch before the loop");
                 act(Behaviour::Loop, 0, |_, _| Ok(()));
+            }
+            Behaviour::FetchThenSleep => {
+                let answer = fetch(OutboundRequest::new("GET", "/"));
+                assert_eq!(answer.map(|a| a.status), Ok(200), "misbehave: the fetch before the sleep");
+                act(Behaviour::Sleep, self.config.spin_ms, |_, _| Ok(()));
             }
             _ => {}
         }
