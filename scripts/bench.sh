@@ -22,7 +22,9 @@
 #         and (d) each with a fresh instance per request and with instances
 #         reused (`reuse_instances`; the shipped demo route reuses); for
 #         reference, Pingora alone (bare) and nginx adding the headers
-#         Cascade adds (nginx-edge). All of
+#         Cascade adds (nginx-edge); and a subrequest to an auth service
+#         before each request: nginx's auth_request (nginx-auth) against
+#         the auth_request filter, reused (auth-request). All of
 #         them sit in front of the same nginx origin serving a small static
 #         body, and proxy and nginx get the same number of workers. The proxy's
 #         CPU time comes from /proc, so the load generator does not skew it,
@@ -328,6 +330,9 @@ threads = $WORKERS
 dir = "$modules"
 [upstreams.origin]
 servers = ["127.0.0.1:$3"]
+# The auth service of row auth-request: the origin, which answers 200.
+[upstreams.authsvc]
+servers = ["127.0.0.1:$3"]
 # nginx's proxy_pass has no proxy_cache here, so Cascade does not cache
 # either: both do the same job. Row "none-cache-on" shows what the edge cache
 # (on by default) costs on a response it cannot keep.
@@ -376,6 +381,10 @@ if sys.argv[2]:
         print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"\n'
               f'[[route.filters]]\nmodule = "bot_block"\nreuse_instances = {reuse}\n'
               'config = { deny_agents = ["BadBot"] }\n')
+# A subrequest to the auth service before every request, as nginx-auth.
+print('[[route]]\nname = "auth-request"\npath_prefix = "/auth-request"\nupstream = "origin"\n'
+      '[[route.filters]]\nmodule = "auth_request"\nreuse_instances = true\noutbound = ["authsvc"]\n'
+      'config = { upstream = "authsvc", path = "/", identity_headers = ["x-user"] }\n')
 # The shipped demo chain, and the same with a fresh instance per request.
 for name, fresh in [("chain", False), ("chain-fresh", True)]:
     print(f'[[route]]\nname = "{name}"\npath_prefix = "/{name}"\nupstream = "origin"')
@@ -397,7 +406,9 @@ declare -A row_names=([nginx]="(a) nginx proxy_pass"
     [chain]="(d) Cascade, demo chain (instances reused, as shipped)"
     [chain-fresh]="(d) Cascade, demo chain, fresh instances per request"
     [python]="Cascade, one filter in Python (bot_block), fresh instance per request"
-    [python-reused]="Cascade, one filter in Python (bot_block), instances reused")
+    [python-reused]="Cascade, one filter in Python (bot_block), instances reused"
+    [nginx-auth]="nginx proxy_pass with auth_request: a subrequest to the origin first"
+    [auth-request]="Cascade, auth_request filter (reused): a fetch to the origin first")
 
 run_load() {
     local origin_port nginx_port cascade_port
@@ -416,6 +427,20 @@ run_load() {
     edge_port=$(free_port)
     start_nginx_proxy "$work/edge" "$edge_port" "$origin_port" "$EDGE_HTTP_DIRECTIVES" "$EDGE_LOCATION_DIRECTIVES"
     local edge_master=$started
+    # nginx asking an auth service (the origin) before each request.
+    local nginx_auth_port
+    nginx_auth_port=$(free_port)
+    nginx_conf "$work/nginx-auth" "
+    upstream origin { server 127.0.0.1:$origin_port; keepalive 128; }
+    server { listen 127.0.0.1:$nginx_auth_port;
+        location / { auth_request /auth; auth_request_set \$user \$upstream_http_x_user;
+            proxy_set_header X-User \$user;
+            proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+        location = /auth { internal; proxy_pass http://origin/; proxy_http_version 1.1;
+            proxy_set_header Connection \"\"; proxy_pass_request_body off; proxy_set_header Content-Length \"\";
+            proxy_set_header X-Original-URI \$request_uri; } }"
+    start_nginx "$work/nginx-auth"
+    local nginx_auth_master=$started
 
     # (b), (c), (d): one Cascade process, one route per row.
     cascade_bench_config "$work/cascade" "$cascade_port" "$origin_port"
@@ -432,9 +457,11 @@ run_load() {
     wait_port "$origin_port"
     wait_port "$nginx_port"
     wait_port "$edge_port"
+    wait_port "$nginx_auth_port"
     wait_port "$cascade_port"
     local nginx_pids=("$nginx_master" $(pgrep -P "$nginx_master"))
     local edge_pids=("$edge_master" $(pgrep -P "$edge_master"))
+    local nginx_auth_pids=("$nginx_auth_master" $(pgrep -P "$nginx_auth_master"))
     pin "$LOAD_CPUS" "$origin_master" $(pgrep -P "$origin_master")
     # Every row gets the same request, with the token the demo chain's auth needs.
     local token
@@ -448,7 +475,7 @@ run_load() {
     fi
 
     local -A rps p50 p99 cpu cpu_rounds kcpu kcpu_rounds url pids_of
-    local rows=(${ROWS:-nginx nginx-edge bare none none-cache-on noop noop-reused chain chain-fresh}) row
+    local rows=(${ROWS:-nginx nginx-edge bare none none-cache-on noop noop-reused chain chain-fresh nginx-auth auth-request}) row
     for row in "${rows[@]}"; do
         url[$row]="http://127.0.0.1:$cascade_port/$row"
         pids_of[$row]=$cascade_pid
@@ -459,6 +486,8 @@ run_load() {
     pids_of[nginx-edge]="${edge_pids[*]}"
     url[bare]="http://127.0.0.1:$bare_port/"
     pids_of[bare]=$bare_pid
+    url[nginx-auth]="http://127.0.0.1:$nginx_auth_port/"
+    pids_of[nginx-auth]="${nginx_auth_pids[*]}"
     measure_rows load "${auth[@]}" "${pace[@]}"
 
     local paced=${RATE:+, paced to offer about $RATE req/s}
@@ -476,10 +505,15 @@ a, b, r = ${rps[nginx]:-float('nan')}, ${rps[none]:-float('nan')}, ${rps[$row]}
 print(f'| ${row_names[$row]} | {r:,.0f} | ${p50[$row]} | ${p99[$row]} | {r / a:.2f} | {r / b:.2f} | ${cpu[$row]} | ${kcpu[$row]} |')"
         done
         echo
-        for row in noop noop-reused chain chain-fresh python python-reused; do
+        for row in noop noop-reused chain chain-fresh python python-reused auth-request; do
             [ -n "${cpu[$row]:-}" ] && [ -n "${cpu[none]:-}" ] || continue
             echo "- ${row_names[$row]} adds $(paired_difference "$row" none) of proxy CPU per request over no filters (the median of the rounds' differences), of which the kernel's $(paired_difference "$row" none kcpu_rounds)."
         done
+        if [ -n "${rps[auth-request]:-}" ] && [ -n "${rps[nginx-auth]:-}" ]; then
+            python3 -c "
+r, n = ${rps[auth-request]}, ${rps[nginx-auth]}
+print(f'- A subrequest before each request: Cascade\'s auth_request filter {r / n:.2f}x nginx\'s auth_request in req/s; proxy CPU ${cpu[auth-request]} against ${cpu[nginx-auth]} µs per request.')"
+        fi
     } | tee "$out/load${RATE:+-paced}.md"
     stop_all
 }

@@ -10,7 +10,9 @@ use crate::support::*;
 /// One route through module `swappable`, which starts as `misbehave`
 /// (marks both phases with `x-misbehave`). The other version is `rewrite`
 /// with an empty config (marks nothing). A response shows its version in
-/// both phases: marked twice, or not at all.
+/// both phases: marked twice, or not at all. Every upload checks the
+/// route's config under the entry's deadline, which counts wall-clock
+/// ticks: room for a busy machine (a Python compile beside it, say).
 const ROUTES: &str = r#"
 [[route]]
 name = "swap"
@@ -18,6 +20,7 @@ path_prefix = "/"
 upstream = "origin"
 [[route.filters]]
 module = "swappable"
+timeout_ms = 5000
 config = {}
 "#;
 
@@ -514,7 +517,7 @@ fn broken_reload_keeps_the_old_routes() {
     let reply = proxy.admin("POST", "/config/reload", b"", None);
     assert_eq!(reply.status, 400, "{reply:?}");
     let error = reply.json()["error"].as_str().unwrap().to_string();
-    assert!(error.contains("routes/test.toml:12:"), "{error}");
+    assert!(error.contains("routes/test.toml:13:"), "{error}");
     assert!(error.contains("nowhere"), "{error}");
     assert_eq!(version(&proxy.get("/x", &[])), 1);
 

@@ -22,13 +22,15 @@ fn auth_route(name: &str, group: &str, granted: bool, extra: &str) -> String {
     )
 }
 
-/// The echo origin as group `auth` too, and as `patient`, which waits a
-/// minute for an answer; `down`, where nothing listens.
+/// The echo origin as group `auth` too, with the default timeouts; as
+/// `impatient`, which waits a second for an answer, and `patient`, a
+/// minute; `down`, where nothing listens.
 fn config(routes: &str) -> ProxyConfig {
     let mut config = ProxyConfig::new(routes, &["auth_request"]);
     let nothing_listens = free_port();
     config.main_extra.push_str(&format!(
-        "[upstreams.auth]\nservers = [\"{origin}\"]\nread_timeout_ms = 1000\n\n\
+        "[upstreams.auth]\nservers = [\"{origin}\"]\n\n\
+         [upstreams.impatient]\nservers = [\"{origin}\"]\nread_timeout_ms = 1000\n\n\
          [upstreams.patient]\nservers = [\"{origin}\"]\nread_timeout_ms = 60000\n\n\
          [upstreams.down]\nservers = [\"127.0.0.1:{nothing_listens}\"]\n",
         origin = origin()
@@ -79,7 +81,7 @@ fn a_service_that_cannot_answer_gets_503_or_a_pass_without_identity() {
     let routes = [
         auth_route("closed", "down", true, ""),
         auth_route("open", "down", true, ", allow_when_unavailable = true"),
-        auth_route("slow", "auth", true, ""),
+        auth_route("slow", "impatient", true, ""),
     ]
     .concat();
     let proxy = Proxy::start(&config(&routes).with_admin());
@@ -96,7 +98,7 @@ fn a_service_that_cannot_answer_gets_503_or_a_pass_without_identity() {
     // Past the group's 1 s read timeout.
     let reply = proxy.get("/slow/x", &[("x-echo-delay-ms", "3000")]);
     assert_eq!(reply.status, 503, "{reply:?}");
-    proxy.wait_for_log_line(&["auth service \"auth\"", "no answer within"]);
+    proxy.wait_for_log_line(&["auth service \"impatient\"", "no answer within"]);
 
     // And the proxy goes on serving.
     let reply = proxy.get("/slow/x", &[("x-echo-header", "x-user: carol")]);
@@ -107,7 +109,8 @@ fn a_service_that_cannot_answer_gets_503_or_a_pass_without_identity() {
             "cascade_filter_fetches_total{{module=\"auth_request\",upstream=\"{group}\",outcome=\"{outcome}\"}} {n}\n"
         )
     };
-    let lines = [series("down", "unreachable", 2), series("auth", "timeout", 1), series("auth", "answered", 1)];
+    let lines =
+        [series("down", "unreachable", 2), series("impatient", "timeout", 1), series("impatient", "answered", 1)];
     proxy.wait_for_metrics(&lines.each_ref().map(String::as_str));
 }
 
@@ -129,9 +132,9 @@ fn a_filter_fetches_only_from_the_groups_it_was_granted() {
 
 /// A route at `/<name>/` whose one filter is the misbehave fixture, granted
 /// `group` and fetching from it as `behaviour` says: a fetch that takes
-/// 150 ms, or a fetch and then a 30 s sleep.
+/// 600 ms, or a fetch and then a 30 s sleep.
 fn misbehave_route(name: &str, group: &str, behaviour: &str, extra: &str) -> String {
-    let spin_ms = if behaviour == "fetch-then-sleep" { 30_000 } else { 150 };
+    let spin_ms = if behaviour == "fetch-then-sleep" { 30_000 } else { 600 };
     format!(
         "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"origin\"\n\
          [[route.filters]]\nmodule = \"misbehave\"\noutbound = [\"{group}\"]\n{extra}\
@@ -141,13 +144,13 @@ fn misbehave_route(name: &str, group: &str, behaviour: &str, extra: &str) -> Str
 
 /// Eight fetches per call, and the ninth is refused; a filter that loops
 /// or sleeps after a fetch is still stopped by its deadline, which the
-/// fetch's wait did not use up (its 150 ms are past the 50 ms deadline).
+/// fetch's wait (600 ms, past the loop's 500 ms deadline) did not use up.
 #[test]
 fn fetches_are_limited_per_call_and_the_deadline_still_stops_a_loop() {
     let routes = [
-        misbehave_route("many", "auth", "fetch-many", ""),
-        misbehave_route("loop", "auth", "fetch-then-loop", "timeout_ms = 50\n"),
-        misbehave_route("sleep", "patient", "fetch-then-sleep", "timeout_ms = 50\n"),
+        misbehave_route("many", "auth", "fetch-many", "timeout_ms = 5000\n"),
+        misbehave_route("loop", "auth", "fetch-then-loop", "timeout_ms = 500\n"),
+        misbehave_route("sleep", "patient", "fetch-then-sleep", "timeout_ms = 1000\n"),
     ]
     .concat();
     let proxy = Proxy::start(&config(&routes).with_built_module("misbehave"));
@@ -160,12 +163,12 @@ fn fetches_are_limited_per_call_and_the_deadline_still_stops_a_loop() {
     let reply = proxy.get("/loop/x", &[]);
     assert_eq!(reply.status, 500, "{reply:?}");
     let error = reply.json()["error"].as_str().unwrap().to_string();
-    assert!(error.contains("ran past its 50ms CPU deadline"), "stopped while running, not waiting: {error}");
+    assert!(error.contains("ran past its 500ms CPU deadline"), "stopped while running, not waiting: {error}");
 
     // After a fetch to a group that may take a minute, the call's own
-    // 30 s sleep is cut at its 50 ms deadline, not at the fetch's minute.
+    // 30 s sleep is cut at its 1 s deadline, not at the fetch's minute.
     let reply = proxy.get("/sleep/x", &[]);
     assert_eq!(reply.status, 500, "{reply:?}");
     let error = reply.json()["error"].as_str().unwrap().to_string();
-    assert!(error.contains("waited past its 50ms deadline"), "{error}");
+    assert!(error.contains("waited past its 1s deadline"), "{error}");
 }
