@@ -416,7 +416,8 @@ fn a_purge_during_a_fetch_is_not_undone_by_it() {
     let fetch = std::thread::spawn(move || {
         send("GET", &url, &[("x-echo-header", "cache-control: max-age=600"), ("x-echo-delay-ms", "800")])
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // The origin counts the fetch as it arrives, before its 800 ms delay.
+    eventually("the fetch reaches the origin", Duration::from_secs(30), || origin.requests() == 1);
     let body = format!("{{\"url\": \"127.0.0.1:{}/slow\"}}", proxy.port);
     assert_eq!(proxy.admin("POST", "/cache/purge", body.as_bytes(), None).status, 200);
     assert_eq!(fetch.join().unwrap().status, 200);

@@ -164,7 +164,9 @@ fn staged_response_headers_come_from_calls_that_succeeded() {
 #[test]
 fn endless_loop_is_stopped_by_the_deadline() {
     let mut routes = misbehave_route("loop", "/loop", "fail-closed", r#"{ on_request = "loop" }"#);
-    routes.push_str("timeout_ms = 20\n");
+    // Short, yet room for the config check at start on a busy machine: the
+    // deadline counts wall-clock ticks.
+    routes.push_str("timeout_ms = 200\n");
     routes.push_str("[[route]]\nname = \"plain\"\npath_prefix = \"/\"\nupstream = \"origin\"\n");
     let proxy = Proxy::start(&ProxyConfig::new(&routes, &["misbehave"]));
     let reply = proxy.get("/loop", &[]);
