@@ -194,7 +194,7 @@ impl Metrics {
         for store in caps.kv_stores.iter() {
             let _ = writeln!(out, "cascade_kv_keys{{store=\"{}\"}} {}", escape(&store.config.name), store.len());
         }
-        out.push_str("# HELP cascade_filter_fetches_total Requests filters sent to upstream groups (outbound.fetch), by outcome: answered (any status), refused (by the host, before sending), unreachable, timeout or bad-response.\n");
+        out.push_str("# HELP cascade_filter_fetches_total Requests filters sent to upstream groups (outbound.fetch), by outcome: answered (any status), refused (by the host, before sending), unreachable, timeout, bad-response or too-large (an answer past 1 MiB).\n");
         out.push_str("# TYPE cascade_filter_fetches_total counter\n");
         caps.fetch_counts.for_each(|module, group, outcome, n| {
             let (module, group) = (escape(module), escape(group));

@@ -508,8 +508,7 @@ impl ChainLink {
         store.limiter(|host| &mut host.limiter);
         let tick = runtime.tick().clone();
         store.epoch_deadline_callback(move |store| {
-            let left = store.data().deadline.at().map(|at| at.saturating_duration_since(Instant::now()));
-            Ok(match left {
+            Ok(match store.data().deadline.left() {
                 Some(left) if !left.is_zero() => UpdateDeadline::Continue(tick.ticks_for(left)),
                 _ => UpdateDeadline::Interrupt,
             })
@@ -575,8 +574,8 @@ fn refused_reply(reply: &Reply, limits: &OutputLimits) -> Option<String> {
 /// instant, and the epoch deadline only says when to check it next: if the
 /// tick changed since (a reload fitted it to another config), the check
 /// finds time left and counts the ticks again (the store's callback, set in
-/// `instantiate`), so no call is stopped early or much late.
-/// Start a call's deadline, and its allowance of fetches.
+/// `instantiate`), so no call is stopped early or much late. The call also
+/// gets its own allowance of fetches (`FilterHost::start_call`).
 fn arm_deadline(
     store: &mut Store<FilterHost>,
     link: &ChainLink,
@@ -584,11 +583,7 @@ fn arm_deadline(
     now: Instant,
 ) -> Arc<CallDeadline> {
     let timeout = link.entry.limits.timeout;
-    let host = store.data_mut();
-    host.deadline.set(now + timeout);
-    host.fetches = 0;
-    host.fetch_wait = std::time::Duration::ZERO;
-    let deadline = host.deadline.clone();
+    let deadline = store.data_mut().start_call(now + timeout);
     store.set_epoch_deadline(runtime.tick().ticks_for(timeout));
     deadline
 }
@@ -611,8 +606,8 @@ impl std::error::Error for WaitedPastDeadline {}
 /// hold its request and pool slot past its deadline. A fetch moves the
 /// deadline for its own wait, so the timer follows it. A call that never
 /// waits (only `auth_request` of the filters we ship does, to fetch) never
-/// starts a timer. A call cut off
-/// leaves its instance unusable; every caller drops an instance that failed.
+/// starts a timer. A call cut off leaves its instance unusable; every
+/// caller drops an instance that failed.
 async fn within<T>(
     deadline: Arc<CallDeadline>,
     call: impl Future<Output = wasmtime::Result<T>>,

@@ -230,8 +230,8 @@ pub struct FilterHost {
     /// The upstream groups this chain entry may fetch from (`outbound`).
     pub outbound_grants: Arc<[String]>,
     /// Fetches made by the running call, and how long they waited.
-    pub fetches: u32,
-    pub fetch_wait: Duration,
+    fetches: u32,
+    fetch_wait: Duration,
     /// Present only during `on-request`.
     pub request: Option<RequestHead>,
     /// Present only during `on-response`.
@@ -290,7 +290,7 @@ impl CallDeadline {
     }
 
     /// Time left now; `None` outside a call.
-    fn left(&self) -> Option<Duration> {
+    pub fn left(&self) -> Option<Duration> {
         self.at().map(|at| at.saturating_duration_since(Instant::now()))
     }
 }
@@ -320,6 +320,15 @@ impl FilterHost {
             wasi: None,
             table: resource_table(),
         }
+    }
+
+    /// Start a call that must end by `deadline`, with a fresh allowance of
+    /// fetches; the deadline, for the call's timer.
+    pub fn start_call(&mut self, deadline: Instant) -> Arc<CallDeadline> {
+        self.deadline.set(deadline);
+        self.fetches = 0;
+        self.fetch_wait = Duration::ZERO;
+        self.deadline.clone()
     }
 
     /// Tag a reused instance for the request it now serves, with that

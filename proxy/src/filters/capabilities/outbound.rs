@@ -3,10 +3,11 @@
 //!
 //! They go through Pingora's connector to a server of the group's first
 //! tier, with the group's TLS settings and timeouts, so an operator
-//! configures an auth service once, as an upstream. A connection refused
+//! configures an auth service once, as an upstream. A failed connection
 //! marks the server down as the proxy's own requests do, and is tried once
-//! more on another server. The whole exchange is bounded by the group's
-//! connect and read timeouts together, and each body by [`MAX_BODY_BYTES`].
+//! more on another server. The host bounds one call's fetches together by
+//! the group's connect and read timeouts, and each body by
+//! [`MAX_BODY_BYTES`].
 
 use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
@@ -56,7 +57,7 @@ impl FetchCounts {
 }
 
 /// A request a filter asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Fetch {
     pub method: String,
     pub path_with_query: String,
